@@ -1,0 +1,309 @@
+/*
+ * ctpool: a fixed pool of worker threads with cancellable tasks.
+ *
+ * This header is the public contract (see docs/API.md in the shared docs).
+ * Everything here may be called from any thread, including from inside a
+ * task, unless its comment says otherwise.
+ *
+ * Conventions
+ *   - Functions that can fail return 0 (or a count) on success and a negative
+ *     errno on failure; ctp_strerror() names every code.
+ *   - Durations are int64_t nanoseconds relative to the call, measured on
+ *     CLOCK_MONOTONIC. CTP_FOREVER waits without limit, 0 does not wait, any
+ *     other negative value is -EINVAL. Values up to INT64_MAX never overflow.
+ *   - Option structs: all-zero means defaults; NULL means all defaults.
+ *   - NULL given to a void release/destroy function is a no-op; to any other
+ *     function that needs an object, -EINVAL.
+ *   - "A thread of the pool": one of its workers (also while it runs a done
+ *     callback or a watcher) or its timer thread. Calls that would wait for
+ *     the pool from such a thread, or from inside a done callback of the same
+ *     pool on any thread, return -EDEADLK.
+ *   - The library never prints, never raises signals, keeps no global mutable
+ *     state (every pool is independent) and calls user code (task functions,
+ *     done callbacks, watchers, thread hooks) outside all of its locks.
+ */
+#ifndef CTPOOL_H
+#define CTPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(CTP_BUILDING_LIBRARY) && defined(__GNUC__)
+#define CTP_EXPORT __attribute__((visibility("default")))
+#else
+#define CTP_EXPORT
+#endif
+
+/* ---- durations ---------------------------------------------------------- */
+
+#define CTP_FOREVER ((int64_t)-1)
+#define CTP_USEC(n) ((int64_t)(n) * INT64_C(1000))
+#define CTP_MSEC(n) ((int64_t)(n) * INT64_C(1000000))
+#define CTP_SEC(n)  ((int64_t)(n) * INT64_C(1000000000))
+
+/* ---- limits ------------------------------------------------------------- */
+
+/* Largest ctp_pool_opts.threads; more is -EINVAL. */
+#define CTP_MAX_THREADS 1024u
+/* Largest capacity (after rounding up to a power of two) of a pool's queue
+ * or a ctp_queue; more is -EINVAL. */
+#define CTP_MAX_CAPACITY ((size_t)1 << 30)
+
+/* ---- task states (ctp_task_state) --------------------------------------- */
+
+#define CTP_TASK_QUEUED    1 /* accepted, waiting to start */
+#define CTP_TASK_RUNNING   2 /* fn is running */
+#define CTP_TASK_DONE      3 /* fn ran and returned (done may still run) */
+#define CTP_TASK_CANCELLED 4 /* never ran, for any reason */
+
+/* ---- opaque types ------------------------------------------------------- */
+
+typedef struct ctp_pool  ctp_pool;
+typedef struct ctp_task  ctp_task;
+typedef struct ctp_token ctp_token;
+typedef struct ctp_watch ctp_watch;
+typedef struct ctp_queue ctp_queue;
+
+/* ---- callbacks ---------------------------------------------------------- */
+
+/* A task. Runs on a worker. Its token is valid until fn returns. The return
+ * value becomes the task's status (passed to done, returned by wait). */
+typedef int  (*ctp_task_fn)(void *arg, ctp_token *token);
+
+/* Completion: called exactly once for every accepted task, with fn's return
+ * value, or with why fn never ran (-ECANCELED, -ETIMEDOUT, -ESHUTDOWN). After
+ * it returns the library never touches arg again. For a task that never ran
+ * it runs on the thread that fired the task's token (the canceller, the
+ * shutdown caller or the timer thread): it must not take locks that such a
+ * caller may hold. */
+typedef void (*ctp_done_fn)(void *arg, int status);
+
+/* ---- options and statistics --------------------------------------------- */
+
+typedef struct ctp_pool_opts {
+	unsigned    threads;         /* workers; 0 = CPUs in this process's
+	                                affinity mask (sched_getaffinity);
+	                                at most CTP_MAX_THREADS */
+	size_t      queue_capacity;  /* tasks that may wait to start; 0 = 4096;
+	                                rounded up to a power of two; at most
+	                                CTP_MAX_CAPACITY */
+	const char *name;            /* thread-name prefix; NULL = "ctp";
+	                                threads are named "<name>-<index>",
+	                                cut to the system's 15 characters; the
+	                                timer thread is "<name>-timer" */
+	void      (*on_thread_start)(unsigned index, void *user); /* 0..threads-1 */
+	void      (*on_thread_stop)(unsigned index, void *user);
+	void       *user;
+} ctp_pool_opts;
+
+typedef struct ctp_stats {
+	uint64_t submitted;   /* accepted by ctp_pool_submit */
+	uint64_t completed;   /* ran to the end of fn */
+	uint64_t cancelled;   /* never ran: cancelled by handle or parent */
+	uint64_t timed_out;   /* never ran: deadline passed before start */
+	uint64_t rejected;    /* refused: queue full */
+	uint64_t dropped;     /* never ran: dropped by shutdown */
+	uint64_t queued;      /* waiting to start now */
+	uint64_t running;     /* running now */
+	unsigned threads;     /* workers alive now */
+} ctp_stats;
+
+typedef struct ctp_task_opts {
+	ctp_done_fn done;        /* exactly once for every accepted task */
+	int64_t     timeout;     /* ns after submission when the token fires
+	                            with -ETIMEDOUT; 0 or CTP_FOREVER = none */
+	int64_t     queue_wait;  /* ns ctp_pool_submit may wait for room in a
+	                            full queue; 0 = fail with -EAGAIN at once;
+	                            CTP_FOREVER = wait for room */
+	ctp_token  *parent;      /* the task's token fires when this one does */
+} ctp_task_opts;
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* A distinct, static, non-NULL string for every code the library returns
+ * (0 included); the system's text for any other code. Never fails. */
+CTP_EXPORT const char *ctp_strerror(int err);
+
+/* ---- pool --------------------------------------------------------------- */
+
+/* Creates a pool and starts every worker before it returns: each worker has
+ * run on_thread_start (on its own thread) by then, and stats.threads equals
+ * the count. Returns 0 and *pool; -EINVAL (pool NULL, threads or capacity
+ * above the maximum); -ENOMEM; -EAGAIN or another negated pthread_create
+ * error if a thread cannot be started, in which case the workers that did
+ * start run on_thread_stop, are joined, and everything is freed. */
+CTP_EXPORT int ctp_pool_create(ctp_pool **pool, const ctp_pool_opts *opts);
+
+/* Stops the pool:
+ *   1. from the call on, ctp_pool_submit returns -ESHUTDOWN (also from tasks),
+ *      and submitters blocked in queue_wait return -ESHUTDOWN at once;
+ *   2. drain: for up to `drain` ns workers keep starting queued tasks
+ *      (0: no drain; CTP_FOREVER: no limit); it ends early once nothing is
+ *      queued or running;
+ *   3. cancel: every task still queued is dropped, its done(-ESHUTDOWN) runs
+ *      on this thread before the call returns; every running task's token
+ *      fires with -ESHUTDOWN;
+ *   4. grace: waits up to `grace` ns (CTP_FOREVER: no limit) for running
+ *      tasks to return and every thread of the pool to exit.
+ * Returns 0 once every thread has exited and been joined; -ETIMEDOUT if some
+ * task ignored its token past `grace` (its worker is abandoned: it finishes
+ * on its own, and nothing it uses is freed under it); -EDEADLK from a thread
+ * of the pool or a done callback of this pool; -EINVAL for NULL or a bad
+ * duration. Concurrent and repeated calls are safe: the first call runs the
+ * sequence with its `drain`; every later call waits up to its own `grace`,
+ * counted from its own start, for the threads to exit, so a call after
+ * -ETIMEDOUT returns 0 once the stragglers have exited. */
+CTP_EXPORT int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace);
+
+/* Shuts down with drain 0 and grace CTP_FOREVER unless ctp_pool_shutdown was
+ * called, then frees the pool and returns 0. If an earlier shutdown abandoned
+ * threads it returns 0 at once; the last of them frees what remains. -EINVAL
+ * for NULL; -EDEADLK from a thread of the pool (nothing is freed then).
+ * Must not race any other call on the same pool; after it returns the pool
+ * must not be used. Task handles still held stay valid (ctp_task_state,
+ * ctp_task_wait, ctp_task_cancel, ctp_task_release). */
+CTP_EXPORT int ctp_pool_destroy(ctp_pool *pool);
+
+/* Waits until no task is queued or running and every done has returned.
+ * Returns 0; -ETIMEDOUT; -EDEADLK from a thread of the pool or a done
+ * callback of this pool; -EINVAL. Any number of threads may wait at once. */
+CTP_EXPORT int ctp_pool_wait_idle(ctp_pool *pool, int64_t timeout);
+
+/* Fills *stats with a snapshot. Each field is read atomically but the fields
+ * are not read at one instant; once the pool is idle, submitted == completed
+ * + cancelled + timed_out + dropped. No-op if pool or stats is NULL. */
+CTP_EXPORT void ctp_pool_stats(ctp_pool *pool, ctp_stats *stats);
+
+/* ---- tasks -------------------------------------------------------------- */
+
+/* Submits fn(arg, token). Returns 0 when accepted; with task != NULL also a
+ * handle that the caller owns and gives back with ctp_task_release. Errors:
+ * -EINVAL (pool or fn NULL, a negative duration other than CTP_FOREVER),
+ * -EAGAIN (queue full and queue_wait ran out), -ESHUTDOWN, -ENOMEM, or the
+ * parent's reason (e.g. -ECANCELED) when opts->parent has already fired. A
+ * task that is not accepted never runs and its done is not called. Blocks
+ * only while waiting for room (queue_wait). The task's deadline counts from
+ * the moment it is accepted. Tasks start in submission order, except after a
+ * submitter finds the queue's slots full of cancelled tasks while every worker
+ * is busy: it then moves the live tasks it passes to the back. */
+CTP_EXPORT int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
+                               const ctp_task_opts *opts, ctp_task **task);
+
+/* Cancels a task by its handle. Returns 0 when it had not started: it never
+ * runs and its done(-ECANCELED) has returned (on this thread) before this
+ * returns; -EINPROGRESS when it is running: its token fired with -ECANCELED;
+ * -EALREADY when it had finished or its token had already fired for any
+ * reason; -EINVAL for NULL. A cancel racing with the start of the task gives
+ * exactly one of these answers, and the task's behaviour matches it. */
+CTP_EXPORT int ctp_task_cancel(ctp_task *task);
+
+/* Waits until the task has finished and its done has returned; stores its
+ * status (fn's return value, or why it never ran) in *status (may be NULL).
+ * Returns 0; -ETIMEDOUT; -EDEADLK from inside the task itself or its own
+ * done; -EINVAL. Waiting for another task from inside a task is allowed. */
+CTP_EXPORT int ctp_task_wait(ctp_task *task, int64_t timeout, int *status);
+
+/* CTP_TASK_QUEUED, _RUNNING, _DONE or _CANCELLED; -EINVAL for NULL. */
+CTP_EXPORT int ctp_task_state(const ctp_task *task);
+
+/* Gives back a handle. Allowed at any time (queued, running, after the pool
+ * is destroyed); the task goes on. NULL is a no-op. */
+CTP_EXPORT void ctp_task_release(ctp_task *task);
+
+/* ---- tokens ------------------------------------------------------------- */
+
+/* True once the token has fired. One atomic load; token must not be NULL. */
+CTP_EXPORT bool ctp_token_cancelled(const ctp_token *token);
+
+/* 0, or why the token fired: -ECANCELED, -ETIMEDOUT, -ESHUTDOWN (the first
+ * reason stays). -EINVAL for NULL. */
+CTP_EXPORT int ctp_token_reason(const ctp_token *token);
+
+/* Sleeps up to ns (CTP_FOREVER: until the token fires). Returns 0 when the
+ * time ran out, or the token's reason as soon as it fires (at once if it
+ * already has). -EINVAL for NULL or a bad duration. */
+CTP_EXPORT int ctp_token_sleep(ctp_token *token, int64_t ns);
+
+/* A file descriptor that becomes readable when the token fires and stays
+ * readable: poll it, never read or close it. Made on first use, closed when
+ * the token is freed. Returns the fd (>= 0); -EINVAL; -EMFILE, -ENFILE,
+ * -ENOMEM when the descriptor cannot be made. */
+CTP_EXPORT int ctp_token_fd(ctp_token *token);
+
+/* Creates a standalone token; with parent != NULL it fires when the parent
+ * does (and starts fired, with the parent's reason, if the parent already
+ * has). The parent may be a standalone token or a task's token (while its fn
+ * runs). Returns 0 and *token; -EINVAL; -ENOMEM. */
+CTP_EXPORT int ctp_token_create(ctp_token **token, ctp_token *parent);
+
+/* Fires the token with -ECANCELED, and with it every descendant: every queued
+ * task in the tree never runs, and its done has returned before this call
+ * returns; running tasks in the tree see their tokens fire. Cancelling a child
+ * never fires its parent. Returns 0 when this call fired the token, -EALREADY
+ * when it had already fired, -EINVAL for NULL. On a task's token it cancels
+ * that task like ctp_task_cancel would. */
+CTP_EXPORT int ctp_token_cancel(ctp_token *token);
+
+/* Gives back a token from ctp_token_create. It lives on while tasks or child
+ * tokens refer to it; tokens may be released in any order. NULL, and a task's
+ * own token (which the pool owns), are no-ops. */
+CTP_EXPORT void ctp_token_release(ctp_token *token);
+
+/* Runs fn(arg) once when the token fires, on the thread that fires it,
+ * outside every library lock; at once, on this thread, if it already has.
+ * Returns 0 and *watch, to be given back with ctp_token_unwatch exactly once
+ * whether or not fn ran; -EINVAL; -ENOMEM. */
+CTP_EXPORT int ctp_token_watch(ctp_token *token, void (*fn)(void *arg),
+                               void *arg, ctp_watch **watch);
+
+/* Frees a watch. Once it returns, fn is not running and will not run, except
+ * when called from inside fn itself, where it returns without waiting (the
+ * watch is freed when fn returns). NULL is a no-op. Blocks while fn runs on
+ * another thread. */
+CTP_EXPORT void ctp_token_unwatch(ctp_watch *watch);
+
+/* ---- queue -------------------------------------------------------------- */
+
+/* A bounded multi-producer multi-consumer FIFO of opaque pointers (NULL is a
+ * valid item), lock-free on the fast path. capacity is rounded up to a power
+ * of two and the queue holds exactly that many items. Returns 0 and *queue;
+ * -EINVAL (NULL, capacity 0 or above CTP_MAX_CAPACITY); -ENOMEM. */
+CTP_EXPORT int ctp_queue_create(ctp_queue **queue, size_t capacity);
+
+/* Appends item, waiting up to timeout for room. Returns 0; -EAGAIN when
+ * timeout is 0 and the queue is full; -ETIMEDOUT when the wait ran out (never
+ * early); the token's reason as soon as token (may be NULL) fires, also when
+ * it had fired before the call; -ESHUTDOWN once the queue is closed; -EINVAL.
+ * A fired token wins over a free slot and over a closed queue. */
+CTP_EXPORT int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
+                              int64_t timeout);
+
+/* Takes the oldest item, waiting up to timeout for one. Returns 0 and *item;
+ * -EAGAIN when timeout is 0 and the queue is empty; -ETIMEDOUT; the token's
+ * reason as soon as it fires; -ESHUTDOWN once the queue is closed and empty
+ * (also with timeout 0); -EINVAL. A fired token wins over an available item. */
+CTP_EXPORT int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
+                             int64_t timeout);
+
+/* Closes the queue: pushes fail with -ESHUTDOWN from now on, every waiter
+ * wakes at once, items already queued can still be popped. Idempotent; NULL
+ * is a no-op. */
+CTP_EXPORT void ctp_queue_close(ctp_queue *queue);
+
+/* Items in the queue now (a snapshot; pushes under way count). 0 for NULL. */
+CTP_EXPORT size_t ctp_queue_size(const ctp_queue *queue);
+
+/* Frees the queue. No call may be under way on it. Items still in it are not
+ * touched: they remain the caller's. NULL is a no-op. */
+CTP_EXPORT void ctp_queue_destroy(ctp_queue *queue);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CTPOOL_H */

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what ctpool needs to build and test, from Debian packages, if it is
+# missing. Safe to run again: it installs nothing when everything is there.
+set -euo pipefail
+
+pkgs=(gcc libc6-dev pkg-config meson ninja-build libck-dev libcmocka-dev
+      libasan8 libubsan1 libtsan2)
+need=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+		need+=("$p")
+done
+if ((${#need[@]})); then
+	sudo=""
+	[[ $(id -u) -ne 0 ]] && sudo="sudo"
+	echo "deps: installing ${need[*]}"
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi

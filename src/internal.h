@@ -1,0 +1,308 @@
+/*
+ * ctpool internals shared by the source files.
+ *
+ * Map of the sources
+ *   ring.c      the ck_ring calls (the only file built without TSan)
+ *   platform.c  futex, clocks, ck_ec ops, thread names, ctp_strerror
+ *   queue.c     ctp_queue and the event-count waits that everything uses
+ *   token.c     tokens: the state word, sleepers, fd, watchers, trees
+ *   task.c      the task state machine, completion, handles, free list
+ *   timer.c     the per-pool deadline heap and its thread
+ *   pool.c      pool lifetime, the worker loop, submit, shutdown
+ *
+ * Lock order (a lock may be taken while holding only locks above it):
+ *   pool->lock            shutdown / join bookkeeping
+ *   worker->lock          one worker's current task
+ *   token->lock           a parent before its child (never child then parent)
+ *   timer->lock
+ *   pool->free_lock       task free list
+ * No user code (task fn, done, watcher, thread hook) ever runs under any of
+ * them.
+ */
+#ifndef CTP_INTERNAL_H
+#define CTP_INTERNAL_H
+
+#include <ck_ec.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "ctpool.h"
+
+#define CTP__HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- platform.c --------------------------------------------------------- */
+
+/* Absolute CLOCK_MONOTONIC deadline for a relative duration. Returns false
+ * for CTP_FOREVER (no deadline). Saturates instead of overflowing. */
+CTP__HIDDEN bool ctp__deadline(int64_t ns, struct timespec *abs);
+CTP__HIDDEN int64_t ctp__now_ns(void);
+CTP__HIDDEN bool ctp__duration_ok(int64_t ns);
+
+/* Futex on a 32-bit word. wait returns 0 (woken or value differed),
+ * -ETIMEDOUT, or -EINTR; abs may be NULL (no limit). */
+CTP__HIDDEN int  ctp__futex_wait(_Atomic uint32_t *word, uint32_t expected,
+                                 const struct timespec *abs);
+CTP__HIDDEN void ctp__futex_wake(_Atomic uint32_t *word, int count);
+
+CTP__HIDDEN extern const struct ck_ec_mode ctp__ec_mode;
+
+CTP__HIDDEN void ctp__set_thread_name(const char *prefix, const char *suffix);
+
+/* ---- ring.c ------------------------------------------------------------- */
+
+/* A ck_ring of pointers in MPMC mode. size is a power of two >= 2 and the
+ * ring holds at most size - 1 items. */
+struct ctp__ring {
+	void    *ck;    /* ck_ring_t, allocated in ring.c (cache-line aligned) */
+	void    *buf;   /* ck_ring_buffer_t[size] */
+	unsigned size;
+};
+
+CTP__HIDDEN int  ctp__ring_init(struct ctp__ring *r, unsigned size);
+CTP__HIDDEN void ctp__ring_fini(struct ctp__ring *r);
+CTP__HIDDEN bool ctp__ring_push(struct ctp__ring *r, void *item);
+CTP__HIDDEN bool ctp__ring_pop(struct ctp__ring *r, void **item);
+
+/* ---- queue.c ------------------------------------------------------------ */
+
+/*
+ * A bounded queue: a ring of twice the capacity, with admission counted apart
+ * in `count`, so the ring never refuses an admitted item (public queue) and
+ * a pool can retire an admitted item without removing it from the ring.
+ */
+struct ctp_queue {
+	struct ctp__ring ring;      /* the items; written by ring.c only */
+	size_t           capacity;  /* immutable: a power of two */
+	_Atomic size_t   count;     /* admitted items; <= capacity; CAS only */
+	_Atomic bool     closed;    /* set once; no admissions after it */
+	ck_ec32_t        not_empty; /* bumped after every ring push and on close */
+	ck_ec32_t        not_full;  /* bumped after every slot release and close */
+};
+
+CTP__HIDDEN int  ctp__queue_init(struct ctp_queue *q, size_t capacity);
+CTP__HIDDEN void ctp__queue_fini(struct ctp_queue *q);
+CTP__HIDDEN size_t ctp__round_capacity(size_t capacity);
+
+/* Takes a slot, waiting on not_full up to abs (NULL: no limit; nowait: do not
+ * wait). Returns 0, -EAGAIN (full, nowait), -ETIMEDOUT, -ESHUTDOWN (closed),
+ * or the token's reason. */
+CTP__HIDDEN int  ctp__queue_reserve(struct ctp_queue *q, ctp_token *token,
+                                    bool nowait, const struct timespec *abs);
+/* Gives back a slot taken by reserve (an item that left without the ring's
+ * help, or a reservation that was not used) and wakes one waiting producer. */
+CTP__HIDDEN void ctp__queue_unreserve(struct ctp_queue *q);
+
+/* Waits until the event count moves away from snap, token fires, or abs
+ * passes. Returns 0 (moved, or a spurious wake: re-check), -ETIMEDOUT, or the
+ * token's reason. token and abs may be NULL. */
+CTP__HIDDEN int  ctp__ec_wait(ck_ec32_t *ec, uint32_t snap, ctp_token *token,
+                              const struct timespec *abs);
+CTP__HIDDEN uint32_t ctp__ec_value(const ck_ec32_t *ec);
+CTP__HIDDEN void ctp__ec_bump(ck_ec32_t *ec);
+
+/* ---- token.c ------------------------------------------------------------ */
+
+/*
+ * The token state word (32 bits, also a futex word):
+ *   bits 0..7   -reason, 0 while not fired      (CTP__REASON_MASK)
+ *   bits 8..10  task phase, 0 for standalone tokens (CTP__PHASE_*)
+ * Firing and a task's start are one CAS on this word, so "fired before it
+ * started" and "started before it fired" cannot both be true.
+ */
+#define CTP__REASON_MASK 0xffu
+#define CTP__PHASE_SHIFT 8
+#define CTP__PHASE_MASK  (0x7u << CTP__PHASE_SHIFT)
+#define CTP__PHASE(p)    ((uint32_t)(p) << CTP__PHASE_SHIFT)
+#define CTP__PHASE_NONE      CTP__PHASE(0)
+#define CTP__PHASE_QUEUED    CTP__PHASE(CTP_TASK_QUEUED)
+#define CTP__PHASE_RUNNING   CTP__PHASE(CTP_TASK_RUNNING)
+#define CTP__PHASE_DONE      CTP__PHASE(CTP_TASK_DONE)
+#define CTP__PHASE_CANCELLED CTP__PHASE(CTP_TASK_CANCELLED)
+
+enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2 };
+
+struct ctp_token {
+	_Atomic uint32_t state;     /* reason | phase; see above */
+	_Atomic uint32_t sleepers;  /* threads in ctp_token_sleep on `state` */
+	_Atomic uint32_t refs;      /* for a task token: the task's references */
+	_Atomic uint32_t linked;    /* 1 once it may have children, watches or
+	                               an fd: firing must then take `lock` */
+	uint8_t          kind;      /* immutable */
+	ctp_token       *parent;    /* immutable while referenced; holds a ref */
+	pthread_mutex_t  lock;      /* protects the fields below */
+	ctp_token       *children;  /* first child (tokens and task tokens) */
+	ctp_token       *sib_prev;  /* in parent->children: protected by */
+	ctp_token       *sib_next;  /*   parent->lock, not by this lock */
+	struct ctp_watch *watches;  /* pending watches, in registration order */
+	struct ctp_watch *watches_tail;
+	int              fd;        /* eventfd, -1 until ctp_token_fd */
+};
+
+enum ctp__watch_state { CTP__WATCH_PENDING, CTP__WATCH_RUNNING,
+                        CTP__WATCH_DONE };
+
+struct ctp_watch {
+	ctp_token       *token;     /* public watches hold a token reference */
+	void           (*fn)(void *arg);
+	void            *arg;
+	struct ctp_watch *next;     /* in token->watches; token->lock */
+	struct ctp_watch *prev;
+	_Atomic uint32_t state;     /* enum ctp__watch_state; futex word */
+	pthread_t        runner;    /* thread running fn; token->lock */
+	bool             free_on_done; /* unwatched from inside fn; token->lock */
+	bool             internal;  /* on a waiter's stack: never freed */
+};
+
+CTP__HIDDEN void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state);
+CTP__HIDDEN void ctp__token_fini(ctp_token *t);
+/* Fires t with reason (a negative errno). Returns the phase the token had
+ * when this call fired it (CTP__PHASE_*), or -EALREADY if it had already
+ * fired or its task had finished. Runs done of a queued task, wakes
+ * sleepers, the fd, children and watchers before it returns. */
+CTP__HIDDEN int  ctp__token_fire(ctp_token *t, int reason);
+/* Links child under parent (a ref on parent is taken) unless parent has
+ * fired; returns 0 or the parent's reason. */
+CTP__HIDDEN int  ctp__token_link(ctp_token *parent, ctp_token *child);
+/* Undoes ctp__token_link when the child is being freed. */
+CTP__HIDDEN void ctp__token_unlink(ctp_token *child);
+CTP__HIDDEN void ctp__token_ref(ctp_token *t);
+CTP__HIDDEN bool ctp__token_tryref(ctp_token *t);
+CTP__HIDDEN void ctp__token_put(ctp_token *t);
+/* Registers an internal watch living on the caller's stack; returns false
+ * when the token had already fired (fn is then not called). */
+CTP__HIDDEN bool ctp__token_watch_internal(ctp_token *t, struct ctp_watch *w,
+                                           void (*fn)(void *), void *arg);
+CTP__HIDDEN void ctp__token_unwatch_internal(struct ctp_watch *w);
+
+static inline int ctp__reason_of(uint32_t state)
+{
+	return -(int)(state & CTP__REASON_MASK);
+}
+
+/* ---- task.c ------------------------------------------------------------- */
+
+struct ctp_task {
+	ctp_token        token;     /* first member: &task->token == task */
+	ctp_pool        *pool;      /* immutable; the object holds a pool ref */
+	ctp_task_fn      fn;        /* set before publication */
+	void            *arg;
+	ctp_done_fn      done;
+	int64_t          deadline;  /* ns, CLOCK_MONOTONIC; 0 = none */
+	size_t           heap_idx;  /* timer heap slot; timer->lock */
+	int              status;    /* written before `fin` is released */
+	_Atomic uint32_t fin;       /* bit 0 finished, bit 1 waiters; futex */
+	ctp_task        *free_next; /* pool->free_lock */
+};
+
+#define CTP__HEAP_NONE ((size_t)-1)
+
+CTP__HIDDEN ctp_task *ctp__task_alloc(ctp_pool *pool);
+/* Called when a task's last reference is dropped (from ctp__token_put). */
+CTP__HIDDEN void ctp__task_free(ctp_task *t);
+/* The firer of a queued task's token won it: finish it as never run. */
+CTP__HIDDEN void ctp__task_finish_unrun(ctp_task *t, int reason);
+/* A worker ran the task: finish it with fn's status. */
+CTP__HIDDEN void ctp__task_finish_ran(ctp_task *t, int status);
+/* QUEUED -> RUNNING unless its token fired first. */
+CTP__HIDDEN bool ctp__task_start(ctp_task *t);
+
+/* Per-thread context: which pool owns this thread, which task runs here, and
+ * the done callbacks on this thread's stack (for -EDEADLK). */
+struct ctp__done_frame {
+	const ctp_pool         *pool;
+	const ctp_task         *task;
+	struct ctp__done_frame *prev;
+};
+struct ctp__tls {
+	const ctp_pool         *pool;   /* worker or timer thread of this pool */
+	const ctp_task         *task;   /* task whose fn runs on this thread */
+	struct ctp__done_frame *dones;  /* innermost done callback first */
+};
+CTP__HIDDEN extern __thread struct ctp__tls ctp__tls;
+/* True when waiting for pool from this thread could deadlock. */
+CTP__HIDDEN bool ctp__is_pool_context(const ctp_pool *pool);
+
+/* ---- timer.c ------------------------------------------------------------ */
+
+struct ctp__timer {
+	pthread_mutex_t lock;
+	pthread_cond_t  cond;       /* CLOCK_MONOTONIC */
+	ctp_task      **heap;       /* min-heap on deadline; lock */
+	size_t          len;        /* lock */
+	size_t          cap;        /* lock */
+	size_t          reserved;   /* slots promised to submits; lock */
+	bool            started;    /* thread created; lock */
+	bool            stop;       /* lock */
+	bool            joined;     /* pool->lock */
+	pthread_t       thread;
+};
+
+CTP__HIDDEN int  ctp__timer_init(struct ctp__timer *tm);
+CTP__HIDDEN void ctp__timer_fini(struct ctp__timer *tm);
+/* Starts the thread if needed and promises a heap slot. */
+CTP__HIDDEN int  ctp__timer_reserve(ctp_pool *pool);
+CTP__HIDDEN void ctp__timer_unreserve(ctp_pool *pool);
+/* Uses a promised slot: the task's token fires at t->deadline. */
+CTP__HIDDEN void ctp__timer_add(ctp_pool *pool, ctp_task *t);
+CTP__HIDDEN void ctp__timer_remove(ctp_pool *pool, ctp_task *t);
+CTP__HIDDEN void ctp__timer_stop(ctp_pool *pool);
+
+/* ---- pool.c ------------------------------------------------------------- */
+
+struct ctp__worker {
+	pthread_mutex_t lock;       /* taken by this worker once per task and by
+	                               shutdown's cancel step */
+	ctp_task       *current;    /* started task, ring ref held; lock */
+	ctp_pool       *pool;
+	unsigned        index;
+	pthread_t       thread;
+	bool            started;    /* pthread_create succeeded; immutable after
+	                               create */
+};
+
+struct ctp_pool {
+	struct ctp_queue   queue;      /* admission + ring of ctp_task * */
+	_Atomic uint32_t   refs;       /* owner + threads + task objects */
+	_Atomic bool       stopping;   /* cancel step reached: workers exit */
+	_Atomic uint32_t   alive;      /* threads not yet exited (futex) */
+	_Atomic uint32_t   unfinished; /* accepted tasks whose done has not
+	                                  returned (futex, wait_idle) */
+	_Atomic uint32_t   idle_waiters;
+	_Atomic uint32_t   started;    /* workers past on_thread_start (futex) */
+	/* statistics: relaxed counters, read one at a time */
+	_Atomic uint64_t   st_submitted, st_completed, st_cancelled,
+	                   st_timed_out, st_rejected, st_dropped;
+	_Atomic uint64_t   st_running;
+	_Atomic uint32_t   st_threads;
+	/* shutdown bookkeeping */
+	pthread_mutex_t    lock;
+	bool               shutdown_called; /* lock */
+	bool               joined;          /* lock: every thread joined */
+	bool               orphaned;        /* lock: destroyed with threads
+	                                       still running */
+	struct ctp__timer  timer;
+	/* task free list */
+	pthread_mutex_t    free_lock;
+	ctp_task          *free_list;       /* free_lock */
+	bool               dead;            /* free_lock: destroyed */
+	/* immutable after create */
+	ctp_pool_opts      opts;
+	char               name[16];
+	unsigned           nthreads;
+	struct ctp__worker *workers;
+	ctp_task          **scan;           /* nthreads slots: cancel step only,
+	                                       run by the first shutdown caller */
+	ctp_task          **scratch;        /* capacity slots; rotate_lock */
+	pthread_mutex_t    rotate_lock;     /* one submitter compacts at a time */
+};
+
+CTP__HIDDEN void ctp__pool_ref(ctp_pool *pool);
+CTP__HIDDEN void ctp__pool_put(ctp_pool *pool);
+CTP__HIDDEN void ctp__pool_thread_exit(ctp_pool *pool);
+CTP__HIDDEN void ctp__pool_unfinished_dec(ctp_pool *pool);
+
+#endif /* CTP_INTERNAL_H */

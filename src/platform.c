@@ -1,0 +1,151 @@
+/*
+ * platform.c: Linux specifics kept in one place.
+ *
+ * Design notes
+ *   - Every wait in the library is a futex wait with an absolute
+ *     CLOCK_MONOTONIC deadline (FUTEX_WAIT_BITSET, which takes an absolute
+ *     time, with FUTEX_BITSET_MATCH_ANY in val3), so a wait interrupted and
+ *     restarted never stretches its deadline.
+ *   - ck_ec is given these futexes through ctp__ec_mode, in multi-producer
+ *     mode: producers, consumers, close and shutdown all bump the counts.
+ *   - Deadlines saturate at INT64_MAX nanoseconds (about 292 years), so no
+ *     duration up to INT64_MAX overflows.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define NSEC 1000000000LL
+
+int64_t ctp__now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail for this clock */
+	return (int64_t)ts.tv_sec * NSEC + ts.tv_nsec;
+}
+
+bool ctp__duration_ok(int64_t ns)
+{
+	return ns >= 0 || ns == CTP_FOREVER;
+}
+
+bool ctp__deadline(int64_t ns, struct timespec *abs)
+{
+	int64_t now, at;
+
+	if (ns == CTP_FOREVER)
+		return false;
+	now = ctp__now_ns();
+	at = ns > INT64_MAX - now ? INT64_MAX : now + ns;
+	abs->tv_sec = at / NSEC;
+	abs->tv_nsec = at % NSEC;
+	return true;
+}
+
+int ctp__futex_wait(_Atomic uint32_t *word, uint32_t expected,
+                    const struct timespec *abs)
+{
+	long r;
+
+	r = syscall(SYS_futex, (uint32_t *)word,
+	    FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, abs, NULL,
+	    FUTEX_BITSET_MATCH_ANY);
+	if (r == 0 || errno == EAGAIN)
+		return 0;
+	return errno == ETIMEDOUT ? -ETIMEDOUT : -EINTR;
+}
+
+void ctp__futex_wake(_Atomic uint32_t *word, int count)
+{
+	syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE | FUTEX_PRIVATE_FLAG,
+	    count, NULL, NULL, 0);
+}
+
+/* ---- ck_ec operations --------------------------------------------------- */
+
+static int ec_gettime(const struct ck_ec_ops *ops, struct timespec *out)
+{
+	(void)ops;
+	return clock_gettime(CLOCK_MONOTONIC, out);
+}
+
+static void ec_wait32(const struct ck_ec_wait_state *st, const uint32_t *addr,
+                      uint32_t expected, const struct timespec *deadline)
+{
+	(void)st;
+	/* ck re-checks the counter after we return: any early return is fine */
+	syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG,
+	    expected, deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+}
+
+static void ec_wait64(const struct ck_ec_wait_state *st, const uint64_t *addr,
+                      uint64_t expected, const struct timespec *deadline)
+{
+	/* Little endian: the low half is at addr (ck's documented contract). */
+	ec_wait32(st, (const uint32_t *)addr, (uint32_t)expected, deadline);
+}
+
+static void ec_wake32(const struct ck_ec_ops *ops, const uint32_t *addr)
+{
+	(void)ops;
+	syscall(SYS_futex, addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, INT_MAX,
+	    NULL, NULL, 0);
+}
+
+static void ec_wake64(const struct ck_ec_ops *ops, const uint64_t *addr)
+{
+	ec_wake32(ops, (const uint32_t *)addr);
+}
+
+static const struct ck_ec_ops ec_ops = {
+	.gettime = ec_gettime,
+	.wait32 = ec_wait32,
+	.wait64 = ec_wait64,
+	.wake32 = ec_wake32,
+	.wake64 = ec_wake64,
+};
+
+const struct ck_ec_mode ctp__ec_mode = {
+	.ops = &ec_ops,
+	.single_producer = false,
+};
+
+/* ---- threads ------------------------------------------------------------ */
+
+void ctp__set_thread_name(const char *prefix, const char *suffix)
+{
+	char name[16]; /* the kernel's TASK_COMM_LEN, with the NUL */
+
+	/* snprintf cuts to 15 characters; a failed rename is harmless */
+	snprintf(name, sizeof(name), "%s-%s", prefix, suffix);
+	pthread_setname_np(pthread_self(), name);
+}
+
+/* ---- errors ------------------------------------------------------------- */
+
+const char *ctp_strerror(int err)
+{
+	switch (err) {
+	case 0:             return "success";
+	case -EINVAL:       return "invalid argument";
+	case -ENOMEM:       return "out of memory";
+	case -EAGAIN:       return "queue full or resource temporarily unavailable";
+	case -ESHUTDOWN:    return "pool or queue is shut down";
+	case -ECANCELED:    return "cancelled";
+	case -ETIMEDOUT:    return "timed out";
+	case -EDEADLK:      return "would wait for itself (deadlock)";
+	case -EINPROGRESS:  return "task is running; its token fired";
+	case -EALREADY:     return "already finished or already fired";
+	case -EMFILE:       return "too many open files in this process";
+	case -ENFILE:       return "too many open files in the system";
+	default:            return strerror(err < 0 ? -err : err);
+	}
+}

@@ -1,0 +1,272 @@
+/*
+ * queue.c: the bounded MPMC queue and the event-count waits.
+ *
+ * Design notes
+ *   - Items travel through a ck_ring (ring.c) of twice the capacity. Whether
+ *     an item may enter is decided apart, by a CAS on `count` (the admitted
+ *     items, never above `capacity`): push reserves a slot, then enqueues;
+ *     pop dequeues, then gives the slot back. So the ring holds at most
+ *     `count` <= capacity < 2 * capacity - 1 items and its enqueue never
+ *     fails, and the queue holds exactly `capacity` items, as the contract
+ *     asks (a ck_ring alone holds size - 1). The pool uses the same split to
+ *     retire a cancelled task at once while its pointer stays in the ring.
+ *   - Blocking uses two ck_ec32 event counts: not_empty (bumped after each
+ *     enqueue and on close) and not_full (bumped after each slot release and
+ *     on close). A waiter takes a snapshot of the count *before* it looks at
+ *     the ring or at `count`, then sleeps only while the count still equals
+ *     the snapshot. Every change a waiter could miss is followed by a bump,
+ *     so there is no lost wake-up, also when a producer is preempted between
+ *     its ring CAS and its commit (consumers see "empty" meanwhile; the
+ *     producer's bump after the commit wakes them).
+ *   - ck_ec's slow path backs off 2 ms, then x8, without looking at the
+ *     caller's deadline (a 100 ms wait would return after 128 ms). We always
+ *     wait through ck_ec32_wait_pred with a predicate that clamps each
+ *     iteration's deadline to ours, so a timed wait ends on time.
+ *   - A token-aware wait registers an internal watch (on the waiter's stack)
+ *     whose function bumps the event count being waited on; the predicate
+ *     then sees the fired token. Registration happens only on the slow path,
+ *     just before sleeping.
+ *   - Memory order: `count` and `closed` use seq_cst. `closed` must be
+ *     ordered against the admission CAS (a pool's cancel step counts on
+ *     "closed, then no new admission"), and on x86 the CAS is a full barrier
+ *     anyway. The items themselves are published by the ring.
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+uint32_t ctp__ec_value(const ck_ec32_t *ec)
+{
+	return ck_ec32_value(ec);
+}
+
+void ctp__ec_bump(ck_ec32_t *ec)
+{
+	/* ck_ec32_inc only enters the kernel when a waiter flagged the count */
+	ck_ec32_inc(ec, &ctp__ec_mode);
+}
+
+size_t ctp__round_capacity(size_t capacity)
+{
+	size_t c = 1;
+
+	if (capacity > CTP_MAX_CAPACITY)
+		return 0;
+	while (c < capacity)
+		c <<= 1;
+	return c;
+}
+
+int ctp__queue_init(struct ctp_queue *q, size_t capacity)
+{
+	int r;
+
+	r = ctp__ring_init(&q->ring, (unsigned)(capacity * 2));
+	if (r != 0)
+		return r;
+	q->capacity = capacity;
+	atomic_init(&q->count, 0);
+	atomic_init(&q->closed, false);
+	ck_ec32_init(&q->not_empty, 0);
+	ck_ec32_init(&q->not_full, 0);
+	return 0;
+}
+
+void ctp__queue_fini(struct ctp_queue *q)
+{
+	ctp__ring_fini(&q->ring);
+}
+
+/* ---- waits -------------------------------------------------------------- */
+
+struct wait_ctx {
+	ctp_token             *token;
+	const struct timespec *abs;
+};
+
+#define WAIT_TOKEN 1 /* predicate result: the token fired */
+
+static bool ts_after(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec > b->tv_sec ||
+	    (a->tv_sec == b->tv_sec && a->tv_nsec > b->tv_nsec);
+}
+
+/* Called by ck_ec before each sleep of its backoff loop. */
+static int wait_pred(const struct ck_ec_wait_state *st, struct timespec *iter)
+{
+	const struct wait_ctx *c = st->data;
+
+	if (c->token != NULL && ctp_token_cancelled(c->token))
+		return WAIT_TOKEN;
+	if (c->abs != NULL && ts_after(iter, c->abs))
+		*iter = *c->abs; /* the clamp: never sleep past our deadline */
+	return 0;
+}
+
+static void wake_ec(void *ec)
+{
+	ctp__ec_bump(ec);
+}
+
+int ctp__ec_wait(ck_ec32_t *ec, uint32_t snap, ctp_token *token,
+                 const struct timespec *abs)
+{
+	struct wait_ctx c = { .token = token, .abs = abs };
+	struct ctp_watch w;
+	int r;
+
+	if (token != NULL && !ctp__token_watch_internal(token, &w, wake_ec, ec))
+		return ctp_token_reason(token);
+	r = ck_ec32_wait_pred(ec, &ctp__ec_mode, snap, wait_pred, &c, abs);
+	if (token != NULL)
+		ctp__token_unwatch_internal(&w);
+	if (r == WAIT_TOKEN)
+		return ctp_token_reason(token);
+	return r == -1 ? -ETIMEDOUT : 0;
+}
+
+/* ---- admission ---------------------------------------------------------- */
+
+static int try_reserve(struct ctp_queue *q)
+{
+	size_t c = atomic_load(&q->count);
+
+	for (;;) {
+		if (atomic_load(&q->closed))
+			return -ESHUTDOWN;
+		if (c >= q->capacity)
+			return -EAGAIN;
+		if (atomic_compare_exchange_weak(&q->count, &c, c + 1))
+			return 0;
+	}
+}
+
+int ctp__queue_reserve(struct ctp_queue *q, ctp_token *token, bool nowait,
+                       const struct timespec *abs)
+{
+	for (;;) {
+		uint32_t snap;
+		int r;
+
+		/* a fired token wins over a free slot and a closed queue */
+		if (token != NULL && ctp_token_cancelled(token))
+			return ctp_token_reason(token);
+		snap = ctp__ec_value(&q->not_full);
+		r = try_reserve(q);
+		if (r != -EAGAIN || nowait)
+			return r;
+		r = ctp__ec_wait(&q->not_full, snap, token, abs);
+		if (r != 0)
+			return r;
+	}
+}
+
+void ctp__queue_unreserve(struct ctp_queue *q)
+{
+	atomic_fetch_sub(&q->count, 1);
+	ctp__ec_bump(&q->not_full);
+}
+
+/* ---- public queue ------------------------------------------------------- */
+
+int ctp_queue_create(ctp_queue **queue, size_t capacity)
+{
+	ctp_queue *q;
+	size_t cap;
+	int r;
+
+	if (queue == NULL || capacity == 0)
+		return -EINVAL;
+	cap = ctp__round_capacity(capacity);
+	if (cap == 0)
+		return -EINVAL;
+	q = calloc(1, sizeof(*q));
+	if (q == NULL)
+		return -ENOMEM;
+	r = ctp__queue_init(q, cap);
+	if (r != 0) {
+		free(q);
+		return r;
+	}
+	*queue = q;
+	return 0;
+}
+
+int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
+                   int64_t timeout)
+{
+	struct timespec abs;
+	bool timed;
+	int r;
+
+	if (queue == NULL || !ctp__duration_ok(timeout))
+		return -EINVAL;
+	timed = ctp__deadline(timeout, &abs);
+	r = ctp__queue_reserve(queue, token, timeout == 0, timed ? &abs : NULL);
+	if (r != 0)
+		return r;
+	/* cannot fail: the ring has room for twice the admitted items */
+	if (!ctp__ring_push(&queue->ring, item))
+		abort();
+	ctp__ec_bump(&queue->not_empty);
+	return 0;
+}
+
+int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
+                  int64_t timeout)
+{
+	struct timespec abs;
+	bool timed;
+
+	if (queue == NULL || item == NULL || !ctp__duration_ok(timeout))
+		return -EINVAL;
+	timed = ctp__deadline(timeout, &abs);
+	for (;;) {
+		uint32_t snap;
+		int r;
+
+		/* a fired token wins over an available item */
+		if (token != NULL && ctp_token_cancelled(token))
+			return ctp_token_reason(token);
+		snap = ctp__ec_value(&queue->not_empty);
+		if (ctp__ring_pop(&queue->ring, item)) {
+			ctp__queue_unreserve(queue);
+			return 0;
+		}
+		/* closed and empty; an admitted push still under way is not
+		 * "empty": its item will arrive */
+		if (atomic_load(&queue->closed) &&
+		    atomic_load(&queue->count) == 0)
+			return -ESHUTDOWN;
+		if (timeout == 0)
+			return -EAGAIN;
+		r = ctp__ec_wait(&queue->not_empty, snap, token,
+		    timed ? &abs : NULL);
+		if (r != 0)
+			return r;
+	}
+}
+
+void ctp_queue_close(ctp_queue *queue)
+{
+	if (queue == NULL)
+		return;
+	atomic_store(&queue->closed, true);
+	ctp__ec_bump(&queue->not_empty);
+	ctp__ec_bump(&queue->not_full);
+}
+
+size_t ctp_queue_size(const ctp_queue *queue)
+{
+	return queue == NULL ? 0 : atomic_load(&queue->count);
+}
+
+void ctp_queue_destroy(ctp_queue *queue)
+{
+	if (queue == NULL)
+		return;
+	ctp__queue_fini(queue);
+	free(queue);
+}

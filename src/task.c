@@ -1,0 +1,256 @@
+/*
+ * task.c: the task state machine, completion and handles.
+ *
+ * Design notes
+ *   States live in the task token's state word (token.c):
+ *
+ *       QUEUED --start (worker CAS)--> RUNNING --fn returns--> DONE
+ *          \
+ *           `--token fires (firer CAS)--> CANCELLED   (fn never runs)
+ *
+ *   Start and fire are CASes on the same word, so a cancel racing a start
+ *   has one winner. Completion happens exactly once, by the one thread that
+ *   won the transition out of QUEUED: the worker (ctp__task_finish_ran) or
+ *   the firer (ctp__task_finish_unrun: the canceller, the ancestor's
+ *   canceller, the shutdown caller or the timer). Completion, in order:
+ *   leave the queue's count and the deadline heap, count it in the stats,
+ *   call done (outside every lock), publish the status (`fin`, waking
+ *   ctp_task_wait), then let the pool's "unfinished" count drop (waking
+ *   ctp_pool_wait_idle) and drop the pool's reference.
+ *
+ *   References (token.refs): the pool's (dropped after done returns), the
+ *   ring's (dropped by whoever takes the pointer out of the ring: a worker
+ *   after the task, or anyone who finds it cancelled), the handle's (if the
+ *   caller asked for one), and temporary ones (timer, cascades, shutdown).
+ *   The object goes back to the pool's free list when the last one goes, or
+ *   is freed if the pool has been destroyed. Each object holds a reference on
+ *   its pool, so a handle can outlive ctp_pool_destroy.
+ *
+ *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
+ *   in 1 (release, after writing status) and wakes only if bit 1 was set.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+#define FIN_DONE    1u
+#define FIN_WAITERS 2u
+
+__thread struct ctp__tls ctp__tls;
+
+bool ctp__is_pool_context(const ctp_pool *pool)
+{
+	const struct ctp__done_frame *f;
+
+	if (ctp__tls.pool == pool)
+		return true;
+	for (f = ctp__tls.dones; f != NULL; f = f->prev) {
+		if (f->pool == pool)
+			return true;
+	}
+	return false;
+}
+
+static bool in_own_task(const ctp_task *t)
+{
+	const struct ctp__done_frame *f;
+
+	if (ctp__tls.task == t)
+		return true;
+	for (f = ctp__tls.dones; f != NULL; f = f->prev) {
+		if (f->task == t)
+			return true;
+	}
+	return false;
+}
+
+/* ---- allocation --------------------------------------------------------- */
+
+ctp_task *ctp__task_alloc(ctp_pool *pool)
+{
+	ctp_task *t;
+
+	pthread_mutex_lock(&pool->free_lock);
+	t = pool->free_list;
+	if (t != NULL)
+		pool->free_list = t->free_next;
+	pthread_mutex_unlock(&pool->free_lock);
+	if (t == NULL) {
+		t = malloc(sizeof(*t));
+		if (t == NULL)
+			return NULL;
+		t->pool = pool;
+		ctp__pool_ref(pool);
+	}
+	ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
+	t->fn = NULL;
+	t->arg = NULL;
+	t->done = NULL;
+	t->deadline = 0;
+	t->heap_idx = CTP__HEAP_NONE;
+	t->status = 0;
+	atomic_init(&t->fin, 0);
+	t->free_next = NULL;
+	return t;
+}
+
+void ctp__task_free(ctp_task *t)
+{
+	ctp_pool *pool = t->pool;
+
+	ctp__token_unlink(&t->token);
+	ctp__token_fini(&t->token);
+	pthread_mutex_lock(&pool->free_lock);
+	if (!pool->dead) {
+		t->free_next = pool->free_list;
+		pool->free_list = t;
+		pthread_mutex_unlock(&pool->free_lock);
+		return;
+	}
+	pthread_mutex_unlock(&pool->free_lock);
+	free(t);
+	ctp__pool_put(pool);
+}
+
+/* ---- transitions and completion ----------------------------------------- */
+
+bool ctp__task_start(ctp_task *t)
+{
+	uint32_t expected = CTP__PHASE_QUEUED;
+
+	/* acquire: pairs with the submitter's publication of fn/arg (also
+	 * carried by the ring); fails if the token fired first */
+	return atomic_compare_exchange_strong_explicit(&t->token.state,
+	    &expected, CTP__PHASE_RUNNING, memory_order_acquire,
+	    memory_order_relaxed);
+}
+
+static void call_done(ctp_task *t, int status)
+{
+	struct ctp__done_frame frame;
+
+	if (t->done == NULL)
+		return;
+	frame.pool = t->pool;
+	frame.task = t;
+	frame.prev = ctp__tls.dones;
+	ctp__tls.dones = &frame;
+	t->done(t->arg, status);
+	ctp__tls.dones = frame.prev;
+}
+
+static void finish(ctp_task *t, int status)
+{
+	ctp_pool *pool = t->pool;
+
+	t->status = status;
+	/* release: status and everything done did, before a waiter sees it */
+	if (atomic_exchange_explicit(&t->fin, FIN_DONE, memory_order_acq_rel) &
+	    FIN_WAITERS)
+		ctp__futex_wake(&t->fin, INT_MAX);
+	ctp__pool_unfinished_dec(pool);
+	ctp__token_put(&t->token); /* the pool's reference */
+}
+
+void ctp__task_finish_unrun(ctp_task *t, int reason)
+{
+	ctp_pool *pool = t->pool;
+	_Atomic uint64_t *counter;
+
+	/* it leaves the queue now: its slot is free at once */
+	ctp__queue_unreserve(&pool->queue);
+	if (t->deadline != 0)
+		ctp__timer_remove(pool, t);
+	switch (reason) {
+	case -ETIMEDOUT: counter = &pool->st_timed_out; break;
+	case -ESHUTDOWN: counter = &pool->st_dropped;   break;
+	default:         counter = &pool->st_cancelled; break;
+	}
+	atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+	call_done(t, reason);
+	finish(t, reason);
+}
+
+void ctp__task_finish_ran(ctp_task *t, int status)
+{
+	ctp_pool *pool = t->pool;
+	uint32_t s = atomic_load_explicit(&t->token.state,
+	    memory_order_relaxed);
+
+	/* RUNNING -> DONE, keeping a reason that fired meanwhile */
+	while (!atomic_compare_exchange_weak_explicit(&t->token.state, &s,
+	    (s & CTP__REASON_MASK) | CTP__PHASE_DONE, memory_order_release,
+	    memory_order_relaxed))
+		;
+	if (t->deadline != 0)
+		ctp__timer_remove(pool, t);
+	atomic_fetch_sub_explicit(&pool->st_running, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&pool->st_completed, 1, memory_order_relaxed);
+	call_done(t, status);
+	finish(t, status);
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+int ctp_task_cancel(ctp_task *task)
+{
+	int r;
+
+	if (task == NULL)
+		return -EINVAL;
+	r = ctp__token_fire(&task->token, -ECANCELED);
+	if (r < 0)
+		return r;                /* -EALREADY */
+	return r == CTP_TASK_QUEUED ? 0 : -EINPROGRESS;
+}
+
+int ctp_task_wait(ctp_task *task, int64_t timeout, int *status)
+{
+	struct timespec abs;
+	bool timed;
+
+	if (task == NULL || !ctp__duration_ok(timeout))
+		return -EINVAL;
+	if (in_own_task(task))
+		return -EDEADLK;
+	timed = ctp__deadline(timeout, &abs);
+	for (;;) {
+		uint32_t v = atomic_load_explicit(&task->fin,
+		    memory_order_acquire);
+
+		if (v & FIN_DONE) {
+			if (status != NULL)
+				*status = task->status;
+			return 0;
+		}
+		if (timeout == 0)
+			return -ETIMEDOUT;
+		if (!(v & FIN_WAITERS) &&
+		    !atomic_compare_exchange_weak(&task->fin, &v,
+		    v | FIN_WAITERS))
+			continue;
+		if (ctp__futex_wait(&task->fin, FIN_WAITERS,
+		    timed ? &abs : NULL) == -ETIMEDOUT &&
+		    !(atomic_load_explicit(&task->fin, memory_order_acquire) &
+		    FIN_DONE))
+			return -ETIMEDOUT;
+	}
+}
+
+int ctp_task_state(const ctp_task *task)
+{
+	uint32_t s;
+
+	if (task == NULL)
+		return -EINVAL;
+	s = atomic_load_explicit(&task->token.state, memory_order_acquire);
+	return (int)((s & CTP__PHASE_MASK) >> CTP__PHASE_SHIFT);
+}
+
+void ctp_task_release(ctp_task *task)
+{
+	if (task != NULL)
+		ctp__token_put(&task->token);
+}

@@ -1,0 +1,244 @@
+/*
+ * timer.c: task deadlines. One thread per pool, started on the first task
+ * with a timeout, sleeping on a CLOCK_MONOTONIC condition variable until the
+ * earliest deadline in a binary min-heap. Never a polling loop.
+ *
+ * Design notes
+ *   - Everything here is protected by timer->lock. A task is in the heap
+ *     from its acceptance until it finishes or its deadline fires; its slot
+ *     index lives in task->heap_idx so finishing removes it in O(log n).
+ *   - A heap entry holds no reference: a task in the heap has not finished,
+ *     so the pool's own reference keeps it alive, and finishing takes it out
+ *     under the lock first. The thread takes a reference when it pops an
+ *     entry, then fires the token outside the lock (the firing may run done
+ *     callbacks and watchers: user code).
+ *   - Submit reserves a heap slot (and starts the thread) before the task is
+ *     accepted, so that nothing can fail after acceptance; ctp__timer_add
+ *     then only uses the promised slot.
+ *   - Who wakes the thread: ctp__timer_add when the new task becomes the
+ *     earliest, and ctp__timer_stop at the pool's cancel step. It exits once
+ *     `stop` is set; it counts among the pool's threads for the grace wait.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+int ctp__timer_init(struct ctp__timer *tm)
+{
+	pthread_condattr_t attr;
+	int r;
+
+	r = pthread_condattr_init(&attr);
+	if (r != 0)
+		return -r;
+	r = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	if (r == 0)
+		r = pthread_cond_init(&tm->cond, &attr);
+	pthread_condattr_destroy(&attr);
+	if (r != 0)
+		return -r;
+	r = pthread_mutex_init(&tm->lock, NULL);
+	if (r != 0) {
+		pthread_cond_destroy(&tm->cond);
+		return -r;
+	}
+	tm->heap = NULL;
+	tm->len = tm->cap = tm->reserved = 0;
+	tm->started = tm->stop = tm->joined = false;
+	return 0;
+}
+
+void ctp__timer_fini(struct ctp__timer *tm)
+{
+	free(tm->heap);
+	pthread_mutex_destroy(&tm->lock);
+	pthread_cond_destroy(&tm->cond);
+}
+
+/* ---- heap --------------------------------------------------------------- */
+
+static void heap_set(struct ctp__timer *tm, size_t i, ctp_task *t)
+{
+	tm->heap[i] = t;
+	t->heap_idx = i;
+}
+
+static void sift_up(struct ctp__timer *tm, size_t i)
+{
+	ctp_task *t = tm->heap[i];
+
+	while (i > 0) {
+		size_t parent = (i - 1) / 2;
+
+		if (tm->heap[parent]->deadline <= t->deadline)
+			break;
+		heap_set(tm, i, tm->heap[parent]);
+		i = parent;
+	}
+	heap_set(tm, i, t);
+}
+
+static void sift_down(struct ctp__timer *tm, size_t i)
+{
+	ctp_task *t = tm->heap[i];
+
+	for (;;) {
+		size_t c = 2 * i + 1;
+
+		if (c >= tm->len)
+			break;
+		if (c + 1 < tm->len &&
+		    tm->heap[c + 1]->deadline < tm->heap[c]->deadline)
+			c++;
+		if (t->deadline <= tm->heap[c]->deadline)
+			break;
+		heap_set(tm, i, tm->heap[c]);
+		i = c;
+	}
+	heap_set(tm, i, t);
+}
+
+static void heap_delete(struct ctp__timer *tm, size_t i)
+{
+	ctp_task *last = tm->heap[--tm->len];
+
+	tm->heap[i]->heap_idx = CTP__HEAP_NONE;
+	if (i == tm->len)
+		return;
+	heap_set(tm, i, last);
+	sift_down(tm, i);
+	sift_up(tm, last->heap_idx);
+}
+
+/* ---- thread ------------------------------------------------------------- */
+
+static void *timer_main(void *arg)
+{
+	ctp_pool *pool = arg;
+	struct ctp__timer *tm = &pool->timer;
+
+	ctp__tls.pool = pool;
+	ctp__set_thread_name(pool->name, "timer");
+	pthread_mutex_lock(&tm->lock);
+	while (!tm->stop) {
+		ctp_task *t;
+
+		if (tm->len == 0) {
+			pthread_cond_wait(&tm->cond, &tm->lock);
+			continue;
+		}
+		t = tm->heap[0];
+		if (t->deadline > ctp__now_ns()) {
+			struct timespec abs = {
+				.tv_sec = t->deadline / 1000000000,
+				.tv_nsec = t->deadline % 1000000000,
+			};
+
+			pthread_cond_timedwait(&tm->cond, &tm->lock, &abs);
+			continue;
+		}
+		heap_delete(tm, 0);
+		ctp__token_ref(&t->token);
+		pthread_mutex_unlock(&tm->lock);
+		ctp__token_fire(&t->token, -ETIMEDOUT);
+		ctp__token_put(&t->token);
+		pthread_mutex_lock(&tm->lock);
+	}
+	pthread_mutex_unlock(&tm->lock);
+	ctp__pool_thread_exit(pool);
+	return NULL;
+}
+
+static int start_thread(ctp_pool *pool)
+{
+	sigset_t all, old;
+	int r;
+
+	ctp__pool_ref(pool);
+	atomic_fetch_add(&pool->alive, 1);
+	/* the pool's threads take no signals: they stay with the application */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = pthread_create(&pool->timer.thread, NULL, timer_main, pool);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r != 0) {
+		atomic_fetch_sub(&pool->alive, 1);
+		ctp__pool_put(pool);
+		return -r;
+	}
+	pool->timer.started = true;
+	return 0;
+}
+
+/* ---- interface ---------------------------------------------------------- */
+
+int ctp__timer_reserve(ctp_pool *pool)
+{
+	struct ctp__timer *tm = &pool->timer;
+	int r = 0;
+
+	pthread_mutex_lock(&tm->lock);
+	if (tm->stop) {
+		r = -ESHUTDOWN;
+	} else if (!tm->started) {
+		r = start_thread(pool);
+	}
+	if (r == 0 && tm->len + tm->reserved == tm->cap) {
+		size_t cap = tm->cap != 0 ? tm->cap * 2 : 64;
+		ctp_task **heap = realloc(tm->heap, cap * sizeof(*heap));
+
+		if (heap == NULL) {
+			r = -ENOMEM;
+		} else {
+			tm->heap = heap;
+			tm->cap = cap;
+		}
+	}
+	if (r == 0)
+		tm->reserved++;
+	pthread_mutex_unlock(&tm->lock);
+	return r;
+}
+
+void ctp__timer_unreserve(ctp_pool *pool)
+{
+	pthread_mutex_lock(&pool->timer.lock);
+	pool->timer.reserved--;
+	pthread_mutex_unlock(&pool->timer.lock);
+}
+
+void ctp__timer_add(ctp_pool *pool, ctp_task *t)
+{
+	struct ctp__timer *tm = &pool->timer;
+
+	pthread_mutex_lock(&tm->lock);
+	tm->reserved--;
+	tm->heap[tm->len] = t;
+	t->heap_idx = tm->len++;
+	sift_up(tm, t->heap_idx);
+	if (tm->heap[0] == t) /* a new earliest deadline: re-arm the wait */
+		pthread_cond_signal(&tm->cond);
+	pthread_mutex_unlock(&tm->lock);
+}
+
+void ctp__timer_remove(ctp_pool *pool, ctp_task *t)
+{
+	struct ctp__timer *tm = &pool->timer;
+
+	pthread_mutex_lock(&tm->lock);
+	if (t->heap_idx != CTP__HEAP_NONE)
+		heap_delete(tm, t->heap_idx);
+	pthread_mutex_unlock(&tm->lock);
+}
+
+void ctp__timer_stop(ctp_pool *pool)
+{
+	struct ctp__timer *tm = &pool->timer;
+
+	pthread_mutex_lock(&tm->lock);
+	tm->stop = true;
+	pthread_cond_signal(&tm->cond);
+	pthread_mutex_unlock(&tm->lock);
+}

@@ -1,0 +1,496 @@
+/*
+ * token.c: cancellation tokens.
+ *
+ * Design notes
+ *   State. One 32-bit word, `state` (internal.h): the reason in the low byte
+ *   (0 = not fired) and, for a task's token, the task's phase. A token fires
+ *   once, by one CAS that sets the reason; the first reason stays. For a task
+ *   token the same CAS moves QUEUED to CANCELLED, and the worker's start is a
+ *   CAS QUEUED -> RUNNING on the same word, so exactly one of "cancelled
+ *   before start" and "started before cancel" happens, and ctp_task_cancel's
+ *   answer is read off the phase the firing CAS replaced.
+ *
+ *   Transitions of `state`:
+ *     standalone:  0 -> reason
+ *     task:        QUEUED -> RUNNING -> DONE            (worker)
+ *                  QUEUED -> CANCELLED|reason           (firer: never runs)
+ *                  RUNNING -> RUNNING|reason -> DONE|reason
+ *     Firing a DONE task does nothing (-EALREADY).
+ *
+ *   Who wakes whom. The firer, after its CAS and outside every lock:
+ *     1. wakes sleepers (futex on `state`; only if `sleepers` > 0);
+ *     2. finishes a task it caught QUEUED: done(reason) on the firer's thread;
+ *     3. if `linked`: writes the eventfd, fires every child (depth first,
+ *        each child held by a reference while the parent's lock is dropped),
+ *        then runs the watches one at a time, each outside the lock.
+ *   `linked` lets a token that never had a child, watch or fd fire with no
+ *   lock at all. It is a Dekker pair with `state`: whoever adds a child,
+ *   watch or fd sets `linked` (seq_cst) and then reads `state` (seq_cst)
+ *   under the lock; the firer CASes `state` (seq_cst) and then reads `linked`.
+ *   So either the adder sees the token fired (and acts at once) or the firer
+ *   sees `linked` and takes the lock, after the adder's insertion.
+ *   The same pair protects sleepers: a sleeper raises `sleepers` and then
+ *   re-reads `state` before its futex wait, which re-compares the word.
+ *
+ *   Watches. PENDING (in the list) -> RUNNING (taken out by the firer under
+ *   the lock, fn runs outside it) -> DONE (stored under the lock, with a
+ *   futex wake). ctp_token_unwatch unlinks a PENDING watch, waits for a
+ *   RUNNING one to become DONE, or, when called by fn itself (runner == self),
+ *   asks the firer to free the watch after fn returns. The firer stores DONE
+ *   under the lock and the unwatcher re-takes the lock before freeing, so the
+ *   firer never touches a freed watch.
+ *
+ *   Trees and lifetime. A child (token or task) holds a reference on its
+ *   parent and sits in the parent's `children` list (protected by the
+ *   parent's lock) until its own last reference goes; then it unlinks itself.
+ *   Cascading takes a reference on each child with "increment if not zero",
+ *   so a child that is already being freed is skipped, and the child stays
+ *   linked (its `sib_next` valid) while the cascade holds it.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static bool fired(uint32_t state)
+{
+	return (state & CTP__REASON_MASK) != 0;
+}
+
+static void lock(ctp_token *t)
+{
+	pthread_mutex_lock(&t->lock);
+}
+
+static void unlock(ctp_token *t)
+{
+	pthread_mutex_unlock(&t->lock);
+}
+
+void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state)
+{
+	atomic_init(&t->state, state);
+	atomic_init(&t->sleepers, 0);
+	atomic_init(&t->refs, 1);
+	atomic_init(&t->linked, 0);
+	t->kind = kind;
+	t->parent = NULL;
+	pthread_mutex_init(&t->lock, NULL); /* default mutex: cannot fail */
+	t->children = NULL;
+	t->sib_prev = t->sib_next = NULL;
+	t->watches = t->watches_tail = NULL;
+	t->fd = -1;
+}
+
+void ctp__token_fini(ctp_token *t)
+{
+	if (t->fd >= 0)
+		close(t->fd);
+	t->fd = -1;
+	pthread_mutex_destroy(&t->lock);
+}
+
+/* ---- references --------------------------------------------------------- */
+
+void ctp__token_ref(ctp_token *t)
+{
+	/* the caller already holds a reference: relaxed is enough */
+	atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+bool ctp__token_tryref(ctp_token *t)
+{
+	uint32_t r = atomic_load_explicit(&t->refs, memory_order_relaxed);
+
+	while (r != 0) {
+		if (atomic_compare_exchange_weak_explicit(&t->refs, &r, r + 1,
+		    memory_order_relaxed, memory_order_relaxed))
+			return true;
+	}
+	return false;
+}
+
+void ctp__token_put(ctp_token *t)
+{
+	/* acq_rel: every use of the object happens before its free */
+	if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	if (t->kind == CTP__TOKEN_TASK) {
+		ctp__task_free((ctp_task *)t);
+		return;
+	}
+	ctp__token_unlink(t);
+	ctp__token_fini(t);
+	free(t);
+}
+
+/* ---- trees -------------------------------------------------------------- */
+
+int ctp__token_link(ctp_token *parent, ctp_token *child)
+{
+	uint32_t s;
+
+	lock(parent);
+	atomic_store(&parent->linked, 1);   /* seq_cst: Dekker with the firer */
+	s = atomic_load(&parent->state);
+	if (fired(s)) {
+		unlock(parent);
+		return ctp__reason_of(s);
+	}
+	ctp__token_ref(parent);
+	child->parent = parent;
+	child->sib_prev = NULL;
+	child->sib_next = parent->children;
+	if (parent->children != NULL)
+		parent->children->sib_prev = child;
+	parent->children = child;
+	unlock(parent);
+	return 0;
+}
+
+void ctp__token_unlink(ctp_token *child)
+{
+	ctp_token *p = child->parent;
+
+	if (p == NULL)
+		return;
+	lock(p);
+	if (child->sib_prev != NULL)
+		child->sib_prev->sib_next = child->sib_next;
+	else
+		p->children = child->sib_next;
+	if (child->sib_next != NULL)
+		child->sib_next->sib_prev = child->sib_prev;
+	unlock(p);
+	child->parent = NULL;
+	child->sib_prev = child->sib_next = NULL;
+	ctp__token_put(p);
+}
+
+/* The first child at or after c that we could take a reference on. Called
+ * with parent's lock held. */
+static ctp_token *ref_next_child(ctp_token *c)
+{
+	while (c != NULL && !ctp__token_tryref(c))
+		c = c->sib_next;
+	return c;
+}
+
+static void fire_children(ctp_token *t, int reason)
+{
+	ctp_token *c, *next;
+
+	lock(t);
+	c = ref_next_child(t->children);
+	unlock(t);
+	while (c != NULL) {
+		ctp__token_fire(c, reason);
+		lock(t);
+		next = ref_next_child(c->sib_next); /* c is still linked: we hold it */
+		unlock(t);
+		ctp__token_put(c);
+		c = next;
+	}
+}
+
+/* ---- watches ------------------------------------------------------------ */
+
+static void watch_free(struct ctp_watch *w)
+{
+	if (w->internal)
+		return;
+	ctp__token_put(w->token);
+	free(w);
+}
+
+static void run_watches(ctp_token *t)
+{
+	struct ctp_watch *w;
+
+	lock(t);
+	while ((w = t->watches) != NULL) {
+		t->watches = w->next;
+		if (t->watches == NULL)
+			t->watches_tail = NULL;
+		else
+			t->watches->prev = NULL;
+		w->next = w->prev = NULL;
+		w->runner = pthread_self();
+		atomic_store_explicit(&w->state, CTP__WATCH_RUNNING,
+		    memory_order_relaxed); /* read under the lock */
+		unlock(t);
+		w->fn(w->arg);
+		lock(t);
+		if (w->free_on_done) {
+			/* fn unwatched itself: it is ours to free */
+			unlock(t);
+			watch_free(w);
+			lock(t);
+			continue;
+		}
+		/* release: fn's effects before the unwatcher frees it */
+		atomic_store_explicit(&w->state, CTP__WATCH_DONE,
+		    memory_order_release);
+		ctp__futex_wake(&w->state, INT_MAX);
+	}
+	unlock(t);
+}
+
+static void watch_init(struct ctp_watch *w, ctp_token *t, void (*fn)(void *),
+                       void *arg, bool internal)
+{
+	w->token = t;
+	w->fn = fn;
+	w->arg = arg;
+	w->next = w->prev = NULL;
+	atomic_init(&w->state, CTP__WATCH_PENDING);
+	w->free_on_done = false;
+	w->internal = internal;
+}
+
+/* Appends w unless t has fired; returns false if it had. */
+static bool watch_add(ctp_token *t, struct ctp_watch *w)
+{
+	lock(t);
+	atomic_store(&t->linked, 1);  /* seq_cst: Dekker with the firer */
+	if (fired(atomic_load(&t->state))) {
+		unlock(t);
+		return false;
+	}
+	w->prev = t->watches_tail;
+	if (t->watches_tail != NULL)
+		t->watches_tail->next = w;
+	else
+		t->watches = w;
+	t->watches_tail = w;
+	unlock(t);
+	return true;
+}
+
+/* Returns true when the caller must free w now. */
+static bool watch_remove(struct ctp_watch *w)
+{
+	ctp_token *t = w->token;
+
+	lock(t);
+	for (;;) {
+		uint32_t s = atomic_load_explicit(&w->state,
+		    memory_order_acquire);
+
+		if (s == CTP__WATCH_PENDING) {
+			if (w->prev != NULL)
+				w->prev->next = w->next;
+			else
+				t->watches = w->next;
+			if (w->next != NULL)
+				w->next->prev = w->prev;
+			else
+				t->watches_tail = w->prev;
+			break;
+		}
+		if (s == CTP__WATCH_DONE)
+			break;
+		if (pthread_equal(w->runner, pthread_self())) {
+			/* called from inside fn: the firer frees it later */
+			w->free_on_done = true;
+			unlock(t);
+			return false;
+		}
+		unlock(t);
+		ctp__futex_wait(&w->state, CTP__WATCH_RUNNING, NULL);
+		lock(t);
+	}
+	unlock(t);
+	return true;
+}
+
+bool ctp__token_watch_internal(ctp_token *t, struct ctp_watch *w,
+                               void (*fn)(void *), void *arg)
+{
+	watch_init(w, t, fn, arg, true);
+	return watch_add(t, w);
+}
+
+void ctp__token_unwatch_internal(struct ctp_watch *w)
+{
+	(void)watch_remove(w);
+}
+
+int ctp_token_watch(ctp_token *token, void (*fn)(void *arg), void *arg,
+                    ctp_watch **watch)
+{
+	struct ctp_watch *w;
+
+	if (token == NULL || fn == NULL || watch == NULL)
+		return -EINVAL;
+	w = malloc(sizeof(*w));
+	if (w == NULL)
+		return -ENOMEM;
+	ctp__token_ref(token);
+	watch_init(w, token, fn, arg, false);
+	*watch = w;
+	if (!watch_add(token, w)) {
+		/* already fired: run it here, now; it counts as done */
+		atomic_store_explicit(&w->state, CTP__WATCH_DONE,
+		    memory_order_relaxed);
+		fn(arg);
+	}
+	return 0;
+}
+
+void ctp_token_unwatch(ctp_watch *watch)
+{
+	if (watch != NULL && watch_remove(watch))
+		watch_free(watch);
+}
+
+/* ---- firing ------------------------------------------------------------- */
+
+static void fire_links(ctp_token *t, int reason)
+{
+	lock(t);
+	if (t->fd >= 0) {
+		uint64_t one = 1;
+
+		/* cannot block (EFD_NONBLOCK) or overflow (at most 2 writes) */
+		(void)!write(t->fd, &one, sizeof(one));
+	}
+	unlock(t);
+	fire_children(t, reason);
+	run_watches(t);
+}
+
+int ctp__token_fire(ctp_token *t, int reason)
+{
+	uint32_t old = atomic_load_explicit(&t->state, memory_order_relaxed);
+	uint32_t phase, next;
+
+	do {
+		phase = old & CTP__PHASE_MASK;
+		if (fired(old) || phase == CTP__PHASE_DONE)
+			return -EALREADY;
+		next = (uint32_t)-reason |
+		    (phase == CTP__PHASE_QUEUED ? CTP__PHASE_CANCELLED : phase);
+		/* seq_cst: the Dekker pairs with `sleepers` and `linked` */
+	} while (!atomic_compare_exchange_weak(&t->state, &old, next));
+
+	if (atomic_load(&t->sleepers) != 0)
+		ctp__futex_wake(&t->state, INT_MAX);
+	if (phase == CTP__PHASE_QUEUED)
+		ctp__task_finish_unrun((ctp_task *)t, reason);
+	if (atomic_load(&t->linked) != 0)
+		fire_links(t, reason);
+	return (int)(phase >> CTP__PHASE_SHIFT);
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+bool ctp_token_cancelled(const ctp_token *token)
+{
+	/* acquire: what the firer did before firing is visible after this */
+	return fired(atomic_load_explicit(&token->state, memory_order_acquire));
+}
+
+int ctp_token_reason(const ctp_token *token)
+{
+	if (token == NULL)
+		return -EINVAL;
+	return ctp__reason_of(atomic_load_explicit(&token->state,
+	    memory_order_acquire));
+}
+
+int ctp_token_sleep(ctp_token *token, int64_t ns)
+{
+	struct timespec abs;
+	bool timed;
+
+	if (token == NULL || !ctp__duration_ok(ns))
+		return -EINVAL;
+	timed = ctp__deadline(ns, &abs);
+	for (;;) {
+		uint32_t s = atomic_load(&token->state);
+		int r;
+
+		if (fired(s))
+			return ctp__reason_of(s);
+		if (ns == 0)
+			return 0;
+		atomic_fetch_add(&token->sleepers, 1);
+		s = atomic_load(&token->state); /* re-check after announcing */
+		if (fired(s)) {
+			atomic_fetch_sub(&token->sleepers, 1);
+			return ctp__reason_of(s);
+		}
+		r = ctp__futex_wait(&token->state, s, timed ? &abs : NULL);
+		atomic_fetch_sub(&token->sleepers, 1);
+		if (r == -ETIMEDOUT)
+			return ctp_token_reason(token);
+	}
+}
+
+int ctp_token_fd(ctp_token *token)
+{
+	int fd;
+
+	if (token == NULL)
+		return -EINVAL;
+	lock(token);
+	if (token->fd < 0) {
+		fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (fd < 0) {
+			fd = -errno;
+			unlock(token);
+			return fd;
+		}
+		token->fd = fd;
+		atomic_store(&token->linked, 1); /* seq_cst: Dekker with firer */
+		if (fired(atomic_load(&token->state))) {
+			uint64_t one = 1;
+
+			(void)!write(fd, &one, sizeof(one));
+		}
+	}
+	fd = token->fd;
+	unlock(token);
+	return fd;
+}
+
+int ctp_token_create(ctp_token **token, ctp_token *parent)
+{
+	ctp_token *t;
+	int r;
+
+	if (token == NULL)
+		return -EINVAL;
+	t = malloc(sizeof(*t));
+	if (t == NULL)
+		return -ENOMEM;
+	ctp__token_init(t, CTP__TOKEN_STANDALONE, 0);
+	if (parent != NULL) {
+		r = ctp__token_link(parent, t);
+		if (r != 0) /* born fired, with the parent's reason */
+			atomic_store(&t->state, (uint32_t)-r);
+	}
+	*token = t;
+	return 0;
+}
+
+int ctp_token_cancel(ctp_token *token)
+{
+	int r;
+
+	if (token == NULL)
+		return -EINVAL;
+	r = ctp__token_fire(token, -ECANCELED);
+	return r < 0 ? r : 0;
+}
+
+void ctp_token_release(ctp_token *token)
+{
+	/* a task's token belongs to its task: releasing it is a no-op */
+	if (token != NULL && token->kind == CTP__TOKEN_STANDALONE)
+		ctp__token_put(token);
+}
