@@ -187,7 +187,8 @@ CTP_EXPORT void ctp_pool_stats(ctp_pool *pool, ctp_stats *stats);
  * -EAGAIN (queue full and queue_wait ran out), -ESHUTDOWN, -ENOMEM, or the
  * parent's reason (e.g. -ECANCELED) when opts->parent has already fired. A
  * task that is not accepted never runs and its done is not called. Blocks
- * only while waiting for room (queue_wait). The task's deadline counts from
+ * only while waiting for room (queue_wait); if opts->parent fires during that
+ * wait, the call returns the parent's reason. The task's deadline counts from
  * the moment it is accepted. Tasks start in submission order, except after a
  * submitter finds the queue's slots full of cancelled tasks while every worker
  * is busy: it then moves the live tasks it passes to the back. */

@@ -13,7 +13,9 @@
  * Lock order (a lock may be taken while holding only locks above it):
  *   pool->lock            shutdown / join bookkeeping
  *   worker->lock          one worker's current task
- *   token->lock           a parent before its child (never child then parent)
+ *   token->lock           a parent before its child (never child then parent);
+ *                         firing holds the locks of a whole path from the
+ *                         root it fires down to the child it marks
  *   timer->lock
  *   pool->free_lock       task free list
  * No user code (task fn, done, watcher, thread hook) ever runs under any of
@@ -140,6 +142,8 @@ struct ctp_token {
 	struct ctp_watch *watches;  /* pending watches, in registration order */
 	struct ctp_watch *watches_tail;
 	int              fd;        /* eventfd, -1 until ctp_token_fd */
+	ctp_token       *fire_next; /* list of one fire call; written only by
+	                               the thread whose CAS fired this token */
 };
 
 enum ctp__watch_state { CTP__WATCH_PENDING, CTP__WATCH_RUNNING,

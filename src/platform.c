@@ -146,6 +146,7 @@ const char *ctp_strerror(int err)
 	case -EALREADY:     return "already finished or already fired";
 	case -EMFILE:       return "too many open files in this process";
 	case -ENFILE:       return "too many open files in the system";
+	case INT_MIN:       return "unknown error"; /* -INT_MIN overflows */
 	default:            return strerror(err < 0 ? -err : err);
 	}
 }

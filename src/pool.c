@@ -359,13 +359,15 @@ static void discard(ctp_task *t)
 	ctp__token_put(&t->token);
 }
 
-static int admit(ctp_pool *pool, int64_t queue_wait)
+/* Takes a queue slot, waiting up to queue_wait; a parent that fires while we
+ * wait ends the wait with its reason. */
+static int admit(ctp_pool *pool, int64_t queue_wait, ctp_token *parent)
 {
 	struct timespec abs;
 	bool timed = ctp__deadline(queue_wait, &abs);
 	int r;
 
-	r = ctp__queue_reserve(&pool->queue, NULL, queue_wait == 0,
+	r = ctp__queue_reserve(&pool->queue, parent, queue_wait == 0,
 	    timed ? &abs : NULL);
 	if (r == -EAGAIN || r == -ETIMEDOUT) {
 		atomic_fetch_add_explicit(&pool->st_rejected, 1,
@@ -406,7 +408,7 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		discard(t);
 		return r;
 	}
-	r = admit(pool, o.queue_wait);
+	r = admit(pool, o.queue_wait, o.parent);
 	if (r != 0)
 		goto undo_timer;
 	/* the pool's reference, the ring's, and the handle's */

@@ -17,12 +17,18 @@
  *                  RUNNING -> RUNNING|reason -> DONE|reason
  *     Firing a DONE task does nothing (-EALREADY).
  *
- *   Who wakes whom. The firer, after its CAS and outside every lock:
- *     1. wakes sleepers (futex on `state`; only if `sleepers` > 0);
- *     2. finishes a task it caught QUEUED: done(reason) on the firer's thread;
- *     3. if `linked`: writes the eventfd, fires every child (depth first,
- *        each child held by a reference while the parent's lock is dropped),
- *        then runs the watches one at a time, each outside the lock.
+ *   Who wakes whom. Firing a tree is two phases, so that nothing in it can
+ *   start once the root has fired:
+ *     1. mark: the CAS on the root, then on every descendant, walking each
+ *        parent's children under that parent's lock (parent before child);
+ *        every token this call fired is listed, with a reference held, in
+ *        `fire_next` (written only by the CAS winner);
+ *     2. outside every lock, for each listed token: wake sleepers (futex on
+ *        `state`, only if `sleepers` > 0), write the eventfd, run the
+ *        watches one at a time (each outside the lock); then, for each task
+ *        caught QUEUED, finish it: done(reason) on the firer's thread.
+ *   A concurrent firer of a descendant owns that subtree: its own call wakes
+ *   and finishes it.
  *   `linked` lets a token that never had a child, watch or fd fire with no
  *   lock at all. It is a Dekker pair with `state`: whoever adds a child,
  *   watch or fd sets `linked` (seq_cst) and then reads `state` (seq_cst)
@@ -42,10 +48,10 @@
  *
  *   Trees and lifetime. A child (token or task) holds a reference on its
  *   parent and sits in the parent's `children` list (protected by the
- *   parent's lock) until its own last reference goes; then it unlinks itself.
- *   Cascading takes a reference on each child with "increment if not zero",
- *   so a child that is already being freed is skipped, and the child stays
- *   linked (its `sib_next` valid) while the cascade holds it.
+ *   parent's lock) until its own last reference goes; then it unlinks itself
+ *   under the parent's lock, so a child seen under that lock is valid memory.
+ *   Marking takes a reference on each child it fires with "increment if not
+ *   zero": a child already being freed has no task, sleeper or watch left.
  */
 #include <errno.h>
 #include <limits.h>
@@ -168,32 +174,6 @@ void ctp__token_unlink(ctp_token *child)
 	child->parent = NULL;
 	child->sib_prev = child->sib_next = NULL;
 	ctp__token_put(p);
-}
-
-/* The first child at or after c that we could take a reference on. Called
- * with parent's lock held. */
-static ctp_token *ref_next_child(ctp_token *c)
-{
-	while (c != NULL && !ctp__token_tryref(c))
-		c = c->sib_next;
-	return c;
-}
-
-static void fire_children(ctp_token *t, int reason)
-{
-	ctp_token *c, *next;
-
-	lock(t);
-	c = ref_next_child(t->children);
-	unlock(t);
-	while (c != NULL) {
-		ctp__token_fire(c, reason);
-		lock(t);
-		next = ref_next_child(c->sib_next); /* c is still linked: we hold it */
-		unlock(t);
-		ctp__token_put(c);
-		c = next;
-	}
 }
 
 /* ---- watches ------------------------------------------------------------ */
@@ -349,8 +329,57 @@ void ctp_token_unwatch(ctp_watch *watch)
 
 /* ---- firing ------------------------------------------------------------- */
 
-static void fire_links(ctp_token *t, int reason)
+/* The CAS that fires t; false if it had fired or its task had finished. */
+static bool fire_cas(ctp_token *t, int reason, uint32_t *old_phase)
 {
+	uint32_t old = atomic_load_explicit(&t->state, memory_order_relaxed);
+	uint32_t phase, next;
+
+	do {
+		phase = old & CTP__PHASE_MASK;
+		if (fired(old) || phase == CTP__PHASE_DONE)
+			return false;
+		next = (uint32_t)-reason |
+		    (phase == CTP__PHASE_QUEUED ? CTP__PHASE_CANCELLED : phase);
+		/* seq_cst: the Dekker pairs with `sleepers` and `linked` */
+	} while (!atomic_compare_exchange_weak(&t->state, &old, next));
+	*old_phase = phase;
+	return true;
+}
+
+/* Phase 1: fires every descendant of t (t has fired), holding each parent's
+ * lock while it walks the children (parent before child: the lock order), so
+ * the whole subtree is fired before any of it can start or be linked to.
+ * Appends each token it fired, with a reference, to the list at **tail. */
+static void mark_children(ctp_token *t, int reason, ctp_token ***tail)
+{
+	ctp_token *c;
+	uint32_t phase;
+
+	if (atomic_load(&t->linked) == 0) /* seq_cst: Dekker with link */
+		return;
+	lock(t);
+	for (c = t->children; c != NULL; c = c->sib_next) {
+		/* c cannot be freed meanwhile: it unlinks under our lock */
+		if (!fire_cas(c, reason, &phase))
+			continue;  /* fired or finished: not ours */
+		if (!ctp__token_tryref(c))
+			continue;  /* dying: no sleeper, watch or task left */
+		c->fire_next = NULL;
+		**tail = c;
+		*tail = &c->fire_next;
+		mark_children(c, reason, tail);
+	}
+	unlock(t);
+}
+
+/* Phase 2a: wakes whatever waits on t: sleepers, the fd, watchers. */
+static void wake_all(ctp_token *t)
+{
+	if (atomic_load(&t->sleepers) != 0)
+		ctp__futex_wake(&t->state, INT_MAX);
+	if (atomic_load(&t->linked) == 0)
+		return;
 	lock(t);
 	if (t->fd >= 0) {
 		uint64_t one = 1;
@@ -359,30 +388,30 @@ static void fire_links(ctp_token *t, int reason)
 		(void)!write(t->fd, &one, sizeof(one));
 	}
 	unlock(t);
-	fire_children(t, reason);
 	run_watches(t);
 }
 
 int ctp__token_fire(ctp_token *t, int reason)
 {
-	uint32_t old = atomic_load_explicit(&t->state, memory_order_relaxed);
-	uint32_t phase, next;
+	ctp_token *list = t, **tail = &t->fire_next, *c, *next;
+	uint32_t phase;
 
-	do {
-		phase = old & CTP__PHASE_MASK;
-		if (fired(old) || phase == CTP__PHASE_DONE)
-			return -EALREADY;
-		next = (uint32_t)-reason |
-		    (phase == CTP__PHASE_QUEUED ? CTP__PHASE_CANCELLED : phase);
-		/* seq_cst: the Dekker pairs with `sleepers` and `linked` */
-	} while (!atomic_compare_exchange_weak(&t->state, &old, next));
-
-	if (atomic_load(&t->sleepers) != 0)
-		ctp__futex_wake(&t->state, INT_MAX);
-	if (phase == CTP__PHASE_QUEUED)
-		ctp__task_finish_unrun((ctp_task *)t, reason);
-	if (atomic_load(&t->linked) != 0)
-		fire_links(t, reason);
+	if (!fire_cas(t, reason, &phase))
+		return -EALREADY;
+	ctp__token_ref(t); /* every listed token holds one */
+	t->fire_next = NULL;
+	mark_children(t, reason, &tail);
+	/* waking first: it is what makes running work stop */
+	for (c = list; c != NULL; c = c->fire_next)
+		wake_all(c);
+	/* Phase 2b: finish every task caught while queued (done runs here). */
+	for (c = list; c != NULL; c = next) {
+		next = c->fire_next;
+		if ((atomic_load_explicit(&c->state, memory_order_relaxed) &
+		    CTP__PHASE_MASK) == CTP__PHASE_CANCELLED)
+			ctp__task_finish_unrun((ctp_task *)c, reason);
+		ctp__token_put(c);
+	}
 	return (int)(phase >> CTP__PHASE_SHIFT);
 }
 
