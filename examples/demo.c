@@ -1,0 +1,340 @@
+/*
+ * demo: a tour of ctpool in one short story.
+ *
+ * A pool of 2 workers runs "jobs" that each pretend to work by sleeping on
+ * their cancellation token (ctp_token_sleep) and stop at once when it fires.
+ * The story: one job runs to completion; two long jobs take both workers;
+ * while they hold them, one queued job is cancelled by its handle, another
+ * misses its deadline, and a group of jobs is cancelled through a parent
+ * token; then a running job is cancelled by its handle; finally the pool is
+ * shut down with a 200 ms drain while more work is pending. It ends with what
+ * happened to every job and the pool's statistics.
+ *
+ * Only this (main) thread prints, each time after it has waited for the
+ * event it reports, so the story reads the same on every run (only the
+ * timings change). Exit status: 0 when every job ended as the story expects.
+ *
+ * Build: meson setup build && ninja -C build && ./build/examples/demo
+ */
+#include <errno.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "ctpool.h"
+
+struct job {
+	const char *name;
+	int         work_ms;      /* how long the job works (sleeps) */
+	int         expect_ran;   /* what the story expects: did fn run ... */
+	int         expect_status; /* ... and the status done receives */
+	sem_t       started;      /* posted by the job when it starts */
+	int         ran;          /* written by the job ... */
+	int64_t     stop_ns;      /* ... when it stopped working */
+	int         status;       /* written by done */
+	int         done_calls;
+	ctp_task   *task;         /* our handle */
+};
+
+#define JOB(n, ms, ran, st) \
+	{ .name = (n), .work_ms = (ms), .expect_ran = (ran), .expect_status = (st) }
+
+static struct job jobs[] = {
+	/*   name          work ms  ran  status        what the story does */
+	JOB("warm-cache",  20,      1,   0),           /* runs to the end */
+	JOB("newsletter",  10000,   1,   -ECANCELED),  /* cancelled, running */
+	JOB("batch-1",     10000,   1,   -ECANCELED),  /* group, running */
+	JOB("email",       10,      0,   -ECANCELED),  /* cancelled, queued */
+	JOB("thumbnail",   10,      0,   -ETIMEDOUT),  /* deadline, queued */
+	JOB("batch-2",     10,      0,   -ECANCELED),  /* group, queued */
+	JOB("batch-3",     10,      0,   -ECANCELED),  /* group, queued */
+	JOB("report-1",    120,     1,   0),           /* done in the drain */
+	JOB("report-2",    120,     1,   0),
+	JOB("report-3",    120,     1,   -ESHUTDOWN),  /* running at its end */
+	JOB("report-4",    120,     1,   -ESHUTDOWN),
+	JOB("report-5",    120,     0,   -ESHUTDOWN),  /* queued: dropped */
+	JOB("report-6",    120,     0,   -ESHUTDOWN),
+};
+enum { WARM, NEWS, BATCH1, EMAIL, THUMB, BATCH2, BATCH3, REPORT1,
+       NJOBS = sizeof(jobs) / sizeof(jobs[0]) };
+
+static int unexpected; /* count of surprises; makes the exit status 1 */
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static const char *code_name(int code)
+{
+	switch (code) {
+	case 0:            return "0";
+	case -ECANCELED:   return "-ECANCELED";
+	case -ETIMEDOUT:   return "-ETIMEDOUT";
+	case -ESHUTDOWN:   return "-ESHUTDOWN";
+	case -EINPROGRESS: return "-EINPROGRESS";
+	case -EALREADY:    return "-EALREADY";
+	default:           return "(other)";
+	}
+}
+
+/* Stops the demo on an error the story does not expect. */
+static void check(const char *what, int rc, int want)
+{
+	if (rc == want)
+		return;
+	printf("error: %s returned %d (%s), expected %s\n", what, rc,
+	       ctp_strerror(rc), code_name(want));
+	exit(1);
+}
+
+/* The job: works for work_ms unless its token fires first. Its status is 0
+ * when the work was done, else the reason the token fired. */
+static int job_fn(void *arg, ctp_token *token)
+{
+	struct job *j = arg;
+	int         rc;
+
+	j->ran = 1;
+	if (sem_post(&j->started) != 0)
+		abort(); /* cannot fail on a valid semaphore */
+	rc = ctp_token_sleep(token, CTP_MSEC(j->work_ms));
+	j->stop_ns = now_ns();
+	return rc;
+}
+
+/* Runs on a worker (job ran), or on the thread that cancelled it. */
+static void job_done(void *arg, int status)
+{
+	struct job *j = arg;
+
+	j->status = status;
+	j->done_calls++;
+}
+
+static void submit(struct job *j, int64_t timeout, ctp_token *parent,
+                   ctp_pool *pool)
+{
+	ctp_task_opts o = { .done = job_done, .timeout = timeout,
+	                    .parent = parent, .queue_wait = CTP_FOREVER };
+
+	check("ctp_pool_submit", ctp_pool_submit(pool, job_fn, j, &o, &j->task),
+	      0);
+}
+
+/* Waits (at most 10 s, so a broken run fails instead of hanging) until the
+ * job is running on a worker. */
+static void wait_started(struct job *j)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 10;
+	while (sem_timedwait(&j->started, &ts) != 0) {
+		if (errno != EINTR) {
+			printf("error: job %s did not start\n", j->name);
+			exit(1);
+		}
+	}
+}
+
+static void wait_done(struct job *j)
+{
+	check("ctp_task_wait", ctp_task_wait(j->task, CTP_SEC(10), NULL), 0);
+}
+
+static void expect_state(struct job *j, int want, const char *what)
+{
+	if (ctp_task_state(j->task) != want) {
+		printf("   UNEXPECTED: %s is not %s\n", j->name, what);
+		unexpected++;
+	}
+}
+
+static void step_complete(ctp_pool *pool)
+{
+	printf("1. A job that runs to completion\n");
+	submit(&jobs[WARM], 0, NULL, pool);
+	wait_done(&jobs[WARM]);
+	printf("   warm-cache worked %d ms and finished: status %s\n\n",
+	       jobs[WARM].work_ms, code_name(jobs[WARM].status));
+}
+
+static void step_occupy(ctp_pool *pool, ctp_token *batch)
+{
+	printf("2. Two long jobs (10 s each) take both workers\n");
+	submit(&jobs[NEWS], 0, NULL, pool);
+	wait_started(&jobs[NEWS]);
+	printf("   newsletter is running\n");
+	submit(&jobs[BATCH1], 0, batch, pool);
+	wait_started(&jobs[BATCH1]);
+	printf("   batch-1 is running (it belongs to the group \"batch\")\n\n");
+}
+
+static void step_cancel_queued(ctp_pool *pool)
+{
+	struct job *j = &jobs[EMAIL];
+
+	printf("3. Cancel a job by its handle while it is still queued\n");
+	submit(j, 0, NULL, pool);
+	expect_state(j, CTP_TASK_QUEUED, "queued");
+	printf("   email is queued behind the busy workers\n");
+	check("ctp_task_cancel(email)", ctp_task_cancel(j->task), 0);
+	/* Its done has already returned, on this thread. */
+	printf("   ctp_task_cancel(email) = 0: it will never run; "
+	       "its done got %s\n\n", code_name(j->status));
+}
+
+static void step_deadline(ctp_pool *pool)
+{
+	struct job *j = &jobs[THUMB];
+
+	printf("4. A queued job misses its deadline\n");
+	submit(j, CTP_MSEC(50), NULL, pool);
+	printf("   thumbnail is queued with opts.timeout = 50 ms\n");
+	wait_done(j);
+	printf("   the deadline passed before a worker was free: it never "
+	       "ran; its done got %s\n\n", code_name(j->status));
+}
+
+static void step_cancel_group(ctp_pool *pool, ctp_token *batch)
+{
+	int64_t t0;
+
+	printf("5. Cancel a group through its parent token\n");
+	submit(&jobs[BATCH2], 0, batch, pool);
+	submit(&jobs[BATCH3], 0, batch, pool);
+	printf("   batch-2 and batch-3 are queued in the group \"batch\"\n");
+	t0 = now_ns();
+	check("ctp_token_cancel(batch)", ctp_token_cancel(batch), 0);
+	printf("   ctp_token_cancel(batch) = 0\n");
+	printf("   batch-2, batch-3 never ran; their done got %s, %s\n",
+	       code_name(jobs[BATCH2].status), code_name(jobs[BATCH3].status));
+	wait_done(&jobs[BATCH1]);
+	printf("   batch-1 was running: its token fired and it stopped "
+	       "%lld us later, status %s\n\n",
+	       (long long)(jobs[BATCH1].stop_ns - t0) / 1000,
+	       code_name(jobs[BATCH1].status));
+}
+
+static void step_cancel_running(void)
+{
+	struct job *j = &jobs[NEWS];
+	int64_t     t0 = now_ns();
+
+	printf("6. Cancel a job by its handle while it is running\n");
+	check("ctp_task_cancel(newsletter)", ctp_task_cancel(j->task),
+	      -EINPROGRESS);
+	wait_done(j);
+	printf("   ctp_task_cancel(newsletter) = -EINPROGRESS: its token fired "
+	       "and it stopped %lld us later, status %s\n\n",
+	       (long long)(j->stop_ns - t0) / 1000, code_name(j->status));
+}
+
+static void step_shutdown(ctp_pool *pool)
+{
+	int64_t t0, t1;
+	int     rc;
+
+	printf("7. Shut down with a 200 ms drain while 6 reports of 120 ms "
+	       "are pending\n");
+	for (int i = REPORT1; i < NJOBS; i++)
+		submit(&jobs[i], 0, NULL, pool);
+	wait_started(&jobs[REPORT1]);
+	wait_started(&jobs[REPORT1 + 1]);
+	t0 = now_ns();
+	rc = ctp_pool_shutdown(pool, CTP_MSEC(200), CTP_SEC(5));
+	t1 = now_ns();
+	check("ctp_pool_shutdown", rc, 0);
+	printf("   ctp_pool_shutdown(drain 200 ms, grace 5 s) = 0: "
+	       "the stop took %lld us\n\n", (long long)(t1 - t0) / 1000);
+}
+
+static const char *outcome(const struct job *j)
+{
+	if (j->ran)
+		return j->status == 0 ? "ran to completion"
+		                      : "ran, stopped when its token fired";
+	switch (j->status) {
+	case -ECANCELED: return "cancelled, never ran";
+	case -ETIMEDOUT: return "timed out, never ran";
+	case -ESHUTDOWN: return "dropped by shutdown, never ran";
+	default:         return "never ran (?)";
+	}
+}
+
+static void report(void)
+{
+	printf("What happened to every job:\n");
+	for (int i = 0; i < NJOBS; i++) {
+		struct job *j = &jobs[i];
+		int         state = ctp_task_state(j->task);
+		int         ok = j->done_calls == 1 && j->ran == j->expect_ran &&
+		                 j->status == j->expect_status &&
+		                 state == (j->ran ? CTP_TASK_DONE
+		                                  : CTP_TASK_CANCELLED);
+
+		printf("   %-11s %-34s status %s%s\n", j->name, outcome(j),
+		       code_name(j->status), ok ? "" : "  UNEXPECTED");
+		unexpected += !ok;
+	}
+}
+
+static void print_stats(ctp_pool *pool)
+{
+	ctp_stats s;
+
+	ctp_pool_stats(pool, &s);
+	printf("\nctp_pool_stats: submitted %llu = completed %llu + cancelled "
+	       "%llu + timed_out %llu + dropped %llu; rejected %llu, threads "
+	       "%u\n", (unsigned long long)s.submitted,
+	       (unsigned long long)s.completed, (unsigned long long)s.cancelled,
+	       (unsigned long long)s.timed_out, (unsigned long long)s.dropped,
+	       (unsigned long long)s.rejected, s.threads);
+	if (s.submitted != NJOBS || s.completed != 7 || s.cancelled != 3 ||
+	    s.timed_out != 1 || s.dropped != 2 || s.rejected != 0) {
+		printf("UNEXPECTED: the story expects 13 = 7 + 3 + 1 + 2\n");
+		unexpected++;
+	}
+}
+
+int main(void)
+{
+	ctp_pool_opts opts = { .threads = 2, .name = "demo" };
+	ctp_pool     *pool;
+	ctp_token    *batch;
+
+	for (int i = 0; i < NJOBS; i++) {
+		if (sem_init(&jobs[i].started, 0, 0) != 0) {
+			printf("error: sem_init failed\n");
+			return 1;
+		}
+	}
+	check("ctp_pool_create", ctp_pool_create(&pool, &opts), 0);
+	check("ctp_token_create", ctp_token_create(&batch, NULL), 0);
+	printf("ctpool demo: a pool of 2 workers and %d jobs\n\n", NJOBS);
+
+	step_complete(pool);
+	step_occupy(pool, batch);
+	step_cancel_queued(pool);
+	step_deadline(pool);
+	step_cancel_group(pool, batch);
+	ctp_token_release(batch);
+	step_cancel_running();
+	step_shutdown(pool);
+	report();
+	print_stats(pool);
+
+	for (int i = 0; i < NJOBS; i++) {
+		ctp_task_release(jobs[i].task);
+		sem_destroy(&jobs[i].started);
+	}
+	check("ctp_pool_destroy", ctp_pool_destroy(pool), 0);
+	printf("%s\n", unexpected ? "\nSomething unexpected happened."
+	                          : "\nEverything went as expected.");
+	return unexpected ? 1 : 0;
+}
