@@ -532,14 +532,8 @@ static void test_pool_stats_identity_after_mix(void **state)
 	parked_init(&blk, 0);
 	assert_int_equal(ctp_token_create(&parent, NULL), 0);
 	saturate(pool, &blk, 1);
-	for (int i = 0; i < 3; i++) {
-		rec_init(&quick[i], 0);
-		assert_int_equal(submit_rec(pool, &quick[i], NO_OPTS, NULL), 0);
-	}
-	for (int i = 0; i < 2; i++) {
-		rec_init(&can[i], 0);
-		assert_int_equal(submit_rec(pool, &can[i], NO_OPTS, &tc[i]), 0);
-	}
+	submit_recs(pool, quick, 3, NULL);
+	submit_recs(pool, can, 2, tc);
 	for (int i = 0; i < 2; i++) {
 		rec_init(&late[i], 0);
 		assert_int_equal(submit_rec(pool, &late[i],

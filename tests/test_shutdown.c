@@ -218,13 +218,8 @@ static void test_shutdown_drop_all_reports_on_caller(void **state)
 	ctp_task *tb = NULL, *tq[N];
 	int st = UNSET;
 
-	sleeper_init(&blk, CTP_FOREVER);
-	assert_int_equal(submit(pool, sleeper_fn, &blk, NO_OPTS, &tb), 0);
-	tu_sem_wait(&blk.started);
-	for (int i = 0; i < N; i++) {
-		rec_init(&q[i], 0);
-		assert_int_equal(submit_rec(pool, &q[i], NO_OPTS, &tq[i]), 0);
-	}
+	start_sleeper(pool, &blk, &tb);
+	submit_recs(pool, q, N, tq);
 
 	assert_int_equal(ctp_pool_shutdown(pool, 0, CTP_FOREVER), 0);
 	for (int i = 0; i < N; i++) {
@@ -267,13 +262,8 @@ static void test_shutdown_bounded_drain_then_cancel(void **state)
 	struct sleeper blk;
 	struct rec q[N];
 
-	sleeper_init(&blk, CTP_FOREVER);
-	assert_int_equal(submit(pool, sleeper_fn, &blk, NO_OPTS, NULL), 0);
-	tu_sem_wait(&blk.started);
-	for (int i = 0; i < N; i++) {
-		rec_init(&q[i], 0);
-		assert_int_equal(submit_rec(pool, &q[i], NO_OPTS, NULL), 0);
-	}
+	start_sleeper(pool, &blk, NULL);
+	submit_recs(pool, q, N, NULL);
 	int64_t t0 = tu_now_ns();
 	assert_int_equal(ctp_pool_shutdown(pool, CTP_MSEC(50), CTP_FOREVER), 0);
 	int64_t el = tu_now_ns() - t0;
@@ -481,10 +471,7 @@ static void test_shutdown_concurrent_callers(void **state)
 	}
 	for (int i = 0; i < 2; i++)
 		tu_sem_wait(&s[i].started);
-	for (int i = 0; i < N; i++) {
-		rec_init(&q[i], 0);
-		assert_int_equal(submit_rec(pool, &q[i], NO_OPTS, NULL), 0);
-	}
+	submit_recs(pool, q, N, NULL);
 	assert_int_equal(pthread_barrier_init(&barrier, NULL, 2), 0);
 	for (int i = 0; i < 2; i++)
 		th[i] = shutter_start(&sh[i], pool, 0, BOUND, &barrier);
@@ -601,13 +588,8 @@ static void test_shutdown_destroy_without_shutdown_drops_and_fires(void **state)
 	ctp_task *tb = NULL, *tq[N];
 	int st = UNSET;
 
-	sleeper_init(&blk, CTP_FOREVER);
-	assert_int_equal(submit(pool, sleeper_fn, &blk, NO_OPTS, &tb), 0);
-	tu_sem_wait(&blk.started);
-	for (int i = 0; i < N; i++) {
-		rec_init(&q[i], 0);
-		assert_int_equal(submit_rec(pool, &q[i], NO_OPTS, &tq[i]), 0);
-	}
+	start_sleeper(pool, &blk, &tb);
+	submit_recs(pool, q, N, tq);
 	int64_t t0 = tu_now_ns();
 	assert_int_equal(ctp_pool_destroy(pool), 0);
 	assert_true(tu_now_ns() - t0 < CTP_SEC(5));
@@ -640,14 +622,9 @@ static void test_shutdown_stats_identity(void **state)
 	struct sleeper blk;
 	ctp_task *tc = NULL;
 
-	for (int i = 0; i < 2; i++) {
-		rec_init(&quick[i], 0);
-		assert_int_equal(submit_rec(pool, &quick[i], NO_OPTS, NULL), 0);
-	}
+	submit_recs(pool, quick, 2, NULL);
 	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
-	sleeper_init(&blk, CTP_FOREVER);
-	assert_int_equal(submit(pool, sleeper_fn, &blk, NO_OPTS, NULL), 0);
-	tu_sem_wait(&blk.started);
+	start_sleeper(pool, &blk, NULL);
 	rec_init(&can, 0);
 	assert_int_equal(submit_rec(pool, &can, NO_OPTS, &tc), 0);
 	assert_int_equal(ctp_task_cancel(tc), 0);
@@ -655,10 +632,7 @@ static void test_shutdown_stats_identity(void **state)
 	assert_int_equal(submit_rec(pool, &late,
 	                 (ctp_task_opts){ .timeout = CTP_MSEC(20) }, NULL), 0);
 	tu_sem_wait(&late.done_sem);
-	for (int i = 0; i < 2; i++) {
-		rec_init(&drop[i], 0);
-		assert_int_equal(submit_rec(pool, &drop[i], NO_OPTS, NULL), 0);
-	}
+	submit_recs(pool, drop, 2, NULL);
 	assert_int_equal(ctp_pool_shutdown(pool, 0, CTP_FOREVER), 0);
 
 	ctp_stats s = stats_of(pool);

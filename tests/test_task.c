@@ -284,9 +284,7 @@ static void test_task_cancel_running_fires_token(void **state)
 	ctp_task *t = NULL;
 	int st = UNSET;
 
-	sleeper_init(&s, CTP_FOREVER);
-	assert_int_equal(submit(pool, sleeper_fn, &s, NO_OPTS, &t), 0);
-	tu_sem_wait(&s.started);
+	start_sleeper(pool, &s, &t);
 	assert_int_equal(ctp_task_state(t), CTP_TASK_RUNNING);
 
 	assert_int_equal(ctp_task_cancel(t), -EINPROGRESS);
@@ -1069,10 +1067,7 @@ static void test_task_submit_queue_full_eagain(void **state)
 	parked_init(&blk, 0);
 	rec_init(&x, 0);
 	saturate(pool, &blk, 1);
-	for (int i = 0; i < 2; i++) {
-		rec_init(&q[i], 0);
-		assert_int_equal(submit_rec(pool, &q[i], NO_OPTS, NULL), 0);
-	}
+	submit_recs(pool, q, 2, NULL);
 	ctp_stats s = stats_of(pool);
 	assert_int_equal(s.queued, 2);
 	assert_int_equal(s.running, 1);
@@ -1139,10 +1134,7 @@ static void test_task_cancel_frees_queue_slot(void **state)
 	parked_init(&blk, 0);
 	rec_init(&n, 0);
 	saturate(pool, &blk, 1);
-	for (int i = 0; i < 2; i++) {
-		rec_init(&q[i], 0);
-		assert_int_equal(submit_rec(pool, &q[i], NO_OPTS, &t[i]), 0);
-	}
+	submit_recs(pool, q, 2, t);
 	assert_int_equal(ctp_pool_submit(pool, noop_fn, NULL, NULL, NULL),
 	                 -EAGAIN);
 	assert_int_equal(ctp_task_cancel(t[0]), 0);
@@ -1279,10 +1271,7 @@ static void test_task_submit_queue_wait_wakes_on_cancel(void **state)
 	parked_init(&blk, 0);
 	blocked_submit_init(&b, pool, INT64_MAX); /* huge: must not overflow */
 	saturate(pool, &blk, 1);
-	for (int i = 0; i < 2; i++) {
-		rec_init(&q[i], 0);
-		assert_int_equal(submit_rec(pool, &q[i], NO_OPTS, &t[i]), 0);
-	}
+	submit_recs(pool, q, 2, t);
 	pthread_t th = tu_spawn(blocked_submit_main, &b);
 	tu_sem_wait(&b.calling);
 	assert_int_equal(ctp_task_cancel(t[1]), 0);
