@@ -12,6 +12,7 @@
  *
  * Lock order (a lock may be taken while holding only locks above it):
  *   pool->lock            shutdown / join bookkeeping
+ *   pool->rotate_lock     a submitter compacting the ring (rare)
  *   worker->lock          one worker's current task
  *   token->lock           a parent before its child (never child then parent);
  *                         firing holds the locks of a whole path from the
@@ -62,6 +63,7 @@ struct ctp__ring {
 	void    *ck;    /* ck_ring_t, allocated in ring.c (cache-line aligned) */
 	void    *buf;   /* ck_ring_buffer_t[size] */
 	unsigned size;
+	_Atomic uint32_t commit_waiters; /* producers asleep on ck's p_tail */
 };
 
 CTP__HIDDEN int  ctp__ring_init(struct ctp__ring *r, unsigned size);

@@ -13,6 +13,17 @@
  *     count snapshot before it looks at the ring, and every producer bumps the
  *     event count after its commit (queue.c, pool.c): the late commit always
  *     wakes whoever saw the false "empty".
+ *   - Producer commits are ordered: a producer that reserved slot n must wait
+ *     until slot n-1 is committed (ck's p_tail). ck's own enqueue waits with a
+ *     bare spin, and when threads outnumber CPUs the producer being waited
+ *     for is often descheduled: every waiter then burns a whole time slice
+ *     (measured here: 4 producers and 4 consumers on 2 CPUs took 0.2 s to
+ *     94 s for 200,000 items). So we enqueue with ck's reserve/commit pair
+ *     and do the wait ourselves: a short spin, then a futex wait on p_tail.
+ *     After each commit a producer wakes p_tail's sleepers if there are any
+ *     (`commit_waiters`; a Dekker pair: the committer stores p_tail, fences,
+ *     reads the count; a sleeper raises the count, re-reads p_tail, and the
+ *     futex re-compares it).
  *   - ThreadSanitizer cannot see ck's inline-asm atomics. This file is built
  *     with -fno-sanitize=thread under TSan, and publishes each item with
  *     __tsan_release before the enqueue and __tsan_acquire after the dequeue,
@@ -21,6 +32,7 @@
  */
 #include <ck_ring.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -58,6 +70,7 @@ int ctp__ring_init(struct ctp__ring *r, unsigned size)
 	r->ck = ck;
 	r->buf = buf;
 	r->size = size;
+	atomic_init(&r->commit_waiters, 0);
 	return 0;
 }
 
@@ -69,10 +82,45 @@ void ctp__ring_fini(struct ctp__ring *r)
 	r->ck = NULL;
 }
 
+/* Spins this many times for the previous producer's commit, then sleeps. */
+#define COMMIT_SPIN 256
+
+/* Waits until every earlier reservation is committed: p_tail == ticket. */
+static void wait_turn(struct ctp__ring *r, ck_ring_t *ck, unsigned ticket)
+{
+	_Atomic uint32_t *tail = (_Atomic uint32_t *)&ck->p_tail;
+	uint32_t v;
+
+	for (int i = 0; i < COMMIT_SPIN; i++) {
+		if (ck_pr_load_uint(&ck->p_tail) == ticket)
+			return;
+		ck_pr_stall();
+	}
+	atomic_fetch_add(&r->commit_waiters, 1); /* seq_cst: Dekker */
+	while ((v = ck_pr_load_uint(&ck->p_tail)) != ticket)
+		ctp__futex_wait(tail, v, NULL);
+	atomic_fetch_sub(&r->commit_waiters, 1);
+}
+
 bool ctp__ring_push(struct ctp__ring *r, void *item)
 {
+	ck_ring_t *ck = r->ck;
+	unsigned ticket;
+	void **slot;
+
+	slot = ck_ring_enqueue_reserve_mpmc(ck, r->buf, &ticket);
+	if (slot == NULL)
+		return false;
 	TSAN_RELEASE(SYNC_ADDR(r, item));
-	return ck_ring_enqueue_mpmc(r->ck, r->buf, item);
+	*slot = item;
+	wait_turn(r, ck, ticket);
+	/* p_tail == ticket now: ck's commit stores ticket + 1 without waiting */
+	ck_ring_enqueue_commit_mpmc(ck, ticket);
+	/* the store above before the load below: pairs with wait_turn */
+	atomic_thread_fence(memory_order_seq_cst);
+	if (atomic_load_explicit(&r->commit_waiters, memory_order_relaxed) != 0)
+		ctp__futex_wake((_Atomic uint32_t *)&ck->p_tail, INT_MAX);
+	return true;
 }
 
 bool ctp__ring_pop(struct ctp__ring *r, void **item)
