@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 [[ -f build/build.ninja ]] || meson setup build >/dev/null
-ninja -C build examples/demo >/dev/null
+ninja -C build examples/demo examples/jobserver/jobserver >/dev/null
 exec ./build/examples/demo

@@ -4,6 +4,7 @@
 set -euo pipefail
 
 pkgs=(gcc libc6-dev pkg-config meson ninja-build libck-dev libcmocka-dev
+      libmicrohttpd-dev curl
       libasan8 libubsan1 libtsan2)
 need=()
 for p in "${pkgs[@]}"; do

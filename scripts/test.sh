@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (installs what is missing), builds, and runs every test three ways:
-#   plain      debugoptimized build: fast suite, then the stress suite
-#   asan       AddressSanitizer + LeakSanitizer + UBSan: fast + stress
+#   plain      debugoptimized build: fast, stress, e2e (the job server)
+#   asan       AddressSanitizer + LeakSanitizer + UBSan: fast, stress, e2e
 #   tsan       ThreadSanitizer: fast + stress (stress scaled down 10x)
 # Usage: scripts/test.sh [plain|asan|tsan ...]   (default: all three)
 set -euo pipefail
@@ -55,12 +55,14 @@ for v in "${variants[@]}"; do
 		setup plain --buildtype=debugoptimized
 		run plain fast
 		run plain stress
+		run plain e2e
 		;;
 	asan)
 		setup asan --buildtype=debug -Db_sanitize=address,undefined \
 			-Db_lundef=false
 		run asan fast
 		run asan stress CTP_STRESS_SCALE=4
+		run asan e2e
 		;;
 	tsan)
 		setup tsan --buildtype=debugoptimized -Db_sanitize=thread \

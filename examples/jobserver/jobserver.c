@@ -1,0 +1,1307 @@
+/*
+ * jobserver: an HTTP server that runs background jobs on a ctpool pool.
+ *
+ * The contract (command line, endpoints, JSON, errors, signals, summary
+ * line) is SPEC.md next to this file. This comment is about the design.
+ *
+ * Jobs and the map
+ *   Every accepted job has a record (struct job) in the map: an array of
+ *   pointers indexed by id - 1, ids from 1, grown by doubling. Records live
+ *   until the process exits, so a pointer taken from the map stays valid
+ *   after the lock is dropped, and so do the ctpool handles in it (they are
+ *   released only at exit, after the HTTP daemon has stopped). A record is
+ *   filled in and its tasks submitted before it is put in the map, so a
+ *   client only ever sees ids of jobs whose tasks were all accepted.
+ *
+ * Locking rule
+ *   One mutex (server.lock) guards the map and the mutable fields of every
+ *   record (id, started_ms, finished_ms, status, dones_left, queue). A task's
+ *   done callback takes it, and ctpool may run done on the thread that
+ *   cancels: the DELETE handler (ctp_task_cancel, ctp_token_cancel), the
+ *   shutdown thread (ctp_pool_shutdown) or the pool's timer. So nothing ever
+ *   calls into the pool while holding server.lock: find the record under the
+ *   lock, copy what is needed, unlock, then call ctpool.
+ *
+ * Who writes what
+ *   The HTTP thread fills a record before submitting it; those fields are
+ *   read-only afterwards. The task stamps started_ms when fn begins. done
+ *   stores status and finished_ms, whether or not fn ran.
+ *
+ * Pipelines
+ *   A producer and a consumer task, both children of one standalone group
+ *   token, linked by a ctp_queue of 16. The job's deadline is the consumer's
+ *   and its state and status are the consumer's. Each task's done closes the
+ *   queue, so whichever side stops first, for whatever reason (end of
+ *   stream, its own deadline, never started at all), the other one gets
+ *   -ESHUTDOWN instead of waiting forever. The queue is destroyed by the
+ *   last of the two done callbacks. Like any two-task pipeline on a bounded
+ *   pool it needs two free workers: with --threads 1 and more than 16 items
+ *   it waits until its deadline or a DELETE.
+ *
+ * Signals and shutdown
+ *   main blocks SIGTERM and SIGINT before any thread exists (so every thread
+ *   inherits the mask) and ignores SIGPIPE. A dedicated thread takes the
+ *   first signal with sigwait, refuses new jobs, shuts the pool down with
+ *   the configured drain and grace, stops the HTTP daemon, prints the
+ *   summary, and hands the exit code to main, which frees everything. If
+ *   tasks were abandoned (grace ran out) the records, queues and the pool
+ *   are left alone, still reachable from the global `server`, because the
+ *   abandoned tasks may still use them.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctpool.h"
+
+#define BODY_MAX       4096         /* bytes of a POST body; more is a 400 */
+#define PIPE_CAPACITY  16           /* items in a pipeline's queue */
+#define MAX_SECONDS    1000000.0    /* upper bound of --drain / --grace */
+#define REPLY_MAX      512          /* bytes of any JSON reply */
+
+/* ---- job kinds and parameters ------------------------------------------ */
+
+enum kind { K_SLEEP, K_CPU, K_FETCH, K_PIPELINE, NKINDS };
+
+enum param { P_KIND, P_MS, P_ITERATIONS, P_HOST, P_PORT, P_ITEMS, P_TIMEOUT,
+             NPARAMS };
+
+#define BIT(p) (1u << (p))
+
+static const struct {
+	const char *name;
+	unsigned    params;   /* required parameters besides kind */
+} kinds[NKINDS] = {
+	[K_SLEEP]    = { "sleep",    BIT(P_MS) },
+	[K_CPU]      = { "cpu",      BIT(P_ITERATIONS) },
+	[K_FETCH]    = { "fetch",    BIT(P_HOST) | BIT(P_PORT) },
+	[K_PIPELINE] = { "pipeline", BIT(P_ITEMS) },
+};
+
+/* Name and range of every numeric parameter (host and kind are not). */
+static const struct {
+	const char *name;
+	int64_t     min, max;
+} params[NPARAMS] = {
+	[P_KIND]       = { "kind",       0, 0 },
+	[P_MS]         = { "ms",         0, 3600000 },
+	[P_ITERATIONS] = { "iterations", 1, INT64_C(1000000000000) },
+	[P_HOST]       = { "host",       0, 0 },
+	[P_PORT]       = { "port",       1, 65535 },
+	[P_ITEMS]      = { "items",      1, 1000000000 },
+	[P_TIMEOUT]    = { "timeout_ms", 1, 3600000 },
+};
+
+/* ---- records ------------------------------------------------------------ */
+
+struct job {
+	/* Set by the HTTP thread before submission, read-only afterwards. */
+	enum kind          kind;
+	int64_t            n;            /* ms, iterations or items */
+	struct sockaddr_in addr;         /* fetch: where to connect */
+	int64_t            timeout_ms;   /* 0 = no deadline */
+	int64_t            submitted_ms;
+	ctp_task          *task;         /* the task; pipeline: the consumer */
+	ctp_task          *producer;     /* pipeline only */
+	ctp_token         *group;        /* pipeline only: parent of both */
+	uint64_t           cpu_sink;     /* cpu: the result, written by the task */
+
+	/* Protected by server.lock. */
+	uint64_t           id;           /* set when put in the map */
+	int64_t            started_ms;   /* -1 until fn starts */
+	int64_t            finished_ms;  /* -1 until done */
+	int                status;       /* valid once finished_ms >= 0 */
+	int                dones_left;   /* done callbacks still to come */
+	ctp_queue         *queue;        /* pipeline; NULL once destroyed */
+};
+
+/* What a handler copies out of a record under the lock. */
+struct job_view {
+	uint64_t   id;
+	enum kind  kind;
+	ctp_task  *task, *producer;
+	ctp_token *group;
+	int64_t    submitted_ms, started_ms, finished_ms;
+	int        status;
+	bool       all_done;             /* every done callback has run */
+};
+
+/* ---- the server ---------------------------------------------------------- */
+
+/* One server per process. It is a global so that done callbacks reach the
+ * lock, and so that what abandoned tasks still use stays reachable (for
+ * LeakSanitizer) when the process exits without freeing it. */
+static struct {
+	/* Configuration, set by main before any thread starts. */
+	struct sockaddr_in listen;
+	unsigned           threads;
+	size_t             queue;
+	int64_t            drain_ns, grace_ns;
+	int64_t            start_ns;     /* CLOCK_MONOTONIC at startup */
+	sigset_t           signals;      /* taken by the signal thread */
+
+	ctp_pool          *pool;
+	struct MHD_Daemon *daemon;
+	atomic_bool        stopping;     /* set at the signal: POSTs get 503 */
+	int                exit_code;    /* set by the signal thread */
+
+	pthread_mutex_t    lock;         /* see "Locking rule" above */
+	struct job       **jobs;         /* protected by lock: jobs[id - 1] */
+	size_t             njobs, cap;   /* protected by lock */
+} server = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	/* CLOCK_MONOTONIC cannot fail on Linux; a zero time is harmless. */
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		return 0;
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Milliseconds since the server started: the clock of every job time. */
+static int64_t now_ms(void)
+{
+	return (now_ns() - server.start_ns) / 1000000;
+}
+
+/* A mutex error means a corrupted program; there is no way to go on. */
+static void lock(void)
+{
+	int rc = pthread_mutex_lock(&server.lock);
+
+	if (rc != 0) {
+		fprintf(stderr, "jobserver: pthread_mutex_lock: %s\n", strerror(rc));
+		abort();
+	}
+}
+
+static void unlock(void)
+{
+	int rc = pthread_mutex_unlock(&server.lock);
+
+	if (rc != 0) {
+		fprintf(stderr, "jobserver: pthread_mutex_unlock: %s\n", strerror(rc));
+		abort();
+	}
+}
+
+/* ---- the map ------------------------------------------------------------- */
+
+/* Puts a fully submitted job in the map and gives it the next id. */
+static int map_insert(struct job *job)
+{
+	int rc = 0;
+
+	lock();
+	if (server.njobs == server.cap) {
+		size_t cap = server.cap ? server.cap * 2 : 64;
+		struct job **jobs = realloc(server.jobs, cap * sizeof *jobs);
+
+		if (jobs == NULL) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		server.jobs = jobs;
+		server.cap = cap;
+	}
+	server.jobs[server.njobs++] = job;
+	job->id = server.njobs;
+out:
+	unlock();
+	return rc;
+}
+
+/* The job with this id, or NULL. Caller holds the lock. */
+static struct job *map_get(uint64_t id)
+{
+	if (id == 0 || id > server.njobs)
+		return NULL;
+	return server.jobs[id - 1];
+}
+
+/* Caller holds the lock. */
+static void job_view(const struct job *job, struct job_view *v)
+{
+	v->id = job->id;
+	v->kind = job->kind;
+	v->task = job->task;
+	v->producer = job->producer;
+	v->group = job->group;
+	v->submitted_ms = job->submitted_ms;
+	v->started_ms = job->started_ms;
+	v->finished_ms = job->finished_ms;
+	v->status = job->status;
+	v->all_done = job->dones_left == 0;
+}
+
+/* Releases everything a record owns. Every done of the job has run. */
+static void job_free(struct job *job)
+{
+	ctp_task_release(job->task);
+	ctp_task_release(job->producer);
+	ctp_token_release(job->group);
+	ctp_queue_destroy(job->queue);
+	free(job);
+}
+
+static void map_free(void)
+{
+	for (size_t i = 0; i < server.njobs; i++)
+		job_free(server.jobs[i]);
+	free(server.jobs);
+	server.jobs = NULL;
+	server.njobs = server.cap = 0;
+}
+
+/* ---- tasks --------------------------------------------------------------- */
+
+static void job_started(struct job *job)
+{
+	int64_t t = now_ms();
+
+	lock();
+	job->started_ms = t;
+	unlock();
+}
+
+/* Records one done callback: the job's status if this task's status is the
+ * job's, and destroys the pipeline queue after the last one (both fns have
+ * returned by then, so nobody uses it). */
+static void job_finish(struct job *job, bool is_result, int status)
+{
+	int64_t t = now_ms();
+	ctp_queue *dead = NULL;
+
+	lock();
+	if (is_result) {
+		job->status = status;
+		job->finished_ms = t;
+	}
+	if (--job->dones_left == 0) {
+		dead = job->queue;
+		job->queue = NULL;
+	}
+	unlock();
+	ctp_queue_destroy(dead);
+}
+
+static void job_done(void *arg, int status)
+{
+	job_finish(arg, true, status);
+}
+
+static int sleep_task(void *arg, ctp_token *token)
+{
+	struct job *job = arg;
+
+	job_started(job);
+	return ctp_token_sleep(token, CTP_MSEC(job->n));
+}
+
+static int cpu_task(void *arg, ctp_token *token)
+{
+	struct job *job = arg;
+	uint64_t x = 1;
+
+	job_started(job);
+	for (int64_t i = 0; i < job->n; i++) {
+		/* One atomic load per 4096 steps keeps the check off the profile
+		 * while a cancel still stops the loop within microseconds. */
+		if ((i & 4095) == 0 && ctp_token_cancelled(token))
+			return ctp_token_reason(token);
+		x = x * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
+	}
+	job->cpu_sink = x; /* the work has an observable result */
+	return 0;
+}
+
+/* Waits until sock has `events` or the token fires. Returns 0 when the
+ * socket is ready, the token's reason when it fired (a cancel wins over
+ * data), or a negative errno. */
+static int fetch_wait(int sock, short events, ctp_token *token, int tfd)
+{
+	struct pollfd fds[2] = {
+		{ .fd = sock, .events = events },
+		{ .fd = tfd,  .events = POLLIN },
+	};
+
+	/* Signals are blocked in every thread, so EINTR is not expected; the
+	 * loop only turns over when poll was interrupted anyway. */
+	while (poll(fds, 2, -1) < 0) {
+		if (errno != EINTR)
+			return -errno;
+	}
+	if (fds[1].revents != 0)
+		return ctp_token_reason(token);
+	return 0;
+}
+
+static int fetch_connect(int sock, const struct sockaddr_in *addr,
+                         ctp_token *token, int tfd)
+{
+	int err = 0;
+	socklen_t len = sizeof err;
+	int rc;
+
+	if (connect(sock, (const struct sockaddr *)addr, sizeof *addr) == 0)
+		return 0;
+	if (errno != EINPROGRESS)
+		return -errno;
+	rc = fetch_wait(sock, POLLOUT, token, tfd);
+	if (rc != 0)
+		return rc;
+	if (getsockopt(sock, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+		return -errno;
+	return -err;
+}
+
+/* Reads until EOF. Returns the byte count (capped at INT_MAX, the largest
+ * status), the token's reason, or a negative errno. */
+static int fetch_read(int sock, ctp_token *token, int tfd)
+{
+	char buf[4096];
+	int64_t total = 0;
+
+	for (;;) {
+		int rc = fetch_wait(sock, POLLIN, token, tfd);
+		ssize_t n;
+
+		if (rc != 0)
+			return rc;
+		n = recv(sock, buf, sizeof buf, 0);
+		if (n == 0)
+			return total > INT_MAX ? INT_MAX : (int)total;
+		if (n > 0)
+			total += n;
+		else if (errno != EAGAIN && errno != EINTR)
+			return -errno;
+	}
+}
+
+static int fetch_task(void *arg, ctp_token *token)
+{
+	struct job *job = arg;
+	int tfd, sock, rc;
+
+	job_started(job);
+	tfd = ctp_token_fd(token);
+	if (tfd < 0)
+		return tfd;
+	sock = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (sock < 0)
+		return -errno;
+	rc = fetch_connect(sock, &job->addr, token, tfd);
+	if (rc == 0)
+		rc = fetch_read(sock, token, tfd);
+	/* Nothing was written, so close cannot lose data: its result does not
+	 * change the job's. */
+	(void)close(sock);
+	return rc;
+}
+
+static int producer_task(void *arg, ctp_token *token)
+{
+	struct job *job = arg;
+
+	for (int64_t i = 0; i < job->n; i++) {
+		/* -ESHUTDOWN: the consumer is gone and closed the queue. */
+		int rc = ctp_queue_push(job->queue, (void *)(intptr_t)i, token,
+		                        CTP_FOREVER);
+		if (rc != 0)
+			return rc;
+	}
+	return 0; /* producer_done closes the queue: end of stream */
+}
+
+static int consumer_task(void *arg, ctp_token *token)
+{
+	struct job *job = arg;
+	int64_t got = 0;
+
+	job_started(job);
+	for (;;) {
+		void *item;
+		int rc = ctp_queue_pop(job->queue, &item, token, CTP_FOREVER);
+
+		if (rc == -ESHUTDOWN) /* closed and empty: did it all come? */
+			return got == job->n ? 0 : -ESHUTDOWN;
+		if (rc != 0)
+			return rc; /* our token fired */
+		got++;
+	}
+}
+
+/* Each side's done closes the queue so the other side never waits for a
+ * partner that has stopped or will never start. */
+static void producer_done(void *arg, int status)
+{
+	struct job *job = arg;
+
+	(void)status; /* the job's status is the consumer's */
+	ctp_queue_close(job->queue);
+	job_finish(job, false, 0);
+}
+
+static void consumer_done(void *arg, int status)
+{
+	struct job *job = arg;
+
+	ctp_queue_close(job->queue);
+	job_finish(job, true, status);
+}
+
+/* ---- submitting ---------------------------------------------------------- */
+
+static int pipeline_submit(struct job *job, ctp_task_opts *opts)
+{
+	ctp_task_opts popts = { .done = producer_done, .queue_wait = 0 };
+	int rc;
+
+	rc = ctp_queue_create(&job->queue, PIPE_CAPACITY);
+	if (rc != 0)
+		return rc;
+	rc = ctp_token_create(&job->group, NULL);
+	if (rc != 0)
+		return rc;
+	/* The deadline is the consumer's: the producer follows through the
+	 * queue, which the consumer's done closes. */
+	popts.parent = job->group;
+	rc = ctp_pool_submit(server.pool, producer_task, job, &popts,
+	                     &job->producer);
+	if (rc != 0)
+		return rc;
+	opts->done = consumer_done;
+	opts->parent = job->group;
+	return ctp_pool_submit(server.pool, consumer_task, job, opts, &job->task);
+}
+
+/* Submits the job's task(s). On failure some task may have been accepted:
+ * the caller then uses job_abort. */
+static int job_submit(struct job *job)
+{
+	static const ctp_task_fn fns[NKINDS] = {
+		[K_SLEEP] = sleep_task, [K_CPU] = cpu_task, [K_FETCH] = fetch_task,
+	};
+	ctp_task_opts opts = {
+		.done = job_done,
+		.timeout = CTP_MSEC(job->timeout_ms),
+		.queue_wait = 0, /* a full queue is the client's 503, not a wait */
+	};
+
+	job->submitted_ms = now_ms();
+	if (job->kind == K_PIPELINE)
+		return pipeline_submit(job, &opts);
+	return ctp_pool_submit(server.pool, fns[job->kind], job, &opts, &job->task);
+}
+
+/* Takes back a job that is not in the map: cancels whatever was accepted,
+ * waits for its done (the record is its arg), then frees the record. */
+static void job_abort(struct job *job)
+{
+	ctp_task *tasks[2] = { job->producer, job->task };
+
+	if (job->group != NULL)
+		(void)ctp_token_cancel(job->group); /* -EALREADY is fine too */
+	else if (job->task != NULL)
+		(void)ctp_task_cancel(job->task);   /* any answer: we wait below */
+	for (int i = 0; i < 2; i++) {
+		int rc = tasks[i] ? ctp_task_wait(tasks[i], CTP_FOREVER, NULL) : 0;
+
+		if (rc != 0) {
+			/* Cannot happen from an HTTP thread; leaking beats a
+			 * use-after-free by a task that is still going. */
+			fprintf(stderr, "jobserver: ctp_task_wait: %s\n",
+			        ctp_strerror(rc));
+			return;
+		}
+	}
+	job_free(job);
+}
+
+/* ---- form bodies ---------------------------------------------------------- */
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Decodes %XX and '+' in place. False for a bad escape or a NUL byte. */
+static bool form_decode(char *s)
+{
+	char *out = s;
+
+	for (; *s != '\0'; s++) {
+		if (*s == '+') {
+			*out++ = ' ';
+		} else if (*s == '%') {
+			int hi = hexval(s[1]), lo = hi < 0 ? -1 : hexval(s[2]);
+
+			if (lo < 0 || (hi == 0 && lo == 0))
+				return false;
+			*out++ = (char)(hi * 16 + lo);
+			s += 2;
+		} else {
+			*out++ = *s;
+		}
+	}
+	*out = '\0';
+	return true;
+}
+
+/* Splits body (modified in place) into values[param]. Returns NULL or an
+ * error message for the client. */
+static const char *form_parse(char *body, const char *values[NPARAMS])
+{
+	char *save = NULL;
+
+	for (char *pair = strtok_r(body, "&", &save); pair != NULL;
+	     pair = strtok_r(NULL, "&", &save)) {
+		char *eq = strchr(pair, '=');
+		int p;
+
+		if (eq == NULL)
+			return "malformed body: expected key=value pairs";
+		*eq = '\0';
+		if (!form_decode(pair) || !form_decode(eq + 1))
+			return "malformed body: bad %-escape";
+		for (p = 0; p < NPARAMS && strcmp(pair, params[p].name) != 0; p++)
+			;
+		if (p == NPARAMS)
+			return "unknown parameter";
+		if (values[p] != NULL)
+			return "repeated parameter";
+		values[p] = eq + 1;
+	}
+	return NULL;
+}
+
+/* A decimal integer made of digits only, within [min, max]. */
+static bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+	char *end;
+	long long v;
+
+	if (s[0] < '0' || s[0] > '9')
+		return false;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* Fills job from the parsed values. Returns NULL or a message in err. */
+static const char *job_from_form(struct job *job, const char *values[NPARAMS],
+                                 char *err, size_t errlen)
+{
+	int k;
+
+	if (values[P_KIND] == NULL)
+		return "missing parameter kind";
+	for (k = 0; k < NKINDS && strcmp(values[P_KIND], kinds[k].name) != 0; k++)
+		;
+	if (k == NKINDS)
+		return "unknown kind";
+	job->kind = k;
+	for (int p = P_KIND + 1; p < NPARAMS; p++) {
+		bool wanted = kinds[k].params & BIT(p);
+		int64_t v = 0;
+
+		if (values[p] == NULL && wanted) {
+			snprintf(err, errlen, "missing parameter %s", params[p].name);
+			return err;
+		}
+		if (values[p] == NULL)
+			continue;
+		if (!wanted && p != P_TIMEOUT) {
+			snprintf(err, errlen, "parameter %s does not apply to kind %s",
+			         params[p].name, kinds[k].name);
+			return err;
+		}
+		if (p == P_HOST) {
+			if (inet_pton(AF_INET, values[p], &job->addr.sin_addr) != 1)
+				return "host must be an IPv4 address";
+			continue;
+		}
+		if (!parse_int(values[p], params[p].min, params[p].max, &v)) {
+			snprintf(err, errlen, "%s must be an integer in %" PRId64
+			         "..%" PRId64, params[p].name, params[p].min,
+			         params[p].max);
+			return err;
+		}
+		if (p == P_PORT)
+			job->addr.sin_port = htons((uint16_t)v);
+		else if (p == P_TIMEOUT)
+			job->timeout_ms = v;
+		else
+			job->n = v;
+	}
+	return NULL;
+}
+
+/* ---- HTTP replies ---------------------------------------------------------- */
+
+/* Request state, from the first call of the access handler to the end. */
+struct request {
+	size_t len;
+	bool   too_big;
+	char   body[BODY_MAX + 1];
+};
+
+/* A bounded text buffer; `full` records truncation. */
+struct out {
+	char   s[REPLY_MAX];
+	size_t n;
+	bool   full;
+};
+
+__attribute__((format(printf, 2, 3)))
+static void out_add(struct out *o, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (o->full)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(o->s + o->n, sizeof o->s - o->n, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof o->s - o->n)
+		o->full = true;
+	else
+		o->n += (size_t)n;
+}
+
+/* Appends s as a JSON string. */
+static void out_str(struct out *o, const char *s)
+{
+	out_add(o, "\"");
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			out_add(o, "\\%c", c);
+		else if (c < 0x20)
+			out_add(o, "\\u%04x", c);
+		else
+			out_add(o, "%c", c);
+	}
+	out_add(o, "\"");
+}
+
+static void out_ms(struct out *o, const char *key, int64_t ms)
+{
+	if (ms < 0)
+		out_add(o, ",\"%s\":null", key);
+	else
+		out_add(o, ",\"%s\":%" PRId64, key, ms);
+}
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned code,
+                             const struct out *o, const char *hname,
+                             const char *hvalue)
+{
+	static const char overflow[] = "{\"error\":\"reply too long\"}\n";
+	const char *body = o->full ? overflow : o->s;
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	if (o->full)
+		code = MHD_HTTP_INTERNAL_SERVER_ERROR;
+	r = MHD_create_response_from_buffer(strlen(body), (void *)body,
+	                                    MHD_RESPMEM_MUST_COPY);
+	if (r == NULL)
+		return MHD_NO;
+	if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+	                            "application/json") != MHD_YES ||
+	    (hname != NULL &&
+	     MHD_add_response_header(r, hname, hvalue) != MHD_YES)) {
+		MHD_destroy_response(r);
+		return MHD_NO;
+	}
+	ret = MHD_queue_response(c, code, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned code,
+                                   const char *msg)
+{
+	struct out o = { .n = 0 };
+
+	out_add(&o, "{\"error\":");
+	out_str(&o, msg);
+	out_add(&o, "}\n");
+	return reply(c, code, &o, NULL, NULL);
+}
+
+static enum MHD_Result reply_405(struct MHD_Connection *c, const char *allow)
+{
+	struct out o = { .n = 0 };
+
+	out_add(&o, "{\"error\":\"method not allowed\"}\n");
+	return reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, &o, MHD_HTTP_HEADER_ALLOW,
+	             allow);
+}
+
+/* ---- endpoints ------------------------------------------------------------- */
+
+static bool form_content_type(struct MHD_Connection *c)
+{
+	static const char form[] = "application/x-www-form-urlencoded";
+	const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+	                                             MHD_HTTP_HEADER_CONTENT_TYPE);
+
+	if (ct == NULL)
+		return true;
+	return strncasecmp(ct, form, sizeof form - 1) == 0 &&
+	       (ct[sizeof form - 1] == '\0' || ct[sizeof form - 1] == ';' ||
+	        ct[sizeof form - 1] == ' ');
+}
+
+/* Answers a submit error: a full queue may clear up, a shutdown will not. */
+static enum MHD_Result reply_submit_error(struct MHD_Connection *c, int rc)
+{
+	struct out o = { .n = 0 };
+
+	if (rc == -EAGAIN) {
+		out_add(&o, "{\"error\":\"queue full\"}\n");
+		return reply(c, MHD_HTTP_SERVICE_UNAVAILABLE, &o, "Retry-After", "1");
+	}
+	if (rc == -ESHUTDOWN)
+		return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+	return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, ctp_strerror(rc));
+}
+
+static enum MHD_Result post_job(struct request *req, struct MHD_Connection *c)
+{
+	const char *values[NPARAMS] = { NULL };
+	char err[128];
+	const char *msg;
+	struct job *job;
+	struct out o = { .n = 0 };
+	int rc;
+
+	if (atomic_load(&server.stopping))
+		return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+	if (req->too_big)
+		return reply_error(c, MHD_HTTP_BAD_REQUEST, "body too large");
+	if (!form_content_type(c))
+		return reply_error(c, MHD_HTTP_BAD_REQUEST,
+		                   "body must be application/x-www-form-urlencoded");
+	msg = form_parse(req->body, values);
+	job = calloc(1, sizeof *job);
+	if (job == NULL)
+		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
+	job->addr.sin_family = AF_INET;
+	job->started_ms = job->finished_ms = -1;
+	if (msg == NULL)
+		msg = job_from_form(job, values, err, sizeof err);
+	if (msg != NULL) {
+		free(job);
+		return reply_error(c, MHD_HTTP_BAD_REQUEST, msg);
+	}
+	job->dones_left = job->kind == K_PIPELINE ? 2 : 1;
+	rc = job_submit(job);
+	if (rc == 0)
+		rc = map_insert(job);
+	if (rc != 0) {
+		job_abort(job);
+		return reply_submit_error(c, rc);
+	}
+	out_add(&o, "{\"id\":%" PRIu64 "}\n", job->id);
+	return reply(c, MHD_HTTP_ACCEPTED, &o, NULL, NULL);
+}
+
+/* Parses the ID of /jobs/ID and copies its record. Returns 200, 400 (not a
+ * positive integer) or 404 (no such job, including ids too big to hold). */
+static unsigned find_job(const char *text, struct job_view *v)
+{
+	const struct job *job;
+	unsigned long long id;
+	char *end;
+
+	if (text[0] == '\0' || text[strspn(text, "0123456789")] != '\0' ||
+	    text[strspn(text, "0")] == '\0')
+		return MHD_HTTP_BAD_REQUEST; /* not digits only, or zero */
+	errno = 0;
+	id = strtoull(text, &end, 10);
+	if (errno == ERANGE)
+		return MHD_HTTP_NOT_FOUND; /* positive, but beyond every id */
+	lock();
+	job = map_get(id);
+	if (job != NULL)
+		job_view(job, v);
+	unlock();
+	return job != NULL ? MHD_HTTP_OK : MHD_HTTP_NOT_FOUND;
+}
+
+static const char *state_name(int state)
+{
+	switch (state) {
+	case CTP_TASK_QUEUED:    return "queued";
+	case CTP_TASK_RUNNING:   return "running";
+	case CTP_TASK_DONE:      return "done";
+	case CTP_TASK_CANCELLED: return "cancelled";
+	default:                 return "unknown";
+	}
+}
+
+static enum MHD_Result get_job(struct MHD_Connection *c, const char *text)
+{
+	struct job_view v;
+	struct out o = { .n = 0 };
+	unsigned code = find_job(text, &v);
+	const char *state;
+	bool has_status;
+
+	if (code != MHD_HTTP_OK)
+		return reply_error(c, code, code == MHD_HTTP_NOT_FOUND
+		                   ? "no such job" : "id must be a positive integer");
+	/* Read after the snapshot: a status in it implies a final state. */
+	state = state_name(ctp_task_state(v.task));
+	has_status = v.finished_ms >= 0;
+	out_add(&o, "{\"id\":%" PRIu64 ",\"kind\":\"%s\",\"state\":\"%s\"",
+	        v.id, kinds[v.kind].name, state);
+	if (has_status)
+		out_add(&o, ",\"status\":%d", v.status);
+	else
+		out_add(&o, ",\"status\":null");
+	if (has_status && v.status < 0) {
+		out_add(&o, ",\"error\":");
+		out_str(&o, ctp_strerror(v.status));
+	} else {
+		out_add(&o, ",\"error\":null");
+	}
+	out_ms(&o, "submitted_ms", v.submitted_ms);
+	out_ms(&o, "started_ms", v.started_ms);
+	out_ms(&o, "finished_ms", v.finished_ms);
+	out_add(&o, "}\n");
+	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
+}
+
+static bool task_started(const ctp_task *task)
+{
+	int state = ctp_task_state(task);
+
+	return state == CTP_TASK_RUNNING || state == CTP_TASK_DONE;
+}
+
+/* Cancels a job. Called without the lock: done may run on this thread. */
+static const char *cancel_job(const struct job_view *v)
+{
+	int rc;
+
+	if (v->kind != K_PIPELINE) {
+		rc = ctp_task_cancel(v->task);
+		return rc == 0 ? "prevented" : rc == -EINPROGRESS ? "signalled"
+		     : rc == -EALREADY ? "already_finished" : NULL;
+	}
+	/* The group token has no "finished" state of its own: a pipeline
+	 * whose tasks have all finished answers like a finished task. */
+	if (v->all_done)
+		return "already_finished";
+	rc = ctp_token_cancel(v->group);
+	if (rc == -EALREADY)
+		return "already_finished";
+	if (rc != 0)
+		return NULL;
+	/* After the cancel no task of the group is queued any more: each one
+	 * either never ran (cancelled) or had started. */
+	return task_started(v->producer) || task_started(v->task)
+	       ? "signalled" : "prevented";
+}
+
+static enum MHD_Result delete_job(struct MHD_Connection *c, const char *text)
+{
+	struct job_view v;
+	struct out o = { .n = 0 };
+	unsigned code = find_job(text, &v);
+	const char *answer;
+
+	if (code != MHD_HTTP_OK)
+		return reply_error(c, code, code == MHD_HTTP_NOT_FOUND
+		                   ? "no such job" : "id must be a positive integer");
+	answer = cancel_job(&v);
+	if (answer == NULL)
+		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cancel failed");
+	out_add(&o, "{\"id\":%" PRIu64 ",\"cancel\":\"%s\"}\n", v.id, answer);
+	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
+}
+
+static enum MHD_Result get_stats(struct MHD_Connection *c)
+{
+	ctp_stats st;
+	struct out o = { .n = 0 };
+
+	ctp_pool_stats(server.pool, &st);
+	out_add(&o, "{\"submitted\":%" PRIu64 ",\"completed\":%" PRIu64
+	        ",\"cancelled\":%" PRIu64 ",\"timed_out\":%" PRIu64
+	        ",\"rejected\":%" PRIu64 ",\"dropped\":%" PRIu64
+	        ",\"queued\":%" PRIu64 ",\"running\":%" PRIu64
+	        ",\"threads\":%u}\n", st.submitted, st.completed, st.cancelled,
+	        st.timed_out, st.rejected, st.dropped, st.queued, st.running,
+	        st.threads);
+	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
+}
+
+static enum MHD_Result route(struct request *req, struct MHD_Connection *c,
+                             const char *url, const char *method)
+{
+	bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+
+	if (strcmp(url, "/jobs") == 0) {
+		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+			return reply_405(c, "POST");
+		return post_job(req, c);
+	}
+	if (strcmp(url, "/stats") == 0)
+		return get ? get_stats(c) : reply_405(c, "GET");
+	if (strncmp(url, "/jobs/", 6) == 0 && strchr(url + 6, '/') == NULL) {
+		if (get)
+			return get_job(c, url + 6);
+		if (strcmp(method, MHD_HTTP_METHOD_DELETE) == 0)
+			return delete_job(c, url + 6);
+		return reply_405(c, "GET, DELETE");
+	}
+	return reply_error(c, MHD_HTTP_NOT_FOUND, "no such path");
+}
+
+/* libmicrohttpd calls this once with the headers, once per chunk of body,
+ * and once more at the end of the body: that last call answers. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload,
+                                  size_t *upload_size, void **state)
+{
+	struct request *req = *state;
+
+	(void)cls;
+	(void)version;
+	if (req == NULL) {
+		req = calloc(1, sizeof *req);
+		if (req == NULL)
+			return MHD_NO; /* MHD closes the connection */
+		*state = req;
+		return MHD_YES;
+	}
+	if (*upload_size > 0) {
+		/* Keep reading an oversized body to its end, then say 400. */
+		if (*upload_size > BODY_MAX - req->len) {
+			req->too_big = true;
+		} else {
+			memcpy(req->body + req->len, upload, *upload_size);
+			req->len += *upload_size;
+			req->body[req->len] = '\0';
+		}
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	return route(req, c, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **state,
+                         enum MHD_RequestTerminationCode why)
+{
+	(void)cls;
+	(void)c;
+	(void)why;
+	free(*state);
+	*state = NULL;
+}
+
+/* ---- signals and shutdown -------------------------------------------------- */
+
+static int print_summary(const ctp_stats *st, int64_t stop_ns)
+{
+	printf("summary: ran=%" PRIu64 " cancelled=%" PRIu64 " timed_out=%"
+	       PRIu64 " dropped=%" PRIu64 " abandoned=%" PRIu64 " stop_ms=%"
+	       PRId64 "\n", st->completed, st->cancelled, st->timed_out,
+	       st->dropped, st->running, stop_ns / 1000000);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		perror("jobserver: stdout");
+		return -EIO;
+	}
+	return 0;
+}
+
+/* The dedicated signal thread: waits for SIGTERM/SIGINT, then runs the
+ * shutdown sequence of SPEC.md and leaves the exit code in server. */
+static void *signal_main(void *arg)
+{
+	ctp_stats st;
+	int64_t t0, t1;
+	int sig, rc;
+
+	(void)arg;
+	rc = sigwait(&server.signals, &sig);
+	if (rc != 0)
+		fprintf(stderr, "jobserver: sigwait: %s\n", strerror(rc));
+	t0 = now_ns();
+	atomic_store(&server.stopping, true);
+	rc = ctp_pool_shutdown(server.pool, server.drain_ns, server.grace_ns);
+	t1 = now_ns();
+	/* At once: stats.running now is what the grace abandoned. */
+	ctp_pool_stats(server.pool, &st);
+	/* Before anything is freed: no HTTP thread may touch the pool or a
+	 * record afterwards. */
+	MHD_stop_daemon(server.daemon);
+	server.daemon = NULL;
+	if (rc != 0 && rc != -ETIMEDOUT)
+		fprintf(stderr, "jobserver: ctp_pool_shutdown: %s\n",
+		        ctp_strerror(rc));
+	server.exit_code = rc == -ETIMEDOUT ? 3 : rc == 0 ? 0 : 1;
+	if (print_summary(&st, t1 - t0) != 0 && server.exit_code == 0)
+		server.exit_code = 1;
+	return NULL;
+}
+
+/* ---- command line ----------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: jobserver [--listen IPV4:PORT] [--threads N] "
+	        "[--queue N] [--drain SECONDS] [--grace SECONDS]\n"
+	        "defaults: --listen 127.0.0.1:8080 --threads 4 --queue 64 "
+	        "--drain 5 --grace 2\n");
+}
+
+static bool parse_seconds(const char *s, int64_t *ns)
+{
+	char *end;
+	double v;
+
+	if ((s[0] < '0' || s[0] > '9') && s[0] != '.')
+		return false;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno != 0 || *end != '\0' || !isfinite(v) || v < 0 ||
+	    v > MAX_SECONDS)
+		return false;
+	*ns = (int64_t)(v * 1e9 + 0.5); /* v <= MAX_SECONDS: no overflow */
+	return true;
+}
+
+static bool parse_listen(const char *s, struct sockaddr_in *addr)
+{
+	char host[INET_ADDRSTRLEN];
+	const char *colon = strrchr(s, ':');
+	int64_t port;
+
+	if (colon == NULL || (size_t)(colon - s) >= sizeof host)
+		return false;
+	memcpy(host, s, (size_t)(colon - s));
+	host[colon - s] = '\0';
+	memset(addr, 0, sizeof *addr);
+	addr->sin_family = AF_INET;
+	if (inet_pton(AF_INET, host, &addr->sin_addr) != 1 ||
+	    !parse_int(colon + 1, 0, 65535, &port))
+		return false;
+	addr->sin_port = htons((uint16_t)port);
+	return true;
+}
+
+/* Returns 0, 1 for --help, or -1 after printing what is wrong. */
+static int parse_options(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "listen",  required_argument, NULL, 'l' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "queue",   required_argument, NULL, 'q' },
+		{ "drain",   required_argument, NULL, 'd' },
+		{ "grace",   required_argument, NULL, 'g' },
+		{ "help",    no_argument,       NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int64_t v;
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "l:t:q:d:g:h", longopts, NULL)) != -1) {
+		bool ok;
+
+		switch (opt) {
+		case 'l': ok = parse_listen(optarg, &server.listen); break;
+		case 't': ok = parse_int(optarg, 1, CTP_MAX_THREADS, &v);
+		          server.threads = (unsigned)v; break;
+		case 'q': ok = parse_int(optarg, 1, (int64_t)CTP_MAX_CAPACITY, &v);
+		          server.queue = (size_t)v; break;
+		case 'd': ok = parse_seconds(optarg, &server.drain_ns); break;
+		case 'g': ok = parse_seconds(optarg, &server.grace_ns); break;
+		case 'h': usage(stdout); return 1;
+		default:  usage(stderr); return -1;
+		}
+		if (!ok) {
+			const struct option *o = longopts;
+
+			while (o->val != opt)
+				o++;
+			fprintf(stderr, "jobserver: bad value for --%s: '%s'\n",
+			        o->name, optarg);
+			usage(stderr);
+			return -1;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "jobserver: unexpected argument '%s'\n", argv[optind]);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- startup ------------------------------------------------------------------ */
+
+/* Blocks the shutdown signals in this thread, and so in every thread it
+ * creates from now on; SIGPIPE is ignored so a vanished client cannot kill
+ * the process. */
+static int setup_signals(void)
+{
+	struct sigaction ign = { .sa_handler = SIG_IGN };
+	int rc;
+
+	if (sigemptyset(&server.signals) != 0 ||
+	    sigaddset(&server.signals, SIGTERM) != 0 ||
+	    sigaddset(&server.signals, SIGINT) != 0 ||
+	    sigemptyset(&ign.sa_mask) != 0 ||
+	    sigaction(SIGPIPE, &ign, NULL) != 0) {
+		perror("jobserver: signals");
+		return -1;
+	}
+	rc = pthread_sigmask(SIG_BLOCK, &server.signals, NULL);
+	if (rc != 0) {
+		fprintf(stderr, "jobserver: pthread_sigmask: %s\n", strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+static int start_pool(void)
+{
+	ctp_pool_opts opts = {
+		.threads = server.threads,
+		.queue_capacity = server.queue,
+		.name = "job",
+	};
+	int rc = ctp_pool_create(&server.pool, &opts);
+
+	if (rc != 0)
+		fprintf(stderr, "jobserver: ctp_pool_create: %s\n", ctp_strerror(rc));
+	return rc;
+}
+
+/* Starts the daemon and prints the listening line with the real port. */
+static int start_http(void)
+{
+	const union MHD_DaemonInfo *info;
+	char host[INET_ADDRSTRLEN];
+
+	server.daemon = MHD_start_daemon(
+		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+		MHD_USE_ERROR_LOG, ntohs(server.listen.sin_port), NULL, NULL,
+		on_request, NULL,
+		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&server.listen,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+		MHD_OPTION_END);
+	if (server.daemon == NULL) {
+		fprintf(stderr, "jobserver: cannot listen on the given address\n");
+		return -1;
+	}
+	info = MHD_get_daemon_info(server.daemon, MHD_DAEMON_INFO_BIND_PORT);
+	if (info == NULL ||
+	    inet_ntop(AF_INET, &server.listen.sin_addr, host, sizeof host) == NULL) {
+		fprintf(stderr, "jobserver: cannot read the listening port\n");
+		return -1;
+	}
+	printf("listening on %s:%u\n", host, (unsigned)info->port);
+	if (fflush(stdout) != 0) {
+		perror("jobserver: stdout");
+		return -1;
+	}
+	return 0;
+}
+
+/* Frees what remains after a clean shutdown, in dependency order: the
+ * daemon is already stopped, so no handler can reach a record. */
+static void cleanup(void)
+{
+	int rc;
+
+	if (server.daemon != NULL) {
+		MHD_stop_daemon(server.daemon);
+		server.daemon = NULL;
+	}
+	map_free();
+	rc = ctp_pool_destroy(server.pool);
+	if (rc != 0)
+		fprintf(stderr, "jobserver: ctp_pool_destroy: %s\n", ctp_strerror(rc));
+	server.pool = NULL;
+	rc = pthread_mutex_destroy(&server.lock);
+	if (rc != 0)
+		fprintf(stderr, "jobserver: pthread_mutex_destroy: %s\n",
+		        strerror(rc));
+}
+
+int main(int argc, char **argv)
+{
+	pthread_t sig_thread;
+	int rc;
+
+	server.threads = 4;
+	server.queue = 64;
+	server.drain_ns = CTP_SEC(5);
+	server.grace_ns = CTP_SEC(2);
+	if (!parse_listen("127.0.0.1:8080", &server.listen))
+		return 1;
+	rc = parse_options(argc, argv);
+	if (rc != 0)
+		return rc > 0 ? 0 : 2;
+	server.start_ns = now_ns();
+	/* Before any thread exists: the pool's and MHD's inherit the mask. */
+	if (setup_signals() != 0 || start_pool() != 0)
+		return 1;
+	if (start_http() != 0) {
+		cleanup();
+		return 1;
+	}
+	rc = pthread_create(&sig_thread, NULL, signal_main, NULL);
+	if (rc == 0)
+		rc = pthread_join(sig_thread, NULL);
+	if (rc != 0) {
+		fprintf(stderr, "jobserver: signal thread: %s\n", strerror(rc));
+		cleanup();
+		return 1;
+	}
+	/* Abandoned tasks may still use their records, queues and the pool:
+	 * leave them, reachable from `server`, to the end of the process. */
+	if (server.exit_code != 3)
+		cleanup();
+	return server.exit_code;
+}

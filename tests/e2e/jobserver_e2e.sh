@@ -1,0 +1,1081 @@
+#!/usr/bin/env bash
+# End-to-end test of examples/jobserver over loopback, driven by curl.
+#
+# Usage: jobserver_e2e.sh PATH/TO/jobserver PATH/TO/silent_peer
+#
+# The contract under test is examples/jobserver/SPEC.md. The script checks
+# that bad options exit 2, starts two TCP peers (silent_peer: one never
+# answers, one answers "hello\n" and closes) and a server on an ephemeral
+# port, then walks through: basic jobs, cancellation (queued, running, fetch,
+# pipeline, deadlines), a mixed load with random cancels, error codes, and
+# shutdown by SIGTERM; then SIGINT with decimal --drain/--grace, and an idle
+# stop. Every curl call has --max-time, every wait loop has a bound, and the
+# EXIT trap kills whatever the script started. It ends with
+# "e2e: N passed, M failed" and exits 1 if any check failed.
+#
+# JSON is parsed with bash regexes (objects are flat), so jq is not needed.
+# E2E_SEED=N replays the random choices of a run (its seed is printed).
+set -euo pipefail
+
+SERVER=${1:?usage: jobserver_e2e.sh JOBSERVER SILENT_PEER}
+PEER=${2:?usage: jobserver_e2e.sh JOBSERVER SILENT_PEER}
+
+THREADS=4
+QUEUE=64
+DRAIN=2
+GRACE=2
+LONG_MS=30000            # a sleep that outlives the test unless cancelled
+CURL_MAX=5               # --max-time of every curl transfer
+MIXED_JOBS=200
+SEED=${E2E_SEED:-$$}
+RANDOM=$SEED
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/jobserver_e2e.XXXXXX")
+BG_PIDS=()               # everything started in the background, by pid
+SERVER_PID=""
+SERVER_OUT=""
+SERVER_ERR=""
+BASE=""
+PASS=0
+FAIL=0
+EXPECTED_TASKS=0         # pool tasks behind every accepted job (pipeline = 2)
+PIPE_503=0               # pipelines refused with 503 (may leave one task)
+N503=0                   # queue-full refusals seen (stats.rejected)
+
+# ---- process handling ------------------------------------------------------
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# Stops every background process this script started, by its pid: SIGTERM,
+# up to 10 s (the server drains), then SIGKILL.
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+	local pid i
+	for pid in "${BG_PIDS[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${BG_PIDS[@]}"; do
+		for ((i = 0; i < 1000; i++)); do
+			alive "$pid" || break
+			sleep 0.01
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget_pid() {
+	local pid keep=()
+	for pid in "${BG_PIDS[@]}"; do
+		if [[ $pid != "$1" ]]; then keep+=("$pid"); fi
+	done
+	BG_PIDS=("${keep[@]}")
+}
+
+now() { NOW=$((${EPOCHREALTIME//[!0-9]/} / 1000)); }    # ms, into NOW
+
+# ---- checks ----------------------------------------------------------------
+
+QUIET=0
+ok() {
+	PASS=$((PASS + 1))
+	if [[ $QUIET == 0 ]]; then echo "ok   $1"; fi
+}
+bad() {
+	FAIL=$((FAIL + 1))
+	echo "FAIL $1"
+}
+# check DESC EXPECTED GOT [CONTEXT]
+check() {
+	if [[ $3 == "$2" ]]; then
+		ok "$1"
+	else
+		bad "$1: expected '$2', got '$3'${4:+ [$4]}"
+	fi
+}
+# expect DESC EXPECTED GOT COMMAND...: passes when COMMAND succeeds
+expect() {
+	local desc=$1 want=$2 got=$3
+	shift 3
+	if "$@"; then ok "$desc"; else bad "$desc: expected $want, got $got"; fi
+}
+summary() { echo "e2e: $PASS passed, $FAIL failed"; }
+fatal() {
+	bad "$1"
+	if [[ -n $SERVER_ERR && -s $SERVER_ERR ]]; then
+		echo "--- server stderr (tail) ---"
+		tail -n 40 "$SERVER_ERR"
+	fi
+	summary
+	exit 1
+}
+
+# ---- JSON and HTTP ---------------------------------------------------------
+
+# json_field BODY NAME: the value of a flat JSON field (strings unquoted,
+# "null" for null), or nothing when absent.
+json_field() {
+	jget "$1" "$2"
+	printf '%s' "$JV"
+}
+# jget BODY NAME: like json_field, into JV, without a subshell (hot loops).
+jget() {
+	local re="\"$2\"[[:space:]]*:[[:space:]]*(\"[^\"]*\"|[^,}[:space:]]+)"
+	JV=""
+	if [[ $1 =~ $re ]]; then
+		JV=${BASH_REMATCH[1]}
+		JV=${JV#\"}
+		JV=${JV%\"}
+	fi
+}
+has_field() {
+	local re="\"$2\"[[:space:]]*:"
+	[[ $1 =~ $re ]]
+}
+
+# req METHOD PATH [curl args...]: one request; sets CODE (000 when no
+# answer), BODY, and leaves the headers in $TMP/hdrs.
+req() {
+	local method=$1 path=$2
+	shift 2
+	rm -f "$TMP/body" "$TMP/hdrs"
+	CODE=$(curl -sS -g --noproxy '*' --max-time "$CURL_MAX" -X "$method" \
+		-o "$TMP/body" -D "$TMP/hdrs" -w '%{http_code}' "$@" \
+		"$BASE$path" 2>"$TMP/curl.err") || true
+	[[ -n $CODE ]] || CODE=000
+	BODY=""
+	if [[ -f $TMP/body ]]; then BODY=$(<"$TMP/body"); fi
+}
+
+# header NAME: the value of a header of the last req (empty when absent).
+header() {
+	[[ -f $TMP/hdrs ]] || return 0
+	tr -d '\r' <"$TMP/hdrs" | sed -n "s/^$1:[[:space:]]*//Ip" | tail -n 1
+}
+
+# submit FIELD=VALUE...: POST /jobs; JOB_ID is set on 202 (else empty).
+submit() {
+	local kv args=()
+	for kv in "$@"; do args+=(--data "$kv"); done
+	req POST /jobs "${args[@]}"
+	JOB_ID=""
+	if [[ $CODE == 202 ]]; then JOB_ID=$(json_field "$BODY" id); fi
+}
+
+# tasks_of KIND: pool tasks one job of KIND takes.
+tasks_of() { if [[ $1 == pipeline ]]; then echo 2; else echo 1; fi; }
+
+# submit_ok DESC KIND FIELD=VALUE...: a submit that must be accepted.
+submit_ok() {
+	local desc=$1 kind=$2
+	shift 2
+	submit "kind=$kind" "$@"
+	if [[ $CODE == 202 && $JOB_ID =~ ^[1-9][0-9]*$ ]]; then
+		EXPECTED_TASKS=$((EXPECTED_TASKS + $(tasks_of "$kind")))
+		return 0
+	fi
+	fatal "$desc: POST kind=$kind $*: expected 202 {\"id\":N}, got $CODE $BODY"
+}
+
+# get_job ID: GET /jobs/ID into BODY; JSTATE, JSTATUS from it.
+get_job() {
+	req GET "/jobs/$1"
+	jget "$BODY" state
+	JSTATE=$JV
+	jget "$BODY" status
+	JSTATUS=$JV
+}
+
+# wait_job ID SECONDS: polls every 10 ms until the status is not null.
+wait_job() {
+	local limit
+	now
+	limit=$((NOW + $2 * 1000))
+	while :; do
+		get_job "$1"
+		if [[ $CODE == 200 && -n $JSTATUS && $JSTATUS != null ]]; then
+			return 0
+		fi
+		now
+		if ((NOW >= limit)); then return 1; fi
+		sleep 0.01
+	done
+}
+
+# wait_state ID STATE SECONDS
+wait_state() {
+	local limit
+	now
+	limit=$((NOW + $3 * 1000))
+	while :; do
+		get_job "$1"
+		if [[ $CODE == 200 && $JSTATE == "$2" ]]; then return 0; fi
+		now
+		if ((NOW >= limit)); then return 1; fi
+		sleep 0.01
+	done
+}
+
+# finish_job DESC ID SECONDS STATE STATUS: waits for the end and checks it.
+finish_job() {
+	if ! wait_job "$2" "$3"; then
+		bad "$1: job $2 has no status after $3 s (last: $CODE $BODY)"
+		return 0
+	fi
+	check "$1: job $2 state/status" "$4/$5" "$JSTATE/$JSTATUS" "$BODY"
+}
+
+# running_job DESC ID: waits (5 s) until the job is running.
+running_job() {
+	if wait_state "$2" running 5; then
+		ok "$1: job $2 running"
+	else
+		fatal "$1: job $2 expected state running within 5 s, got $CODE $BODY"
+	fi
+}
+
+# cancel ID: DELETE /jobs/ID; ANSWER holds the "cancel" field.
+cancel() {
+	req DELETE "/jobs/$1"
+	ANSWER=$(json_field "$BODY" cancel)
+}
+
+# cancel_check DESC ID ANSWER
+cancel_check() {
+	cancel "$2"
+	check "$1: DELETE job $2" "200 $3 id=$2" \
+		"$CODE $ANSWER id=$(json_field "$BODY" id)" "$BODY"
+}
+
+# stats: GET /stats into S_<field> variables.
+STAT_FIELDS=(submitted completed cancelled timed_out rejected dropped queued
+	running threads)
+S_submitted="" S_completed="" S_cancelled="" S_timed_out="" S_rejected=""
+S_dropped="" S_queued="" S_running="" S_threads=""
+stats() {
+	req GET /stats
+	local f v
+	for f in "${STAT_FIELDS[@]}"; do
+		v=$(json_field "$BODY" "$f")
+		# a missing or non-numeric field must not break the arithmetic
+		# below: it becomes -999999, which fails every check
+		if [[ ! $v =~ ^[0-9]+$ ]]; then v=-999999; fi
+		printf -v "S_$f" '%s' "$v"
+	done
+}
+
+# wait_idle SECONDS: until nothing is queued or running and every accepted
+# task is accounted for (submitted == completed+cancelled+timed_out+dropped).
+wait_idle() {
+	local limit
+	now
+	limit=$((NOW + $1 * 1000))
+	while :; do
+		stats
+		if [[ $CODE == 200 && $S_queued == 0 && $S_running == 0 &&
+			$S_submitted == $((S_completed + S_cancelled + S_timed_out + S_dropped)) ]]; then
+			return 0
+		fi
+		now
+		if ((NOW >= limit)); then return 1; fi
+		sleep 0.02
+	done
+}
+
+# check_accounting DESC: the pool is idle and its counters add up.
+check_accounting() {
+	if ! wait_idle 20; then
+		bad "$1: pool not idle/consistent after 20 s: $BODY"
+		return 0
+	fi
+	ok "$1: idle, submitted == completed+cancelled+timed_out+dropped ($BODY)"
+	if ((PIPE_503 == 0)); then
+		check "$1: stats.submitted" "$EXPECTED_TASKS" "$S_submitted" "$BODY"
+	elif ((S_submitted >= EXPECTED_TASKS && S_submitted <= EXPECTED_TASKS + PIPE_503)); then
+		# a refused pipeline may have had its producer accepted (and then
+		# cancelled) before the consumer was refused: count those from now on
+		ok "$1: stats.submitted ($((S_submitted - EXPECTED_TASKS)) producers of $PIPE_503 refused pipelines accepted)"
+		EXPECTED_TASKS=$S_submitted
+		PIPE_503=0
+	else
+		bad "$1: stats.submitted: expected $EXPECTED_TASKS..$((EXPECTED_TASKS + PIPE_503)), got $S_submitted"
+	fi
+	check "$1: stats.rejected == 503s seen" "$N503" "$S_rejected" "$BODY"
+}
+
+# wait_line FILE ERE SECONDS PID: until FILE has a line matching ERE.
+wait_line() {
+	local limit
+	now
+	limit=$((NOW + $3 * 1000))
+	while ! grep -Eq "$2" "$1" 2>/dev/null; do
+		alive "$4" || return 1
+		now
+		if ((NOW >= limit)); then return 1; fi
+		sleep 0.02
+	done
+}
+
+# start_peer NAME [--eof]: sets PEER_PORT.
+start_peer() {
+	local name=$1
+	shift
+	"$PEER" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+	BG_PIDS+=($!)
+	if ! wait_line "$TMP/$name.out" '^port [0-9]+$' 5 "$!"; then
+		fatal "silent_peer $*: no 'port N' line within 5 s: $(cat "$TMP/$name.err")"
+	fi
+	PEER_PORT=$(sed -n 's/^port \([0-9]*\)$/\1/p' "$TMP/$name.out")
+}
+
+# ---- 0. command line ---------------------------------------------------------
+
+step_options() {
+	local rc
+	echo "# 0. bad options"
+	for opt in "--bogus" "--threads abc" "--drain x" "--listen nonsense"; do
+		rc=0
+		# shellcheck disable=SC2086  # opt is split on purpose
+		timeout -k 1 5 "$SERVER" --listen 127.0.0.1:0 $opt \
+			>"$TMP/opt.out" 2>"$TMP/opt.err" </dev/null || rc=$?
+		check "option '$opt': exit code" 2 "$rc"
+		expect "option '$opt': message on stderr" "a message" "nothing" \
+			test -s "$TMP/opt.err"
+	done
+}
+
+# ---- 1. start ----------------------------------------------------------------
+
+step_start() {
+	echo "# 1. start (seed $SEED)"
+	start_peer silent
+	SILENT_PORT=$PEER_PORT
+	start_peer eof --eof
+	EOF_PORT=$PEER_PORT
+	echo "     silent peer :$SILENT_PORT, eof peer :$EOF_PORT"
+
+	start_server server --threads "$THREADS" --queue "$QUEUE" \
+		--drain "$DRAIN" --grace "$GRACE"
+}
+
+# start_server NAME OPTION...: a server on an ephemeral port; sets
+# SERVER_PID, SERVER_OUT, SERVER_ERR and BASE. ASan builds start slowly:
+# the listening line may take up to 10 s.
+start_server() {
+	local name=$1 port
+	shift
+	SERVER_OUT=$TMP/$name.out
+	SERVER_ERR=$TMP/$name.err
+	"$SERVER" --listen 127.0.0.1:0 "$@" >"$SERVER_OUT" 2>"$SERVER_ERR" </dev/null &
+	SERVER_PID=$!
+	BG_PIDS+=("$SERVER_PID")
+	if ! wait_line "$SERVER_OUT" '^listening on 127\.0\.0\.1:[0-9]+$' 10 \
+		"$SERVER_PID"; then
+		fatal "server $*: no 'listening on 127.0.0.1:PORT' line within 10 s; stdout: $(cat "$SERVER_OUT")"
+	fi
+	port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$SERVER_OUT")
+	expect "listening line gives a real port" "1..65535" "$port" \
+		test "$port" -gt 0 -a "$port" -le 65535
+	BASE="http://127.0.0.1:$port"
+	echo "     server $* (pid $SERVER_PID) at $BASE"
+}
+
+# wait_exit T0 SECONDS: waits (bounded) for the server to exit after a
+# signal sent at T0 (ms); sets RC and ELAPSED (ms from T0 to exit).
+wait_exit() {
+	local limit=$(($1 + $2 * 1000))
+	while alive "$SERVER_PID"; do
+		now
+		if ((NOW >= limit)); then break; fi
+		sleep 0.01
+	done
+	now
+	ELAPSED=$((NOW - $1))
+	if alive "$SERVER_PID"; then
+		fatal "server still running $2 s after the signal"
+	fi
+	RC=0
+	wait "$SERVER_PID" || RC=$?
+	forget_pid "$SERVER_PID"
+	check "exit code after the signal" 0 "$RC"
+	if [[ $RC != 0 && -s $SERVER_ERR ]]; then
+		echo "--- server stderr (tail) ---"
+		tail -n 40 "$SERVER_ERR"
+	fi
+	# UBSan reports do not change the exit code; ASan/LSan ones do
+	local reports
+	reports=$(grep -E 'runtime error:|Sanitizer' "$SERVER_ERR" | head -n 5) || true
+	check "no sanitizer report on the server's stderr" "" "$reports"
+}
+
+# parse_summary: checks stdout is the listening line plus the summary line;
+# sets SUM_RAN SUM_CANCELLED SUM_TIMED_OUT SUM_DROPPED SUM_ABANDONED
+# SUM_STOP_MS. Returns 1 when the summary line is missing or malformed.
+parse_summary() {
+	local line re='^summary: ran=([0-9]+) cancelled=([0-9]+) timed_out=([0-9]+) dropped=([0-9]+) abandoned=([0-9]+) stop_ms=([0-9]+)$'
+	line=$(tail -n 1 "$SERVER_OUT")
+	check "stdout is the listening line and the summary" 2 \
+		"$(wc -l <"$SERVER_OUT")" "$(tr '\n' '|' <"$SERVER_OUT")"
+	if [[ ! $line =~ $re ]]; then
+		bad "summary line: expected 'summary: ran=N cancelled=N timed_out=N dropped=N abandoned=N stop_ms=M', got '$line'"
+		return 1
+	fi
+	ok "summary line: $line"
+	SUM_RAN=${BASH_REMATCH[1]}
+	SUM_CANCELLED=${BASH_REMATCH[2]}
+	SUM_TIMED_OUT=${BASH_REMATCH[3]}
+	SUM_DROPPED=${BASH_REMATCH[4]}
+	SUM_ABANDONED=${BASH_REMATCH[5]}
+	SUM_STOP_MS=${BASH_REMATCH[6]}
+}
+
+# ---- 2. basics ---------------------------------------------------------------
+
+step_basics() {
+	local id
+	echo "# 2. basic jobs"
+	submit_ok "sleep" sleep ms=50
+	id=$JOB_ID
+	finish_job "sleep 50 ms" "$id" 5 "done" 0
+	check "sleep job kind" sleep "$(json_field "$BODY" kind)" "$BODY"
+	check "sleep job id" "$id" "$(json_field "$BODY" id)" "$BODY"
+	check "sleep job error" null "$(json_field "$BODY" error)" "$BODY"
+	local sub st fin
+	sub=$(json_field "$BODY" submitted_ms)
+	st=$(json_field "$BODY" started_ms)
+	fin=$(json_field "$BODY" finished_ms)
+	if [[ $sub =~ ^[0-9]+$ && $st =~ ^[0-9]+$ && $fin =~ ^[0-9]+$ ]] &&
+		((sub <= st && st <= fin && fin - st >= 40)); then
+		ok "sleep job times: submitted <= started <= finished, >= 40 ms run"
+	else
+		bad "sleep job times: expected submitted <= started <= finished-40, got $sub/$st/$fin"
+	fi
+	cancel_check "finished sleep" "$id" already_finished
+	get_job "$id"
+	check "finished sleep unchanged by DELETE" done/0 "$JSTATE/$JSTATUS" "$BODY"
+
+	submit_ok "cpu" cpu iterations=1000000
+	finish_job "cpu 10^6" "$JOB_ID" 10 "done" 0
+	check "cpu job kind" cpu "$(json_field "$BODY" kind)" "$BODY"
+
+	submit_ok "fetch eof peer" fetch host=127.0.0.1 "port=$EOF_PORT"
+	finish_job "fetch from --eof peer (hello\\n)" "$JOB_ID" 5 "done" 6
+
+	# a port nobody listens on: the peer we start and stop right here
+	start_peer gone
+	local gone_port=$PEER_PORT gone_pid=${BG_PIDS[-1]}
+	kill -TERM "$gone_pid"
+	wait "$gone_pid" 2>/dev/null || true
+	forget_pid "$gone_pid"
+	submit_ok "fetch refused" fetch host=127.0.0.1 "port=$gone_port"
+	if wait_job "$JOB_ID" 5; then
+		check "fetch to a closed port: done with -ECONNREFUSED" done/-111 \
+			"$JSTATE/$JSTATUS" "$BODY"
+	else
+		bad "fetch to a closed port: no status after 5 s: $BODY"
+	fi
+
+	submit_ok "pipeline" pipeline items=1000
+	id=$JOB_ID
+	finish_job "pipeline items=1000" "$id" 10 "done" 0
+	check "pipeline job kind" pipeline "$(json_field "$BODY" kind)" "$BODY"
+	# the parent token never fired, so SPEC maps 0 -> signalled here; either
+	# way the finished job must keep its result
+	cancel "$id"
+	expect "DELETE finished pipeline" "200 signalled|already_finished" \
+		"$CODE $ANSWER" test "$CODE" = 200 -a \
+		\( "$ANSWER" = signalled -o "$ANSWER" = already_finished \)
+	get_job "$id"
+	check "finished pipeline unchanged by DELETE" done/0 "$JSTATE/$JSTATUS" "$BODY"
+
+	stats
+	check "GET /stats" 200 "$CODE" "$BODY"
+	local f missing=""
+	for f in "${STAT_FIELDS[@]}"; do
+		has_field "$BODY" "$f" || missing+=" $f"
+	done
+	check "stats has every field" "" "$missing" "$BODY"
+	check "stats.threads" "$THREADS" "$S_threads" "$BODY"
+	check_accounting "after basics"
+}
+
+# ---- 3. cancellation ---------------------------------------------------------
+
+# fill_workers N: N long sleeps, each waited until running; ids in LONG.
+fill_workers() {
+	local i
+	LONG=()
+	for ((i = 0; i < $1; i++)); do
+		submit_ok "long sleep" sleep "ms=$LONG_MS"
+		LONG+=("$JOB_ID")
+	done
+	for i in "${LONG[@]}"; do
+		QUIET=1 running_job "long sleep" "$i"
+	done
+}
+
+# release DESC ID...: DELETEs running long sleeps, checks they end cancelled.
+release() {
+	local desc=$1 id
+	shift
+	for id in "$@"; do cancel_check "$desc" "$id" signalled; done
+	for id in "$@"; do finish_job "$desc" "$id" 5 "done" -125; done
+}
+
+step_cancel() {
+	local id q t0 lat
+	echo "# 3. cancellation"
+	fill_workers "$THREADS"
+	local l=("${LONG[@]}")
+	ok "$THREADS long sleeps running"
+
+	submit_ok "queued sleep" sleep ms=100
+	q=$JOB_ID
+	get_job "$q"
+	check "job behind busy workers: queued, status null" queued/null \
+		"$JSTATE/$JSTATUS" "$BODY"
+	check "queued job: started_ms null" null "$(json_field "$BODY" started_ms)" "$BODY"
+	cancel_check "queued sleep" "$q" prevented
+	get_job "$q"
+	check "prevented job: cancelled/-125" cancelled/-125 "$JSTATE/$JSTATUS" "$BODY"
+	check "prevented job: started_ms null" null "$(json_field "$BODY" started_ms)" "$BODY"
+
+	now
+	t0=$NOW
+	cancel_check "running sleep" "${l[0]}" signalled
+	finish_job "cancelled running sleep" "${l[0]}" 5 "done" -125
+	now
+	echo "     running sleep: DELETE to status in $((NOW - t0)) ms"
+	cancel_check "sleep cancelled twice" "${l[0]}" already_finished
+
+	# one worker is free: the fetch runs and blocks on the silent peer
+	submit_ok "fetch silent peer" fetch host=127.0.0.1 "port=$SILENT_PORT"
+	id=$JOB_ID
+	running_job "fetch on silent peer" "$id"
+	sleep 0.2
+	get_job "$id"
+	check "fetch on silent peer still running" running/null "$JSTATE/$JSTATUS" "$BODY"
+	now
+	t0=$NOW
+	cancel_check "running fetch" "$id" signalled
+	if wait_job "$id" 5; then
+		now
+		lat=$((NOW - t0))
+		FETCH_CANCEL_MS=$lat
+		echo "     fetch cancel latency: $lat ms"
+		check "cancelled fetch: done/-125" done/-125 "$JSTATE/$JSTATUS" "$BODY"
+		expect "fetch cancel latency < 1000 ms" "< 1000 ms" "$lat ms" test "$lat" -lt 1000
+	else
+		bad "cancelled fetch: no status 5 s after DELETE: $BODY"
+	fi
+	cancel_check "fetch cancelled twice" "$id" already_finished
+
+	# two workers free: both pipeline tasks run
+	release "free a second worker" "${l[1]}"
+	submit_ok "long pipeline" pipeline items=1000000000
+	id=$JOB_ID
+	running_job "pipeline items=10^9" "$id"
+	sleep 0.1
+	cancel_check "running pipeline" "$id" signalled
+	finish_job "cancelled pipeline" "$id" 5 "done" -125
+	cancel_check "pipeline cancelled twice" "$id" already_finished
+
+	# deadline passing in the queue: all workers busy again
+	fill_workers 2
+	l=("${l[2]}" "${l[3]}" "${LONG[@]}")
+	submit_ok "sleep with timeout" sleep ms=10 timeout_ms=100
+	id=$JOB_ID
+	finish_job "deadline passed while queued" "$id" 5 cancelled -110
+	check "timed-out job never started" null "$(json_field "$BODY" started_ms)" "$BODY"
+	release "release workers" "${l[@]}"
+
+	# deadline passing while running
+	submit_ok "running sleep with timeout" sleep ms=10000 timeout_ms=300
+	now
+	t0=$NOW
+	finish_job "deadline passed while running" "$JOB_ID" 5 "done" -110
+	now
+	expect "running deadline fired after ~300 ms" "250..3000 ms" "$((NOW - t0)) ms" \
+		test $((NOW - t0)) -ge 250 -a $((NOW - t0)) -le 3000
+
+	check_accounting "after cancellation"
+	check "stats.timed_out" 1 "$S_timed_out" "$BODY"
+}
+
+# ---- 4. mixed load -----------------------------------------------------------
+
+declare -A KIND=() CANCEL=() ARGS=()
+MIXED_IDS=()
+
+# batch KEY METHOD PATH DATA ...(groups of 4): one curl process for all the
+# requests, in order, over one connection. Results: B_CODE[KEY], and
+# $TMP/batch/KEY.b (body) / KEY.h (headers).
+batch() {
+	local args=() first=1
+	rm -rf "$TMP/batch"
+	mkdir "$TMP/batch"
+	while (($# >= 4)); do
+		if ((first == 0)); then args+=(--next); fi
+		first=0
+		args+=(-sS -g --noproxy '*' --max-time "$CURL_MAX" -X "$2"
+			-o "$TMP/batch/$1.b" -D "$TMP/batch/$1.h" -w "$1 %{http_code}\n")
+		if [[ -n $4 ]]; then args+=(--data "$4"); fi
+		args+=("$BASE$3")
+		shift 4
+	done
+	timeout -k 2 60 curl "${args[@]}" >"$TMP/batch/codes" 2>"$TMP/batch/err" || true
+	B_CODE=()
+	local k c
+	while read -r k c; do B_CODE[$k]=$c; done <"$TMP/batch/codes"
+}
+declare -A B_CODE=()
+
+# batch_body KEY: the body of a batch answer, into BB (no subshell).
+batch_body() {
+	BB=""
+	if [[ -f $TMP/batch/$1.b ]]; then IFS= read -r -d '' BB <"$TMP/batch/$1.b" || true; fi
+}
+# batch_header KEY NAME: a header of a batch answer, into BH (no subshell).
+batch_header() {
+	local line
+	BH=""
+	[[ -f $TMP/batch/$1.h ]] || return 0
+	while IFS= read -r line; do
+		line=${line%$'\r'}
+		if [[ ${line,,} == "${2,,}":* ]]; then
+			BH=${line#*:}
+			BH=${BH#"${BH%%[![:space:]]*}"}
+		fi
+	done <"$TMP/batch/$1.h"
+}
+
+# random_job: a form body for a short job of a random kind.
+random_job() {
+	case $((RANDOM % 4)) in
+	0) R_KIND=sleep R_DATA="kind=sleep&ms=$((1 + RANDOM % 50))" ;;
+	1) R_KIND=cpu R_DATA="kind=cpu&iterations=$((1000 + RANDOM * 30))" ;;
+	2) R_KIND=fetch R_DATA="kind=fetch&host=127.0.0.1&port=$EOF_PORT" ;;
+	# at most 15 items: the producer never waits for room in the 16-slot
+	# queue, so producers cannot hold every worker while their consumers
+	# wait in the pool's queue
+	3) R_KIND=pipeline R_DATA="kind=pipeline&items=$((1 + RANDOM % 15))" ;;
+	esac
+}
+
+# submit_batch DATA...: submits forms in one curl; accepted jobs go to
+# MIXED_IDS, 503s back to RETRY.
+submit_batch() {
+	local i spec=() d kind code body items=("$@")
+	for ((i = 0; i < ${#items[@]}; i++)); do
+		spec+=("s$i" POST /jobs "${items[i]#*|}")
+	done
+	batch "${spec[@]}"
+	for ((i = 0; i < ${#items[@]}; i++)); do
+		d=${items[i]}
+		kind=${d%%|*}
+		code=${B_CODE[s$i]:-000}
+		batch_body "s$i"
+		body=$BB
+		if [[ $code == 202 ]]; then
+			local id
+			jget "$body" id
+			id=$JV
+			if [[ ! $id =~ ^[1-9][0-9]*$ ]]; then
+				bad "mixed submit: 202 without an id: $body"
+				continue
+			fi
+			KIND[$id]=$kind
+			ARGS[$id]=${d#*|}
+			MIXED_IDS+=("$id")
+			if [[ $kind == pipeline ]]; then
+				EXPECTED_TASKS=$((EXPECTED_TASKS + 2))
+			else
+				EXPECTED_TASKS=$((EXPECTED_TASKS + 1))
+			fi
+			SUBMITTED_NOW+=("$id")
+		elif [[ $code == 503 ]]; then
+			N503=$((N503 + 1))
+			MIXED_503=$((MIXED_503 + 1))
+			if [[ $kind == pipeline ]]; then PIPE_503=$((PIPE_503 + 1)); fi
+			batch_header "s$i" Retry-After
+			if [[ $BH != 1 ]]; then
+				bad "mixed submit: 503 (queue full) without 'Retry-After: 1' (got '$BH'): $body"
+			fi
+			RETRY+=("$d")
+		else
+			bad "mixed submit ${d#*|}: expected 202 or 503, got $code $body"
+		fi
+	done
+}
+
+# cancel_batch ID...: DELETEs in one curl, records the answers in CANCEL.
+cancel_batch() {
+	(($# > 0)) || return 0
+	local id spec=() body ans
+	for id in "$@"; do spec+=("d$id" DELETE "/jobs/$id" ""); done
+	batch "${spec[@]}"
+	for id in "$@"; do
+		batch_body "d$id"
+		body=$BB
+		jget "$body" cancel
+		ans=$JV
+		case "${B_CODE[d$id]:-000} $ans" in
+		"200 prevented" | "200 signalled" | "200 already_finished")
+			CANCEL[$id]=$ans
+			;;
+		*)
+			bad "mixed DELETE job $id: expected 200 with a cancel answer, got ${B_CODE[d$id]:-000} $body"
+			;;
+		esac
+	done
+}
+
+# expected_ok KIND: the status of a job that ran to the end.
+expected_ok() { if [[ $1 == fetch ]]; then echo 6; else echo 0; fi; }
+
+# judge ID STATE STATUS: empty when consistent, else what was expected.
+judge() {
+	local kind=${KIND[$1]} ans=${CANCEL[$1]:-none} st=$2 status=$3 okst
+	okst=$(expected_ok "$kind")
+	case $ans in
+	none | already_finished)
+		# a finished pipeline's parent token never fired: SPEC says signalled
+		[[ $st/$status == done/$okst ]] || echo "done/$okst"
+		;;
+	prevented)
+		[[ $st/$status == cancelled/-125 ]] || echo "cancelled/-125"
+		;;
+	signalled)
+		if [[ $st/$status == done/-125 || $st/$status == done/$okst ]]; then
+			return 0
+		fi
+		# a pipeline is signalled when either task had started: the
+		# consumer may never have run
+		if [[ $kind == pipeline && $st/$status == cancelled/-125 ]]; then
+			return 0
+		fi
+		echo "done/-125 or done/$okst"
+		;;
+	esac
+}
+
+step_mixed() {
+	local i n d want
+	echo "# 4. mixed load: $MIXED_JOBS jobs"
+	MIXED_503=0
+	RETRY=()
+	local todo=()
+	for ((i = 0; i < MIXED_JOBS; i++)); do
+		random_job
+		todo+=("$R_KIND|$R_DATA")
+	done
+	local t0
+	now
+	t0=$NOW
+	i=0
+	while ((i < ${#todo[@]})); do
+		# mostly large batches, so that the queue fills up and the
+		# DELETEs that follow find jobs queued, running and finished
+		if ((RANDOM % 3 == 0)); then
+			n=$((1 + RANDOM % 10))
+		else
+			n=$((40 + RANDOM % 60))
+		fi
+		SUBMITTED_NOW=()
+		submit_batch "${todo[@]:i:n}"
+		i=$((i + n))
+		# cancel about a third of what was just accepted, at once,
+		# newest first: those are the likeliest to be still queued
+		local victims=() id k
+		for ((k = ${#SUBMITTED_NOW[@]} - 1; k >= 0; k--)); do
+			if ((RANDOM % 3 == 0)); then victims+=("${SUBMITTED_NOW[k]}"); fi
+		done
+		cancel_batch "${victims[@]}"
+	done
+	local first503=$MIXED_503 round=0
+	while ((${#RETRY[@]} > 0 && round < 60)); do
+		round=$((round + 1))
+		sleep 0.25
+		local again=("${RETRY[@]}")
+		RETRY=()
+		SUBMITTED_NOW=()
+		submit_batch "${again[@]}"
+	done
+	now
+	echo "     submitted in $((NOW - t0)) ms; 503 on first try: $first503," \
+		"503 in total: $MIXED_503, retry rounds: $round"
+	check "mixed: every job accepted in the end" "$MIXED_JOBS" "${#MIXED_IDS[@]}" \
+		"${#RETRY[@]} still refused"
+	local p=0 s=0 a=0
+	for id in "${!CANCEL[@]}"; do
+		case ${CANCEL[$id]} in
+		prevented) p=$((p + 1)) ;;
+		signalled) s=$((s + 1)) ;;
+		already_finished) a=$((a + 1)) ;;
+		esac
+	done
+	echo "     DELETE answers: prevented $p, signalled $s, already_finished $a"
+
+	if wait_idle 60; then
+		ok "mixed: pool idle within 60 s"
+	else
+		bad "mixed: pool not idle after 60 s: $BODY"
+	fi
+	# every job, in one curl
+	local spec=() left=("${MIXED_IDS[@]}") tries=0 bad_jobs=0 body st status
+	while ((${#left[@]} > 0 && tries < 20)); do
+		tries=$((tries + 1))
+		spec=()
+		for id in "${left[@]}"; do spec+=("g$id" GET "/jobs/$id" ""); done
+		batch "${spec[@]}"
+		local pending=()
+		for id in "${left[@]}"; do
+			batch_body "g$id"
+			body=$BB
+			jget "$body" status
+			status=$JV
+			if [[ ${B_CODE[g$id]:-000} != 200 || -z $status || $status == null ]]; then
+				if ((tries < 20)); then
+					pending+=("$id")
+					continue
+				fi
+			fi
+			jget "$body" state
+			st=$JV
+			want=$(judge "$id" "$st" "$status")
+			if [[ -z $want ]]; then
+				QUIET=1 ok "mixed job $id"
+			else
+				bad_jobs=$((bad_jobs + 1))
+				bad "mixed job $id (${KIND[$id]} ${ARGS[$id]}, DELETE said ${CANCEL[$id]:-nothing}): expected $want, got ${B_CODE[g$id]:-000} $body"
+			fi
+		done
+		left=("${pending[@]}")
+		if ((${#left[@]} > 0)); then sleep 0.25; fi
+	done
+	echo "     mixed jobs consistent: $((MIXED_JOBS - bad_jobs))/$MIXED_JOBS"
+	check_accounting "after mixed load"
+}
+
+# ---- 5. error codes ----------------------------------------------------------
+
+# bad_post DESC DATA: POST /jobs must be 400 with an "error" field.
+bad_post() {
+	local args=()
+	if [[ -n $2 ]]; then args=(--data "$2"); else args=(--data ""); fi
+	req POST /jobs "${args[@]}"
+	local e
+	e=$(json_field "$BODY" error)
+	expect "400 for $1 ($2)" "400 {\"error\":...}" "$CODE $BODY" \
+		test "$CODE" = 400 -a -n "$e" -a "$e" != null
+}
+
+# want DESC METHOD PATH CODE: status code and an "error" body.
+want() {
+	req "$2" "$3"
+	local e
+	e=$(json_field "$BODY" error)
+	expect "$1: $2 $3 -> $4" "$4 {\"error\":...}" "$CODE $BODY" \
+		test "$CODE" = "$4" -a -n "$e" -a "$e" != null
+}
+
+step_errors() {
+	echo "# 5. error codes"
+	bad_post "empty body" ""
+	bad_post "empty kind" "kind="
+	bad_post "unknown kind" "kind=bogus&ms=5"
+	bad_post "no kind" "ms=5"
+	bad_post "sleep without ms" "kind=sleep"
+	bad_post "negative ms" "kind=sleep&ms=-1"
+	bad_post "ms not a number" "kind=sleep&ms=abc"
+	bad_post "ms with trailing junk" "kind=sleep&ms=5x"
+	bad_post "empty ms" "kind=sleep&ms="
+	bad_post "ms too large" "kind=sleep&ms=3600001"
+	bad_post "ms overflowing" "kind=sleep&ms=99999999999999999999999"
+	bad_post "cpu iterations 0" "kind=cpu&iterations=0"
+	bad_post "cpu iterations > 10^12" "kind=cpu&iterations=1000000000001"
+	bad_post "cpu without iterations" "kind=cpu"
+	bad_post "fetch bad host" "kind=fetch&host=999.1.1.1&port=80"
+	bad_post "fetch host name" "kind=fetch&host=localhost&port=80"
+	bad_post "fetch port 0" "kind=fetch&host=127.0.0.1&port=0"
+	bad_post "fetch port 65536" "kind=fetch&host=127.0.0.1&port=65536"
+	bad_post "fetch without host" "kind=fetch&port=80"
+	bad_post "pipeline items 0" "kind=pipeline&items=0"
+	bad_post "pipeline items > 10^9" "kind=pipeline&items=1000000001"
+	bad_post "timeout_ms 0" "kind=sleep&ms=5&timeout_ms=0"
+	bad_post "timeout_ms too large" "kind=sleep&ms=5&timeout_ms=3600001"
+	bad_post "timeout_ms not a number" "kind=sleep&ms=5&timeout_ms=abc"
+
+	want "unknown job" GET /jobs/999999 404
+	want "unknown job" DELETE /jobs/999999 404
+	want "non-numeric id" GET /jobs/abc 400
+	want "zero id" GET /jobs/0 400
+	want "negative id" GET /jobs/-1 400
+	want "non-numeric id" DELETE /jobs/abc 400
+	want "unknown path" GET /nope 404
+	want "unknown path" POST /nope 404
+	want "wrong method" PUT /jobs 405
+	want "wrong method" GET /jobs 405
+	want "wrong method" POST /stats 405
+	want "wrong method" DELETE /stats 405
+	want "wrong method" PUT /jobs/1 405
+
+	# queue full: every worker busy, QUEUE more queued, then one too many
+	fill_workers "$THREADS"
+	local busy=("${LONG[@]}") queued=() i
+	for ((i = 0; i < QUEUE; i++)); do
+		submit_ok "fill the queue ($i)" sleep "ms=$LONG_MS"
+		queued+=("$JOB_ID")
+	done
+	ok "$QUEUE jobs queued behind $THREADS busy workers"
+	stats
+	check "stats with a full queue: queued/running" "$QUEUE/$THREADS" \
+		"$S_queued/$S_running" "$BODY"
+	submit kind=sleep ms=5
+	local e ra
+	e=$(json_field "$BODY" error)
+	ra=$(header Retry-After)
+	if [[ $CODE == 503 ]]; then N503=$((N503 + 1)); fi
+	if [[ $CODE == 202 ]]; then
+		EXPECTED_TASKS=$((EXPECTED_TASKS + 1))
+		queued+=("$JOB_ID")
+	fi
+	expect "queue full: 503 with an error" "503 {\"error\":...}" "$CODE $BODY" \
+		test "$CODE" = 503 -a -n "$e" -a "$e" != null
+	check "queue full: Retry-After header" 1 "$ra"
+	stats
+	check "stats.rejected counts the refusal" "$N503" "$S_rejected" "$BODY"
+
+	local id
+	QUIET=1
+	for id in "${queued[@]}"; do cancel_check "empty the queue" "$id" prevented; done
+	QUIET=0
+	ok "emptied the queue"
+	release "release workers" "${busy[@]}"
+	check_accounting "after error codes"
+}
+
+# ---- 6. shutdown -------------------------------------------------------------
+
+step_shutdown() {
+	local i id queued=() fetch
+	echo "# 6. shutdown"
+	fill_workers $((THREADS - 1))
+	submit_ok "fetch on silent peer" fetch host=127.0.0.1 "port=$SILENT_PORT"
+	fetch=$JOB_ID
+	running_job "fetch on silent peer" "$fetch"
+	for ((i = 0; i < 5; i++)); do
+		submit_ok "queued for shutdown" sleep ms=1000
+		queued+=("$JOB_ID")
+	done
+	for id in "${queued[@]}"; do
+		get_job "$id"
+		check "job $id queued before SIGTERM" queued "$JSTATE" "$BODY"
+	done
+	stats
+	local base_completed=$S_completed base_cancelled=$S_cancelled \
+		base_timed_out=$S_timed_out base_dropped=$S_dropped
+	check "before SIGTERM: queued/running" "${#queued[@]}/$THREADS" \
+		"$S_queued/$S_running" "$BODY"
+
+	local t0
+	now
+	t0=$NOW
+	kill -TERM "$SERVER_PID"
+	sleep 0.2
+	submit kind=sleep ms=1
+	if [[ $CODE == 202 ]]; then EXPECTED_TASKS=$((EXPECTED_TASKS + 1)); fi
+	expect "POST during shutdown" "503 (no Retry-After) or no connection" \
+		"$CODE $BODY Retry-After='$(header Retry-After)'" \
+		test "$CODE" = 000 -o \( "$CODE" = 503 -a -z "$(header Retry-After)" \)
+
+	wait_exit "$t0" $((DRAIN + GRACE + 10))
+	STOP_TOTAL_MS=$ELAPSED
+	echo "     SIGTERM to exit: $STOP_TOTAL_MS ms"
+	local budget=$(((DRAIN + GRACE) * 1000 + 1500))
+	expect "SIGTERM to exit <= drain+grace+1.5 s" "<= $budget ms" \
+		"$STOP_TOTAL_MS ms" test "$STOP_TOTAL_MS" -le "$budget"
+
+	parse_summary || return 0
+	local ran=$SUM_RAN can=$SUM_CANCELLED tmo=$SUM_TIMED_OUT \
+		drop=$SUM_DROPPED aband=$SUM_ABANDONED stop=$SUM_STOP_MS
+	STOP_MS=$stop
+	check "summary abandoned" 0 "$aband"
+	check "summary ran (3 sleeps + fetch returned)" $((base_completed + THREADS)) "$ran"
+	check "summary cancelled" "$base_cancelled" "$can"
+	check "summary timed_out" "$base_timed_out" "$tmo"
+	expect "summary dropped >= queued jobs left (${#queued[@]})" \
+		">= $((base_dropped + ${#queued[@]}))" "$drop" \
+		test "$drop" -ge $((base_dropped + ${#queued[@]}))
+	check "summary dropped" $((base_dropped + ${#queued[@]})) "$drop"
+	check "summary accounts for every task" "$EXPECTED_TASKS" \
+		$((ran + can + tmo + drop))
+	# workers stay busy, so the drain runs to its end before the tokens fire
+	expect "summary stop_ms: drain ran out, grace not needed" \
+		"$((DRAIN * 1000 - 100))..$(((DRAIN + GRACE) * 1000 + 500))" "$stop" \
+		test "$stop" -ge $((DRAIN * 1000 - 100)) -a "$stop" -le $(((DRAIN + GRACE) * 1000 + 500))
+}
+
+# ---- 7. SIGINT, decimal --drain/--grace --------------------------------------
+
+step_sigint() {
+	local t0 q
+	echo "# 7. SIGINT with --drain 0.5 --grace 0.5"
+	# a busy server: the drain (0.5 s) runs out, the queued job is dropped
+	start_server sigint --threads 2 --queue 4 --drain 0.5 --grace 0.5
+	fill_workers 2
+	submit_ok "queued" sleep ms=1000
+	q=$JOB_ID
+	get_job "$q"
+	check "job $q queued before SIGINT" queued "$JSTATE" "$BODY"
+	now
+	t0=$NOW
+	kill -INT "$SERVER_PID"
+	wait_exit "$t0" 10
+	expect "SIGINT to exit <= drain+grace+1.5 s" "<= 2500 ms" "$ELAPSED ms" \
+		test "$ELAPSED" -le 2500
+	if parse_summary; then
+		check "summary after SIGINT: ran/cancelled/timed_out/dropped/abandoned" \
+			2/0/0/1/0 \
+			"$SUM_RAN/$SUM_CANCELLED/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_ABANDONED"
+		expect "stop_ms with a 0.5 s drain" "400..1500" "$SUM_STOP_MS" \
+			test "$SUM_STOP_MS" -ge 400 -a "$SUM_STOP_MS" -le 1500
+	fi
+
+	# an idle server: the drain ends at once
+	start_server idle --threads 2 --queue 4 --drain 5 --grace 5
+	now
+	t0=$NOW
+	kill -TERM "$SERVER_PID"
+	wait_exit "$t0" 20
+	expect "idle server: SIGTERM to exit well within the 5 s drain" "<= 1500 ms" \
+		"$ELAPSED ms" test "$ELAPSED" -le 1500
+	if parse_summary; then
+		check "idle summary" "0/0/0/0/0" \
+			"$SUM_RAN/$SUM_CANCELLED/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_ABANDONED"
+	fi
+}
+
+# ---- main --------------------------------------------------------------------
+
+FETCH_CANCEL_MS="?"
+STOP_MS="?"
+STOP_TOTAL_MS="?"
+for tool in curl timeout; do
+	command -v "$tool" >/dev/null || fatal "$tool not found"
+done
+step_options
+step_start
+step_basics
+step_cancel
+step_mixed
+step_errors
+step_shutdown
+step_sigint
+echo "fetch cancel latency: $FETCH_CANCEL_MS ms; stop_ms: $STOP_MS; SIGTERM to exit: $STOP_TOTAL_MS ms"
+summary
+if ((FAIL > 0)); then exit 1; fi
+exit 0
