@@ -55,6 +55,19 @@ CTP__HIDDEN extern const struct ck_ec_mode ctp__ec_mode;
 
 CTP__HIDDEN void ctp__set_thread_name(const char *prefix, const char *suffix);
 
+/* Schedule perturbation, compiled in only by test builds (meson
+ * -Dperturb=true): at each CTP__PERTURB() point a thread may yield or sleep
+ * a few microseconds, chosen by a per-thread PRNG seeded from the
+ * environment (CTP_PERTURB_SEED, CTP_PERTURB_RATE; platform.c). It widens
+ * the race windows between the steps of submit, dequeue, cancel, token
+ * firing and shutdown so the stress tests visit more interleavings. */
+#ifdef CTP_PERTURB
+CTP__HIDDEN void ctp__perturb(void);
+#define CTP__PERTURB() ctp__perturb()
+#else
+#define CTP__PERTURB() ((void)0)
+#endif
+
 /* ---- ring.c ------------------------------------------------------------- */
 
 /* A ck_ring of pointers in MPMC mode. size is a power of two >= 2 and the

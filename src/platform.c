@@ -129,6 +129,59 @@ void ctp__set_thread_name(const char *prefix, const char *suffix)
 	pthread_setname_np(pthread_self(), name);
 }
 
+/* ---- schedule perturbation (test builds only) --------------------------- */
+
+#ifdef CTP_PERTURB
+#include <sched.h>
+#include <stdlib.h>
+
+/* Set once from the environment; read-only afterwards. */
+static pthread_once_t perturb_once = PTHREAD_ONCE_INIT;
+static uint64_t perturb_seed;
+static unsigned perturb_rate; /* act at 1 point in `rate`; 0 = never */
+static __thread uint64_t perturb_state;
+
+static void perturb_init(void)
+{
+	const char *seed = getenv("CTP_PERTURB_SEED");
+	const char *rate = getenv("CTP_PERTURB_RATE");
+
+	perturb_seed = seed != NULL ? strtoull(seed, NULL, 0) : 1;
+	perturb_rate = rate != NULL ? (unsigned)strtoul(rate, NULL, 0) : 8;
+}
+
+void ctp__perturb(void)
+{
+	uint64_t x;
+
+	pthread_once(&perturb_once, perturb_init);
+	if (perturb_rate == 0)
+		return;
+	if (perturb_state == 0) /* per thread: the seed and the thread's id */
+		perturb_state = (perturb_seed ^ (uint64_t)pthread_self()) *
+		    0x9e3779b97f4a7c15ull | 1;
+	x = perturb_state; /* xorshift64 */
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	perturb_state = x;
+	if (x % perturb_rate != 0)
+		return;
+	switch ((x >> 40) % 4) {
+	case 0:
+	case 1:
+		sched_yield();
+		break;
+	default: {
+		struct timespec ts = { 0, (long)((x >> 20) % 50000) };
+
+		nanosleep(&ts, NULL); /* up to 50 us */
+		break;
+	}
+	}
+}
+#endif
+
 /* ---- errors ------------------------------------------------------------- */
 
 const char *ctp_strerror(int err)

@@ -136,6 +136,7 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 		w->current = NULL;
 		stopping = atomic_load(&pool->stopping);
 		while (!stopping && ctp__ring_pop(&q->ring, &item)) {
+			CTP__PERTURB(); /* popped, not started */
 			if (ctp__task_start(item)) {
 				t = item;
 				w->current = t;
@@ -147,6 +148,7 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 			ctp__token_put(item); /* a tombstone: the ring's ref */
 		}
 		pthread_mutex_unlock(&w->lock);
+		CTP__PERTURB();
 		if (prev != NULL)
 			ctp__token_put(&prev->token); /* the ring's ref */
 		if (t != NULL)
@@ -420,6 +422,7 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		ctp__queue_unreserve(&pool->queue);
 		goto undo_timer;
 	}
+	CTP__PERTURB();
 	/* Accepted. From here a cascade from the parent may finish it. */
 	if (deadline) {
 		int64_t now = ctp__now_ns();
@@ -428,6 +431,7 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		    now + o.timeout;
 		ctp__timer_add(pool, t);
 	}
+	CTP__PERTURB();
 	atomic_fetch_add_explicit(&pool->st_submitted, 1, memory_order_relaxed);
 	enqueue(pool, t);
 	if (task != NULL)
@@ -470,6 +474,7 @@ static void cancel_step(ctp_pool *pool)
 
 	atomic_store(&pool->stopping, true);
 	ctp__ec_bump(&pool->queue.not_empty); /* idle workers exit now */
+	CTP__PERTURB();
 	for (i = 0; i < pool->nthreads; i++) {
 		struct ctp__worker *w = &pool->workers[i];
 
@@ -480,6 +485,7 @@ static void cancel_step(ctp_pool *pool)
 		}
 		pthread_mutex_unlock(&w->lock);
 	}
+	CTP__PERTURB();
 	/* running tasks first: the sooner they hear, the sooner they stop */
 	for (i = 0; i < n; i++) {
 		ctp__token_fire(&pool->scan[i]->token, -ESHUTDOWN);
@@ -534,6 +540,7 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 			wait_zero(&pool->unfinished, &pool->idle_waiters,
 			    timed ? &abs : NULL);
 		}
+		CTP__PERTURB();
 		cancel_step(pool);
 	}
 	timed = ctp__deadline(grace, &abs);

@@ -154,6 +154,7 @@ int ctp__queue_reserve(struct ctp_queue *q, ctp_token *token, bool nowait,
 		if (token != NULL && ctp_token_cancelled(token))
 			return ctp_token_reason(token);
 		snap = ctp__ec_value(&q->not_full);
+		CTP__PERTURB();
 		r = try_reserve(q);
 		if (r != -EAGAIN || nowait)
 			return r;
@@ -231,6 +232,7 @@ int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
 		if (token != NULL && ctp_token_cancelled(token))
 			return ctp_token_reason(token);
 		snap = ctp__ec_value(&queue->not_empty);
+		CTP__PERTURB();
 		if (ctp__ring_pop(&queue->ring, item)) {
 			ctp__queue_unreserve(queue);
 			return 0;

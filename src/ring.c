@@ -113,6 +113,7 @@ bool ctp__ring_push(struct ctp__ring *r, void *item)
 		return false;
 	TSAN_RELEASE(SYNC_ADDR(r, item));
 	*slot = item;
+	CTP__PERTURB();
 	wait_turn(r, ck, ticket);
 	/* p_tail == ticket now: ck's commit stores ticket + 1 without waiting */
 	ck_ring_enqueue_commit_mpmc(ck, ticket);
@@ -127,6 +128,7 @@ bool ctp__ring_pop(struct ctp__ring *r, void **item)
 {
 	void *p;
 
+	CTP__PERTURB();
 	/* The data argument is the address of the slot to fill. */
 	if (!ck_ring_dequeue_mpmc(r->ck, r->buf, &p))
 		return false;

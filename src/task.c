@@ -150,6 +150,7 @@ static void finish(ctp_task *t, int status)
 	if (atomic_exchange_explicit(&t->fin, FIN_DONE, memory_order_acq_rel) &
 	    FIN_WAITERS)
 		ctp__futex_wake(&t->fin, INT_MAX);
+	CTP__PERTURB();
 	ctp__pool_unfinished_dec(pool);
 	ctp__token_put(&t->token); /* the pool's reference */
 }
@@ -184,6 +185,7 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 	    (s & CTP__REASON_MASK) | CTP__PHASE_DONE, memory_order_release,
 	    memory_order_relaxed))
 		;
+	CTP__PERTURB();
 	if (t->deadline != 0)
 		ctp__timer_remove(pool, t);
 	atomic_fetch_sub_explicit(&pool->st_running, 1, memory_order_relaxed);

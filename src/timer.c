@@ -142,6 +142,7 @@ static void *timer_main(void *arg)
 		heap_delete(tm, 0);
 		ctp__token_ref(&t->token);
 		pthread_mutex_unlock(&tm->lock);
+		CTP__PERTURB();
 		ctp__token_fire(&t->token, -ETIMEDOUT);
 		ctp__token_put(&t->token);
 		pthread_mutex_lock(&tm->lock);

@@ -398,12 +398,15 @@ int ctp__token_fire(ctp_token *t, int reason)
 
 	if (!fire_cas(t, reason, &phase))
 		return -EALREADY;
+	CTP__PERTURB();
 	ctp__token_ref(t); /* every listed token holds one */
 	t->fire_next = NULL;
 	mark_children(t, reason, &tail);
+	CTP__PERTURB();
 	/* waking first: it is what makes running work stop */
 	for (c = list; c != NULL; c = c->fire_next)
 		wake_all(c);
+	CTP__PERTURB();
 	/* Phase 2b: finish every task caught while queued (done runs here). */
 	for (c = list; c != NULL; c = next) {
 		next = c->fire_next;
