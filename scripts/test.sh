@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Sets up (installs what is missing), builds, and runs every test three ways:
-#   plain      debugoptimized build: fast, stress, e2e (the job server)
-#   asan       AddressSanitizer + LeakSanitizer + UBSan: fast, stress, e2e
-#   tsan       ThreadSanitizer: fast + stress (stress scaled down 10x)
-# Usage: scripts/test.sh [plain|asan|tsan ...]   (default: all three)
+# Sets up (installs what is missing), builds, and runs every test:
+#   plain    debugoptimized build: suites fast, stress (incl. hostile), e2e
+#   asan     ASan + LSan + UBSan: fast, stress, e2e, fault (k-th malloc /
+#            pthread_create fails, swept over every call site)
+#   tsan     ThreadSanitizer: fast, and stress twice (scaled down 10x)
+#   perturb  release build with seeded yield points in the hot paths
+#            (-Dperturb=true): fast + stress, unpinned and on one CPU
+#   fuzz     libFuzzer API fuzzer, ASan+UBSan and TSan variants (60 s each)
+#   model    spin model of the task state machine and shutdown handshake,
+#            plus planted-bug variants that must fail
+# Usage: scripts/test.sh [VARIANT ...]   (default: all of them, in that order)
+# Ends with "tests: N passed, M failed" (N counts test programs and steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -18,13 +25,12 @@ failed=0
 # run NAME SUITE [env...]: meson test in build-NAME; counts results.
 run() {
 	local dir="build-$1" suite="$2"; shift 2
-	local log
+	local log ok fail to
 	log=$(mktemp)
-	echo "== $dir: suite $suite"
+	echo "== $dir: suite $suite $*"
 	if env "$@" meson test -C "$dir" --suite "$suite" --print-errorlogs \
 		--num-processes 1 >"$log" 2>&1; then :; fi
 	grep -E "^ *[0-9]+/[0-9]+ |^Ok:|^Fail:|^Timeout:" "$log" || true
-	local ok fail to
 	ok=$(awk '/^Ok:/{print $2}' "$log")
 	fail=$(awk '/^Fail:/{print $2}' "$log")
 	to=$(awk '/^Timeout:/{print $2}' "$log")
@@ -34,9 +40,21 @@ run() {
 	else
 		passed=$((passed + ok))
 		failed=$((failed + ${fail:-0} + ${to:-0}))
-		[[ ${fail:-0} -eq 0 && ${to:-0} -eq 0 ]] || sed -n '/^==/,$p' "$log" | tail -200
+		[[ ${fail:-0} -eq 0 && ${to:-0} -eq 0 ]] || tail -200 "$log"
 	fi
 	rm -f "$log"
+}
+
+# step NAME CMD...: a command that passes or fails by its exit code.
+step() {
+	local name=$1; shift
+	echo "== $name: $*"
+	if "$@"; then
+		passed=$((passed + 1))
+	else
+		echo "== $name: FAILED"
+		failed=$((failed + 1))
+	fi
 }
 
 setup() {
@@ -48,7 +66,7 @@ setup() {
 }
 
 variants=("$@")
-((${#variants[@]})) || variants=(plain asan tsan)
+((${#variants[@]})) || variants=(plain asan tsan perturb fuzz model)
 for v in "${variants[@]}"; do
 	case $v in
 	plain)
@@ -63,12 +81,30 @@ for v in "${variants[@]}"; do
 		run asan fast
 		run asan stress CTP_STRESS_SCALE=4
 		run asan e2e
+		run asan fault
 		;;
 	tsan)
 		setup tsan --buildtype=debugoptimized -Db_sanitize=thread \
-			-Db_lundef=false
+			-Db_lundef=false -Dexamples=disabled
 		run tsan fast
 		run tsan stress CTP_STRESS_SCALE=10
+		run tsan stress CTP_STRESS_SCALE=10
+		;;
+	perturb)
+		setup perturb --buildtype=release -Dperturb=true \
+			-Dexamples=disabled
+		seed=${CTP_PERTURB_SEED:-$RANDOM}
+		echo "== perturb: CTP_PERTURB_SEED=$seed (set it to replay)"
+		run perturb fast CTP_PERTURB_SEED="$seed"
+		run perturb stress CTP_PERTURB_SEED="$seed" CTP_STRESS_SCALE=4
+		run perturb stress CTP_PERTURB_SEED="$((seed + 1))" \
+			CTP_STRESS_SCALE=4 taskset -c 0
+		;;
+	fuzz)
+		step fuzz scripts/fuzz.sh "${CTP_FUZZ_SECONDS:-60}"
+		;;
+	model)
+		step model scripts/model.sh
 		;;
 	*)
 		echo "unknown variant $v" >&2

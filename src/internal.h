@@ -94,12 +94,28 @@ CTP__HIDDEN bool ctp__ring_pop(struct ctp__ring *r, void **item);
 struct ctp_queue {
 	struct ctp__ring ring;      /* the items; written by ring.c only */
 	size_t           capacity;  /* immutable: a power of two */
-	_Atomic size_t   count;     /* admitted items; <= capacity; CAS only */
-	_Atomic bool     closed;    /* set once; no admissions after it */
+	_Atomic size_t   count;     /* admitted items (<= capacity), and the
+	                               CTP__QUEUE_CLOSED bit once closed: one
+	                               word, so no admission CAS can succeed
+	                               after the close */
 	ck_ec32_t        not_empty; /* bumped after every ring push and on close */
 	ck_ec32_t        not_full;  /* bumped after every slot release and close */
 };
 
+#define CTP__QUEUE_CLOSED ((size_t)1 << (sizeof(size_t) * 8 - 1))
+
+static inline size_t ctp__queue_count(const struct ctp_queue *q)
+{
+	return atomic_load(&q->count) & ~CTP__QUEUE_CLOSED;
+}
+
+static inline bool ctp__queue_closed(const struct ctp_queue *q)
+{
+	return (atomic_load(&q->count) & CTP__QUEUE_CLOSED) != 0;
+}
+
+/* Closes admission (idempotent) and wakes every waiter. */
+CTP__HIDDEN void ctp__queue_shut(struct ctp_queue *q);
 CTP__HIDDEN int  ctp__queue_init(struct ctp_queue *q, size_t capacity);
 CTP__HIDDEN void ctp__queue_fini(struct ctp_queue *q);
 CTP__HIDDEN size_t ctp__round_capacity(size_t capacity);
@@ -109,8 +125,9 @@ CTP__HIDDEN size_t ctp__round_capacity(size_t capacity);
  * or the token's reason. */
 CTP__HIDDEN int  ctp__queue_reserve(struct ctp_queue *q, ctp_token *token,
                                     bool nowait, const struct timespec *abs);
-/* Gives back a slot taken by reserve (an item that left without the ring's
- * help, or a reservation that was not used) and wakes one waiting producer. */
+/* Gives back a slot taken by reserve (an item that left, or a reservation
+ * that was not used) and wakes waiting producers; once the queue is closed
+ * also not_empty's waiters (a pool's shutdown waits there for count 0). */
 CTP__HIDDEN void ctp__queue_unreserve(struct ctp_queue *q);
 
 /* Waits until the event count moves away from snap, token fires, or abs

@@ -20,15 +20,15 @@
  *   wake-up). Who wakes a worker: a submit (bump after the enqueue) and the
  *   shutdown's cancel step (bump after setting `stopping`).
  *
- *   Shutdown. (1) queue.closed is set (seq_cst) and not_full bumped, so
- *   submitters stop and blocked ones return. (2) Drain: wait on `unfinished`
+ *   Shutdown. (1) the queue's CLOSED bit is set in its count word (so no
+ *   admission CAS can succeed after it) and blocked submitters wake. (2) Drain: wait on `unfinished`
  *   (a futex counting accepted tasks whose done has not returned) for up to
  *   `drain`. (3) Cancel step: set `stopping`, bump not_empty (idle workers
  *   exit at once), then take and release each worker's lock: after that no
  *   worker starts a task, and every started one is in some worker's
  *   `current`, which we reference and fire with -ESHUTDOWN. Then empty the
  *   ring, firing each queued task with -ESHUTDOWN (their done runs here),
- *   until queue.count is 0: a submit admitted just before `closed` may still
+ *   until queue.count is 0: a submit admitted just before the close may still
  *   be pushing, and its bump wakes us. Stop the timer. (4) Grace: wait on
  *   `alive` (a futex counting our threads) up to `grace`, then join.
  *
@@ -393,7 +393,7 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		o = *opts;
 	if (!ctp__duration_ok(o.timeout) || !ctp__duration_ok(o.queue_wait))
 		return -EINVAL;
-	if (atomic_load(&pool->queue.closed))
+	if (ctp__queue_closed(&pool->queue))
 		return -ESHUTDOWN;
 	if (o.parent != NULL && ctp_token_cancelled(o.parent))
 		return ctp_token_reason(o.parent);
@@ -417,6 +417,15 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	atomic_store_explicit(&t->token.refs, task != NULL ? 3 : 2,
 	    memory_order_relaxed);
 	atomic_fetch_add(&pool->unfinished, 1);
+	/* The deadline is written before the link makes the task visible: a
+	 * cascade that finishes it at once must see it to take it out of the
+	 * heap (ctp__timer_add then refuses the finished task). */
+	if (deadline) {
+		int64_t now = ctp__now_ns();
+
+		t->deadline = o.timeout > INT64_MAX - now ? INT64_MAX :
+		    now + o.timeout;
+	}
 	if (o.parent != NULL && (r = ctp__token_link(o.parent, &t->token))) {
 		ctp__pool_unfinished_dec(pool);
 		ctp__queue_unreserve(&pool->queue);
@@ -424,13 +433,8 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	}
 	CTP__PERTURB();
 	/* Accepted. From here a cascade from the parent may finish it. */
-	if (deadline) {
-		int64_t now = ctp__now_ns();
-
-		t->deadline = o.timeout > INT64_MAX - now ? INT64_MAX :
-		    now + o.timeout;
+	if (deadline)
 		ctp__timer_add(pool, t);
-	}
 	CTP__PERTURB();
 	atomic_fetch_add_explicit(&pool->st_submitted, 1, memory_order_relaxed);
 	enqueue(pool, t);
@@ -461,9 +465,12 @@ static void drop_queued(ctp_pool *pool)
 			ctp__token_fire(item, -ESHUTDOWN);
 			ctp__token_put(item);
 		}
-		if (atomic_load(&q->count) == 0)
+		if (ctp__queue_count(q) == 0)
 			return;
-		/* an admitted submit is still pushing; its bump wakes us */
+		/* an admitted submit is still pushing, or a canceller or a
+		 * backing-out submitter still has to release its slot: the
+		 * push's bump, or the release's (the queue is closed), wakes
+		 * us */
 		ctp__ec_wait(&q->not_empty, snap, NULL, NULL);
 	}
 }
@@ -533,8 +540,8 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 	pthread_mutex_unlock(&pool->lock);
 
 	if (first) {
-		atomic_store(&pool->queue.closed, true);
-		ctp__ec_bump(&pool->queue.not_full); /* blocked submitters */
+		/* no admission after this; blocked submitters wake */
+		ctp__queue_shut(&pool->queue);
 		if (drain != 0) {
 			timed = ctp__deadline(drain, &abs);
 			wait_zero(&pool->unfinished, &pool->idle_waiters,
@@ -630,8 +637,7 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 	s->timed_out = LOAD(st_timed_out);
 	s->rejected = LOAD(st_rejected);
 	s->dropped = LOAD(st_dropped);
-	s->queued = atomic_load_explicit(&pool->queue.count,
-	    memory_order_relaxed);
+	s->queued = ctp__queue_count(&pool->queue);
 	s->running = LOAD(st_running);
 	s->threads = LOAD(st_threads);
 #undef LOAD

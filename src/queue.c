@@ -26,10 +26,19 @@
  *     whose function bumps the event count being waited on; the predicate
  *     then sees the fired token. Registration happens only on the slow path,
  *     just before sleeping.
- *   - Memory order: `count` and `closed` use seq_cst. `closed` must be
- *     ordered against the admission CAS (a pool's cancel step counts on
- *     "closed, then no new admission"), and on x86 the CAS is a full barrier
- *     anyway. The items themselves are published by the ring.
+ *   - Closing is a bit in the same word as the count (CTP__QUEUE_CLOSED),
+ *     set with fetch_or: an admission is a CAS from a value without the
+ *     bit, so none can succeed once the bit is set. (With `closed` apart, a
+ *     submitter could read "open", be preempted, and then admit a task after
+ *     the pool's shutdown had already emptied the queue and returned: the
+ *     spin model found it.)
+ *   - Slot releases bump not_full, and also not_empty once the queue is
+ *     closed: a pool's shutdown sleeps on not_empty until the count reaches
+ *     0, and a release by a canceller or a backing-out submitter must wake it
+ *     (the spin model and the fuzzer found that hang). The bit comes free
+ *     with the fetch_sub's old value.
+ *   - Memory order: `count` uses seq_cst (on x86 its RMWs are full barriers
+ *     anyway). The items themselves are published by the ring.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -67,7 +76,6 @@ int ctp__queue_init(struct ctp_queue *q, size_t capacity)
 		return r;
 	q->capacity = capacity;
 	atomic_init(&q->count, 0);
-	atomic_init(&q->closed, false);
 	ck_ec32_init(&q->not_empty, 0);
 	ck_ec32_init(&q->not_full, 0);
 	return 0;
@@ -134,10 +142,11 @@ static int try_reserve(struct ctp_queue *q)
 	size_t c = atomic_load(&q->count);
 
 	for (;;) {
-		if (atomic_load(&q->closed))
+		if (c & CTP__QUEUE_CLOSED)
 			return -ESHUTDOWN;
 		if (c >= q->capacity)
 			return -EAGAIN;
+		/* fails if the count moved or the queue closed meanwhile */
 		if (atomic_compare_exchange_weak(&q->count, &c, c + 1))
 			return 0;
 	}
@@ -166,7 +175,17 @@ int ctp__queue_reserve(struct ctp_queue *q, ctp_token *token, bool nowait,
 
 void ctp__queue_unreserve(struct ctp_queue *q)
 {
-	atomic_fetch_sub(&q->count, 1);
+	size_t old = atomic_fetch_sub(&q->count, 1);
+
+	ctp__ec_bump(&q->not_full);
+	if (old & CTP__QUEUE_CLOSED) /* shutdown may wait for count 0 */
+		ctp__ec_bump(&q->not_empty);
+}
+
+void ctp__queue_shut(struct ctp_queue *q)
+{
+	atomic_fetch_or(&q->count, CTP__QUEUE_CLOSED);
+	ctp__ec_bump(&q->not_empty);
 	ctp__ec_bump(&q->not_full);
 }
 
@@ -239,8 +258,7 @@ int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
 		}
 		/* closed and empty; an admitted push still under way is not
 		 * "empty": its item will arrive */
-		if (atomic_load(&queue->closed) &&
-		    atomic_load(&queue->count) == 0)
+		if (atomic_load(&queue->count) == CTP__QUEUE_CLOSED)
 			return -ESHUTDOWN;
 		if (timeout == 0)
 			return -EAGAIN;
@@ -253,16 +271,13 @@ int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
 
 void ctp_queue_close(ctp_queue *queue)
 {
-	if (queue == NULL)
-		return;
-	atomic_store(&queue->closed, true);
-	ctp__ec_bump(&queue->not_empty);
-	ctp__ec_bump(&queue->not_full);
+	if (queue != NULL)
+		ctp__queue_shut(queue);
 }
 
 size_t ctp_queue_size(const ctp_queue *queue)
 {
-	return queue == NULL ? 0 : atomic_load(&queue->count);
+	return queue == NULL ? 0 : ctp__queue_count(queue);
 }
 
 void ctp_queue_destroy(ctp_queue *queue)

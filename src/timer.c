@@ -14,7 +14,9 @@
  *     callbacks and watchers: user code).
  *   - Submit reserves a heap slot (and starts the thread) before the task is
  *     accepted, so that nothing can fail after acceptance; ctp__timer_add
- *     then only uses the promised slot.
+ *     then only uses the promised slot. A task that a parent's cascade
+ *     finished between its acceptance and ctp__timer_add is not inserted
+ *     (found by the fuzzer: it used to stay in the heap, unreferenced).
  *   - Who wakes the thread: ctp__timer_add when the new task becomes the
  *     earliest, and ctp__timer_stop at the pool's cancel step. It exits once
  *     `stop` is set; it counts among the pool's threads for the grace wait.
@@ -213,9 +215,19 @@ void ctp__timer_unreserve(ctp_pool *pool)
 void ctp__timer_add(ctp_pool *pool, ctp_task *t)
 {
 	struct ctp__timer *tm = &pool->timer;
+	uint32_t phase;
 
 	pthread_mutex_lock(&tm->lock);
 	tm->reserved--;
+	/* A parent's cascade may have finished the task since its acceptance:
+	 * its finish ran ctp__timer_remove before this lock (found nothing),
+	 * and its firing CAS came before that, so we see the phase here. A
+	 * finish that comes after this lock removes what we insert. */
+	phase = atomic_load(&t->token.state) & CTP__PHASE_MASK;
+	if (phase == CTP__PHASE_CANCELLED || phase == CTP__PHASE_DONE) {
+		pthread_mutex_unlock(&tm->lock);
+		return;
+	}
 	tm->heap[tm->len] = t;
 	t->heap_idx = tm->len++;
 	sift_up(tm, t->heap_idx);

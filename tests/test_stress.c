@@ -976,6 +976,234 @@ static void test_stress_create_destroy(void **state)
 	assert_int_equal(now, baseline);
 }
 
+
+/* ---- a parent firing while a task with a deadline is being submitted ----- */
+
+/* Regression (found by the API fuzzer): ctp_pool_submit linked the task to
+ * its parent before it put the deadline in the timer heap. A cancel of the
+ * parent in between finished the task at once, and the submit then put the
+ * finished task in the heap, unreferenced: when its deadline came the timer
+ * fired whatever task had reused the object. Here each round races a submit
+ * (parent + 1 ms deadline) against the parent's cancel, then submits a task
+ * without any deadline that sleeps on its token past that 1 ms (it likely
+ * reuses the object): it must never see -ETIMEDOUT. */
+
+#define PDR_PLAIN 6161
+
+struct pdr_round {
+	pthread_barrier_t *bar;
+	ctp_token         *parent;
+	int                cancel_rc;
+};
+
+static void *pdr_canceller(void *arg)
+{
+	struct pdr_round *r = arg;
+
+	pthread_barrier_wait(r->bar);
+	r->cancel_rc = ctp_token_cancel(r->parent);
+	return NULL;
+}
+
+static int pdr_noop(void *arg, ctp_token *token)
+{
+	(void)arg;
+	(void)token;
+	return 0;
+}
+
+/* Sleeps on its token a little longer than the racing task's deadline. */
+static int pdr_plain(void *arg, ctp_token *token)
+{
+	int rc = ctp_token_sleep(token, CTP_MSEC(2));
+
+	(void)arg;
+	return rc == 0 ? PDR_PLAIN : rc;
+}
+
+static void test_stress_parent_cancel_races_deadline_submit(void **state)
+{
+	unsigned long rounds = scaled(5000), i;
+	ctp_pool_opts po = { .threads = 2, .name = "pdr" };
+	pthread_barrier_t bar;
+	ctp_pool *pool;
+
+	(void)state;
+	failures = 0;
+	assert_int_equal(ctp_pool_create(&pool, &po), 0);
+	assert_int_equal(pthread_barrier_init(&bar, NULL, 2), 0);
+	for (i = 0; i < rounds; i++) {
+		struct pdr_round r = { .bar = &bar };
+		ctp_task_opts o = { .timeout = CTP_MSEC(1) };
+		ctp_task_opts plain = { .queue_wait = CTP_FOREVER };
+		ctp_task *t = NULL, *p = NULL;
+		pthread_t th;
+		int rc, st = 0;
+
+		assert_int_equal(ctp_token_create(&r.parent, NULL), 0);
+		o.parent = r.parent;
+		o.queue_wait = CTP_FOREVER;
+		th = tu_spawn(pdr_canceller, &r);
+		pthread_barrier_wait(&bar);
+		rc = ctp_pool_submit(pool, pdr_noop, NULL, &o, &t);
+		tu_join(th);
+		CHECK(rc == 0 || rc == -ECANCELED, "round %lu: submit: %s", i,
+		      ctp_strerror(rc));
+		if (rc == 0) {
+			CHECK(ctp_task_wait(t, CTP_SEC(10), NULL) == 0,
+			      "round %lu: wait", i);
+			ctp_task_release(t);
+		}
+		ctp_token_release(r.parent);
+		/* a task with no deadline, likely in the recycled object */
+		rc = ctp_pool_submit(pool, pdr_plain, NULL, &plain, &p);
+		CHECK(rc == 0, "round %lu: plain submit: %s", i,
+		      ctp_strerror(rc));
+		if (rc == 0) {
+			CHECK(ctp_task_wait(p, CTP_SEC(10), &st) == 0,
+			      "round %lu: plain wait", i);
+			CHECK(st == PDR_PLAIN, "round %lu: a task without a "
+			      "deadline ended with %d (%s)", i, st,
+			      ctp_strerror(st));
+			ctp_task_release(p);
+		}
+	}
+	pthread_barrier_destroy(&bar);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	print_message("parent_cancel_races_deadline_submit: %lu rounds\n",
+	              rounds);
+	assert_int_equal(failures, 0);
+}
+
+
+/* ---- shutdown racing a group cancel and its submitter --------------------- */
+
+/* Regression (found by the spin model and the API fuzzer): shutdown's
+ * drop step slept until the queue's count reached 0, but a slot given back
+ * by someone else (a canceller finishing a task it caught queued, or a
+ * submitter backing out because its parent fired after admission) bumped
+ * only not_full, so shutdown could sleep forever. Each round: one thread
+ * submits into a group until refused, one cancels the group, the test
+ * thread shuts down; the shutdown must return (bounded: 10 s) and every
+ * accepted task's done runs exactly once. */
+
+struct sgc_round {
+	ctp_pool        *pool;
+	ctp_token       *group;
+	atomic_int       go;
+	atomic_long      accepted;
+	atomic_long      dones;
+	unsigned         spin_cancel;
+	sem_t            shut;      /* posted when shutdown returned */
+	int              shut_rc;
+};
+
+static int sgc_fn(void *arg, ctp_token *token)
+{
+	(void)arg;
+	(void)token;
+	return 0;
+}
+
+static void sgc_done(void *arg, int status)
+{
+	struct sgc_round *r = arg;
+
+	(void)status;
+	atomic_fetch_add(&r->dones, 1);
+}
+
+static void sgc_spin(unsigned n)
+{
+	for (volatile unsigned k = 0; k < n; k++)
+		;
+}
+
+static void *sgc_submitter(void *arg)
+{
+	struct sgc_round *r = arg;
+	ctp_task_opts o = { .done = sgc_done, .parent = r->group };
+
+	while (atomic_load(&r->go) == 0)
+		;
+	for (;;) {
+		int rc = ctp_pool_submit(r->pool, sgc_fn, r, &o, NULL);
+
+		if (rc == 0)
+			atomic_fetch_add(&r->accepted, 1);
+		else if (rc == -ESHUTDOWN || rc == -ECANCELED)
+			break;
+	}
+	return NULL;
+}
+
+static void *sgc_canceller(void *arg)
+{
+	struct sgc_round *r = arg;
+
+	while (atomic_load(&r->go) == 0)
+		;
+	sgc_spin(r->spin_cancel);
+	ctp_token_cancel(r->group);
+	return NULL;
+}
+
+static void *sgc_shutter(void *arg)
+{
+	struct sgc_round *r = arg;
+
+	r->shut_rc = ctp_pool_shutdown(r->pool, 0, CTP_FOREVER);
+	tu_sem_post(&r->shut);
+	return NULL;
+}
+
+static void test_stress_shutdown_races_group_cancel(void **state)
+{
+	unsigned long rounds = scaled(3000), i;
+	unsigned seed = 12345;
+
+	(void)state;
+	failures = 0;
+	for (i = 0; i < rounds; i++) {
+		ctp_pool_opts po = { .threads = 1, .queue_capacity = 1024 };
+		struct sgc_round r = { 0 };
+		pthread_t s, c, sh;
+		struct timespec ts;
+
+		seed = seed * 1103515245u + 12345u;
+		r.spin_cancel = (seed >> 16) % 2000;
+		assert_int_equal(ctp_pool_create(&r.pool, &po), 0);
+		assert_int_equal(ctp_token_create(&r.group, NULL), 0);
+		tu_sem_init(&r.shut, 0);
+		s = tu_spawn(sgc_submitter, &r);
+		c = tu_spawn(sgc_canceller, &r);
+		atomic_store(&r.go, 1);
+		sgc_spin((seed >> 8) % 2000);
+		sh = tu_spawn(sgc_shutter, &r);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 10;
+		if (sem_timedwait(&r.shut, &ts) != 0) {
+			/* a hung shutdown cannot be cleaned up: fail loudly */
+			print_error("round %lu: ctp_pool_shutdown did not return "
+			            "within 10 s\n", i);
+			abort();
+		}
+		tu_join(sh);
+		tu_join(s);
+		tu_join(c);
+		CHECK(r.shut_rc == 0, "round %lu: shutdown: %s", i,
+		      ctp_strerror(r.shut_rc));
+		CHECK(atomic_load(&r.dones) == atomic_load(&r.accepted),
+		      "round %lu: %ld dones for %ld accepted", i,
+		      atomic_load(&r.dones), atomic_load(&r.accepted));
+		assert_int_equal(ctp_pool_destroy(r.pool), 0);
+		ctp_token_release(r.group);
+		sem_destroy(&r.shut);
+	}
+	print_message("shutdown_races_group_cancel: %lu rounds\n", rounds);
+	assert_int_equal(failures, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -983,6 +1211,8 @@ int main(void)
 		cmocka_unit_test(test_stress_exactly_once_mixed),
 		cmocka_unit_test(test_stress_shutdown_under_submit),
 		cmocka_unit_test(test_stress_create_destroy),
+		cmocka_unit_test(test_stress_parent_cancel_races_deadline_submit),
+		cmocka_unit_test(test_stress_shutdown_races_group_cancel),
 	};
 
 	return cmocka_run_group_tests_name("stress", tests, NULL, NULL);

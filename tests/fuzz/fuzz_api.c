@@ -1,0 +1,1612 @@
+/*
+ * fuzz_api.c: a libFuzzer harness for the whole public API.
+ *
+ * Design notes
+ *   Input. A 4-byte header, then 7-byte op records [op, a, b, c, d, e, f]. The
+ *   header picks 2 or 3 caller threads, the workers (1-4) and queue capacity
+ *   (1-16) of pool 0, whether a second pool exists, two ctp_queue capacities,
+ *   the thread-name prefix, and the final shutdown's drain and grace. Record k
+ *   goes to caller thread k % nthreads; each thread runs at most MAX_OPS. The
+ *   callers start together on a barrier.
+ *
+ *   Objects live in slots (tasks, tokens, watches) shared by every thread, and
+ *   by task functions, done callbacks and watchers. A slot is published once
+ *   and never reused. Using a handle or a token pins its slot (a count); the
+ *   "release" op closes the slot and whoever drops the last pin gives the
+ *   object back, so no thread ever uses a released handle and nothing blocks
+ *   on the harness's own bookkeeping (watchers and done callbacks may run on
+ *   any thread, also inside a library call of another thread).
+ *
+ *   No input may hang. Durations are clamped to <= 1 ms. CTP_FOREVER (and
+ *   INT64_MAX) are used only where a wake-up is guaranteed: caller threads
+ *   waiting for a task, a submit waiting for room, wait_idle and shutdown
+ *   (every task returns within a few ms), and a task sleeping or popping on
+ *   its own token when the task has a deadline of <= 1 ms. Task functions and
+ *   done callbacks never wait without a short limit.
+ *
+ *   Invariants (abort() with a message, so libFuzzer reports a crash):
+ *     - done runs at most once, only after fn returned, never for a refused
+ *       submit, and exactly once for every accepted task (checked at the end);
+ *       its status is fn's return value or, if fn never ran, a reason that
+ *       could have fired the task's token;
+ *     - fn runs at most once; never after ctp_task_cancel answered 0; surely
+ *       after it answered -EINPROGRESS; never for a refused submit;
+ *     - ctp_task_wait's status equals done's; after every pool has shut down,
+ *       every held handle waits with timeout 0 successfully;
+ *     - after ctp_pool_shutdown returned 0: submitted == completed +
+ *       cancelled + timed_out + dropped, queued == running == threads == 0,
+ *       and each figure matches what the harness saw (accepted submits, fns
+ *       run, -EAGAIN refusals, reasons given to done);
+ *     - every returned code is one the contract lists for that call; bad
+ *       arguments give -EINVAL; calls that wait for the pool give -EDEADLK
+ *       from its tasks and done callbacks;
+ *     - tokens: fired once (one 0 from ctp_token_cancel), children of a fired
+ *       token are fired, the reason is sticky; a watch on a fired token runs
+ *       at once; a watcher runs at most once and never after unwatch;
+ *     - queues: every item pushed with 0 is popped exactly once (the rest at
+ *       the end), no item is popped twice or out of nowhere, -EAGAIN only for
+ *       timeout 0, -ETIMEDOUT never early, a fired token wins, a closed queue
+ *       refuses pushes.
+ *   Everything is freed before LLVMFuzzerTestOneInput returns.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ctpool.h"
+
+#define MAX_THREADS  3
+#define MAX_OPS      48    /* per caller thread */
+#define MAX_TASKS    256
+#define MAX_TOKENS   32
+#define MAX_WATCHES  32
+#define MAX_ITEMS    1024
+#define NQUEUES      2
+#define MAX_DEPTH    2     /* tasks submitted by tasks, and theirs */
+#define HDR          4
+#define REC          7
+#define COOKIE_MAGIC 0x5eedc0deu
+
+#define FAIL(...) fail(__LINE__, __VA_ARGS__)
+
+static void fail(int line, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3), noreturn));
+
+static void fail(int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "fuzz_api.c:%d: invariant violated: ", line);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	abort();
+}
+
+/* Aborts unless rc is 0 or one of the n codes that follow. */
+#define EXPECT(call, rc, ...) expect(__LINE__, call, rc, \
+	(const int[]){__VA_ARGS__}, sizeof((const int[]){__VA_ARGS__}) / sizeof(int))
+
+static void expect(int line, const char *call, int rc, const int *ok, size_t n)
+{
+	if (rc == 0)
+		return;
+	for (size_t i = 0; i < n; i++)
+		if (rc == ok[i])
+			return;
+	fail(line, "%s returned %d (%s), not allowed by the contract", call, rc,
+	    ctp_strerror(rc));
+}
+
+/* ---- slots ---------------------------------------------------------------- */
+
+/* st: bit 0 = closed (also before publication), the rest a pin count. */
+typedef struct slot {
+	atomic_uint st;
+	void       *obj;   /* written before publication, then read-only */
+} slot;
+
+static void slot_init(slot *s)
+{
+	atomic_init(&s->st, 1u);
+	s->obj = NULL;
+}
+
+static void slot_publish(slot *s, void *obj)
+{
+	s->obj = obj;
+	atomic_store(&s->st, 0u);
+}
+
+static bool slot_pin(slot *s)
+{
+	unsigned v = atomic_load(&s->st);
+
+	do {
+		if (v & 1u)
+			return false;
+	} while (!atomic_compare_exchange_weak(&s->st, &v, v + 2u));
+	return true;
+}
+
+/* Returns true when the caller must give the object back. */
+static bool slot_unpin(slot *s)
+{
+	return atomic_fetch_sub(&s->st, 2u) == 3u;
+}
+
+static bool slot_close(slot *s)
+{
+	return atomic_fetch_or(&s->st, 1u) == 0u;
+}
+
+/* ---- per-input state ------------------------------------------------------ */
+
+struct ctx;
+
+typedef struct trec {           /* one submit attempt */
+	struct ctx *ctx;
+	int         pool;       /* index in ctx->pools */
+	int         depth;      /* 0: submitted by a caller thread */
+	uint8_t     beh, p1, p2, p3; /* what fn does */
+	int64_t     deadline;   /* opts.timeout given */
+	bool        has_done;
+	bool        dflags_wait; /* done: check -EDEADLK */
+	uint8_t     dcancel;    /* done: cancel this task slot (0xff: none) */
+	bool        may_cancel; /* a reason -ECANCELED could fire (set early) */
+	bool        may_timeout;
+	atomic_bool cancel_tried;
+	atomic_int  accepted;   /* 1 accepted, -1 refused */
+	atomic_int  fn_started;
+	atomic_int  fn_returned;
+	atomic_int  ret;        /* fn's return value */
+	atomic_int  done_calls;
+	atomic_int  status;     /* done's status */
+	atomic_int  wait_status; /* INT32_MIN: none yet */
+	atomic_bool must_run;   /* cancel said -EINPROGRESS */
+	atomic_bool must_not_run; /* cancel said 0 */
+	atomic_bool suspect;    /* neither ran nor done when a tree cancel ended */
+	int         ptoken;     /* parent token slot, -1 none */
+	atomic_ulong accept_seq; /* ctx->seq after submit returned 0 */
+	void       *cookie;     /* arg, when done does not free it */
+	slot        h;          /* the handle, when kept */
+} trec;
+
+typedef struct cookie {
+	unsigned magic;
+	trec    *rec;
+} cookie;
+
+typedef struct tkrec {          /* a standalone token */
+	int         parent;     /* token slot, -1 none, -2 a task's token */
+	bool        task_anc;   /* a task token is an ancestor: any reason */
+	atomic_int  zeros;      /* ctp_token_cancel answers of 0 */
+	slot        s;
+} tkrec;
+
+typedef struct wrec {           /* a watch */
+	struct ctx *ctx;
+	int         token;      /* token slot */
+	uint8_t     action;
+	atomic_int  runs;
+	atomic_int  runs_at_unwatch; /* -1 until unwatched */
+	_Atomic(ctp_watch *) w;
+} wrec;
+
+typedef struct ctx {
+	unsigned         nthreads;
+	unsigned         npools;
+	ctp_pool        *pools[2];
+	unsigned         workers[2];
+	atomic_uint      starts[2], stops[2];
+	atomic_uint      start_mask[2], stop_mask[2];
+	atomic_bool      shut_returned[2]; /* a caller's shutdown returned */
+	atomic_bool      shut_started[2];  /* a caller's shutdown was called */
+	atomic_uint      firing;  /* harness cancel calls under way */
+	atomic_ulong     fire_epoch; /* harness cancel calls started */
+	atomic_uint      rejected[2];
+	ctp_queue       *q[NQUEUES];
+	atomic_bool      q_closed[NQUEUES];
+	atomic_uint      nitems;
+	atomic_uchar     item_q[MAX_ITEMS];      /* queue + 1 */
+	atomic_uchar     item_pushed[MAX_ITEMS]; /* 1 tried, 2 accepted, 3 refused */
+	atomic_uchar     item_popped[MAX_ITEMS];
+	atomic_uint      ntasks, ntokens, nwatches;
+	atomic_ulong     seq;
+	trec             tasks[MAX_TASKS];
+	tkrec            tokens[MAX_TOKENS];
+	wrec             watches[MAX_WATCHES];
+	pthread_barrier_t barrier;
+	const uint8_t   *ops[MAX_THREADS];
+	size_t           nops[MAX_THREADS];
+} ctx;
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* A duration from a byte. Long ones only when the caller allows them. */
+static int64_t dur(uint8_t x, bool forever_ok)
+{
+	static const int64_t t[8] = {
+		0, CTP_USEC(1), CTP_USEC(20), CTP_USEC(100), CTP_USEC(300),
+		CTP_MSEC(1), CTP_FOREVER, INT64_MAX,
+	};
+	int64_t d = t[x & 7];
+
+	if (!forever_ok && (d == CTP_FOREVER || d == INT64_MAX))
+		d = CTP_USEC(200);
+	return d;
+}
+
+static unsigned pick(atomic_uint *count, unsigned max, uint8_t b)
+{
+	unsigned n = atomic_load(count);
+
+	if (n > max)
+		n = max;
+	return n == 0 ? 0 : b % n;
+}
+
+static bool is_reason(int r)
+{
+	return r == -ECANCELED || r == -ETIMEDOUT || r == -ESHUTDOWN;
+}
+
+static void check_state(int st)
+{
+	if (st != CTP_TASK_QUEUED && st != CTP_TASK_RUNNING &&
+	    st != CTP_TASK_DONE && st != CTP_TASK_CANCELLED)
+		FAIL("ctp_task_state returned %d", st);
+}
+
+/* ---- tokens --------------------------------------------------------------- */
+
+static ctp_token *token_pin(ctx *c, unsigned i)
+{
+	return slot_pin(&c->tokens[i].s) ? c->tokens[i].s.obj : NULL;
+}
+
+static void token_unpin(ctx *c, unsigned i)
+{
+	if (slot_unpin(&c->tokens[i].s))
+		ctp_token_release(c->tokens[i].s.obj);
+}
+
+static void token_close(ctx *c, unsigned i)
+{
+	if (slot_close(&c->tokens[i].s))
+		ctp_token_release(c->tokens[i].s.obj);
+}
+
+/* Creates a token under parent (slot index, -1 none, -2 = ptok, a task's). */
+static void token_new(ctx *c, int parent, ctp_token *ptok)
+{
+	unsigned i = atomic_fetch_add(&c->ntokens, 1);
+	ctp_token *pt = ptok, *t = NULL;
+	int pre = 0, rc;
+
+	if (i >= MAX_TOKENS)
+		return;
+	c->tokens[i].parent = parent;
+	c->tokens[i].task_anc = parent == -2;
+	if (parent >= 0) {
+		pt = token_pin(c, (unsigned)parent);
+		if (pt == NULL) {
+			c->tokens[i].parent = -1;
+		} else {
+			c->tokens[i].task_anc = c->tokens[parent].task_anc;
+		}
+	}
+	if (pt != NULL)
+		pre = ctp_token_reason(pt);
+	rc = ctp_token_create(&t, pt);
+	EXPECT("ctp_token_create", rc, -ENOMEM);
+	if (rc == 0) {
+		int r = ctp_token_reason(t);
+
+		if (pre != 0 && r == 0)
+			FAIL("token created under a fired parent is not fired");
+		if (r != 0 && !is_reason(r))
+			FAIL("ctp_token_reason gave %d", r);
+		slot_publish(&c->tokens[i].s, t);
+	}
+	if (parent >= 0 && pt != NULL)
+		token_unpin(c, (unsigned)parent);
+}
+
+/* After ctp_token_cancel(i) returned 0: i and every child slot have fired. */
+static void token_check_tree(ctx *c, unsigned i, int depth)
+{
+	unsigned n = atomic_load(&c->ntokens);
+	ctp_token *t = token_pin(c, i);
+
+	if (t != NULL) {
+		if (!ctp_token_cancelled(t) || ctp_token_reason(t) == 0)
+			FAIL("token %u not fired after its tree was cancelled", i);
+		token_unpin(c, i);
+	}
+	if (n > MAX_TOKENS)
+		n = MAX_TOKENS;
+	for (unsigned k = 0; k < n && depth < 8; k++) {
+		bool child;
+
+		/* parent is written before the slot is published */
+		if (!slot_pin(&c->tokens[k].s))
+			continue;
+		child = c->tokens[k].parent == (int)i;
+		token_unpin(c, k);
+		if (child)
+			token_check_tree(c, k, depth + 1);
+	}
+}
+
+static void tasks_check_after_tree_cancel(ctx *c, unsigned tok, unsigned long s);
+
+static int token_cancel_checked(ctx *c, unsigned i)
+{
+	ctp_token *t = token_pin(c, i);
+	unsigned long s;
+	int rc;
+
+	unsigned long e0;
+	bool alone, clean;
+
+	if (t == NULL)
+		return 1;
+	e0 = atomic_fetch_add(&c->fire_epoch, 1) + 1;
+	alone = atomic_fetch_add(&c->firing, 1) == 0;
+	s = atomic_fetch_add(&c->seq, 1);
+	rc = ctp_token_cancel(t);
+	/* Nothing else fired anything while this call ran: then it alone
+	 * finished every queued task of the tree. */
+	clean = alone && atomic_load(&c->fire_epoch) == e0 &&
+	    !atomic_load(&c->shut_started[0]) && !atomic_load(&c->shut_started[1]);
+	atomic_fetch_sub(&c->firing, 1);
+	EXPECT("ctp_token_cancel", rc, -EALREADY);
+	if (rc == 0 && atomic_fetch_add(&c->tokens[i].zeros, 1) != 0)
+		FAIL("ctp_token_cancel answered 0 twice for one token");
+	token_unpin(c, i);
+	/* With 0 this call fired the tree and marked all of it before it
+	 * returned; with -EALREADY another firer's cascade may still be on
+	 * its way down, which the contract allows. */
+	if (rc == 0)
+		token_check_tree(c, i, 0);
+	if (clean)
+		tasks_check_after_tree_cancel(c, i, s);
+	return rc;
+}
+
+/* ---- watches -------------------------------------------------------------- */
+
+static void watcher(void *arg)
+{
+	wrec *w = arg;
+	ctx *c = w->ctx;
+
+	if (atomic_fetch_add(&w->runs, 1) != 0)
+		FAIL("watcher ran twice");
+	if (atomic_load(&w->runs_at_unwatch) >= 0)
+		FAIL("watcher ran after ctp_token_unwatch returned");
+	switch (w->action % 4) {
+	case 1: /* cancel another token: fires more watchers, never blocks */
+		token_cancel_checked(c, pick(&c->ntokens, MAX_TOKENS, w->action));
+		break;
+	case 2: /* unwatch itself from inside: returns without waiting */
+	{
+		ctp_watch *self = atomic_exchange(&w->w, NULL);
+
+		if (self != NULL) {
+			atomic_store(&w->runs_at_unwatch, 1);
+			ctp_token_unwatch(self);
+		}
+		break;
+	}
+	case 3: /* a non-blocking push */
+	{
+		ctp_queue *q = c->q[w->action % NQUEUES];
+		int rc = ctp_queue_push(q, &c->barrier, NULL, 0);
+
+		EXPECT("ctp_queue_push (watcher)", rc, -EAGAIN, -ESHUTDOWN);
+		if (rc == 0) /* not tracked: popped or drained later */
+			;
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+static void watch_new(ctx *c, unsigned tok, uint8_t action)
+{
+	unsigned i = atomic_fetch_add(&c->nwatches, 1);
+	ctp_token *t;
+	ctp_watch *wp = NULL;
+	wrec *w;
+	int pre, rc;
+
+	if (i >= MAX_WATCHES)
+		return;
+	w = &c->watches[i];
+	w->token = (int)tok;
+	w->action = action;
+	t = token_pin(c, tok);
+	if (t == NULL)
+		return;
+	pre = ctp_token_reason(t);
+	rc = ctp_token_watch(t, watcher, w, &wp);
+	EXPECT("ctp_token_watch", rc, -ENOMEM);
+	if (rc == 0) {
+		if (pre != 0 && atomic_load(&w->runs) != 1)
+			FAIL("watch on a fired token did not run at once");
+		atomic_store(&w->w, wp);
+	}
+	token_unpin(c, tok);
+}
+
+static void watch_drop(ctx *c, unsigned i)
+{
+	wrec *w = &c->watches[i];
+	ctp_watch *wp = atomic_exchange(&w->w, NULL);
+
+	if (wp == NULL)
+		return;
+	ctp_token_unwatch(wp);
+	atomic_store(&w->runs_at_unwatch, atomic_load(&w->runs));
+}
+
+/* ---- queues --------------------------------------------------------------- */
+
+/* The token (may be NULL) has fired with rc. */
+static bool tok_says(ctp_token *tok, int rc)
+{
+	return tok != NULL && ctp_token_reason(tok) == rc;
+}
+
+/* -ECANCELED only from the token; -ETIMEDOUT from the token (a task's
+ * deadline) or a wait that ran out, never early. */
+static void check_wait_rc(const char *call, int rc, ctp_token *tok,
+                          int64_t to, int64_t t0)
+{
+	if (rc == -ECANCELED && !tok_says(tok, rc))
+		FAIL("%s returned -ECANCELED its token does not have", call);
+	if (rc == -ETIMEDOUT && !tok_says(tok, rc) &&
+	    (to == 0 || to == CTP_FOREVER || now_ns() - t0 < to))
+		FAIL("%s timed out early (timeout %lld, waited %lld)", call,
+		    (long long)to, (long long)(now_ns() - t0));
+}
+
+static void q_push(ctx *c, unsigned qi, ctp_token *tok, int64_t to)
+{
+	unsigned id = atomic_fetch_add(&c->nitems, 1);
+	int pre = tok != NULL ? ctp_token_reason(tok) : 0;
+	bool closed = atomic_load(&c->q_closed[qi]);
+	int64_t t0 = now_ns();
+	int rc;
+
+	if (id >= MAX_ITEMS)
+		return;
+	atomic_store(&c->item_q[id], (unsigned char)(qi + 1));
+	atomic_store(&c->item_pushed[id], 1);
+	rc = ctp_queue_push(c->q[qi], (void *)(uintptr_t)id, tok, to);
+	atomic_store(&c->item_pushed[id], rc == 0 ? 2 : 3);
+	EXPECT("ctp_queue_push", rc, -EAGAIN, -ETIMEDOUT, -ESHUTDOWN,
+	    -ECANCELED);
+	if (pre != 0 && rc != pre)
+		FAIL("push with a fired token (%d) returned %d", pre, rc);
+	if (rc == -EAGAIN && to != 0)
+		FAIL("push returned -EAGAIN with timeout %lld", (long long)to);
+	if (closed && pre == 0 && rc != -ESHUTDOWN && !tok_says(tok, rc))
+		FAIL("push on a closed queue returned %d", rc);
+	check_wait_rc("push", rc, tok, to, t0);
+}
+
+static void q_take(ctx *c, unsigned qi, void *item)
+{
+	uintptr_t id = (uintptr_t)item;
+
+	if (item == &c->barrier) /* a watcher's push */
+		return;
+	if (id >= MAX_ITEMS || atomic_load(&c->item_pushed[id]) == 0)
+		FAIL("popped an item nobody pushed: %p", item);
+	if (atomic_load(&c->item_q[id]) != qi + 1)
+		FAIL("item %lu popped from the wrong queue", (unsigned long)id);
+	if (atomic_load(&c->item_pushed[id]) == 3)
+		FAIL("item %lu popped although its push failed",
+		    (unsigned long)id);
+	if (atomic_fetch_add(&c->item_popped[id], 1) != 0)
+		FAIL("item %lu popped twice", (unsigned long)id);
+}
+
+static void q_pop(ctx *c, unsigned qi, ctp_token *tok, int64_t to)
+{
+	int pre = tok != NULL ? ctp_token_reason(tok) : 0;
+	bool closed = atomic_load(&c->q_closed[qi]);
+	void *item = NULL;
+	int64_t t0 = now_ns();
+	int rc;
+
+	rc = ctp_queue_pop(c->q[qi], &item, tok, to);
+	EXPECT("ctp_queue_pop", rc, -EAGAIN, -ETIMEDOUT, -ESHUTDOWN,
+	    -ECANCELED);
+	if (rc == 0)
+		q_take(c, qi, item);
+	if (pre != 0 && rc != pre)
+		FAIL("pop with a fired token (%d) returned %d", pre, rc);
+	if (rc == -EAGAIN && (to != 0 || closed))
+		FAIL("pop returned -EAGAIN (timeout %lld, closed %d)",
+		    (long long)to, closed);
+	if (rc == -ETIMEDOUT && closed && !tok_says(tok, rc))
+		FAIL("pop on a closed queue timed out");
+	check_wait_rc("pop", rc, tok, to, t0);
+}
+
+/* ---- tasks ---------------------------------------------------------------- */
+
+static ctp_task *task_pin(ctx *c, unsigned i)
+{
+	return slot_pin(&c->tasks[i].h) ? c->tasks[i].h.obj : NULL;
+}
+
+static void task_unpin(ctx *c, unsigned i)
+{
+	if (slot_unpin(&c->tasks[i].h))
+		ctp_task_release(c->tasks[i].h.obj);
+}
+
+static void task_close(ctx *c, unsigned i)
+{
+	if (slot_close(&c->tasks[i].h))
+		ctp_task_release(c->tasks[i].h.obj);
+}
+
+static void record_wait_status(trec *r, int st)
+{
+	int none = INT32_MIN;
+
+	if (!atomic_compare_exchange_strong(&r->wait_status, &none, st) &&
+	    none != st)
+		FAIL("ctp_task_wait gave status %d, earlier %d", st, none);
+}
+
+/* Cancels task slot i. self: the caller is that task's fn. */
+static void task_cancel_checked(ctx *c, unsigned i, bool self)
+{
+	trec *r = &c->tasks[i];
+	ctp_task *h = task_pin(c, i);
+	int rc, st;
+
+	if (h == NULL)
+		return;
+	atomic_store(&r->cancel_tried, true);
+	atomic_fetch_add(&c->fire_epoch, 1);
+	atomic_fetch_add(&c->firing, 1);
+	rc = ctp_task_cancel(h);
+	atomic_fetch_sub(&c->firing, 1);
+	EXPECT("ctp_task_cancel", rc, -EINPROGRESS, -EALREADY);
+	if (self && rc == 0)
+		FAIL("a running task's cancel of itself answered 0");
+	if (rc == 0) {
+		atomic_store(&r->must_not_run, true);
+		if (atomic_load(&r->fn_started))
+			FAIL("cancel answered 0 but fn had started");
+		if (r->has_done && atomic_load(&r->done_calls) != 1)
+			FAIL("cancel answered 0 before done returned");
+		if (r->has_done && atomic_load(&r->status) != -ECANCELED)
+			FAIL("cancel answered 0, done got %d",
+			    atomic_load(&r->status));
+		st = ctp_task_state(h);
+		if (st != CTP_TASK_CANCELLED)
+			FAIL("state %d after cancel answered 0", st);
+	} else if (rc == -EINPROGRESS) {
+		atomic_store(&r->must_run, true);
+		st = ctp_task_state(h);
+		if (st != CTP_TASK_RUNNING && st != CTP_TASK_DONE)
+			FAIL("state %d after cancel answered -EINPROGRESS", st);
+	}
+	task_unpin(c, i);
+}
+
+static void task_wait_checked(ctx *c, unsigned i, int64_t to, bool self)
+{
+	trec *r = &c->tasks[i];
+	ctp_task *h = task_pin(c, i);
+	int st = INT32_MIN, rc, s;
+
+	if (h == NULL)
+		return;
+	rc = ctp_task_wait(h, to, (to & 1) ? NULL : &st);
+	if (self) {
+		if (rc != -EDEADLK)
+			FAIL("ctp_task_wait on itself returned %d", rc);
+	} else {
+		EXPECT("ctp_task_wait", rc, -ETIMEDOUT);
+		if (rc == -ETIMEDOUT && (to == CTP_FOREVER || to == INT64_MAX))
+			FAIL("ctp_task_wait without limit timed out");
+	}
+	if (rc == 0) {
+		if (r->has_done && atomic_load(&r->done_calls) != 1)
+			FAIL("ctp_task_wait returned before done did");
+		s = ctp_task_state(h);
+		if (s != CTP_TASK_DONE && s != CTP_TASK_CANCELLED)
+			FAIL("state %d after a successful wait", s);
+		if ((s == CTP_TASK_DONE) != (atomic_load(&r->fn_returned) != 0))
+			FAIL("state %d but fn returned %d", s,
+			    atomic_load(&r->fn_returned));
+		if (st != INT32_MIN)
+			record_wait_status(r, st);
+	}
+	task_unpin(c, i);
+}
+
+static int task_fn(void *arg, ctp_token *token);
+static void task_done(void *arg, int status);
+
+/* Submits a task described by the bytes; from a caller thread (self NULL)
+ * or from a task (self = its record, tok = its token). */
+static void submit(ctx *c, trec *self, ctp_token *tok, const uint8_t *b)
+{
+	unsigned i = atomic_fetch_add(&c->ntasks, 1);
+	unsigned pi = (b[0] & 1) % c->npools;
+	ctp_task_opts o = {0};
+	ctp_task *h = NULL;
+	bool keep = !(b[4] & 1), use_opts = (b[4] & 6) != 6;
+	bool from_task = self != NULL, shut;
+	int ptoken = -1, pre = 0, rc;
+	cookie *ck;
+	trec *r;
+
+	if (i >= MAX_TASKS)
+		return;
+	r = &c->tasks[i];
+	r->ctx = c;
+	r->pool = (int)pi;
+	r->depth = from_task ? self->depth + 1 : 0;
+	r->beh = b[1];
+	r->p1 = b[2];
+	r->p2 = b[5];
+	r->p3 = b[3];
+	r->dcancel = (b[5] & 0x30) == 0x30 ? b[2] : 0xff;
+	r->dflags_wait = (b[5] & 0xc0) == 0xc0;
+	ck = malloc(sizeof(*ck));
+	if (ck == NULL)
+		abort();
+	ck->magic = COOKIE_MAGIC;
+	ck->rec = r;
+	if (use_opts) {
+		o.done = (b[4] & 8) ? NULL : task_done;
+		o.timeout = dur(b[3], !from_task);
+		o.queue_wait = dur(b[3] >> 3, !from_task);
+		switch (b[3] >> 6) {
+		case 1:
+			ptoken = (int)pick(&c->ntokens, MAX_TOKENS, b[2]);
+			o.parent = token_pin(c, (unsigned)ptoken);
+			if (o.parent == NULL)
+				ptoken = -1;
+			break;
+		case 2:
+			o.parent = tok; /* the submitting task's own token */
+			break;
+		default:
+			break;
+		}
+	}
+	r->has_done = o.done != NULL;
+	r->deadline = o.timeout;
+	r->may_cancel = o.parent != NULL;
+	r->may_timeout = (o.timeout > 0 && o.timeout != INT64_MAX) ||
+	    (o.parent != NULL && o.parent == tok) ||
+	    (ptoken >= 0 && c->tokens[ptoken].task_anc);
+	r->cookie = r->has_done ? NULL : ck;
+	r->ptoken = ptoken;
+	if (o.parent != NULL)
+		pre = ctp_token_reason(o.parent);
+	shut = atomic_load(&c->shut_returned[pi]);
+	rc = ctp_pool_submit(c->pools[pi], task_fn, ck, use_opts ? &o : NULL,
+	    keep ? &h : NULL);
+	EXPECT("ctp_pool_submit", rc, -EAGAIN, -ESHUTDOWN, -ENOMEM,
+	    -ECANCELED, -ETIMEDOUT);
+	if (rc == -ETIMEDOUT && !r->may_timeout)
+		FAIL("submit returned -ETIMEDOUT without a parent that could");
+	if (rc == -ECANCELED && o.parent == NULL)
+		FAIL("submit returned -ECANCELED without a parent");
+	if (shut && rc != -ESHUTDOWN && !(pre != 0 && rc == pre))
+		FAIL("submit after shutdown returned %d", rc);
+	if (pre != 0 && rc != pre && rc != -ESHUTDOWN)
+		FAIL("submit under a fired parent (%d) returned %d", pre, rc);
+	if (rc == -EAGAIN) {
+		atomic_fetch_add(&c->rejected[pi], 1);
+	}
+	if (rc == 0) {
+		atomic_store(&r->accepted, 1);
+		atomic_store(&r->accept_seq, atomic_fetch_add(&c->seq, 1));
+		if (keep)
+			slot_publish(&r->h, h);
+	} else {
+		atomic_store(&r->accepted, -1);
+		r->cookie = NULL;
+		free(ck); /* not accepted: the caller still owns arg */
+	}
+	if (ptoken >= 0)
+		token_unpin(c, (unsigned)ptoken);
+}
+
+/* After a ctp_token_cancel(tok) that began at seq s returned, with nothing
+ * else firing meanwhile: each task accepted before, under tok, either ran
+ * (perhaps it just started) or its done has returned. */
+static void tasks_check_after_tree_cancel(ctx *c, unsigned tok, unsigned long s)
+{
+	unsigned n = atomic_load(&c->ntasks);
+
+	if (n > MAX_TASKS)
+		n = MAX_TASKS;
+	for (unsigned i = 0; i < n; i++) {
+		trec *r = &c->tasks[i];
+		int p, hops = 0;
+
+		if (atomic_load(&r->accept_seq) >= s)
+			continue; /* not accepted before the cancel began */
+		if (!r->has_done || r->may_timeout ||
+		    atomic_load(&r->cancel_tried))
+			continue;
+		for (p = r->ptoken; p >= 0 && p != (int)tok && hops < 40; hops++)
+			p = c->tokens[p].parent;
+		if (p != (int)tok || c->tokens[tok].task_anc)
+			continue;
+		if (!atomic_load(&r->fn_started) &&
+		    atomic_load(&r->done_calls) == 0)
+			atomic_store(&r->suspect, true);
+	}
+}
+
+/* The EDEADLK rules, from inside a task or a done callback of pool pi. */
+static void check_deadlk(ctx *c, unsigned pi, bool in_fn)
+{
+	int rc;
+
+	rc = ctp_pool_wait_idle(c->pools[pi], (int64_t)CTP_USEC(10));
+	if (rc != -EDEADLK)
+		FAIL("wait_idle from %s of its pool returned %d",
+		    in_fn ? "a task" : "a done", rc);
+	rc = ctp_pool_shutdown(c->pools[pi], 0, 0);
+	if (rc != -EDEADLK)
+		FAIL("shutdown from %s of its pool returned %d",
+		    in_fn ? "a task" : "a done", rc);
+	if (c->npools == 2 && in_fn) {
+		/* another pool's thread is an ordinary thread for this one */
+		rc = ctp_pool_wait_idle(c->pools[1 - pi], 0);
+		EXPECT("ctp_pool_wait_idle (other pool)", rc, -ETIMEDOUT);
+	}
+}
+
+/* One thing a task's fn does; returns the last library result. */
+static int task_act(ctx *c, trec *r, unsigned self, ctp_token *tok)
+{
+	bool dl = r->deadline > 0 && r->deadline <= CTP_MSEC(1);
+	int64_t d = dur(r->p1, dl);
+	int rc = 0, pre;
+	unsigned k;
+
+	switch (r->beh % 13) {
+	case 1: /* sleep on the token; without limit only with a deadline */
+		pre = ctp_token_reason(tok);
+		rc = ctp_token_sleep(tok, d);
+		if (rc != 0 && (!is_reason(rc) || rc != ctp_token_reason(tok)))
+			FAIL("ctp_token_sleep returned %d, reason %d", rc,
+			    ctp_token_reason(tok));
+		if (pre != 0 && rc != pre)
+			FAIL("sleep on a fired token returned %d", rc);
+		if (rc == 0 && (d == CTP_FOREVER || d == INT64_MAX))
+			FAIL("sleep without limit returned 0");
+		break;
+	case 2:
+		q_push(c, r->p2 % NQUEUES, (r->p2 & 2) ? tok : NULL,
+		    (r->p2 & 2) ? d : dur(r->p1, false));
+		break;
+	case 3:
+		q_pop(c, r->p2 % NQUEUES, (r->p2 & 2) ? tok : NULL,
+		    (r->p2 & 2) ? d : dur(r->p1, false));
+		break;
+	case 4:
+		if (r->depth < MAX_DEPTH) {
+			uint8_t b[6] = { r->p2, (uint8_t)(r->beh / 13), r->p1,
+			    r->p3, (uint8_t)(r->p2 >> 1), (uint8_t)(r->p1 >> 2) };
+
+			submit(c, r, tok, b);
+		}
+		break;
+	case 5:
+		k = pick(&c->ntasks, MAX_TASKS, r->p1);
+		task_cancel_checked(c, k, k == self);
+		break;
+	case 6:
+		k = pick(&c->ntasks, MAX_TASKS, r->p1);
+		task_wait_checked(c, k, dur(r->p2, false), k == self);
+		break;
+	case 7:
+		check_deadlk(c, (unsigned)r->pool, true);
+		break;
+	case 8: /* a child of the task's own token */
+		if (r->p2 & 1) {
+			token_new(c, -2, tok);
+		} else {
+			ctp_token *ch = NULL;
+			/* Only a parent that had fired before the create
+			 * must give a child born fired: one that fires
+			 * meanwhile reaches the child by its cascade,
+			 * which may still be under way when we look. */
+			int before = ctp_token_reason(tok);
+
+			rc = ctp_token_create(&ch, tok);
+			EXPECT("ctp_token_create", rc, -ENOMEM);
+			if (rc == 0) {
+				if (before != 0 && ctp_token_reason(ch) != before)
+					FAIL("child of a fired task token not "
+					    "born fired with its reason");
+				if (r->p2 & 2)
+					EXPECT("ctp_token_cancel", ctp_token_cancel(ch),
+					    -EALREADY);
+				ctp_token_release(ch);
+			}
+		}
+		break;
+	case 9: /* cancel its own token, like ctp_task_cancel would */
+		atomic_fetch_add(&c->fire_epoch, 1);
+		atomic_fetch_add(&c->firing, 1);
+		rc = ctp_token_cancel(tok);
+		atomic_fetch_sub(&c->firing, 1);
+		EXPECT("ctp_token_cancel (own)", rc, -EALREADY);
+		if (!ctp_token_cancelled(tok))
+			FAIL("own token not fired after ctp_token_cancel");
+		if (rc == 0)
+			atomic_store(&r->cancel_tried, true);
+		break;
+	case 10: /* the token's fd */
+	{
+		int fd = ctp_token_fd(tok);
+		struct pollfd p;
+
+		if (fd < 0) {
+			EXPECT("ctp_token_fd", fd, -EMFILE, -ENFILE, -ENOMEM);
+			break;
+		}
+		if (ctp_token_fd(tok) != fd)
+			FAIL("ctp_token_fd changed");
+		p.fd = fd;
+		p.events = POLLIN;
+		p.revents = 0;
+		(void)poll(&p, 1, (r->p2 & 1) ? 1 : 0);
+		break;
+	}
+	case 11: /* a task's own token is the pool's: release is a no-op */
+		ctp_token_release(tok);
+		rc = ctp_token_sleep(tok, 0);
+		if (rc != 0 && rc != ctp_token_reason(tok))
+			FAIL("sleep(0) returned %d", rc);
+		break;
+	case 12: /* cancel itself by handle: never 0 while running */
+		task_cancel_checked(c, self, true);
+		if (task_pin(c, self) != NULL) {
+			task_unpin(c, self);
+			task_wait_checked(c, self, 0, true);
+		}
+		break;
+	default:
+		break;
+	}
+	return rc;
+}
+
+static int task_fn(void *arg, ctp_token *token)
+{
+	cookie *ck = arg;
+	trec *r;
+	ctx *c;
+	int rc, ret;
+
+	if (ck->magic != COOKIE_MAGIC)
+		FAIL("fn got a bad arg");
+	r = ck->rec;
+	c = r->ctx;
+	if (atomic_fetch_add(&r->fn_started, 1) != 0)
+		FAIL("fn ran twice");
+	if (atomic_load(&r->done_calls) != 0)
+		FAIL("fn started after done");
+	if (atomic_load(&r->must_not_run))
+		FAIL("fn ran after cancel answered 0");
+	if (token == NULL)
+		FAIL("fn got a NULL token");
+	rc = task_act(c, r, (unsigned)(r - c->tasks), token);
+	switch ((r->p3 >> 4) & 3) {
+	case 0: ret = 0; break;
+	case 1: ret = 7; break;
+	case 2: ret = -EIO; break;
+	default: ret = rc; break;
+	}
+	atomic_store(&r->ret, ret);
+	atomic_store(&r->fn_returned, 1);
+	return ret;
+}
+
+static void task_done(void *arg, int status)
+{
+	cookie *ck = arg;
+	trec *r;
+	ctx *c;
+	unsigned self;
+
+	if (ck->magic != COOKIE_MAGIC)
+		FAIL("done got a bad arg");
+	r = ck->rec;
+	c = r->ctx;
+	self = (unsigned)(r - c->tasks);
+	if (atomic_fetch_add(&r->done_calls, 1) != 0)
+		FAIL("done called twice");
+	atomic_store(&r->status, status);
+	if (atomic_load(&r->fn_started)) {
+		if (!atomic_load(&r->fn_returned))
+			FAIL("done called while fn runs");
+		if (status != atomic_load(&r->ret))
+			FAIL("done got %d, fn returned %d", status,
+			    atomic_load(&r->ret));
+	} else if (!is_reason(status)) {
+		FAIL("done got %d for a task that never ran", status);
+	}
+	if (r->dflags_wait) {
+		check_deadlk(c, (unsigned)r->pool, false);
+		if (task_pin(c, self) != NULL) {
+			task_unpin(c, self);
+			task_wait_checked(c, self, 0, true);
+		}
+	}
+	if (r->dcancel != 0xff)
+		task_cancel_checked(c, pick(&c->ntasks, MAX_TASKS, r->dcancel),
+		    false);
+	ck->magic = 0;
+	free(ck); /* the library never touches arg after done */
+}
+
+/* ---- bad arguments -------------------------------------------------------- */
+
+#define EINVAL_OR_FAIL(call) do { \
+	int rc_ = (call); \
+	if (rc_ != -EINVAL) \
+		FAIL("%s returned %d, expected -EINVAL", #call, rc_); \
+} while (0)
+
+static int dummy_fn(void *arg, ctp_token *token)
+{
+	(void)arg;
+	(void)token;
+	FAIL("a task refused for a bad argument ran");
+}
+
+static void dummy_watch(void *arg)
+{
+	(void)arg;
+}
+
+static void bad_args(ctx *c, uint8_t a, uint8_t b)
+{
+	ctp_pool *p = c->pools[b % c->npools];
+	ctp_queue *q = c->q[b % NQUEUES];
+	int64_t bad = (b & 1) ? -2 : INT64_MIN;
+	unsigned ti = pick(&c->ntokens, MAX_TOKENS, b);
+	unsigned hi = pick(&c->ntasks, MAX_TASKS, b);
+	ctp_token *t = token_pin(c, ti);
+	ctp_task *h = task_pin(c, hi);
+	ctp_task_opts o = {0};
+	ctp_pool_opts po = {0};
+	ctp_pool *np = NULL;
+	ctp_queue *nq = NULL;
+	ctp_watch *nw = NULL;
+	ctp_stats s;
+	void *item;
+
+	switch (a % 12) {
+	case 0:
+		EINVAL_OR_FAIL(ctp_pool_submit(NULL, dummy_fn, NULL, NULL, NULL));
+		EINVAL_OR_FAIL(ctp_pool_submit(p, NULL, NULL, NULL, NULL));
+		o.timeout = bad;
+		EINVAL_OR_FAIL(ctp_pool_submit(p, dummy_fn, NULL, &o, NULL));
+		o.timeout = 0;
+		o.queue_wait = bad;
+		EINVAL_OR_FAIL(ctp_pool_submit(p, dummy_fn, NULL, &o, NULL));
+		break;
+	case 1:
+		EINVAL_OR_FAIL(ctp_task_cancel(NULL));
+		EINVAL_OR_FAIL(ctp_task_wait(NULL, 0, NULL));
+		EINVAL_OR_FAIL(ctp_task_state(NULL));
+		if (h != NULL)
+			EINVAL_OR_FAIL(ctp_task_wait(h, bad, NULL));
+		ctp_task_release(NULL);
+		break;
+	case 2:
+		EINVAL_OR_FAIL(ctp_token_create(NULL, NULL));
+		EINVAL_OR_FAIL(ctp_token_create(NULL, t));
+		EINVAL_OR_FAIL(ctp_token_cancel(NULL));
+		EINVAL_OR_FAIL(ctp_token_reason(NULL));
+		EINVAL_OR_FAIL(ctp_token_sleep(NULL, 0));
+		EINVAL_OR_FAIL(ctp_token_fd(NULL));
+		ctp_token_release(NULL);
+		break;
+	case 3:
+		if (t != NULL) {
+			EINVAL_OR_FAIL(ctp_token_sleep(t, bad));
+			EINVAL_OR_FAIL(ctp_token_watch(t, NULL, NULL, &nw));
+			EINVAL_OR_FAIL(ctp_token_watch(t, dummy_watch, NULL,
+			    NULL));
+		}
+		EINVAL_OR_FAIL(ctp_token_watch(NULL, dummy_watch, NULL, &nw));
+		ctp_token_unwatch(NULL);
+		break;
+	case 4:
+		EINVAL_OR_FAIL(ctp_queue_create(NULL, 4));
+		EINVAL_OR_FAIL(ctp_queue_create(&nq, 0));
+		EINVAL_OR_FAIL(ctp_queue_create(&nq, CTP_MAX_CAPACITY + 1));
+		EINVAL_OR_FAIL(ctp_queue_push(NULL, NULL, NULL, 0));
+		EINVAL_OR_FAIL(ctp_queue_pop(NULL, &item, NULL, 0));
+		EINVAL_OR_FAIL(ctp_queue_push(q, NULL, NULL, bad));
+		EINVAL_OR_FAIL(ctp_queue_pop(q, &item, NULL, bad));
+		ctp_queue_close(NULL);
+		ctp_queue_destroy(NULL);
+		if (ctp_queue_size(NULL) != 0)
+			FAIL("ctp_queue_size(NULL) != 0");
+		break;
+	case 5:
+		EINVAL_OR_FAIL(ctp_pool_shutdown(NULL, 0, 0));
+		EINVAL_OR_FAIL(ctp_pool_shutdown(p, bad, 0));
+		EINVAL_OR_FAIL(ctp_pool_shutdown(p, 0, bad));
+		EINVAL_OR_FAIL(ctp_pool_wait_idle(NULL, 0));
+		EINVAL_OR_FAIL(ctp_pool_wait_idle(p, bad));
+		EINVAL_OR_FAIL(ctp_pool_destroy(NULL));
+		ctp_pool_stats(NULL, &s);
+		ctp_pool_stats(p, NULL);
+		break;
+	case 6:
+		EINVAL_OR_FAIL(ctp_pool_create(NULL, NULL));
+		po.threads = CTP_MAX_THREADS + 1 + b;
+		EINVAL_OR_FAIL(ctp_pool_create(&np, &po));
+		po.threads = 1;
+		po.queue_capacity = CTP_MAX_CAPACITY + 1;
+		EINVAL_OR_FAIL(ctp_pool_create(&np, &po));
+		break;
+	case 7:
+	{
+		static const int codes[] = { 0, -EINVAL, -ENOMEM, -EAGAIN,
+		    -ESHUTDOWN, -ECANCELED, -ETIMEDOUT, -EDEADLK, -EINPROGRESS,
+		    -EALREADY, -EMFILE, -ENFILE, -12345, 5 };
+
+		for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+			if (ctp_strerror(codes[i]) == NULL)
+				FAIL("ctp_strerror(%d) is NULL", codes[i]);
+		break;
+	}
+	default:
+		break;
+	}
+	if (t != NULL)
+		token_unpin(c, ti);
+	if (h != NULL)
+		task_unpin(c, hi);
+}
+
+/* ---- pools ---------------------------------------------------------------- */
+
+/* user points at hookarg[pi] */
+typedef struct hookarg {
+	ctx     *c;
+	unsigned pi;
+} hookarg;
+
+static void hook_start(unsigned index, void *user)
+{
+	hookarg *h = user;
+
+	if (index >= h->c->workers[h->pi])
+		FAIL("on_thread_start index %u of %u", index,
+		    h->c->workers[h->pi]);
+	if (atomic_fetch_or(&h->c->start_mask[h->pi], 1u << index) &
+	    (1u << index))
+		FAIL("on_thread_start twice for index %u", index);
+	atomic_fetch_add(&h->c->starts[h->pi], 1);
+}
+
+static void hook_stop(unsigned index, void *user)
+{
+	hookarg *h = user;
+
+	if (!(atomic_load(&h->c->start_mask[h->pi]) & (1u << index)))
+		FAIL("on_thread_stop without start, index %u", index);
+	if (atomic_fetch_or(&h->c->stop_mask[h->pi], 1u << index) &
+	    (1u << index))
+		FAIL("on_thread_stop twice for index %u", index);
+	atomic_fetch_add(&h->c->stops[h->pi], 1);
+}
+
+static void do_shutdown(ctx *c, unsigned pi, int64_t drain, int64_t grace)
+{
+	int rc;
+
+	atomic_store(&c->shut_started[pi], true);
+	rc = ctp_pool_shutdown(c->pools[pi], drain, grace);
+
+	EXPECT("ctp_pool_shutdown", rc, -ETIMEDOUT);
+	if (rc == -ETIMEDOUT && grace == CTP_FOREVER)
+		FAIL("shutdown with grace FOREVER timed out");
+	atomic_store(&c->shut_returned[pi], true);
+}
+
+static void check_stats_running(ctx *c, unsigned pi)
+{
+	ctp_stats s;
+
+	memset(&s, 0xa5, sizeof(s));
+	ctp_pool_stats(c->pools[pi], &s);
+	if (s.threads > c->workers[pi])
+		FAIL("stats.threads %u > %u", s.threads, c->workers[pi]);
+	if (s.running > c->workers[pi])
+		FAIL("stats.running %llu > workers",
+		    (unsigned long long)s.running);
+	if (s.submitted > MAX_TASKS)
+		FAIL("stats.submitted %llu", (unsigned long long)s.submitted);
+}
+
+/* ---- caller threads ------------------------------------------------------- */
+
+static void run_op(ctx *c, const uint8_t *r)
+{
+	uint8_t a = r[1], b = r[2], d = r[4], e = r[5];
+	unsigned pi = a % c->npools;
+	int rc;
+
+	switch (r[0] % 20) {
+	case 0:
+		token_new(c, (b & 1) ? (int)pick(&c->ntokens, MAX_TOKENS, a) : -1,
+		    NULL);
+		break;
+	case 1:
+		token_cancel_checked(c, pick(&c->ntokens, MAX_TOKENS, a));
+		break;
+	case 2:
+		token_close(c, pick(&c->ntokens, MAX_TOKENS, a));
+		break;
+	case 3:
+		watch_new(c, pick(&c->ntokens, MAX_TOKENS, a), b);
+		break;
+	case 4:
+		watch_drop(c, pick(&c->nwatches, MAX_WATCHES, a));
+		break;
+	case 5: case 6: case 7:
+		submit(c, NULL, NULL, r + 1);
+		break;
+	case 8:
+		task_cancel_checked(c, pick(&c->ntasks, MAX_TASKS, a), false);
+		break;
+	case 9:
+		task_wait_checked(c, pick(&c->ntasks, MAX_TASKS, a),
+		    dur(b, true), false);
+		break;
+	case 10:
+	{
+		unsigned i = pick(&c->ntasks, MAX_TASKS, a);
+		ctp_task *h = task_pin(c, i);
+
+		if (h != NULL) {
+			check_state(ctp_task_state(h));
+			task_unpin(c, i);
+		}
+		break;
+	}
+	case 11:
+		task_close(c, pick(&c->ntasks, MAX_TASKS, a));
+		break;
+	case 12:
+	case 13:
+	{
+		unsigned ti = pick(&c->ntokens, MAX_TOKENS, b);
+		ctp_token *t = (d & 1) ? token_pin(c, ti) : NULL;
+		int64_t to = dur(e, false);
+
+		if (r[0] % 20 == 12)
+			q_push(c, a % NQUEUES, t, to);
+		else
+			q_pop(c, a % NQUEUES, t, to);
+		if (t != NULL)
+			token_unpin(c, ti);
+		break;
+	}
+	case 14:
+		if ((b & 7) == 0) {
+			ctp_queue_close(c->q[a % NQUEUES]);
+			atomic_store(&c->q_closed[a % NQUEUES], true);
+		}
+		break;
+	case 15:
+		if ((b & 3) == 0)
+			do_shutdown(c, pi, dur(d, true), dur(e, true));
+		break;
+	case 16:
+		rc = ctp_pool_wait_idle(c->pools[pi], dur(b, true));
+		EXPECT("ctp_pool_wait_idle", rc, -ETIMEDOUT);
+		if (rc == -ETIMEDOUT && (dur(b, true) == CTP_FOREVER ||
+		    dur(b, true) == INT64_MAX))
+			FAIL("wait_idle without limit timed out");
+		break;
+	case 17:
+		check_stats_running(c, pi);
+		break;
+	case 18:
+	{
+		unsigned ti = pick(&c->ntokens, MAX_TOKENS, a);
+		ctp_token *t = token_pin(c, ti);
+
+		if (t == NULL)
+			break;
+		rc = ctp_token_sleep(t, dur(b, false));
+		if (rc != 0 && rc != ctp_token_reason(t))
+			FAIL("ctp_token_sleep returned %d, reason %d", rc,
+			    ctp_token_reason(t));
+		if (d & 1) {
+			rc = ctp_token_fd(t);
+			if (rc < 0)
+				EXPECT("ctp_token_fd", rc, -EMFILE, -ENFILE,
+				    -ENOMEM);
+		}
+		token_unpin(c, ti);
+		break;
+	}
+	case 19:
+		bad_args(c, b, d);
+		break;
+	}
+}
+
+static void *caller(void *arg)
+{
+	void **a = arg;
+	ctx *c = a[0];
+	unsigned k = (unsigned)(uintptr_t)a[1];
+
+	pthread_barrier_wait(&c->barrier);
+	for (size_t i = 0; i < c->nops[k]; i++)
+		run_op(c, c->ops[k] + i * REC * c->nthreads);
+	return NULL;
+}
+
+/* ---- the end of an input -------------------------------------------------- */
+
+static void final_shutdown(ctx *c, unsigned pi, int64_t drain, int64_t grace)
+{
+	ctp_stats s;
+	int rc = ctp_pool_shutdown(c->pools[pi], drain, grace);
+
+	EXPECT("ctp_pool_shutdown (final)", rc, -ETIMEDOUT);
+	if (rc != 0) {
+		rc = ctp_pool_shutdown(c->pools[pi], 0, CTP_SEC(5));
+		if (rc != 0)
+			FAIL("shutdown after -ETIMEDOUT returned %d", rc);
+	}
+	ctp_pool_stats(c->pools[pi], &s);
+	if (s.queued != 0 || s.running != 0 || s.threads != 0)
+		FAIL("after shutdown: queued %llu running %llu threads %u",
+		    (unsigned long long)s.queued,
+		    (unsigned long long)s.running, s.threads);
+	if (atomic_load(&c->stops[pi]) != c->workers[pi])
+		FAIL("on_thread_stop ran %u times for %u workers",
+		    atomic_load(&c->stops[pi]), c->workers[pi]);
+}
+
+static void check_pool_stats(ctx *c, unsigned pi)
+{
+	uint64_t acc = 0, ran = 0, why[3] = {0}, unknown = 0;
+	unsigned n = atomic_load(&c->ntasks);
+	ctp_stats s;
+
+	if (n > MAX_TASKS)
+		n = MAX_TASKS;
+	for (unsigned i = 0; i < n; i++) {
+		trec *r = &c->tasks[i];
+		int st;
+
+		if (r->pool != (int)pi || atomic_load(&r->accepted) != 1)
+			continue;
+		acc++;
+		if (atomic_load(&r->fn_returned)) {
+			ran++;
+			continue;
+		}
+		st = r->has_done ? atomic_load(&r->status) :
+		    atomic_load(&r->wait_status);
+		if (st == -ECANCELED)
+			why[0]++;
+		else if (st == -ETIMEDOUT)
+			why[1]++;
+		else if (st == -ESHUTDOWN)
+			why[2]++;
+		else
+			unknown++;
+	}
+	ctp_pool_stats(c->pools[pi], &s);
+	if (s.submitted != s.completed + s.cancelled + s.timed_out + s.dropped)
+		FAIL("stats identity: submitted %llu != %llu + %llu + %llu + %llu",
+		    (unsigned long long)s.submitted,
+		    (unsigned long long)s.completed,
+		    (unsigned long long)s.cancelled,
+		    (unsigned long long)s.timed_out,
+		    (unsigned long long)s.dropped);
+	if (s.submitted != acc || s.completed != ran)
+		FAIL("stats: submitted %llu completed %llu, harness saw %llu %llu",
+		    (unsigned long long)s.submitted,
+		    (unsigned long long)s.completed,
+		    (unsigned long long)acc, (unsigned long long)ran);
+	if (s.cancelled < why[0] || s.timed_out < why[1] || s.dropped < why[2] ||
+	    s.cancelled + s.timed_out + s.dropped != why[0] + why[1] + why[2] +
+	    unknown)
+		FAIL("stats: cancelled %llu timed_out %llu dropped %llu, "
+		    "done saw %llu %llu %llu (+%llu unknown)",
+		    (unsigned long long)s.cancelled,
+		    (unsigned long long)s.timed_out,
+		    (unsigned long long)s.dropped,
+		    (unsigned long long)why[0], (unsigned long long)why[1],
+		    (unsigned long long)why[2], (unsigned long long)unknown);
+	if (s.rejected != atomic_load(&c->rejected[pi]))
+		FAIL("stats.rejected %llu, harness saw %u -EAGAIN",
+		    (unsigned long long)s.rejected, atomic_load(&c->rejected[pi]));
+}
+
+static void check_task(ctx *c, unsigned i)
+{
+	trec *r = &c->tasks[i];
+	int acc = atomic_load(&r->accepted);
+	int ran = atomic_load(&r->fn_started);
+	int dc = atomic_load(&r->done_calls);
+	int st = atomic_load(&r->status), ws;
+	ctp_task *h;
+
+	if (acc != 1) {
+		if (ran || dc)
+			FAIL("task %u refused (%d) but fn ran %d, done %d", i,
+			    acc, ran, dc);
+		return;
+	}
+	if (ran && !atomic_load(&r->fn_returned))
+		FAIL("task %u: fn started but never returned", i);
+	if (r->has_done && dc != 1)
+		FAIL("task %u: done called %d times", i, dc);
+	if (atomic_load(&r->must_run) && !ran)
+		FAIL("task %u: cancel said -EINPROGRESS but fn never ran", i);
+	if (atomic_load(&r->must_not_run) && ran)
+		FAIL("task %u: cancel said 0 but fn ran", i);
+	if (atomic_load(&r->suspect) && !ran)
+		FAIL("task %u: queued under a cancelled token, never ran, but "
+		    "its done had not returned when ctp_token_cancel did", i);
+	h = task_pin(c, i);
+	if (h != NULL) {
+		int s = INT32_MIN, rc = ctp_task_wait(h, 0, &s);
+
+		if (rc != 0)
+			FAIL("task %u: wait after shutdown returned %d", i, rc);
+		record_wait_status(r, s);
+		check_state(ctp_task_state(h));
+		task_unpin(c, i);
+	}
+	ws = atomic_load(&r->wait_status);
+	if (r->has_done && ws != INT32_MIN && ws != st)
+		FAIL("task %u: wait status %d, done status %d", i, ws, st);
+	if (!r->has_done)
+		st = ws;
+	if (st == INT32_MIN)
+		return; /* no done, no handle: nothing says what it got */
+	if (ran) {
+		if (st != atomic_load(&r->ret))
+			FAIL("task %u: status %d, fn returned %d", i, st,
+			    atomic_load(&r->ret));
+		return;
+	}
+	if (st == -ECANCELED && !r->may_cancel && !atomic_load(&r->cancel_tried))
+		FAIL("task %u never ran: -ECANCELED but nothing cancelled it", i);
+	if (st == -ETIMEDOUT && !r->may_timeout)
+		FAIL("task %u never ran: -ETIMEDOUT without a deadline", i);
+	if (!is_reason(st))
+		FAIL("task %u never ran, status %d", i, st);
+}
+
+static void finish(ctx *c, const uint8_t *hdr)
+{
+	unsigned nt, nk, nw;
+
+	for (unsigned p = 0; p < c->npools; p++)
+		final_shutdown(c, p, dur(hdr[3], false), dur(hdr[3] >> 3, true));
+	nt = atomic_load(&c->ntasks);
+	nt = nt > MAX_TASKS ? MAX_TASKS : nt;
+	for (unsigned i = 0; i < nt; i++)
+		check_task(c, i);
+	for (unsigned p = 0; p < c->npools; p++)
+		check_pool_stats(c, p);
+	nw = atomic_load(&c->nwatches);
+	nw = nw > MAX_WATCHES ? MAX_WATCHES : nw;
+	for (unsigned i = 0; i < nw; i++)
+		watch_drop(c, i);
+	for (unsigned i = 0; i < nw; i++) {
+		int at = atomic_load(&c->watches[i].runs_at_unwatch);
+
+		if (atomic_load(&c->watches[i].runs) > 1 ||
+		    (at >= 0 && atomic_load(&c->watches[i].runs) != at))
+			FAIL("watch %u ran after unwatch", i);
+	}
+	for (unsigned i = 0; i < nt; i++) {
+		task_close(c, i);
+		free(c->tasks[i].cookie);
+	}
+	nk = atomic_load(&c->ntokens);
+	nk = nk > MAX_TOKENS ? MAX_TOKENS : nk;
+	for (unsigned i = 0; i < nk; i++) {
+		if (atomic_load(&c->tokens[i].zeros) > 1)
+			FAIL("token %u: cancel answered 0 more than once", i);
+		token_close(c, i);
+	}
+	for (unsigned p = 0; p < c->npools; p++)
+		if (ctp_pool_destroy(c->pools[p]) != 0)
+			FAIL("ctp_pool_destroy failed");
+	for (unsigned qi = 0; qi < NQUEUES; qi++) {
+		size_t sz = ctp_queue_size(c->q[qi]), got = 0;
+		void *item;
+		int rc;
+
+		while ((rc = ctp_queue_pop(c->q[qi], &item, NULL, 0)) == 0) {
+			q_take(c, qi, item);
+			got++;
+		}
+		if (rc != -EAGAIN && rc != -ESHUTDOWN)
+			FAIL("draining pop returned %d", rc);
+		if (got != sz)
+			FAIL("queue size %zu, drained %zu", sz, got);
+		ctp_queue_destroy(c->q[qi]);
+	}
+	for (unsigned id = 0; id < MAX_ITEMS && id < atomic_load(&c->nitems);
+	    id++) {
+		unsigned char pu = atomic_load(&c->item_pushed[id]);
+		unsigned char po = atomic_load(&c->item_popped[id]);
+
+		if (pu == 2 && po != 1)
+			FAIL("item %u pushed but popped %u times", id, po);
+		if (pu != 2 && po != 0)
+			FAIL("item %u not pushed but popped", id);
+	}
+}
+
+/* ---- entry ---------------------------------------------------------------- */
+
+#if defined(CTP_FUZZ_TSAN)
+/* clang 14 runs SanitizerCoverage before ThreadSanitizer, so TSan sees every
+ * bump of libFuzzer's inline 8-bit coverage counters, which all threads do
+ * without synchronisation by design, as a race. Declare the counters' section
+ * (bounds from the linker) a benign race; nothing else is excluded. */
+extern char __start___sancov_cntrs[] __attribute__((weak));
+extern char __stop___sancov_cntrs[] __attribute__((weak));
+void AnnotateBenignRaceSized(const char *file, int line,
+                             const volatile void *mem, unsigned long size,
+                             const char *desc);
+#endif
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+#if defined(CTP_FUZZ_TSAN)
+	if (__start___sancov_cntrs != NULL &&
+	    __stop___sancov_cntrs > __start___sancov_cntrs)
+		AnnotateBenignRaceSized(__FILE__, __LINE__, __start___sancov_cntrs,
+		    (unsigned long)(__stop___sancov_cntrs -
+		    __start___sancov_cntrs), "libFuzzer coverage counters");
+#endif
+	return 0;
+}
+
+static const char *const names[] = {
+	NULL, "f", "fuzzpool", "a-very-long-thread-name-prefix", "",
+};
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	ctx *c;
+	pthread_t th[MAX_THREADS];
+	void *targ[MAX_THREADS][2];
+	hookarg ha[2];
+	size_t nrec;
+	int rc;
+
+	if (size < HDR)
+		return 0;
+	c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		abort();
+	c->nthreads = 2 + (data[0] & 1);
+	c->npools = 1 + ((data[1] >> 7) & 1);
+	c->workers[0] = 1 + ((data[0] >> 1) & 3);
+	c->workers[1] = 1 + ((data[1] >> 5) & 1);
+	for (unsigned i = 0; i < MAX_TASKS; i++) {
+		slot_init(&c->tasks[i].h);
+		atomic_init(&c->tasks[i].wait_status, INT32_MIN);
+		atomic_init(&c->tasks[i].status, INT32_MIN);
+		atomic_init(&c->tasks[i].accept_seq, ULONG_MAX);
+		c->tasks[i].ptoken = -1;
+	}
+	for (unsigned i = 0; i < MAX_TOKENS; i++)
+		slot_init(&c->tokens[i].s);
+	for (unsigned i = 0; i < MAX_WATCHES; i++) {
+		c->watches[i].ctx = c;
+		atomic_init(&c->watches[i].runs_at_unwatch, -1);
+	}
+	for (unsigned p = 0; p < c->npools; p++) {
+		ctp_pool_opts o = {0};
+		ctp_stats s;
+
+		ha[p].c = c;
+		ha[p].pi = p;
+		o.threads = c->workers[p];
+		o.queue_capacity = p == 0 ? 1u << ((data[0] >> 3) & 3) :
+		    (data[1] & 16) ? 2 : 0;
+		o.name = names[(data[2] >> p) % 5];
+		o.on_thread_start = hook_start;
+		o.on_thread_stop = hook_stop;
+		o.user = &ha[p];
+		rc = ctp_pool_create(&c->pools[p], &o);
+		if (rc != 0)
+			FAIL("ctp_pool_create returned %d", rc);
+		if (atomic_load(&c->starts[p]) != c->workers[p])
+			FAIL("create returned before every on_thread_start");
+		ctp_pool_stats(c->pools[p], &s);
+		if (s.threads != c->workers[p])
+			FAIL("stats.threads %u at once, %u workers", s.threads,
+			    c->workers[p]);
+	}
+	for (unsigned qi = 0; qi < NQUEUES; qi++) {
+		rc = ctp_queue_create(&c->q[qi], 1 + ((data[1] >> (qi * 2)) & 3) *
+		    (qi + 1));
+		if (rc != 0)
+			FAIL("ctp_queue_create returned %d", rc);
+	}
+	nrec = (size - HDR) / REC;
+	for (unsigned k = 0; k < c->nthreads; k++) {
+		c->ops[k] = data + HDR + k * REC;
+		c->nops[k] = nrec / c->nthreads + (k < nrec % c->nthreads);
+		if (c->nops[k] > MAX_OPS)
+			c->nops[k] = MAX_OPS;
+	}
+	if (pthread_barrier_init(&c->barrier, NULL, c->nthreads) != 0)
+		abort();
+	for (unsigned k = 0; k < c->nthreads; k++) {
+		targ[k][0] = c;
+		targ[k][1] = (void *)(uintptr_t)k;
+		if (pthread_create(&th[k], NULL, caller, targ[k]) != 0)
+			abort();
+	}
+	for (unsigned k = 0; k < c->nthreads; k++)
+		pthread_join(th[k], NULL);
+	pthread_barrier_destroy(&c->barrier);
+	finish(c, data);
+	free(c);
+	return 0;
+}
