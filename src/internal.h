@@ -12,7 +12,7 @@
  *
  * Lock order (a lock may be taken while holding only locks above it):
  *   pool->lock            shutdown / join bookkeeping
- *   pool->rotate_lock     a submitter compacting the ring (rare)
+ *   pool->compact_lock    a submitter compacting the ring (rare)
  *   worker->lock          one worker's current task
  *   token->lock           a parent before its child (never child then parent);
  *                         firing holds the locks of a whole path from the
@@ -273,8 +273,7 @@ struct ctp__timer {
 	size_t          reserved;   /* slots promised to submits; lock */
 	bool            started;    /* thread created; lock */
 	bool            stop;       /* lock */
-	bool            joined;     /* pool->lock */
-	pthread_t       thread;
+	pthread_t       thread;     /* written under lock before `started` */
 };
 
 CTP__HIDDEN int  ctp__timer_init(struct ctp__timer *tm);
@@ -307,7 +306,8 @@ struct ctp_pool {
 	_Atomic uint32_t   alive;      /* threads not yet exited (futex) */
 	_Atomic uint32_t   unfinished; /* accepted tasks whose done has not
 	                                  returned (futex, wait_idle) */
-	_Atomic uint32_t   idle_waiters;
+	_Atomic uint32_t   idle_waiters; /* threads asleep on `unfinished`:
+	                                    its decrementer wakes them */
 	_Atomic uint32_t   started;    /* workers past on_thread_start (futex) */
 	/* statistics: relaxed counters, read one at a time */
 	_Atomic uint64_t   st_submitted, st_completed, st_cancelled,
@@ -317,9 +317,8 @@ struct ctp_pool {
 	/* shutdown bookkeeping */
 	pthread_mutex_t    lock;
 	bool               shutdown_called; /* lock */
-	bool               joined;          /* lock: every thread joined */
-	bool               orphaned;        /* lock: destroyed with threads
-	                                       still running */
+	bool               joined;          /* lock: every thread joined or
+	                                       (abandoned, at destroy) detached */
 	struct ctp__timer  timer;
 	/* task free list */
 	pthread_mutex_t    free_lock;
@@ -332,8 +331,8 @@ struct ctp_pool {
 	struct ctp__worker *workers;
 	ctp_task          **scan;           /* nthreads slots: cancel step only,
 	                                       run by the first shutdown caller */
-	ctp_task          **scratch;        /* capacity slots; rotate_lock */
-	pthread_mutex_t    rotate_lock;     /* one submitter compacts at a time */
+	ctp_task          **scratch;        /* capacity slots; compact_lock */
+	pthread_mutex_t    compact_lock;    /* one submitter compacts at a time */
 };
 
 CTP__HIDDEN void ctp__pool_ref(ctp_pool *pool);

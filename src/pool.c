@@ -20,10 +20,10 @@
  *   wake-up). Who wakes a worker: a submit (bump after the enqueue) and the
  *   shutdown's cancel step (bump after setting `stopping`).
  *
- *   Shutdown. (1) the queue's CLOSED bit is set in its count word (so no
- *   admission CAS can succeed after it) and blocked submitters wake. (2) Drain: wait on `unfinished`
- *   (a futex counting accepted tasks whose done has not returned) for up to
- *   `drain`. (3) Cancel step: set `stopping`, bump not_empty (idle workers
+ *   Shutdown. (1) The queue's CLOSED bit is set in its count word (so no
+ *   admission CAS can succeed after it) and blocked submitters wake.
+ *   (2) Drain: wait on `unfinished` (a futex counting accepted tasks whose
+ *   done has not returned) for up to `drain`. (3) Cancel step: set `stopping`, bump not_empty (idle workers
  *   exit at once), then take and release each worker's lock: after that no
  *   worker starts a task, and every started one is in some worker's
  *   `current`, which we reference and fire with -ESHUTDOWN. Then empty the
@@ -40,6 +40,7 @@
  *   `alive`, `unfinished`, `idle_waiters` and `started` use seq_cst: each
  *   pairs a counter with a futex sleeper (raise waiters, re-read, sleep).
  */
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <sched.h>
@@ -72,7 +73,7 @@ static void pool_free(ctp_pool *pool)
 	ctp__queue_fini(&pool->queue);
 	pthread_mutex_destroy(&pool->lock);
 	pthread_mutex_destroy(&pool->free_lock);
-	pthread_mutex_destroy(&pool->rotate_lock);
+	pthread_mutex_destroy(&pool->compact_lock);
 	free(pool);
 }
 
@@ -96,16 +97,23 @@ void ctp__pool_unfinished_dec(ctp_pool *pool)
 		ctp__futex_wake(&pool->unfinished, INT_MAX);
 }
 
-/* Waits for `word` to read 0, up to abs (NULL: no limit). */
+/* Waits up to `timeout` ns (0: only looks; CTP_FOREVER: no limit) for
+ * `word` to read 0; `waiters` (may be NULL) tells the decrementer to wake. */
 static int wait_zero(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
-                     const struct timespec *abs)
+                     int64_t timeout)
 {
+	struct timespec deadline;
+	const struct timespec *abs =
+	    ctp__deadline(timeout, &deadline) ? &deadline : NULL;
+
 	for (;;) {
 		uint32_t v = atomic_load(word);
 		int r;
 
 		if (v == 0)
 			return 0;
+		if (timeout == 0)
+			return -ETIMEDOUT;
 		if (waiters != NULL)
 			atomic_fetch_add(waiters, 1);
 		v = atomic_load(word); /* re-read after announcing */
@@ -227,7 +235,7 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	}
 	pthread_mutex_init(&pool->lock, NULL);
 	pthread_mutex_init(&pool->free_lock, NULL);
-	pthread_mutex_init(&pool->rotate_lock, NULL);
+	pthread_mutex_init(&pool->compact_lock, NULL);
 	pool->opts = *o;
 	snprintf(pool->name, sizeof(pool->name), "%s",
 	    o->name != NULL ? o->name : "ctp");
@@ -315,6 +323,19 @@ int ctp_pool_create(ctp_pool **out, const ctp_pool_opts *opts)
 
 /* ---- submit ------------------------------------------------------------- */
 
+/* A pointer compact() took out of the ring: a live task is kept in scratch,
+ * a tombstone loses the ring's reference. Fewer than `capacity` live tasks
+ * can be in the ring: the submitter's own admitted task is outside it. */
+static void compact_take(ctp_pool *pool, void *item, size_t *n)
+{
+	if (ctp_task_state(item) == CTP_TASK_QUEUED) {
+		assert(*n < pool->queue.capacity);
+		pool->scratch[(*n)++] = item;
+	} else {
+		ctp__token_put(item);
+	}
+}
+
 /* Takes every pointer out of the ring, drops tombstones, puts the live ones
  * back in order. Only when tombstones have filled the ring. */
 static void compact(ctp_pool *pool)
@@ -323,28 +344,17 @@ static void compact(ctp_pool *pool)
 	size_t n = 0, i;
 	void *item;
 
-	pthread_mutex_lock(&pool->rotate_lock);
-	while (n < pool->queue.capacity && ctp__ring_pop(ring, &item)) {
-		if (ctp_task_state(item) == CTP_TASK_QUEUED)
-			pool->scratch[n++] = item;
-		else
-			ctp__token_put(item);
-	}
+	pthread_mutex_lock(&pool->compact_lock);
+	while (ctp__ring_pop(ring, &item))
+		compact_take(pool, item, &n);
 	for (i = 0; i < n; i++) {
 		/* other producers may refill the ring meanwhile: make room */
 		while (!ctp__ring_push(ring, pool->scratch[i])) {
-			if (!ctp__ring_pop(ring, &item))
-				continue;
-			if (ctp_task_state(item) == CTP_TASK_QUEUED &&
-			    n < pool->queue.capacity)
-				pool->scratch[n++] = item;
-			else if (ctp_task_state(item) == CTP_TASK_QUEUED)
-				abort(); /* more live tasks than admitted */
-			else
-				ctp__token_put(item);
+			if (ctp__ring_pop(ring, &item))
+				compact_take(pool, item, &n);
 		}
 	}
-	pthread_mutex_unlock(&pool->rotate_lock);
+	pthread_mutex_unlock(&pool->compact_lock);
 }
 
 static void enqueue(ctp_pool *pool, ctp_task *t)
@@ -525,8 +535,7 @@ static void join_all(ctp_pool *pool)
 
 int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 {
-	struct timespec abs;
-	bool first, timed;
+	bool first;
 	int r;
 
 	if (pool == NULL || !ctp__duration_ok(drain) ||
@@ -542,19 +551,11 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 	if (first) {
 		/* no admission after this; blocked submitters wake */
 		ctp__queue_shut(&pool->queue);
-		if (drain != 0) {
-			timed = ctp__deadline(drain, &abs);
-			wait_zero(&pool->unfinished, &pool->idle_waiters,
-			    timed ? &abs : NULL);
-		}
+		(void)wait_zero(&pool->unfinished, &pool->idle_waiters, drain);
 		CTP__PERTURB();
 		cancel_step(pool);
 	}
-	timed = ctp__deadline(grace, &abs);
-	if (grace == 0)
-		r = atomic_load(&pool->alive) == 0 ? 0 : -ETIMEDOUT;
-	else
-		r = wait_zero(&pool->alive, NULL, timed ? &abs : NULL);
+	r = wait_zero(&pool->alive, NULL, grace);
 	if (r == 0)
 		join_all(pool);
 	return r;
@@ -592,7 +593,6 @@ int ctp_pool_destroy(ctp_pool *pool)
 			pthread_detach(pool->timer.thread);
 		pthread_mutex_unlock(&pool->timer.lock);
 		pool->joined = true;
-		pool->orphaned = true;
 	}
 	pthread_mutex_unlock(&pool->lock);
 
@@ -612,18 +612,11 @@ int ctp_pool_destroy(ctp_pool *pool)
 
 int ctp_pool_wait_idle(ctp_pool *pool, int64_t timeout)
 {
-	struct timespec abs;
-	bool timed;
-
 	if (pool == NULL || !ctp__duration_ok(timeout))
 		return -EINVAL;
 	if (ctp__is_pool_context(pool))
 		return -EDEADLK;
-	if (timeout == 0)
-		return atomic_load(&pool->unfinished) == 0 ? 0 : -ETIMEDOUT;
-	timed = ctp__deadline(timeout, &abs);
-	return wait_zero(&pool->unfinished, &pool->idle_waiters,
-	    timed ? &abs : NULL);
+	return wait_zero(&pool->unfinished, &pool->idle_waiters, timeout);
 }
 
 void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)

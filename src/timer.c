@@ -48,7 +48,7 @@ int ctp__timer_init(struct ctp__timer *tm)
 	}
 	tm->heap = NULL;
 	tm->len = tm->cap = tm->reserved = 0;
-	tm->started = tm->stop = tm->joined = false;
+	tm->started = tm->stop = false;
 	return 0;
 }
 

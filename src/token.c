@@ -186,18 +186,27 @@ static void watch_free(struct ctp_watch *w)
 	free(w);
 }
 
+/* Takes w out of t's pending list. Called with t's lock held. */
+static void watch_unlink(ctp_token *t, struct ctp_watch *w)
+{
+	if (w->prev != NULL)
+		w->prev->next = w->next;
+	else
+		t->watches = w->next;
+	if (w->next != NULL)
+		w->next->prev = w->prev;
+	else
+		t->watches_tail = w->prev;
+	w->next = w->prev = NULL;
+}
+
 static void run_watches(ctp_token *t)
 {
 	struct ctp_watch *w;
 
 	lock(t);
 	while ((w = t->watches) != NULL) {
-		t->watches = w->next;
-		if (t->watches == NULL)
-			t->watches_tail = NULL;
-		else
-			t->watches->prev = NULL;
-		w->next = w->prev = NULL;
+		watch_unlink(t, w);
 		w->runner = pthread_self();
 		atomic_store_explicit(&w->state, CTP__WATCH_RUNNING,
 		    memory_order_relaxed); /* read under the lock */
@@ -261,14 +270,7 @@ static bool watch_remove(struct ctp_watch *w)
 		    memory_order_acquire);
 
 		if (s == CTP__WATCH_PENDING) {
-			if (w->prev != NULL)
-				w->prev->next = w->next;
-			else
-				t->watches = w->next;
-			if (w->next != NULL)
-				w->next->prev = w->prev;
-			else
-				t->watches_tail = w->prev;
+			watch_unlink(t, w);
 			break;
 		}
 		if (s == CTP__WATCH_DONE)

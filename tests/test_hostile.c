@@ -80,57 +80,12 @@
 
 static int failures; /* test thread only */
 
-/* Counts a failed check and reports the first few. Test thread only. */
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			if (failures++ < 12) {                                \
-				print_error("%s:%d: CHECK(%s) failed: ",      \
-				            __FILE__, __LINE__, #cond);       \
-				print_error(__VA_ARGS__);                     \
-				print_error("\n");                            \
-			}                                                     \
-		}                                                             \
-	} while (0)
-
-/* n / CTP_STRESS_SCALE, at least min. */
-static unsigned long scaled(unsigned long n, unsigned long min)
-{
-	const char   *s = getenv("CTP_STRESS_SCALE");
-	unsigned long div = 1;
-
-	if (s != NULL && *s != '\0') {
-		char         *end;
-		unsigned long v = strtoul(s, &end, 10);
-
-		if (*end == '\0' && v > 0)
-			div = v;
-	}
-	return n / div > min ? n / div : min;
-}
 
 static double secs_since(int64_t t0)
 {
 	return (double)(tu_now_ns() - t0) / 1e9;
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ __volatile__("yield" ::: "memory");
-#else
-	atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
-
-/* Burns n short pauses: jitter that shifts one side of a race. */
-static void delay_loop(unsigned n)
-{
-	for (unsigned i = 0; i < n; i++)
-		cpu_relax();
-}
 
 /* xorshift32: deterministic, the same on every run. */
 static uint32_t rng_next(uint32_t *s)
@@ -308,7 +263,7 @@ static void *c8_canceller(void *arg)
 		barrier_wait(&c->start);
 		if (atomic_load(&c->quit))
 			break;
-		delay_loop(atomic_load(&c->jitter[a->idx]));
+		tu_delay_loop(atomic_load(&c->jitter[a->idx]));
 		atomic_store(&c->rc[a->idx], ctp_task_cancel(c->task));
 		barrier_wait(&c->end);
 	}
@@ -378,7 +333,7 @@ static void test_hostile_cancel_one_handle_from_8_threads(void **state)
 	pthread_t      th[C8_THREADS];
 	sem_t          gate;
 	ctp_stats      st;
-	unsigned long  rounds = scaled(20000, 50), r, n0 = 0, nin = 0;
+	unsigned long  rounds = tu_scaled(20000, 50), r, n0 = 0, nin = 0;
 	uint32_t       rng = 0x1234567u;
 	int64_t        t0 = tu_now_ns();
 
@@ -460,7 +415,7 @@ static void test_hostile_cancel_one_handle_from_8_threads(void **state)
 static void test_hostile_cancel_after_done_twice(void **state)
 {
 	ctp_pool     *pool = pool_new(2, 0);
-	unsigned long rounds = scaled(2000, 20);
+	unsigned long rounds = tu_scaled(2000, 20);
 	ctp_stats     st;
 
 	(void)state;
@@ -578,7 +533,7 @@ static void sc_check(unsigned long i, struct sc *s, struct rec *sib,
 static void test_hostile_task_cancels_itself_and_sibling(void **state)
 {
 	ctp_pool     *pool = pool_new(1, 0);
-	unsigned long rounds = scaled(5000, 20);
+	unsigned long rounds = tu_scaled(5000, 20);
 	ctp_stats     st;
 
 	(void)state;
@@ -736,8 +691,8 @@ static void pc_round(unsigned long round, size_t n, uint32_t *rng)
 
 static void test_hostile_parent_cancel_mid_run_bounds_executions(void **s)
 {
-	size_t        n = scaled(20000, 200);
-	unsigned long rounds = scaled(5, 2);
+	size_t        n = tu_scaled(20000, 200);
+	unsigned long rounds = tu_scaled(5, 2);
 	uint32_t      rng = 0xc0ffee11u;
 	int64_t       t0 = tu_now_ns();
 
@@ -965,7 +920,7 @@ static void test_hostile_token_trees_released_in_random_order(void **state)
 {
 	ctp_pool     *pool = pool_new(1, 128);
 	struct parked park;
-	unsigned long rounds = scaled(20000, 30), r, ran = 0;
+	unsigned long rounds = tu_scaled(20000, 30), r, ran = 0;
 	uint32_t      rng = 0x7ee5eedu;
 	ctp_stats     st;
 	int64_t       t0 = tu_now_ns();
@@ -1009,7 +964,7 @@ static int hr_fn(void *arg, ctp_token *tok)
 	atomic_fetch_add(&h->r.ran, 1);
 	if (!h->in_done) {
 		barrier_wait(h->b);
-		delay_loop(h->delay);
+		tu_delay_loop(h->delay);
 	}
 	return HR_RAN;
 }
@@ -1020,7 +975,7 @@ static void hr_done(void *arg, int status)
 
 	if (h->in_done) {
 		barrier_wait(h->b);
-		delay_loop(h->delay);
+		tu_delay_loop(h->delay);
 	}
 	rec_done(&h->r, status); /* its last act is the post */
 }
@@ -1030,7 +985,7 @@ static void test_hostile_handle_released_while_worker_finishes(void **state)
 	ctp_pool         *pool = pool_new(1, 0);
 	ctp_task_opts     o = { .done = hr_done };
 	pthread_barrier_t b;
-	unsigned long     rounds = scaled(100000, 200);
+	unsigned long     rounds = tu_scaled(100000, 200);
 	uint32_t          rng = 0x5eed1234u;
 	ctp_stats         st;
 	int64_t           t0 = tu_now_ns();
@@ -1051,7 +1006,7 @@ static void test_hostile_handle_released_while_worker_finishes(void **state)
 		mine = rng_delay(&rng) / 2;
 		assert_int_equal(ctp_pool_submit(pool, hr_fn, &h, &o, &t), 0);
 		barrier_wait(&b);
-		delay_loop(mine);
+		tu_delay_loop(mine);
 		ctp_task_release(t);
 		tu_sem_wait(&h.r.done_sem);
 		CHECK(atomic_load(&h.r.calls) == 1 &&
@@ -1419,7 +1374,7 @@ static void test_hostile_item_arriving_as_pop_times_out(void **state)
 {
 	struct ia     a;
 	pthread_t     th;
-	unsigned long rounds = scaled(5000, 100), r, got = 0, left = 0;
+	unsigned long rounds = tu_scaled(5000, 100), r, got = 0, left = 0;
 	uint32_t      rng = 0xfeedbeefu;
 	int64_t       t0 = tu_now_ns(), edge = IA_TIMEOUT;
 
@@ -1445,7 +1400,7 @@ static void test_hostile_item_arriving_as_pop_times_out(void **state)
 		at = tu_now_ns() + (r & 1 ? edge + (int64_t)rng_below(&rng,
 		     2000) : (int64_t)rng_below(&rng, 2 * IA_TIMEOUT));
 		while (tu_now_ns() < at)
-			cpu_relax();
+			tu_cpu_relax();
 		rc = ctp_queue_push(a.q, x, NULL, 0);
 		CHECK(rc == 0, "round %lu: push: %s", r, ctp_strerror(rc));
 		barrier_wait(&a.b);
@@ -1631,8 +1586,8 @@ static void test_hostile_reversed_enqueues_with_idle_workers(void **state)
 	struct re_arg  args[2];
 	struct rc_cons c[2];
 	pthread_t      sub[2], cons[2];
-	unsigned long  rounds = scaled(50000, 100);
-	unsigned long  qrounds = scaled(20000, 50);
+	unsigned long  rounds = tu_scaled(50000, 100);
+	unsigned long  qrounds = tu_scaled(20000, 50);
 	ctp_pool_opts  popts = { .threads = 2, .name = "re",
 	                         .on_thread_start = re_thread_start,
 	                         .user = &re };
@@ -1696,7 +1651,7 @@ static void test_hostile_create_destroy_100k(void **state)
 {
 	ctp_pool_opts popts = { .threads = 2, .name = "cd" };
 	ctp_task_opts topts = { .done = cd_done };
-	unsigned long cycles = scaled(100000, 100), i, submitted = 0;
+	unsigned long cycles = tu_scaled(100000, 100), i, submitted = 0;
 	atomic_int    dones = 0;
 	int           baseline = count_threads(), now;
 	int64_t       t0 = tu_now_ns();

@@ -43,52 +43,7 @@
 
 static int failures; /* test thread only */
 
-/* Counts a failed check and reports the first few; the test asserts at its
- * end that none failed. Only ever used on the test's own thread. */
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			if (failures++ < 12) {                                \
-				print_error("%s:%d: CHECK(%s) failed: ",      \
-				            __FILE__, __LINE__, #cond);       \
-				print_error(__VA_ARGS__);                     \
-				print_error("\n");                            \
-			}                                                     \
-		}                                                             \
-	} while (0)
 
-static unsigned long scaled(unsigned long n)
-{
-	const char   *s = getenv("CTP_STRESS_SCALE");
-	unsigned long div = 1;
-
-	if (s != NULL && *s != '\0') {
-		char         *end;
-		unsigned long v = strtoul(s, &end, 10);
-
-		if (*end == '\0' && v > 0)
-			div = v;
-	}
-	return n / div > 0 ? n / div : 1;
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ __volatile__("yield" ::: "memory");
-#else
-	atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
-
-/* Burns n short pauses: jitter that shifts one side of a race. */
-static void delay_loop(unsigned n)
-{
-	for (unsigned i = 0; i < n; i++)
-		cpu_relax();
-}
 
 /* Spins until *p >= v: a tight spin first, long enough (~100 us) to cover
  * a submit on the other side, because a thread coming back from
@@ -103,7 +58,7 @@ static void spin_until_ge(atomic_int *p, int v)
 
 	while (atomic_load_explicit(p, memory_order_acquire) < v) {
 		if (++i < 4096) {
-			cpu_relax();
+			tu_cpu_relax();
 			continue;
 		}
 		sched_yield();
@@ -170,7 +125,7 @@ static int cvs_gate_fn(void *arg, ctp_token *token)
 	(void)token;
 	atomic_store_explicit(&cvs_gate.ready, round, memory_order_release);
 	spin_until_ge(&cvs_gate.go, round);
-	delay_loop((unsigned)atomic_load_explicit(&cvs_gate.gate_delay,
+	tu_delay_loop((unsigned)atomic_load_explicit(&cvs_gate.gate_delay,
 	                                          memory_order_relaxed));
 	return 0;
 }
@@ -295,7 +250,7 @@ static int cvs_round(ctp_pool *pool, int round, struct cvs_jitter *j)
 	spin_until_ge(&cvs_gate.ready, round);
 	atomic_store_explicit(&cvs_gate.go, round, memory_order_release);
 	if (side != CVS_GATE_LATE)
-		delay_loop(d);
+		tu_delay_loop(d);
 	rc = ctp_task_cancel(task);
 	if (side == CVS_EDGE && rc == 0)
 		j->edge++;
@@ -321,7 +276,7 @@ static void test_stress_cancel_vs_start(void **state)
 	ctp_pool_opts     popts = { .threads = 1, .name = "cvs" };
 	ctp_pool         *pool = NULL;
 	ctp_stats         st;
-	unsigned long     rounds = scaled(100000);
+	unsigned long     rounds = tu_scaled(100000, 1);
 	unsigned long     count[3] = { 0, 0, 0 };
 	struct cvs_jitter jit = { .rng = 0x9e3779b9u, .edge = 0 };
 	int64_t           t0 = tu_now_ns();
@@ -666,7 +621,7 @@ static void test_stress_exactly_once_mixed(void **state)
 	ctp_pool_opts popts = { .threads = MIX_THREADS,
 	                        .queue_capacity = MIX_CAPACITY, .name = "mix" };
 	struct mix    m;
-	size_t        ntasks = scaled(100000);
+	size_t        ntasks = tu_scaled(100000, 1);
 	unsigned long out[4] = { 0, 0, 0, 0 }, accepted;
 	ctp_stats     st;
 
@@ -844,7 +799,7 @@ static void sus_round(int round, uint32_t *rng, unsigned long *total)
 	}
 	tu_sem_wait(&started);
 	tu_sem_wait(&started);
-	delay_loop(rng_delay(rng) * 4);
+	tu_delay_loop(rng_delay(rng) * 4);
 	rc = ctp_pool_shutdown(pool, CTP_MSEC(1), CTP_FOREVER);
 	CHECK(rc == 0, "round %d: ctp_pool_shutdown: %s", round,
 	      ctp_strerror(rc));
@@ -877,7 +832,7 @@ static void sus_round(int round, uint32_t *rng, unsigned long *total)
 
 static void test_stress_shutdown_under_submit(void **state)
 {
-	unsigned long rounds = scaled(200);
+	unsigned long rounds = tu_scaled(200, 1);
 	unsigned long total[2] = { 0, 0 };
 	uint32_t      rng = 0x2545f491u;
 
@@ -924,7 +879,7 @@ static void test_stress_create_destroy(void **state)
 {
 	ctp_pool_opts popts = { .threads = 2, .name = "cd" };
 	ctp_task_opts topts = { .done = cd_done, .queue_wait = CTP_FOREVER };
-	unsigned long cycles = scaled(2000), submitted = 0;
+	unsigned long cycles = tu_scaled(2000, 1), submitted = 0;
 	atomic_int    done_calls = 0;
 	int           baseline = count_threads(), now = -1;
 
@@ -1023,7 +978,7 @@ static int pdr_plain(void *arg, ctp_token *token)
 
 static void test_stress_parent_cancel_races_deadline_submit(void **state)
 {
-	unsigned long rounds = scaled(5000), i;
+	unsigned long rounds = tu_scaled(5000, 1), i;
 	ctp_pool_opts po = { .threads = 2, .name = "pdr" };
 	pthread_barrier_t bar;
 	ctp_pool *pool;
@@ -1159,7 +1114,7 @@ static void *sgc_shutter(void *arg)
 
 static void test_stress_shutdown_races_group_cancel(void **state)
 {
-	unsigned long rounds = scaled(3000), i;
+	unsigned long rounds = tu_scaled(3000, 1), i;
 	unsigned seed = 12345;
 
 	(void)state;

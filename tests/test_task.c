@@ -1158,6 +1158,70 @@ static void test_task_cancel_frees_queue_slot(void **state)
 	parked_fini(&blk);
 }
 
+/* Cancelled tasks stay in the ring as tombstones until a worker takes them
+ * out. With the only worker parked, 40 cancels fill the ring (capacity 2:
+ * 3 pointers) many times over: each submit that finds it full compacts it.
+ * Nothing is refused, the live tasks keep their order, and every cancelled
+ * task is counted once. */
+struct ordered {
+	atomic_int *seq;  /* shared start counter */
+	int         pos;  /* this task's start position */
+};
+
+static int ordered_fn(void *arg, ctp_token *tok)
+{
+	struct ordered *o = arg;
+
+	(void)tok;
+	o->pos = atomic_fetch_add(o->seq, 1);
+	return 0;
+}
+
+static void test_task_tombstones_filling_the_ring_are_compacted(void **state)
+{
+	(void)state;
+	ctp_pool *pool = pool_new(1, 2);
+	ctp_task_opts now = { .done = rec_done }; /* queue_wait 0 */
+	struct parked blk;
+	struct rec c[40];
+	atomic_int seq = 0;
+	struct ordered first = { &seq, -1 }, second = { &seq, -1 };
+	ctp_task *t, *a, *b;
+	ctp_stats st;
+
+	parked_init(&blk, 0);
+	saturate(pool, &blk, 1);
+	assert_int_equal(ctp_pool_submit(pool, ordered_fn, &first, NULL, &a),
+	                 0);
+	for (int i = 0; i < 40; i++) {
+		rec_init(&c[i], 0);
+		assert_int_equal(ctp_pool_submit(pool, rec_fn, &c[i], &now, &t),
+		                 0);
+		assert_int_equal(ctp_task_cancel(t), 0);
+		ctp_task_release(t);
+	}
+	assert_int_equal(ctp_pool_submit(pool, ordered_fn, &second, NULL, &b),
+	                 0);
+	unpark(&blk, 1);
+	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	assert_int_equal(first.pos, 0);
+	assert_int_equal(second.pos, 1);
+	for (int i = 0; i < 40; i++) {
+		assert_int_equal(c[i].ran, 0);
+		assert_int_equal(c[i].calls, 1);
+		assert_int_equal(c[i].status, -ECANCELED);
+		rec_fini(&c[i]);
+	}
+	st = stats_of(pool);
+	assert_int_equal(st.cancelled, 40);
+	assert_int_equal(st.rejected, 0);
+	assert_identity(&st);
+	ctp_task_release(a);
+	ctp_task_release(b);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	parked_fini(&blk);
+}
+
 static void test_task_deadline_frees_queue_slot(void **state)
 {
 	(void)state;
@@ -1327,6 +1391,7 @@ int main(void)
 		cmocka_unit_test(test_task_submit_queue_wait_runs_out_eagain),
 		cmocka_unit_test(test_task_cancel_frees_queue_slot),
 		cmocka_unit_test(test_task_deadline_frees_queue_slot),
+		cmocka_unit_test(test_task_tombstones_filling_the_ring_are_compacted),
 		cmocka_unit_test(test_task_submit_queue_wait_forever_proceeds),
 		cmocka_unit_test(test_task_submit_queue_wait_wakes_on_cancel),
 	};
