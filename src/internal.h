@@ -14,11 +14,13 @@
  *   pool->lock            shutdown / join bookkeeping
  *   pool->compact_lock    a submitter compacting the ring (rare)
  *   worker->lock          one worker's current task
+ *   pool->park_lock       the list of parked workers (never held while
+ *                         another lock is taken)
  *   token->lock           a parent before its child (never child then parent);
  *                         firing holds the locks of a whole path from the
  *                         root it fires down to the child it marks
  *   timer->lock
- *   pool->free_lock       task free list
+ *   pool->alloc_lock      the submitters' part of the task free list
  * No user code (task fn, done, watcher, thread hook) ever runs under any of
  * them.
  */
@@ -81,8 +83,14 @@ struct ctp__ring {
 
 CTP__HIDDEN int  ctp__ring_init(struct ctp__ring *r, unsigned size);
 CTP__HIDDEN void ctp__ring_fini(struct ctp__ring *r);
+/* Returns after a full fence that follows the commit (a Dekker store for
+ * whoever then reads a sleeper count). */
 CTP__HIDDEN bool ctp__ring_push(struct ctp__ring *r, void *item);
 CTP__HIDDEN bool ctp__ring_pop(struct ctp__ring *r, void **item);
+/* A snapshot: no committed item (reservations not yet committed do not
+ * count; tombstones do). */
+CTP__HIDDEN bool ctp__ring_empty(const struct ctp__ring *r);
+CTP__HIDDEN unsigned ctp__ring_size(const struct ctp__ring *r);
 
 /* ---- queue.c ------------------------------------------------------------ */
 
@@ -91,15 +99,21 @@ CTP__HIDDEN bool ctp__ring_pop(struct ctp__ring *r, void **item);
  * in `count`, so the ring never refuses an admitted item (public queue) and
  * a pool can retire an admitted item without removing it from the ring.
  */
+#define CTP__CACHELINE 64
+#define CTP__LINE _Alignas(CTP__CACHELINE) /* apart from the fields before */
+
 struct ctp_queue {
 	struct ctp__ring ring;      /* the items; written by ring.c only */
 	size_t           capacity;  /* immutable: a power of two */
-	_Atomic size_t   count;     /* admitted items (<= capacity), and the
+	CTP__LINE _Atomic size_t count; /* admitted items (<= capacity), and the
 	                               CTP__QUEUE_CLOSED bit once closed: one
 	                               word, so no admission CAS can succeed
 	                               after the close */
-	ck_ec32_t        not_empty; /* bumped after every ring push and on close */
-	ck_ec32_t        not_full;  /* bumped after every slot release and close */
+	CTP__LINE ck_ec32_t not_empty; /* bumped after every ring push and on
+	                               close (producers' line) */
+	CTP__LINE ck_ec32_t not_full; /* bumped on close and after a slot
+	                               release while full_waiters != 0 */
+	_Atomic uint32_t full_waiters; /* producers that may sleep on not_full */
 };
 
 #define CTP__QUEUE_CLOSED ((size_t)1 << (sizeof(size_t) * 8 - 1))
@@ -129,6 +143,7 @@ CTP__HIDDEN int  ctp__queue_reserve(struct ctp_queue *q, ctp_token *token,
  * that was not used) and wakes waiting producers; once the queue is closed
  * also not_empty's waiters (a pool's shutdown waits there for count 0). */
 CTP__HIDDEN void ctp__queue_unreserve(struct ctp_queue *q);
+CTP__HIDDEN void ctp__queue_unreserve_n(struct ctp_queue *q, size_t n);
 
 /* Waits until the event count moves away from snap, token fires, or abs
  * passes. Returns 0 (moved, or a spurious wake: re-check), -ETIMEDOUT, or the
@@ -160,22 +175,24 @@ CTP__HIDDEN void ctp__ec_bump(ck_ec32_t *ec);
 enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2 };
 
 struct ctp_token {
+	/* the first cache line holds what firing a tree reads per token */
 	_Atomic uint32_t state;     /* reason | phase; see above */
 	_Atomic uint32_t sleepers;  /* threads in ctp_token_sleep on `state` */
 	_Atomic uint32_t refs;      /* for a task token: the task's references */
 	_Atomic uint32_t linked;    /* 1 once it may have children, watches or
 	                               an fd: firing must then take `lock` */
 	uint8_t          kind;      /* immutable */
+	ctp_token       *sib_next;  /* in parent->children: protected by */
+	ctp_token       *sib_prev;  /*   parent->lock, not by this lock */
+	ctp_token       *fire_next; /* list of one fire call; written only by
+	                               the thread whose CAS fired this token */
 	ctp_token       *parent;    /* immutable while referenced; holds a ref */
-	pthread_mutex_t  lock;      /* protects the fields below */
-	ctp_token       *children;  /* first child (tokens and task tokens) */
-	ctp_token       *sib_prev;  /* in parent->children: protected by */
-	ctp_token       *sib_next;  /*   parent->lock, not by this lock */
+	ctp_token       *children;  /* first child (tokens and task tokens);
+	                               lock */
+	pthread_mutex_t  lock;      /* protects children and the fields below */
 	struct ctp_watch *watches;  /* pending watches, in registration order */
 	struct ctp_watch *watches_tail;
 	int              fd;        /* eventfd, -1 until ctp_token_fd */
-	ctp_token       *fire_next; /* list of one fire call; written only by
-	                               the thread whose CAS fired this token */
 };
 
 enum ctp__watch_state { CTP__WATCH_PENDING, CTP__WATCH_RUNNING,
@@ -223,24 +240,43 @@ static inline int ctp__reason_of(uint32_t state)
 
 struct ctp_task {
 	ctp_token        token;     /* first member: &task->token == task */
+	/* one cache line: what completion reads */
 	ctp_pool        *pool;      /* immutable; the object holds a pool ref */
-	ctp_task_fn      fn;        /* set before publication */
+	ctp_done_fn      done;      /* set before publication */
 	void            *arg;
-	ctp_done_fn      done;
 	int64_t          deadline;  /* ns, CLOCK_MONOTONIC; 0 = none */
-	size_t           heap_idx;  /* timer heap slot; timer->lock */
 	int              status;    /* written before `fin` is released */
-	_Atomic uint32_t fin;       /* bit 0 finished, bit 1 waiters; futex */
-	ctp_task        *free_next; /* pool->free_lock */
+	_Atomic uint32_t fin;       /* bit 0 finished, bit 1 waiters; futex;
+	                               kept only when `handle` (nobody else
+	                               can wait on it) */
+	bool             handle;    /* submitted with a handle; set before
+	                               publication */
+	ctp_task_fn      fn;
+	size_t           heap_idx;  /* timer heap slot; timer->lock */
+	ctp_task        *free_next; /* in pool->freed (owned by the pusher
+	                               until its CAS) or pool->spare */
 };
 
 #define CTP__HEAP_NONE ((size_t)-1)
+/* pool->freed after ctp_pool_destroy: a freed task object goes to free() */
+#define CTP__FREED_DEAD ((ctp_task *)(uintptr_t)1)
 
 CTP__HIDDEN ctp_task *ctp__task_alloc(ctp_pool *pool);
 /* Called when a task's last reference is dropped (from ctp__token_put). */
 CTP__HIDDEN void ctp__task_free(ctp_task *t);
-/* The firer of a queued task's token won it: finish it as never run. */
-CTP__HIDDEN void ctp__task_finish_unrun(ctp_task *t, int reason);
+/* Counts of one fire call's finished tasks, added to their pool at once
+ * (one pool at a time: a change of pool flushes). */
+struct ctp__batch {
+	ctp_pool *pool;
+	uint64_t  finished, cancelled, timed_out, dropped;
+};
+/* The firer of a queued task's token won it: finish it as never run. Its
+ * queue slot and its counts go to b (given back by ctp__batch_flush, before
+ * the fire call returns). Drops the pool's reference (the task may be freed
+ * when it returns). */
+CTP__HIDDEN void ctp__task_finish_unrun(ctp_task *t, int reason,
+                                        struct ctp__batch *b);
+CTP__HIDDEN void ctp__batch_flush(struct ctp__batch *b);
 /* A worker ran the task: finish it with fn's status. */
 CTP__HIDDEN void ctp__task_finish_ran(ctp_task *t, int status);
 /* QUEUED -> RUNNING unless its token fired first. */
@@ -289,43 +325,77 @@ CTP__HIDDEN void ctp__timer_stop(ctp_pool *pool);
 /* ---- pool.c ------------------------------------------------------------- */
 
 struct ctp__worker {
-	pthread_mutex_t lock;       /* taken by this worker once per task and by
-	                               shutdown's cancel step */
+	CTP__LINE pthread_mutex_t lock; /* taken by this worker once per task
+	                               and by shutdown's cancel step */
 	ctp_task       *current;    /* started task, ring ref held; lock */
+	/* statistics written only by this worker (single writer: a relaxed
+	 * load and store, no read-modify-write); summed by ctp_pool_stats */
+	_Atomic uint64_t st_completed;
+	_Atomic uint32_t st_running; /* 0 or 1 */
+	_Atomic uint32_t park;      /* futex word: 1 while it sleeps unclaimed;
+	                               a waker that took it off the list
+	                               stores 0 and wakes it */
+	struct ctp__worker *park_next; /* pool->park_lock */
+	/* immutable after create */
 	ctp_pool       *pool;
 	unsigned        index;
 	pthread_t       thread;
-	bool            started;    /* pthread_create succeeded; immutable after
-	                               create */
+	bool            started;    /* pthread_create succeeded */
 };
 
+/*
+ * Fields are grouped by who writes them, one cache line per group, so a
+ * submitter and the workers do not pass lines back and forth for counters
+ * the other side never touches.
+ */
 struct ctp_pool {
 	struct ctp_queue   queue;      /* admission + ring of ctp_task * */
-	_Atomic uint32_t   refs;       /* owner + threads + task objects */
+
+	/* written by submitters */
+	CTP__LINE _Atomic uint64_t accepted; /* tasks accepted, ever (a submit
+	                                  that backs out after admission takes
+	                                  its increment back) */
+	_Atomic uint64_t   st_submitted, st_rejected; /* relaxed */
+
+	/* written by whoever finishes a task (workers, cancellers, timer) */
+	CTP__LINE _Atomic uint64_t finished; /* tasks whose done has returned;
+	                                  unfinished = accepted - finished */
+	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped; /* relaxed */
+
+	/* rarely written: read on every submit or finish */
+	CTP__LINE _Atomic uint32_t idle_waiters; /* threads in wait_idle or the
+	                                  drain: finishers then bump idle_seq */
+	_Atomic uint32_t   idle_seq;   /* futex word for them */
+	/* idle workers (pool.c, "Parking"); seq_cst, Dekker pairs with submit */
+	_Atomic uint32_t   spinning;   /* 1 while a worker (the scout) will look
+	                                  at the ring before it runs user code
+	                                  or parks (taken by CAS: at most one) */
+	_Atomic uint32_t   parked;     /* length of park_list (a hint for
+	                                  submitters: read without the lock) */
 	_Atomic bool       stopping;   /* cancel step reached: workers exit */
+	_Atomic uint32_t   refs;       /* owner + threads + task objects */
 	_Atomic uint32_t   alive;      /* threads not yet exited (futex) */
-	_Atomic uint32_t   unfinished; /* accepted tasks whose done has not
-	                                  returned (futex, wait_idle) */
-	_Atomic uint32_t   idle_waiters; /* threads asleep on `unfinished`:
-	                                    its decrementer wakes them */
 	_Atomic uint32_t   started;    /* workers past on_thread_start (futex) */
-	/* statistics: relaxed counters, read one at a time */
-	_Atomic uint64_t   st_submitted, st_completed, st_cancelled,
-	                   st_timed_out, st_rejected, st_dropped;
-	_Atomic uint64_t   st_running;
 	_Atomic uint32_t   st_threads;
+	pthread_mutex_t    park_lock;  /* protects park_list and each listed
+	                                  worker's park_next */
+	struct ctp__worker *park_list; /* parked workers not yet claimed */
 	/* shutdown bookkeeping */
 	pthread_mutex_t    lock;
 	bool               shutdown_called; /* lock */
 	bool               joined;          /* lock: every thread joined or
 	                                       (abandoned, at destroy) detached */
 	struct ctp__timer  timer;
-	/* task free list */
-	pthread_mutex_t    free_lock;
-	ctp_task          *free_list;       /* free_lock */
-	bool               dead;            /* free_lock: destroyed */
+	/* task free list, in two parts so that workers (which free) never
+	 * contend with submitters (which allocate) on a lock: */
+	CTP__LINE _Atomic(ctp_task *) freed; /* pushed by any thread with a CAS;
+	                                       taken whole by an allocator
+	                                       (exchange, so no ABA); once
+	                                       destroyed: CTP__FREED_DEAD */
+	CTP__LINE pthread_mutex_t alloc_lock; /* submitters among themselves */
+	ctp_task          *spare;           /* alloc_lock: the allocator's part */
 	/* immutable after create */
-	ctp_pool_opts      opts;
+	CTP__LINE ctp_pool_opts opts;
 	char               name[16];
 	unsigned           nthreads;
 	struct ctp__worker *workers;
@@ -338,6 +408,7 @@ struct ctp_pool {
 CTP__HIDDEN void ctp__pool_ref(ctp_pool *pool);
 CTP__HIDDEN void ctp__pool_put(ctp_pool *pool);
 CTP__HIDDEN void ctp__pool_thread_exit(ctp_pool *pool);
-CTP__HIDDEN void ctp__pool_unfinished_dec(ctp_pool *pool);
+/* n tasks' done have returned: counts them finished, wakes idle waiters. */
+CTP__HIDDEN void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n);
 
 #endif /* CTP_INTERNAL_H */

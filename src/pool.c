@@ -15,17 +15,31 @@
  *   own uncontended lock, a worker: drops the previous task, checks
  *   `stopping`, dequeues, and starts the task with the CAS QUEUED -> RUNNING
  *   (which fails for a cancelled task), records it as `current`, and gives
- *   its admission slot back. Then it runs fn outside the lock. With nothing
- *   to do it sleeps on queue.not_empty (snapshot first, then look: no lost
- *   wake-up). Who wakes a worker: a submit (bump after the enqueue) and the
- *   shutdown's cancel step (bump after setting `stopping`).
+ *   its admission slot back. Then it runs fn outside the lock.
  *
+ *   Parking (idle_wait / park / wake_for_push / pass_baton). A worker with
+ *   nothing to do either becomes the scout (pool->spinning, taken by CAS, at
+ *   most one) and polls the ring for SPIN_NS, or parks: it puts itself on
+ *   park_list, looks at the ring and `stopping` once more, and sleeps on its
+ *   own futex word until a waker takes it off the list. A submit, after its
+ *   push, wakes one parked worker unless there is a scout, which sees the
+ *   task before it runs user code or parks. Every worker that takes a task
+ *   passes the baton before fn: tasks still in the ring while workers are
+ *   parked wake one more. So a stream of tiny tasks costs no wake-up per
+ *   submit (the scout takes them), a waker claims one specific worker (the
+ *   submits that follow while it wakes up do not wake it again), and no
+ *   queued task waits for a busy worker while another sleeps. The Dekker
+ *   pairs: push, fence, read spinning/parked (submit) against listing, fence,
+ *   read ring/stopping (park) and releasing spinning, fence, read ring
+ *   (scout_leave then pass_baton). The shutdown sets `stopping`, then wakes
+ *   every parked worker (unpark_all).
+
  *   Shutdown. (1) The queue's CLOSED bit is set in its count word (so no
  *   admission CAS can succeed after it) and blocked submitters wake.
- *   (2) Drain: wait on `unfinished` (a futex counting accepted tasks whose
- *   done has not returned) for up to `drain`. (3) Cancel step: set `stopping`, bump not_empty (idle workers
- *   exit at once), then take and release each worker's lock: after that no
- *   worker starts a task, and every started one is in some worker's
+ *   (2) Drain: wait until no accepted task is unfinished (below) for up to
+ *   `drain`. (3) Cancel step: set `stopping`, wake every parked worker (idle
+ *   workers exit at once), then take and release each worker's lock: after
+ *   that no worker starts a task, and every started one is in some worker's
  *   `current`, which we reference and fire with -ESHUTDOWN. Then empty the
  *   ring, firing each queued task with -ESHUTDOWN (their done runs here),
  *   until queue.count is 0: a submit admitted just before the close may still
@@ -36,9 +50,17 @@
  *   object (in use or on the free list). Abandoned threads keep the pool
  *   alive after ctp_pool_destroy; the last reference frees it.
  *
- *   Memory order. Statistics are relaxed counters (snapshots). `stopping`,
- *   `alive`, `unfinished`, `idle_waiters` and `started` use seq_cst: each
- *   pairs a counter with a futex sleeper (raise waiters, re-read, sleep).
+ *   Idle. `accepted` (submitters' cache line) and `finished` (finishers'
+ *   line) count tasks; the pool is idle when they are equal, so neither side
+ *   writes the other's line per task. wait_idle and the drain announce
+ *   themselves in idle_waiters, then look; a finisher adds to `finished`,
+ *   then reads idle_waiters and wakes them (idle_seq) when the counts meet.
+ *
+ *   Memory order. Statistics are relaxed counters (snapshots); a worker's
+ *   own (completed, running) have one writer and are summed when read.
+ *   `stopping`, `alive`, `accepted`, `finished`, `idle_waiters`,
+ *   `spinning`, `parked` and `started` use seq_cst: each pairs a state
+ *   change with a sleeper's announce-then-look.
  */
 #include <assert.h>
 #include <errno.h>
@@ -72,7 +94,8 @@ static void pool_free(ctp_pool *pool)
 	ctp__timer_fini(&pool->timer);
 	ctp__queue_fini(&pool->queue);
 	pthread_mutex_destroy(&pool->lock);
-	pthread_mutex_destroy(&pool->free_lock);
+	pthread_mutex_destroy(&pool->alloc_lock);
+	pthread_mutex_destroy(&pool->park_lock);
 	pthread_mutex_destroy(&pool->compact_lock);
 	free(pool);
 }
@@ -90,17 +113,65 @@ void ctp__pool_thread_exit(ctp_pool *pool)
 	ctp__pool_put(pool); /* may free the pool: the last thing we do */
 }
 
-void ctp__pool_unfinished_dec(ctp_pool *pool)
+/* Wakes the threads in wait_idle_for once nothing is unfinished. Called
+ * after a seq_cst change of `finished` or `accepted`: the change, then the
+ * load of idle_waiters (pairs with wait_idle_for's announce-then-look). */
+static void idle_check(ctp_pool *pool)
 {
-	if (atomic_fetch_sub(&pool->unfinished, 1) == 1 &&
-	    atomic_load(&pool->idle_waiters) != 0)
-		ctp__futex_wake(&pool->unfinished, INT_MAX);
+	if (atomic_load(&pool->idle_waiters) != 0 &&
+	    atomic_load(&pool->finished) == atomic_load(&pool->accepted)) {
+		atomic_fetch_add(&pool->idle_seq, 1);
+		ctp__futex_wake(&pool->idle_seq, INT_MAX);
+	}
 }
 
-/* Waits up to `timeout` ns (0: only looks; CTP_FOREVER: no limit) for
- * `word` to read 0; `waiters` (may be NULL) tells the decrementer to wake. */
-static int wait_zero(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
-                     int64_t timeout)
+void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n)
+{
+	atomic_fetch_add(&pool->finished, n);
+	idle_check(pool);
+}
+
+/* True when no accepted task is unfinished (queued, running, or its done
+ * not yet returned). `finished` is read first: finished <= accepted always,
+ * so equal values were equal at the moment `accepted` was read. */
+static bool pool_idle(ctp_pool *pool)
+{
+	uint64_t f = atomic_load(&pool->finished);
+
+	return f == atomic_load(&pool->accepted);
+}
+
+/* Waits up to `timeout` ns (0: only looks; CTP_FOREVER: no limit) until the
+ * pool is idle. */
+static int wait_idle_for(ctp_pool *pool, int64_t timeout)
+{
+	struct timespec deadline;
+	const struct timespec *abs =
+	    ctp__deadline(timeout, &deadline) ? &deadline : NULL;
+	int r = 0;
+
+	if (pool_idle(pool))
+		return 0;
+	if (timeout == 0)
+		return -ETIMEDOUT;
+	atomic_fetch_add(&pool->idle_waiters, 1);
+	for (;;) {
+		uint32_t seq = atomic_load(&pool->idle_seq);
+
+		if (pool_idle(pool)) {
+			r = 0;
+			break;
+		}
+		if (r == -ETIMEDOUT)
+			break;
+		r = ctp__futex_wait(&pool->idle_seq, seq, abs);
+	}
+	atomic_fetch_sub(&pool->idle_waiters, 1);
+	return r;
+}
+
+/* Waits up to `timeout` ns for `word` (a futex) to read 0. */
+static int wait_zero(_Atomic uint32_t *word, int64_t timeout)
 {
 	struct timespec deadline;
 	const struct timespec *abs =
@@ -108,33 +179,172 @@ static int wait_zero(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
 
 	for (;;) {
 		uint32_t v = atomic_load(word);
-		int r;
 
 		if (v == 0)
 			return 0;
 		if (timeout == 0)
 			return -ETIMEDOUT;
-		if (waiters != NULL)
-			atomic_fetch_add(waiters, 1);
-		v = atomic_load(word); /* re-read after announcing */
-		r = v == 0 ? 0 : ctp__futex_wait(word, v, abs);
-		if (waiters != NULL)
-			atomic_fetch_sub(waiters, 1);
-		if (r == -ETIMEDOUT)
+		if (ctp__futex_wait(word, v, abs) == -ETIMEDOUT)
 			return atomic_load(word) == 0 ? 0 : -ETIMEDOUT;
 	}
+}
+
+/* ---- parking ------------------------------------------------------------ */
+
+/* How long a worker that ran out of work polls the ring before it parks. */
+#define SPIN_NS 20000
+
+static bool work_or_stop(ctp_pool *pool)
+{
+	return !ctp__ring_empty(&pool->queue.ring) ||
+	    atomic_load(&pool->stopping);
+}
+
+/* Claims one parked worker (takes it off the list) and wakes it. A claimed
+ * worker is no longer counted, so the submits that follow while it wakes
+ * up do not wake it again: at most one wake-up per parked worker. */
+static void unpark_one(ctp_pool *pool)
+{
+	struct ctp__worker *w;
+
+	pthread_mutex_lock(&pool->park_lock);
+	w = pool->park_list;
+	if (w != NULL) {
+		pool->park_list = w->park_next;
+		atomic_fetch_sub(&pool->parked, 1);
+	}
+	pthread_mutex_unlock(&pool->park_lock);
+	if (w != NULL) {
+		atomic_store(&w->park, 0);
+		ctp__futex_wake(&w->park, 1);
+	}
+}
+
+/* Wakes every parked worker; `stopping` is set first. */
+static void unpark_all(ctp_pool *pool)
+{
+	struct ctp__worker *list, *w;
+
+	pthread_mutex_lock(&pool->park_lock);
+	list = pool->park_list;
+	pool->park_list = NULL;
+	atomic_store(&pool->parked, 0);
+	pthread_mutex_unlock(&pool->park_lock);
+	while ((w = list) != NULL) {
+		list = w->park_next;
+		atomic_store(&w->park, 0);
+		ctp__futex_wake(&w->park, 1);
+	}
+}
+
+/* Parks worker w until a waker claims it, unless there is work or
+ * `stopping` once it is listed. */
+static void park(ctp_pool *pool, struct ctp__worker *w)
+{
+	struct ctp__worker **pp;
+	bool claimed = true;
+
+	atomic_store(&w->park, 1);
+	pthread_mutex_lock(&pool->park_lock);
+	w->park_next = pool->park_list;
+	pool->park_list = w;
+	atomic_fetch_add(&pool->parked, 1);
+	pthread_mutex_unlock(&pool->park_lock);
+	/* listed before we look (pairs with wake_for_push's loads after the
+	 * push, and with cancel_step's stopping-then-unpark_all) */
+	atomic_thread_fence(memory_order_seq_cst);
+	if (work_or_stop(pool)) {
+		/* take ourselves off, unless a waker already claimed us */
+		pthread_mutex_lock(&pool->park_lock);
+		for (pp = &pool->park_list; *pp != NULL; pp = &(*pp)->park_next) {
+			if (*pp == w) {
+				*pp = w->park_next;
+				atomic_fetch_sub(&pool->parked, 1);
+				claimed = false;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&pool->park_lock);
+		if (!claimed)
+			return;
+	}
+	while (atomic_load(&w->park) != 0)
+		ctp__futex_wait(&w->park, 1, NULL);
+}
+
+/* Called by a submitter after its push (ctp__ring_push ends with a full
+ * fence after the commit: the push is visible before these loads). The
+ * scout, if any, sees the task before it runs user code. */
+static void wake_for_push(ctp_pool *pool)
+{
+	if (atomic_load(&pool->spinning) == 0 && atomic_load(&pool->parked) != 0)
+		unpark_one(pool);
+}
+
+static bool scout_take(ctp_pool *pool)
+{
+	uint32_t expected = 0;
+
+	return atomic_load_explicit(&pool->spinning, memory_order_relaxed) == 0 &&
+	    atomic_compare_exchange_strong(&pool->spinning, &expected, 1);
+}
+
+/* The scout gives up its role (it is about to run user code or to park):
+ * submits from now on wake parked workers themselves. */
+static void scout_leave(ctp_pool *pool)
+{
+	atomic_store(&pool->spinning, 0);
+	atomic_thread_fence(memory_order_seq_cst); /* pairs with wake_for_push */
+}
+
+/* A worker that took a task passes the baton before it runs user code:
+ * tasks left in the ring while workers are parked get one of them. The
+ * submits that saw the scout did not wake anyone, the worker the scout
+ * wakes here wakes the next, and so on: no queued task waits for a busy
+ * worker while another sleeps. */
+static void pass_baton(ctp_pool *pool)
+{
+	if (atomic_load(&pool->parked) != 0 &&
+	    !ctp__ring_empty(&pool->queue.ring))
+		unpark_one(pool);
+}
+
+/* A worker found no task: returns when there may be one, or `stopping`.
+ * The scout polls the ring for SPIN_NS first, so a stream of submits keeps
+ * it awake without a wake-up per submit; the others park at once. A
+ * spurious return is fine: the caller looks again. */
+static void idle_wait(ctp_pool *pool, struct ctp__worker *w, bool *scout)
+{
+
+	if (!*scout)
+		*scout = scout_take(pool);
+	if (*scout) {
+		int64_t end = ctp__now_ns() + SPIN_NS;
+
+		for (unsigned i = 1; !work_or_stop(pool); i++) {
+			ck_pr_stall();
+			if (i % 64 == 0 && ctp__now_ns() > end) {
+				*scout = false;
+				scout_leave(pool); /* then park() looks */
+				break;
+			}
+		}
+		if (*scout)
+			return;
+	}
+	park(pool, w);
 }
 
 /* ---- the worker loop ---------------------------------------------------- */
 
 /* Returns the next task to run, started and recorded as current, or NULL
  * when the worker must exit. */
-static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
+static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w,
+                           bool *scout)
 {
 	struct ctp_queue *q = &pool->queue;
 
 	for (;;) {
-		uint32_t snap = ctp__ec_value(&q->not_empty);
 		ctp_task *prev, *t = NULL;
 		bool stopping;
 		void *item;
@@ -163,19 +373,39 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 			return t;
 		if (stopping)
 			return NULL;
-		ctp__ec_wait(&q->not_empty, snap, NULL, NULL);
+		idle_wait(pool, w, scout);
 	}
 }
 
-static void run_task(ctp_pool *pool, ctp_task *t)
+/* Single-writer counter: only this worker writes it. */
+static void own_add64(_Atomic uint64_t *c, uint64_t d)
 {
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) +
+	    d, memory_order_relaxed);
+}
+
+static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
+{
+	ctp_pool *pool = w->pool;
 	int status;
 
-	atomic_fetch_add_explicit(&pool->st_running, 1, memory_order_relaxed);
+	if (*scout) {
+		*scout = false;
+		scout_leave(pool);
+	}
+	pass_baton(pool);
+	atomic_store_explicit(&w->st_running, 1, memory_order_relaxed);
 	ctp__tls.task = t;
 	status = t->fn(t->arg, &t->token);
 	ctp__tls.task = NULL;
+	/* counted before the task can be seen finished (wait_idle) */
+	atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
+	own_add64(&w->st_completed, 1);
+	if (t->done == NULL) /* no more user code for this task */
+		*scout = scout_take(pool);
 	ctp__task_finish_ran(t, status);
+	if (!*scout)
+		*scout = scout_take(pool);
 }
 
 static void *worker_main(void *arg)
@@ -183,6 +413,7 @@ static void *worker_main(void *arg)
 	struct ctp__worker *w = arg;
 	ctp_pool *pool = w->pool;
 	char index[12];
+	bool scout = false; /* this worker holds pool->spinning */
 	ctp_task *t;
 
 	ctp__tls.pool = pool;
@@ -193,8 +424,10 @@ static void *worker_main(void *arg)
 	atomic_fetch_add(&pool->started, 1);
 	ctp__futex_wake(&pool->started, INT_MAX);
 
-	while ((t = next_task(pool, w)) != NULL)
-		run_task(pool, t);
+	while ((t = next_task(pool, w, &scout)) != NULL)
+		run_task(w, t, &scout);
+	if (scout)
+		atomic_store(&pool->spinning, 0);
 
 	if (pool->opts.on_thread_stop != NULL)
 		pool->opts.on_thread_stop(w->index, pool->opts.user);
@@ -217,12 +450,15 @@ static unsigned cpu_count(void)
 static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
                       size_t cap)
 {
-	ctp_pool *pool = calloc(1, sizeof(*pool));
+	ctp_pool *pool = aligned_alloc(CTP__CACHELINE, sizeof(*pool));
 	int r = -ENOMEM;
 
 	if (pool == NULL)
 		return -ENOMEM;
-	pool->workers = calloc(n, sizeof(*pool->workers));
+	memset(pool, 0, sizeof(*pool));
+	pool->workers = aligned_alloc(CTP__CACHELINE, n * sizeof(*pool->workers));
+	if (pool->workers != NULL)
+		memset(pool->workers, 0, n * sizeof(*pool->workers));
 	pool->scan = calloc(n, sizeof(*pool->scan));
 	pool->scratch = calloc(cap, sizeof(*pool->scratch));
 	if (pool->workers == NULL || pool->scan == NULL ||
@@ -234,7 +470,8 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 		goto fail;
 	}
 	pthread_mutex_init(&pool->lock, NULL);
-	pthread_mutex_init(&pool->free_lock, NULL);
+	pthread_mutex_init(&pool->alloc_lock, NULL);
+	pthread_mutex_init(&pool->park_lock, NULL);
 	pthread_mutex_init(&pool->compact_lock, NULL);
 	pool->opts = *o;
 	snprintf(pool->name, sizeof(pool->name), "%s",
@@ -309,7 +546,7 @@ int ctp_pool_create(ctp_pool **out, const ctp_pool_opts *opts)
 	if (r != 0) {
 		/* the started workers see `stopping`, run on_thread_stop, exit */
 		atomic_store(&pool->stopping, true);
-		ctp__ec_bump(&pool->queue.not_empty);
+		unpark_all(pool);
 		join_all(pool);
 		ctp__pool_put(pool);
 		return r;
@@ -361,7 +598,8 @@ static void enqueue(ctp_pool *pool, ctp_task *t)
 {
 	while (!ctp__ring_push(&pool->queue.ring, t))
 		compact(pool);
-	ctp__ec_bump(&pool->queue.not_empty);
+	ctp__ec_bump(&pool->queue.not_empty); /* shutdown's drop step */
+	wake_for_push(pool);
 }
 
 /* Undoes a submit whose task was never visible to anyone else. */
@@ -415,6 +653,7 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	t->fn = fn;
 	t->arg = arg;
 	t->done = o.done;
+	t->handle = task != NULL;
 	/* Everything that can fail comes before the task becomes visible. */
 	if (deadline && (r = ctp__timer_reserve(pool)) != 0) {
 		discard(t);
@@ -426,7 +665,7 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	/* the pool's reference, the ring's, and the handle's */
 	atomic_store_explicit(&t->token.refs, task != NULL ? 3 : 2,
 	    memory_order_relaxed);
-	atomic_fetch_add(&pool->unfinished, 1);
+	atomic_fetch_add(&pool->accepted, 1);
 	/* The deadline is written before the link makes the task visible: a
 	 * cascade that finishes it at once must see it to take it out of the
 	 * heap (ctp__timer_add then refuses the finished task). */
@@ -437,7 +676,8 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		    now + o.timeout;
 	}
 	if (o.parent != NULL && (r = ctp__token_link(o.parent, &t->token))) {
-		ctp__pool_unfinished_dec(pool);
+		atomic_fetch_sub(&pool->accepted, 1);
+		idle_check(pool);
 		ctp__queue_unreserve(&pool->queue);
 		goto undo_timer;
 	}
@@ -490,7 +730,7 @@ static void cancel_step(ctp_pool *pool)
 	unsigned i, n = 0;
 
 	atomic_store(&pool->stopping, true);
-	ctp__ec_bump(&pool->queue.not_empty); /* idle workers exit now */
+	unpark_all(pool); /* idle workers exit now */
 	CTP__PERTURB();
 	for (i = 0; i < pool->nthreads; i++) {
 		struct ctp__worker *w = &pool->workers[i];
@@ -551,11 +791,11 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 	if (first) {
 		/* no admission after this; blocked submitters wake */
 		ctp__queue_shut(&pool->queue);
-		(void)wait_zero(&pool->unfinished, &pool->idle_waiters, drain);
+		(void)wait_idle_for(pool, drain);
 		CTP__PERTURB();
 		cancel_step(pool);
 	}
-	r = wait_zero(&pool->alive, NULL, grace);
+	r = wait_zero(&pool->alive, grace);
 	if (r == 0)
 		join_all(pool);
 	return r;
@@ -596,15 +836,18 @@ int ctp_pool_destroy(ctp_pool *pool)
 	}
 	pthread_mutex_unlock(&pool->lock);
 
-	pthread_mutex_lock(&pool->free_lock);
-	pool->dead = true;
-	list = pool->free_list;
-	pool->free_list = NULL;
-	pthread_mutex_unlock(&pool->free_lock);
-	while ((t = list) != NULL) {
-		list = t->free_next;
-		free(t);
-		ctp__pool_put(pool);
+	/* No submit may run during or after destroy, so nobody allocates:
+	 * free both parts of the free list; later frees see DEAD. */
+	list = atomic_exchange_explicit(&pool->freed, CTP__FREED_DEAD,
+	    memory_order_acquire);
+	for (int part = 0; part < 2; part++) {
+		while ((t = list) != NULL) {
+			list = t->free_next;
+			free(t);
+			ctp__pool_put(pool);
+		}
+		list = pool->spare;
+		pool->spare = NULL;
 	}
 	ctp__pool_put(pool); /* the owner's */
 	return 0;
@@ -616,7 +859,7 @@ int ctp_pool_wait_idle(ctp_pool *pool, int64_t timeout)
 		return -EINVAL;
 	if (ctp__is_pool_context(pool))
 		return -EDEADLK;
-	return wait_zero(&pool->unfinished, &pool->idle_waiters, timeout);
+	return wait_idle_for(pool, timeout);
 }
 
 void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
@@ -625,13 +868,21 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 		return;
 #define LOAD(x) atomic_load_explicit(&pool->x, memory_order_relaxed)
 	s->submitted = LOAD(st_submitted);
-	s->completed = LOAD(st_completed);
+	s->completed = 0;
+	s->running = 0;
+	for (unsigned i = 0; i < pool->nthreads; i++) {
+		struct ctp__worker *w = &pool->workers[i];
+
+		s->running += atomic_load_explicit(&w->st_running,
+		    memory_order_relaxed);
+		s->completed += atomic_load_explicit(&w->st_completed,
+		    memory_order_relaxed);
+	}
 	s->cancelled = LOAD(st_cancelled);
 	s->timed_out = LOAD(st_timed_out);
 	s->rejected = LOAD(st_rejected);
 	s->dropped = LOAD(st_dropped);
 	s->queued = ctp__queue_count(&pool->queue);
-	s->running = LOAD(st_running);
 	s->threads = LOAD(st_threads);
 #undef LOAD
 }

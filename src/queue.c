@@ -11,8 +11,11 @@
  *     asks (a ck_ring alone holds size - 1). The pool uses the same split to
  *     retire a cancelled task at once while its pointer stays in the ring.
  *   - Blocking uses two ck_ec32 event counts: not_empty (bumped after each
- *     enqueue and on close) and not_full (bumped after each slot release and
- *     on close). A waiter takes a snapshot of the count *before* it looks at
+ *     enqueue and on close) and not_full (bumped on close, and after a slot
+ *     release while `full_waiters` is non-zero: a producer announces itself
+ *     there before it looks at `count` the last time before sleeping, so a
+ *     release that saw no waiter happened before that look; the common case
+ *     with nobody waiting costs the consumers no write to a shared line). A waiter takes a snapshot of the count *before* it looks at
  *     the ring or at `count`, then sleeps only while the count still equals
  *     the snapshot. Every change a waiter could miss is followed by a bump,
  *     so there is no lost wake-up, also when a producer is preempted between
@@ -42,6 +45,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -78,6 +82,7 @@ int ctp__queue_init(struct ctp_queue *q, size_t capacity)
 	atomic_init(&q->count, 0);
 	ck_ec32_init(&q->not_empty, 0);
 	ck_ec32_init(&q->not_full, 0);
+	atomic_init(&q->full_waiters, 0);
 	return 0;
 }
 
@@ -155,31 +160,53 @@ static int try_reserve(struct ctp_queue *q)
 int ctp__queue_reserve(struct ctp_queue *q, ctp_token *token, bool nowait,
                        const struct timespec *abs)
 {
+	bool counted = false; /* we are in full_waiters */
+	int r;
+
 	for (;;) {
 		uint32_t snap;
-		int r;
 
 		/* a fired token wins over a free slot and a closed queue */
-		if (token != NULL && ctp_token_cancelled(token))
-			return ctp_token_reason(token);
+		if (token != NULL && ctp_token_cancelled(token)) {
+			r = ctp_token_reason(token);
+			break;
+		}
 		snap = ctp__ec_value(&q->not_full);
 		CTP__PERTURB();
 		r = try_reserve(q);
 		if (r != -EAGAIN || nowait)
-			return r;
+			break;
+		if (!counted) {
+			/* releases bump not_full only while someone waits:
+			 * announce, then look again before sleeping */
+			atomic_fetch_add(&q->full_waiters, 1);
+			counted = true;
+			continue;
+		}
 		r = ctp__ec_wait(&q->not_full, snap, token, abs);
 		if (r != 0)
-			return r;
+			break;
 	}
+	if (counted)
+		atomic_fetch_sub(&q->full_waiters, 1);
+	return r;
+}
+
+void ctp__queue_unreserve_n(struct ctp_queue *q, size_t n)
+{
+	size_t old = atomic_fetch_sub(&q->count, n);
+
+	/* seq_cst RMW, then the load: pairs with reserve's announce-then-look
+	 * (whoever announced after our load sees the slot we freed) */
+	if (atomic_load(&q->full_waiters) != 0)
+		ctp__ec_bump(&q->not_full);
+	if (old & CTP__QUEUE_CLOSED) /* shutdown may wait for count 0 */
+		ctp__ec_bump(&q->not_empty);
 }
 
 void ctp__queue_unreserve(struct ctp_queue *q)
 {
-	size_t old = atomic_fetch_sub(&q->count, 1);
-
-	ctp__ec_bump(&q->not_full);
-	if (old & CTP__QUEUE_CLOSED) /* shutdown may wait for count 0 */
-		ctp__ec_bump(&q->not_empty);
+	ctp__queue_unreserve_n(q, 1);
 }
 
 void ctp__queue_shut(struct ctp_queue *q)
@@ -202,7 +229,9 @@ int ctp_queue_create(ctp_queue **queue, size_t capacity)
 	cap = ctp__round_capacity(capacity);
 	if (cap == 0)
 		return -EINVAL;
-	q = calloc(1, sizeof(*q));
+	q = aligned_alloc(CTP__CACHELINE, sizeof(*q));
+	if (q != NULL)
+		memset(q, 0, sizeof(*q));
 	if (q == NULL)
 		return -ENOMEM;
 	r = ctp__queue_init(q, cap);

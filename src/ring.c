@@ -124,6 +124,16 @@ bool ctp__ring_push(struct ctp__ring *r, void *item)
 	return true;
 }
 
+unsigned ctp__ring_size(const struct ctp__ring *r)
+{
+	return ck_ring_size(r->ck);
+}
+
+bool ctp__ring_empty(const struct ctp__ring *r)
+{
+	return ck_ring_size(r->ck) == 0;
+}
+
 bool ctp__ring_pop(struct ctp__ring *r, void **item)
 {
 	void *p;

@@ -13,21 +13,28 @@
  *   won the transition out of QUEUED: the worker (ctp__task_finish_ran) or
  *   the firer (ctp__task_finish_unrun: the canceller, the ancestor's
  *   canceller, the shutdown caller or the timer). Completion, in order:
- *   leave the queue's count and the deadline heap, count it in the stats,
- *   call done (outside every lock), publish the status (`fin`, waking
- *   ctp_task_wait), then let the pool's "unfinished" count drop (waking
- *   ctp_pool_wait_idle) and drop the pool's reference.
+ *   leave the deadline heap, call done (outside every lock), publish the
+ *   status (`fin`, waking ctp_task_wait), count it finished (waking
+ *   ctp_pool_wait_idle) and drop the pool's reference. A worker counts its
+ *   task in its own statistics before that. A firer batches (struct
+ *   ctp__batch): the queue slots, statistics and finished counts of every
+ *   task one fire call caught queued go to the pool in one step each,
+ *   before the call returns, so cancelling a tree of n queued tasks costs
+ *   three shared read-modify-writes, not 3n.
  *
  *   References (token.refs): the pool's (dropped after done returns), the
  *   ring's (dropped by whoever takes the pointer out of the ring: a worker
  *   after the task, or anyone who finds it cancelled), the handle's (if the
- *   caller asked for one), and temporary ones (timer, cascades, shutdown).
+ *   caller asked for one), and temporary ones (timer, cascades, shutdown;
+ *   a cascade borrows the pool's reference of a task it caught queued,
+ *   since only its own finish can drop that one).
  *   The object goes back to the pool's free list when the last one goes, or
  *   is freed if the pool has been destroyed. Each object holds a reference on
  *   its pool, so a handle can outlive ctp_pool_destroy.
  *
  *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
  *   in 1 (release, after writing status) and wakes only if bit 1 was set.
+ *   Only a handle can wait, so a task without one skips the exchange.
  */
 #include <errno.h>
 #include <limits.h>
@@ -72,11 +79,14 @@ ctp_task *ctp__task_alloc(ctp_pool *pool)
 {
 	ctp_task *t;
 
-	pthread_mutex_lock(&pool->free_lock);
-	t = pool->free_list;
+	pthread_mutex_lock(&pool->alloc_lock);
+	if (pool->spare == NULL) /* acquire: the pushers' writes to free_next */
+		pool->spare = atomic_exchange_explicit(&pool->freed, NULL,
+		    memory_order_acquire);
+	t = pool->spare;
 	if (t != NULL)
-		pool->free_list = t->free_next;
-	pthread_mutex_unlock(&pool->free_lock);
+		pool->spare = t->free_next;
+	pthread_mutex_unlock(&pool->alloc_lock);
 	if (t == NULL) {
 		t = malloc(sizeof(*t));
 		if (t == NULL)
@@ -99,19 +109,25 @@ ctp_task *ctp__task_alloc(ctp_pool *pool)
 void ctp__task_free(ctp_task *t)
 {
 	ctp_pool *pool = t->pool;
+	ctp_task *head = atomic_load_explicit(&pool->freed,
+	    memory_order_relaxed);
 
 	ctp__token_unlink(&t->token);
 	ctp__token_fini(&t->token);
-	pthread_mutex_lock(&pool->free_lock);
-	if (!pool->dead) {
-		t->free_next = pool->free_list;
-		pool->free_list = t;
-		pthread_mutex_unlock(&pool->free_lock);
-		return;
-	}
-	pthread_mutex_unlock(&pool->free_lock);
-	free(t);
-	ctp__pool_put(pool);
+	/* Push onto `freed` (release: free_next and the object's last writes
+	 * before an allocator takes it). Only whole-list exchanges take from
+	 * it, so a head seen here cannot be popped and pushed back under us
+	 * (no ABA). Once the pool is destroyed the head stays DEAD for good
+	 * and no push can succeed: the object is freed instead. */
+	do {
+		if (head == CTP__FREED_DEAD) {
+			free(t);
+			ctp__pool_put(pool);
+			return;
+		}
+		t->free_next = head;
+	} while (!atomic_compare_exchange_weak_explicit(&pool->freed, &head, t,
+	    memory_order_release, memory_order_relaxed));
 }
 
 /* ---- transitions and completion ----------------------------------------- */
@@ -141,37 +157,59 @@ static void call_done(ctp_task *t, int status)
 	ctp__tls.dones = frame.prev;
 }
 
-static void finish(ctp_task *t, int status)
+/* Publishes the status to ctp_task_wait (only a handle can wait). */
+static void publish(ctp_task *t, int status)
 {
-	ctp_pool *pool = t->pool;
-
 	t->status = status;
 	/* release: status and everything done did, before a waiter sees it */
-	if (atomic_exchange_explicit(&t->fin, FIN_DONE, memory_order_acq_rel) &
+	if (t->handle &&
+	    atomic_exchange_explicit(&t->fin, FIN_DONE, memory_order_acq_rel) &
 	    FIN_WAITERS)
 		ctp__futex_wake(&t->fin, INT_MAX);
 	CTP__PERTURB();
-	ctp__pool_unfinished_dec(pool);
-	ctp__token_put(&t->token); /* the pool's reference */
 }
 
-void ctp__task_finish_unrun(ctp_task *t, int reason)
+void ctp__batch_flush(struct ctp__batch *b)
+{
+	ctp_pool *pool = b->pool;
+
+	if (pool == NULL)
+		return;
+	/* the slots of the tasks that left the queue */
+	ctp__queue_unreserve_n(&pool->queue, b->finished);
+	if (b->cancelled != 0)
+		atomic_fetch_add_explicit(&pool->st_cancelled, b->cancelled,
+		    memory_order_relaxed);
+	if (b->timed_out != 0)
+		atomic_fetch_add_explicit(&pool->st_timed_out, b->timed_out,
+		    memory_order_relaxed);
+	if (b->dropped != 0)
+		atomic_fetch_add_explicit(&pool->st_dropped, b->dropped,
+		    memory_order_relaxed);
+	/* last: wait_idle may return once this is counted */
+	ctp__pool_tasks_finished(pool, b->finished);
+	*b = (struct ctp__batch){ 0 };
+}
+
+void ctp__task_finish_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 {
 	ctp_pool *pool = t->pool;
-	_Atomic uint64_t *counter;
 
-	/* it leaves the queue now: its slot is free at once */
-	ctp__queue_unreserve(&pool->queue);
 	if (t->deadline != 0)
 		ctp__timer_remove(pool, t);
-	switch (reason) {
-	case -ETIMEDOUT: counter = &pool->st_timed_out; break;
-	case -ESHUTDOWN: counter = &pool->st_dropped;   break;
-	default:         counter = &pool->st_cancelled; break;
+	if (b->pool != pool) {
+		ctp__batch_flush(b);
+		b->pool = pool;
 	}
-	atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+	switch (reason) {
+	case -ETIMEDOUT: b->timed_out++; break;
+	case -ESHUTDOWN: b->dropped++;   break;
+	default:         b->cancelled++; break;
+	}
 	call_done(t, reason);
-	finish(t, reason);
+	publish(t, reason);
+	b->finished++;
+	ctp__token_put(&t->token); /* the pool's reference */
 }
 
 void ctp__task_finish_ran(ctp_task *t, int status)
@@ -188,10 +226,10 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 	CTP__PERTURB();
 	if (t->deadline != 0)
 		ctp__timer_remove(pool, t);
-	atomic_fetch_sub_explicit(&pool->st_running, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&pool->st_completed, 1, memory_order_relaxed);
 	call_done(t, status);
-	finish(t, status);
+	publish(t, status);
+	ctp__pool_tasks_finished(pool, 1);
+	ctp__token_put(&t->token); /* the pool's reference */
 }
 
 /* ---- public API --------------------------------------------------------- */

@@ -365,7 +365,9 @@ static void mark_children(ctp_token *t, int reason, ctp_token ***tail)
 		/* c cannot be freed meanwhile: it unlinks under our lock */
 		if (!fire_cas(c, reason, &phase))
 			continue;  /* fired or finished: not ours */
-		if (!ctp__token_tryref(c))
+		/* a task caught queued is kept alive by the pool's reference
+		 * until we finish it; anything else needs its own */
+		if (phase != CTP__PHASE_QUEUED && !ctp__token_tryref(c))
 			continue;  /* dying: no sleeper, watch or task left */
 		c->fire_next = NULL;
 		**tail = c;
@@ -396,12 +398,16 @@ static void wake_all(ctp_token *t)
 int ctp__token_fire(ctp_token *t, int reason)
 {
 	ctp_token *list = t, **tail = &t->fire_next, *c, *next;
+	struct ctp__batch batch = { 0 };
 	uint32_t phase;
 
 	if (!fire_cas(t, reason, &phase))
 		return -EALREADY;
 	CTP__PERTURB();
-	ctp__token_ref(t); /* every listed token holds one */
+	/* every listed token holds a reference: its own, or for a task caught
+	 * queued the pool's, which only its finish below drops */
+	if (phase != CTP__PHASE_QUEUED)
+		ctp__token_ref(t);
 	t->fire_next = NULL;
 	mark_children(t, reason, &tail);
 	CTP__PERTURB();
@@ -412,11 +418,14 @@ int ctp__token_fire(ctp_token *t, int reason)
 	/* Phase 2b: finish every task caught while queued (done runs here). */
 	for (c = list; c != NULL; c = next) {
 		next = c->fire_next;
+		/* CANCELLED: caught queued by this call's CAS (no other) */
 		if ((atomic_load_explicit(&c->state, memory_order_relaxed) &
 		    CTP__PHASE_MASK) == CTP__PHASE_CANCELLED)
-			ctp__task_finish_unrun((ctp_task *)c, reason);
-		ctp__token_put(c);
+			ctp__task_finish_unrun((ctp_task *)c, reason, &batch);
+		else
+			ctp__token_put(c);
 	}
+	ctp__batch_flush(&batch);
 	return (int)(phase >> CTP__PHASE_SHIFT);
 }
 

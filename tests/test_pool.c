@@ -968,6 +968,56 @@ static void test_pool_submit_from_task(void **state)
 	rec_fini(&s.kid[1]);
 }
 
+/* ---- idle workers ------------------------------------------------------- */
+
+struct rendezvous {
+	sem_t in;  /* posted by each task once it runs */
+	sem_t go;  /* the tasks wait here until every one has started */
+};
+
+static int rendezvous_fn(void *arg, ctp_token *token)
+{
+	struct rendezvous *rv = arg;
+
+	(void)token;
+	tu_sem_post(&rv->in);
+	tu_sem_wait(&rv->go);
+	return 0;
+}
+
+/* N tasks submitted at once to N idle workers all start together: none of
+ * them waits in the queue for a busy worker while another worker sleeps.
+ * (A regression: the submits saw the polling worker and woke nobody, and
+ * the one worker it woke did not wake the next.) A task that never starts
+ * makes tu_sem_wait abort after 30 s. */
+static void test_pool_idle_workers_all_start(void **state)
+{
+	(void)state;
+	static const unsigned sizes[] = { 2, 4, 8 };
+
+	for (unsigned k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		unsigned n = sizes[k];
+		ctp_pool *pool = pool_new(n, 0);
+		struct rendezvous rv;
+
+		tu_sem_init(&rv.in, 0);
+		tu_sem_init(&rv.go, 0);
+		for (int round = 0; round < 200; round++) {
+			for (unsigned i = 0; i < n; i++)
+				assert_int_equal(ctp_pool_submit(pool,
+				    rendezvous_fn, &rv, NULL, NULL), 0);
+			for (unsigned i = 0; i < n; i++)
+				tu_sem_wait(&rv.in);
+			for (unsigned i = 0; i < n; i++)
+				tu_sem_post(&rv.go);
+			assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+		}
+		assert_int_equal(ctp_pool_destroy(pool), 0);
+		sem_destroy(&rv.in);
+		sem_destroy(&rv.go);
+	}
+}
+
 /* ---- ctp_strerror ------------------------------------------------------- */
 
 static void test_pool_strerror_names_every_code(void **state)
@@ -1022,6 +1072,7 @@ int main(void)
 		cmocka_unit_test(test_pool_calls_from_timer_done_edeadlk),
 		cmocka_unit_test(test_pool_calls_into_other_pool_from_task),
 		cmocka_unit_test(test_pool_submit_from_task),
+		cmocka_unit_test(test_pool_idle_workers_all_start),
 		cmocka_unit_test(test_pool_strerror_names_every_code),
 	};
 
