@@ -71,11 +71,13 @@ check() {
 echo "== model of src/: must verify"
 check design-2w-1t    pass '' -DNW=2 -DNT=1 -DCAP=1
 check design-1w-2t    pass '' -DNW=1 -DNT=2 -DCAP=1
+check design-2w-2t-submits-first pass '' -DNW=2 -DNT=2 -DCAP=1 -DSUBMITS_FIRST
 
 echo "== planted bugs: each must be caught"
 check bug-stop-outside-lock fail 'assertion violated.*passed' -DBUG_STOP_OUTSIDE_LOCK
 check bug-no-lock-pass      fail 'assertion violated.*passed' -DBUG_NO_LOCK_PASS
-check bug-snap-late         fail 'invalid end state'          -DBUG_SNAP_LATE
+check bug-park-no-recheck  fail 'invalid end state'          -DBUG_PARK_NO_RECHECK
+check bug-no-announce       fail 'invalid end state'          -DBUG_NO_ANNOUNCE -DNW=1 -DNT=2 -DCAP=1 -DSUBMITS_FIRST
 echo "== bugs the model found in src/ (fixed): each must be caught"
 check bug-admit-after-close fail 'assertion violated'         -DBUG_ADMIT_AFTER_CLOSE
 check bug-drop-no-wake      fail 'invalid end state'          -DBUG_DROP_NO_WAKE

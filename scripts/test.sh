@@ -7,8 +7,11 @@
 #   perturb  release build with seeded yield points in the hot paths
 #            (-Dperturb=true): fast + stress, unpinned and on one CPU
 #   fuzz     libFuzzer API fuzzer, ASan+UBSan and TSan variants (60 s each)
-#   model    spin model of the task state machine and shutdown handshake,
-#            plus planted-bug variants that must fail
+#   model    spin model of the task state machine, idle-worker parking and
+#            shutdown handshake, plus planted-bug variants that must fail
+#   bench    scripts/bench.sh --quick: every peer's benchmark at tiny sizes,
+#            for their self-checks (a lost or duplicated job fails it); the
+#            figures go to bench/results/quick/ and are not judged
 # Usage: scripts/test.sh [VARIANT ...]   (default: all of them, in that order)
 # Ends with "tests: N passed, M failed" (N counts test programs and steps).
 set -euo pipefail
@@ -66,7 +69,7 @@ setup() {
 }
 
 variants=("$@")
-((${#variants[@]})) || variants=(plain asan tsan perturb fuzz model)
+((${#variants[@]})) || variants=(plain asan tsan perturb fuzz model bench)
 for v in "${variants[@]}"; do
 	case $v in
 	plain)
@@ -105,6 +108,9 @@ for v in "${variants[@]}"; do
 		;;
 	model)
 		step model scripts/model.sh
+		;;
+	bench)
+		step bench scripts/bench.sh --quick
 		;;
 	*)
 		echo "unknown variant $v" >&2

@@ -5,6 +5,17 @@
  * One step of this model is one atomic instruction (or one lock operation)
  * of the C code; the file/function each part follows is named beside it.
  *
+ * Idle workers (pool.c "Parking"): the scout role (spinning), the park list
+ * (listed[], parked), each worker's park word (pk[]), the submit's wake
+ * after its push, pass_baton before fn, and the shutdown's unpark_all. The
+ * scout's polling may give up at any step (its time limit). A waker claims
+ * the listed worker of lowest index (the C list is LIFO: the model fixes
+ * one choice; the workers are symmetric).
+ *
+ * With -DSUBMITS_FIRST the shutdown starts only after the last submit
+ * returned, so a lost not_full wake-up is a deadlock (otherwise the close
+ * would rescue the sleeper).
+ *
  * Bounds (override with spin -DNAME=value): NW workers, NT tasks submitted
  * one after another by one submitter, CAP queue capacity (CAP < NT makes
  * the submitter block on not_full), one canceller (ctp_task_cancel on one
@@ -16,8 +27,11 @@
  *                          step's lock pass and is never fired.
  *   BUG_NO_LOCK_PASS       cancel_step reads each worker's `current`
  *                          without taking the worker's lock.
- *   BUG_SNAP_LATE          next_task takes its not_empty snapshot after it
- *                          looked at the ring: a lost wake-up.
+ *   BUG_PARK_NO_RECHECK    park() sleeps without looking at the ring and
+ *                          `stopping` once it is listed: a lost wake-up.
+ *   BUG_NO_ANNOUNCE        a submitter waiting for room does not announce
+ *                          itself in full_waiters, so releases skip the
+ *                          not_full bump: a lost wake-up.
  * Two bugs this model found in src/, fixed there since; each is kept as a
  * planted variant that must still be caught (README.md):
  *   BUG_ADMIT_AFTER_CLOSE  `closed` apart from `count`: the admission CAS
@@ -75,6 +89,7 @@ byte count;               /* admitted items (CAS only) */
 bool closed;
 byte ne;                  /* not_empty event count */
 byte nf;                  /* not_full event count */
+byte fw;                  /* full_waiters */
 chan ring = [NT] of { byte };   /* FIFO; never full (NT pushes at most) */
 
 /* ---- pool.c: struct ctp_pool / ctp__worker ---- */
@@ -83,6 +98,10 @@ byte alive;
 byte unfinished;
 byte wlock[NW];           /* worker->lock: 0 free, else holder's _pid */
 byte current[NW];         /* worker->current: 0 none, else task id */
+byte spinning;            /* the scout role: 0 or 1 */
+byte parked;              /* length of the park list */
+bool listed[NW];          /* on the park list (park_lock) */
+byte pk[NW];              /* worker->park: 1 while asleep unclaimed */
 
 inline lock(w)   { atomic { wlock[w] == 0 -> wlock[w] = _pid } }
 inline unlock(w) { assert(wlock[w] == _pid); wlock[w] = 0 }
@@ -101,7 +120,44 @@ inline unreserve() {
 	:: else -> skip
 	fi;
 #endif
-	nf++
+	if
+	:: fw > 0 -> nf++
+	:: else -> skip
+	fi
+}
+
+/* pool.c unpark_one: under park_lock take a listed worker off the list,
+ * then clear its park word (its futex wake). v: the claimed worker or NW. */
+inline unpark_one(v, k) {
+	d_step {
+		v = NW;
+		k = 0;
+		do
+		:: k < NW && listed[k] -> v = k; break
+		:: k < NW && !listed[k] -> k++
+		:: k >= NW -> break
+		od;
+		if
+		:: v < NW -> listed[v] = false; parked--
+		:: else -> skip
+		fi;
+		k = 0
+	}
+	if
+	:: v < NW -> pk[v] = 0
+	:: else -> skip
+	fi;
+	v = 0
+}
+
+/* pool.c scout_take: CAS spinning 0 -> 1 */
+inline scout_take(scout) {
+	atomic {
+		if
+		:: spinning == 0 -> spinning = 1; scout = true
+		:: else -> skip
+		fi
+	}
 }
 
 /* token.c fire_cas: sets the reason; QUEUED -> CANCELLED in the same CAS.
@@ -146,17 +202,14 @@ inline token_fire(t, r, old) {
 	fi
 }
 
-/* pool.c worker_main / next_task / run_task */
+/* pool.c worker_main / next_task / run_task / idle_wait / park */
 proctype worker(byte w)
 {
-	byte snap, t, item;
-	bool stop;
+	byte t, item, v, k;
+	bool stop, scout, found, claimed;
 
 	do
 	::
-#ifndef BUG_SNAP_LATE
-		snap = ne;                       /* snapshot first ... */
-#endif
 #ifdef BUG_STOP_OUTSIDE_LOCK
 		stop = stopping;
 		atomic { wlock[w] == 0 -> wlock[w] = _pid; current[w] = 0; t = 0 }
@@ -202,7 +255,10 @@ proctype worker(byte w)
 					:: else -> skip
 					fi;
 #endif
-					nf++;
+					if
+					:: fw > 0 -> nf++
+					:: else -> skip
+					fi;
 					break
 				:: else -> skip
 				fi
@@ -210,8 +266,22 @@ proctype worker(byte w)
 		od;
 		if
 		:: t != 0 ->
-			/* unlock; run_task: fn runs (it may poll reason[t]) */
-			d_step { unlock(w); assert(!won_queued[t]); started[t] = true }
+			unlock(w);
+			/* run_task: scout_leave, then pass_baton */
+			if
+			:: scout -> spinning = 0; scout = false
+			:: else -> skip
+			fi;
+			if
+			:: parked > 0 ->
+				if
+				:: len(ring) > 0 -> unpark_one(v, k)
+				:: else -> skip
+				fi
+			:: else -> skip
+			fi;
+			/* fn runs (it may poll reason[t]) */
+			d_step { assert(!won_queued[t]); started[t] = true }
 			/* ctp__task_finish_ran: RUNNING -> DONE keeping the
 			 * reason; done(status); unfinished-- */
 			d_step {
@@ -222,16 +292,63 @@ proctype worker(byte w)
 				status[t] = 0;
 				unfinished--
 			}
+			scout_take(scout)
 		:: t == 0 && stop -> unlock(w); break
 		:: else ->
 			unlock(w);
-#ifdef BUG_SNAP_LATE
-			snap = ne;
+			/* idle_wait: the scout polls, the others park */
+			if
+			:: !scout -> scout_take(scout)
+			:: else -> skip
+			fi;
+			found = false;
+			if
+			:: scout ->
+				if
+				:: len(ring) > 0 || stopping -> found = true
+				:: true -> skip          /* its time is up */
+				fi;
+				if
+				:: !found -> spinning = 0; scout = false
+				:: else -> skip
+				fi
+			:: else -> skip
+			fi;
+			if
+			:: found -> found = false    /* look again */
+			:: else ->
+				/* park: listed, then look, then sleep */
+				pk[w] = 1;
+				d_step { listed[w] = true; parked++ }
+				claimed = true;
+#ifndef BUG_PARK_NO_RECHECK
+				if
+				:: len(ring) > 0 || stopping ->
+					/* off the list, unless claimed */
+					d_step {
+						if
+						:: listed[w] ->
+							listed[w] = false;
+							parked--;
+							claimed = false
+						:: else -> skip
+						fi
+					}
+				:: else -> skip
+				fi;
 #endif
-			/* ... sleep while unchanged: ctp__ec_wait */
-			atomic { ne != snap -> snap = 0 }
+				if
+				:: claimed -> (pk[w] == 0)
+				:: else -> skip
+				fi;
+				claimed = false
+			fi
 		fi
 	od;
+	if
+	:: scout -> spinning = 0
+	:: else -> skip
+	fi;
 	alive--                                  /* ctp__pool_thread_exit */
 }
 
@@ -240,7 +357,8 @@ proctype worker(byte w)
  * checks it again and `closed` never goes back. */
 proctype submitter()
 {
-	byte t = 1, c, snap, r;
+	byte t = 1, c, snap, r, v, k;
+	bool counted;
 
 	do
 	:: t > NT -> break
@@ -287,16 +405,39 @@ proctype submitter()
 			:: r == OK || r == SHUT || r == AGAIN -> break
 			od;
 			if
-			:: r == AGAIN ->
+			:: r == AGAIN && !counted ->
+				/* announce in full_waiters, then look again */
+#ifndef BUG_NO_ANNOUNCE
+				fw++;
+#endif
+				counted = true
+			:: r == AGAIN && counted ->
 				/* ... sleep while unchanged: ctp__ec_wait */
 				atomic { nf != snap -> snap = 0 }
 			:: else -> snap = 0; break
 			fi
 		od;
 		if
+		:: counted ->
+#ifndef BUG_NO_ANNOUNCE
+			fw--;
+#endif
+			counted = false
+		:: else -> skip
+		fi;
+		if
 		:: r == OK ->
 			ring!t;                  /* enqueue: the ring push ... */
 			d_step { ne++; handle[t] = true }  /* ... then the bump */
+			/* wake_for_push: no scout and someone parked */
+			if
+			:: spinning == 0 ->
+				if
+				:: parked > 0 -> unpark_one(v, k)
+				:: else -> skip
+				fi
+			:: else -> skip
+			fi
 		:: else -> skip
 		fi;
 		d_step { t++; c = 0; r = 0 }
@@ -330,7 +471,13 @@ proctype shutdown()
 	byte i, n, t, old, snap, item;
 	byte scan[NW];
 	bool drain;
+	bool woke[NW];
 
+#ifdef SUBMITS_FIRST
+	/* the shutdown comes only after every submit returned: nothing but
+	 * the releases can wake a submitter waiting for room */
+	(sub_done);
+#endif
 	closed = true;
 	nf++;                                    /* blocked submitters */
 	/* drain: CTP_FOREVER, or 0 / elapsed (the scheduler may delay the
@@ -346,7 +493,31 @@ proctype shutdown()
 
 	/* cancel_step */
 	stopping = true;
-	ne++;                                    /* idle workers exit now */
+	/* unpark_all: empty the list under park_lock, then clear each park
+	 * word (idle workers exit now) */
+	d_step {
+		i = 0;
+		do
+		:: i < NW ->
+			if
+			:: listed[i] -> listed[i] = false; woke[i] = true
+			:: else -> skip
+			fi;
+			i++
+		:: else -> break
+		od;
+		parked = 0;
+		i = 0
+	}
+	do
+	:: i < NW ->
+		if
+		:: woke[i] -> pk[i] = 0
+		:: else -> skip
+		fi;
+		i++
+	:: else -> break
+	od;
 	i = 0;
 	n = 0;
 	do

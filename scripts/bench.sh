@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Compares ctpool side by side with other thread pools: installs what is
+# missing, builds build-bench (release), runs every scenario for every peer
+# that was built, and writes the report.
+#
+# Usage: scripts/bench.sh [--quick] [--reps R]
+#   --quick   tiny sizes, one rep (a smoke test, under a minute of runs);
+#             results go to bench/results/quick/
+#   --reps R  repetitions of every run (default 5)
+#
+# Every run is one process (build-bench/bench/bench_<peer> <scenario> ...);
+# for rep in 1..R, for each scenario config, the peers run one after another
+# in an order rotated by rep, so slow drifts of a noisy machine spread over
+# all peers. Outputs in bench/results/:
+#   raw.txt           every line the drivers printed
+#   stop-samples.txt  every idle/busy stop sample (for the plot)
+#   stderr.txt        what the runs printed on stderr
+#   latest.csv        median/min/max per (scenario, config, figure, peer)
+#   table.md          the side-by-side table
+#   stop-latency.png  CDF of the stop latencies
+# Exits non-zero (after the report) if any run failed or printed an error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command_line="$0${*:+ $*}"
+reps=5
+quick=0
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+while (($#)); do
+	case $1 in
+	--quick) quick=1 ;;
+	--reps)
+		[[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || { usage >&2; exit 2; }
+		reps=$2
+		shift
+		;;
+	-h | --help) usage; exit 0 ;;
+	*) usage >&2; exit 2 ;;
+	esac
+	shift
+done
+
+# ---- dependencies --------------------------------------------------------
+scripts/deps.sh
+extras=(g++ libglib2.0-dev libuv1-dev libtbb-dev libboost-dev gnuplot-nox)
+need=()
+for p in "${extras[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+		need+=("$p")
+done
+if ((${#need[@]})); then
+	sudo=""
+	[[ $(id -u) -ne 0 ]] && sudo="sudo"
+	echo "bench: installing ${need[*]}"
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# ---- build -----------------------------------------------------------------
+builddir=build-bench
+setup=(--buildtype=release -Db_sanitize=none -Dtests=disabled -Dexamples=disabled)
+if [[ -f $builddir/build.ninja ]]; then
+	# --reconfigure: the set of peers depends on what is installed now
+	meson setup --reconfigure "$builddir" "${setup[@]}" >"$builddir/setup.log"
+else
+	mkdir -p "$builddir"
+	meson setup "$builddir" "${setup[@]}" >/tmp/ctpool-bench-setup.$$.log ||
+		{ cat /tmp/ctpool-bench-setup.$$.log; exit 1; }
+	mv /tmp/ctpool-bench-setup.$$.log "$builddir/setup.log"
+fi
+grep '^Message: bench:' "$builddir/setup.log" | sed 's/^Message: //' || true
+ninja -C "$builddir" >/dev/null
+
+peers=()
+for p in ctpool textbook glib libuv tbb asio; do
+	[[ -x $builddir/bench/bench_$p ]] && peers+=("$p")
+done
+echo "bench: peers: ${peers[*]}"
+
+# ---- runs --------------------------------------------------------------------
+if ((quick)); then
+	out=bench/results/quick
+	reps=1
+	tput=20000 wake=50 idle=50 busy=20 ntask=20000
+else
+	out=bench/results
+	tput=1000000 wake=2000 idle=200 busy=100 ntask=100000
+fi
+mkdir -p "$out"
+raw=$out/raw.txt samples=$out/stop-samples.txt errlog=$out/stderr.txt
+: >"$raw"
+: >"$samples"
+: >"$errlog"
+
+# scenario configs: "label|driver arguments"
+configs=(
+	"throughput p1w2|throughput --producers 1 --workers 2 --tasks $tput"
+	"throughput p2w2|throughput --producers 2 --workers 2 --tasks $tput"
+	"throughput p1w4|throughput --producers 1 --workers 4 --tasks $tput"
+	"throughput p2w4|throughput --producers 2 --workers 4 --tasks $tput"
+	"wake w4|wake --workers 4 --samples $wake"
+	"idle-stop w4|idle-stop --workers 4 --samples $idle"
+	"busy-stop flag|busy-stop --workers 4 --wait flag --samples $busy"
+	"busy-stop sleep|busy-stop --workers 4 --wait sleep --samples $busy"
+	"busy-stop poll|busy-stop --workers 4 --wait poll --samples $busy"
+	"busy-stop queue|busy-stop --workers 4 --wait queue --samples $busy"
+	"cancel handle|cancel --by handle --workers 2 --tasks $ntask"
+	"cancel group|cancel --by group --workers 2 --tasks $ntask"
+	"memory w2|memory --workers 2 --tasks $ntask"
+)
+
+failures=()
+run_one() { # peer, driver arguments...
+	local peer=$1 rc=0 text
+	shift
+	echo "== bench_$peer $*" >>"$errlog"
+	text=$(timeout 300 "$builddir/bench/bench_$peer" "$@" \
+		--samples-out "$samples" 2>>"$errlog") || rc=$?
+	[[ -n $text ]] && printf '%s\n' "$text" >>"$raw"
+	if ((rc != 0)) || [[ -z $text ]] || grep -q ' error=' <<<"$text"; then
+		local why
+		why=$(grep -o 'error=.*' <<<"$text" | head -n 1 || true)
+		((rc == 124)) && why="timed out after 300 s${why:+; $why}"
+		[[ -z $text && -z $why ]] && why="no output"
+		failures+=("bench_$peer $* (exit $rc)${why:+: $why}")
+		printf ' [%s FAILED]' "$peer" >&2
+	fi
+}
+
+start=$SECONDS
+np=${#peers[@]}
+for ((rep = 1; rep <= reps; rep++)); do
+	for c in "${configs[@]}"; do
+		label=${c%%|*}
+		read -r -a args <<<"${c#*|}"
+		printf 'bench: rep %d/%d %-16s' "$rep" "$reps" "$label" >&2
+		for ((k = 0; k < np; k++)); do
+			peer=${peers[(k + rep - 1) % np]}
+			printf ' %s' "$peer" >&2
+			run_one "$peer" "${args[@]}"
+		done
+		printf '  (%ds)\n' $((SECONDS - start)) >&2
+	done
+done
+
+# ---- report ------------------------------------------------------------------
+model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+machine="$(nproc) CPUs, ${model:-unknown CPU}, Linux $(uname -r)"
+awk -f bench/report.awk -v csv="$out/latest.csv" -v md="$out/table.md" \
+	-v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v machine="$machine" \
+	-v command="$command_line" -v reps="$reps" "$raw"
+echo "bench: wrote $out/latest.csv and $out/table.md ($((SECONDS - start)) s of runs)"
+
+if command -v gnuplot >/dev/null; then
+	tmp=$(mktemp -d)
+	sort -k1,1 -k2,2 -k3,3g "$samples" >"$tmp/sorted"
+	awk -f bench/ecdf.awk -v want=idle-stop -v raw="$raw" "$tmp/sorted" >"$tmp/idle.dat"
+	awk -f bench/ecdf.awk -v want=busy-stop -v raw="$raw" "$tmp/sorted" >"$tmp/busy.dat"
+	nidle=$(grep -c '^"' "$tmp/idle.dat" || true)
+	nbusy=$(grep -c '^"' "$tmp/busy.dat" || true)
+	term=png
+	gnuplot -e 'set terminal' 2>&1 | grep -qw pngcairo && term=pngcairo
+	if gnuplot -e "term='$term'; out='$out/stop-latency.png'; idle='$tmp/idle.dat'; nidle=$nidle; busy='$tmp/busy.dat'; nbusy=$nbusy" \
+		bench/plot.gp 2>"$tmp/gnuplot.err"; then
+		echo "bench: wrote $out/stop-latency.png"
+	else
+		cat "$tmp/gnuplot.err" >&2
+		failures+=("gnuplot failed")
+	fi
+	rm -rf "$tmp"
+else
+	echo "bench: gnuplot not found: no plot" >&2
+fi
+
+cat "$out/table.md"
+if ((${#failures[@]})); then
+	echo >&2
+	echo "bench: ${#failures[@]} run(s) failed:" >&2
+	printf '  %s\n' "${failures[@]}" >&2
+	exit 1
+fi
