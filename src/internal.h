@@ -39,6 +39,8 @@
 
 #define CTP__HIDDEN __attribute__((visibility("hidden")))
 
+struct ctp__worker;
+
 /* ---- platform.c --------------------------------------------------------- */
 
 /* Absolute CLOCK_MONOTONIC deadline for a relative duration. Returns false
@@ -264,15 +266,18 @@ struct ctp_task {
 CTP__HIDDEN ctp_task *ctp__task_alloc(ctp_pool *pool);
 /* Called when a task's last reference is dropped (from ctp__token_put). */
 CTP__HIDDEN void ctp__task_free(ctp_task *t);
+/* Gives a worker's cached free task objects to the pool. */
+CTP__HIDDEN void ctp__task_cache_flush(struct ctp__worker *w);
 /* Counts of one fire call's finished tasks, added to their pool at once
  * (one pool at a time: a change of pool flushes). */
 struct ctp__batch {
 	ctp_pool *pool;
-	uint64_t  finished, cancelled, timed_out, dropped;
+	uint64_t  finished, slots, cancelled, timed_out, dropped;
 };
 /* The firer of a queued task's token won it: finish it as never run. Its
- * queue slot and its counts go to b (given back by ctp__batch_flush, before
- * the fire call returns). Drops the pool's reference (the task may be freed
+ * finished count, and for a task with neither done nor handle its queue
+ * slot and statistics, go to b (given to the pool by ctp__batch_flush,
+ * before the fire call returns). Drops the pool's reference (the task may be freed
  * when it returns). */
 CTP__HIDDEN void ctp__task_finish_unrun(ctp_task *t, int reason,
                                         struct ctp__batch *b);
@@ -291,6 +296,7 @@ struct ctp__done_frame {
 };
 struct ctp__tls {
 	const ctp_pool         *pool;   /* worker or timer thread of this pool */
+	struct ctp__worker     *worker; /* this thread's worker, if it is one */
 	const ctp_task         *task;   /* task whose fn runs on this thread */
 	struct ctp__done_frame *dones;  /* innermost done callback first */
 };
@@ -332,6 +338,12 @@ struct ctp__worker {
 	 * load and store, no read-modify-write); summed by ctp_pool_stats */
 	_Atomic uint64_t st_completed;
 	_Atomic uint32_t st_running; /* 0 or 1 */
+	_Atomic uint64_t finished;  /* tasks this worker finished (pool.c,
+	                               "Idle"); single writer, seq_cst store */
+	/* task objects this worker freed, pushed to pool->freed in batches
+	 * (task.c); only this thread touches them */
+	ctp_task       *cache, *cache_tail;
+	unsigned        ncache;
 	_Atomic uint32_t park;      /* futex word: 1 while it sleeps unclaimed;
 	                               a waker that took it off the list
 	                               stores 0 and wakes it */
@@ -358,8 +370,10 @@ struct ctp_pool {
 	_Atomic uint64_t   st_submitted, st_rejected; /* relaxed */
 
 	/* written by whoever finishes a task (workers, cancellers, timer) */
-	CTP__LINE _Atomic uint64_t finished; /* tasks whose done has returned;
-	                                  unfinished = accepted - finished */
+	CTP__LINE _Atomic uint64_t finished; /* tasks whose done has returned,
+	                                  finished by threads other than the
+	                                  workers (each worker counts its own);
+	                                  unfinished = accepted - all of them */
 	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped; /* relaxed */
 
 	/* rarely written: read on every submit or finish */

@@ -50,12 +50,15 @@
  *   object (in use or on the free list). Abandoned threads keep the pool
  *   alive after ctp_pool_destroy; the last reference frees it.
  *
- *   Idle. `accepted` (submitters' cache line) and `finished` (finishers'
- *   line) count tasks; the pool is idle when they are equal, so neither side
- *   writes the other's line per task. wait_idle and the drain announce
- *   themselves in idle_waiters, then look; a finisher adds to `finished`,
- *   then reads idle_waiters and wakes them (idle_seq) when the counts meet.
- *
+ *   Idle. `accepted` (submitters' cache line) counts accepted tasks; the
+ *   finished ones are counted by each worker in its own struct (one writer,
+ *   a store) and by any other finisher (canceller, timer, shutdown) in
+ *   pool->finished. The pool is idle when their sum equals `accepted`, so
+ *   no line is written per task by both sides or by two workers.
+ *   wait_idle and the drain announce themselves in idle_waiters, then look;
+ *   a finisher counts, then reads idle_waiters and, when the pool is idle,
+ *   wakes them (idle_seq).
+
  *   Memory order. Statistics are relaxed counters (snapshots); a worker's
  *   own (completed, running) have one writer and are summed when read.
  *   `stopping`, `alive`, `accepted`, `finished`, `idle_waiters`,
@@ -116,10 +119,14 @@ void ctp__pool_thread_exit(ctp_pool *pool)
 /* Wakes the threads in wait_idle_for once nothing is unfinished. Called
  * after a seq_cst change of `finished` or `accepted`: the change, then the
  * load of idle_waiters (pairs with wait_idle_for's announce-then-look). */
+static bool pool_idle(ctp_pool *pool);
+
 static void idle_check(ctp_pool *pool)
 {
+	/* While a task is still queued the pool is not idle, and that task's
+	 * finisher checks again: skip the sum over the workers. */
 	if (atomic_load(&pool->idle_waiters) != 0 &&
-	    atomic_load(&pool->finished) == atomic_load(&pool->accepted)) {
+	    ctp__queue_count(&pool->queue) == 0 && pool_idle(pool)) {
 		atomic_fetch_add(&pool->idle_seq, 1);
 		ctp__futex_wake(&pool->idle_seq, INT_MAX);
 	}
@@ -127,17 +134,28 @@ static void idle_check(ctp_pool *pool)
 
 void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n)
 {
-	atomic_fetch_add(&pool->finished, n);
+	struct ctp__worker *w = ctp__tls.worker;
+
+	if (w != NULL && w->pool == pool) /* single writer: a store (seq_cst:
+	                                     then idle_check's loads) */
+		atomic_store(&w->finished, atomic_load_explicit(&w->finished,
+		    memory_order_relaxed) + n);
+	else
+		atomic_fetch_add(&pool->finished, n);
 	idle_check(pool);
 }
 
 /* True when no accepted task is unfinished (queued, running, or its done
- * not yet returned). `finished` is read first: finished <= accepted always,
- * so equal values were equal at the moment `accepted` was read. */
+ * not yet returned). The finished counts are read first, then `accepted`:
+ * each only grows, and the total finished is never above accepted, so a sum
+ * equal to `accepted` was the total, and equal to it, when `accepted` was
+ * read. */
 static bool pool_idle(ctp_pool *pool)
 {
 	uint64_t f = atomic_load(&pool->finished);
 
+	for (unsigned i = 0; i < pool->nthreads; i++)
+		f += atomic_load(&pool->workers[i].finished);
 	return f == atomic_load(&pool->accepted);
 }
 
@@ -244,6 +262,7 @@ static void park(ctp_pool *pool, struct ctp__worker *w)
 	struct ctp__worker **pp;
 	bool claimed = true;
 
+	ctp__task_cache_flush(w); /* submitters may need them meanwhile */
 	atomic_store(&w->park, 1);
 	pthread_mutex_lock(&pool->park_lock);
 	w->park_next = pool->park_list;
@@ -401,10 +420,14 @@ static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
 	/* counted before the task can be seen finished (wait_idle) */
 	atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
 	own_add64(&w->st_completed, 1);
-	if (t->done == NULL) /* no more user code for this task */
+	/* Heading back to an empty ring: scout, so that the submits that
+	 * come meanwhile need not wake a parked worker. With tasks waiting in
+	 * the ring there is no need, and busy workers would pass the role's
+	 * cache line back and forth for nothing. */
+	if (t->done == NULL && ctp__ring_empty(&pool->queue.ring))
 		*scout = scout_take(pool);
 	ctp__task_finish_ran(t, status);
-	if (!*scout)
+	if (!*scout && ctp__ring_empty(&pool->queue.ring))
 		*scout = scout_take(pool);
 }
 
@@ -417,6 +440,7 @@ static void *worker_main(void *arg)
 	ctp_task *t;
 
 	ctp__tls.pool = pool;
+	ctp__tls.worker = w;
 	snprintf(index, sizeof(index), "%u", w->index);
 	ctp__set_thread_name(pool->name, index);
 	if (pool->opts.on_thread_start != NULL)
@@ -428,6 +452,8 @@ static void *worker_main(void *arg)
 		run_task(w, t, &scout);
 	if (scout)
 		atomic_store(&pool->spinning, 0);
+	ctp__task_cache_flush(w);
+	ctp__tls.worker = NULL;
 
 	if (pool->opts.on_thread_stop != NULL)
 		pool->opts.on_thread_stop(w->index, pool->opts.user);
@@ -676,9 +702,10 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		    now + o.timeout;
 	}
 	if (o.parent != NULL && (r = ctp__token_link(o.parent, &t->token))) {
+		/* slot first: idle_check looks only at an empty queue */
+		ctp__queue_unreserve(&pool->queue);
 		atomic_fetch_sub(&pool->accepted, 1);
 		idle_check(pool);
-		ctp__queue_unreserve(&pool->queue);
 		goto undo_timer;
 	}
 	CTP__PERTURB();

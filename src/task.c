@@ -16,10 +16,12 @@
  *   leave the deadline heap, call done (outside every lock), publish the
  *   status (`fin`, waking ctp_task_wait), count it finished (waking
  *   ctp_pool_wait_idle) and drop the pool's reference. A worker counts its
- *   task in its own statistics before that. A firer batches (struct
- *   ctp__batch): the queue slots, statistics and finished counts of every
- *   task one fire call caught queued go to the pool in one step each,
- *   before the call returns, so cancelling a tree of n queued tasks costs
+ *   task in its own statistics before that; a firer gives the queue slot
+ *   back and counts the task before done. A firer batches (struct
+ *   ctp__batch) what nobody can see early: the finished counts of every
+ *   task one fire call caught queued, and for tasks with neither done nor
+ *   handle their slots and statistics too, go to the pool in one step each
+ *   before the call returns, so cancelling a tree of n such tasks costs
  *   three shared read-modify-writes, not 3n.
  *
  *   References (token.refs): the pool's (dropped after done returns), the
@@ -29,7 +31,10 @@
  *   a cascade borrows the pool's reference of a task it caught queued,
  *   since only its own finish can drop that one).
  *   The object goes back to the pool's free list when the last one goes, or
- *   is freed if the pool has been destroyed. Each object holds a reference on
+ *   is freed if the pool has been destroyed. A worker keeps the objects it
+ *   frees in its own cache and pushes them to the shared list 32 at a time
+ *   (and before it parks or exits), so workers do not contend on the list
+ *   per task. Each object holds a reference on
  *   its pool, so a handle can outlive ctp_pool_destroy.
  *
  *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
@@ -106,28 +111,63 @@ ctp_task *ctp__task_alloc(ctp_pool *pool)
 	return t;
 }
 
-void ctp__task_free(ctp_task *t)
+/* Pushes the chain first..last onto pool->freed (release: the objects'
+ * last writes and free_next before an allocator takes them). Only
+ * whole-list exchanges take from it, so a head seen here cannot be popped
+ * and pushed back under us (no ABA). Once the pool is destroyed the head
+ * stays DEAD for good and no push can succeed: the objects are freed. */
+static void push_freed(ctp_pool *pool, ctp_task *first, ctp_task *last)
 {
-	ctp_pool *pool = t->pool;
 	ctp_task *head = atomic_load_explicit(&pool->freed,
 	    memory_order_relaxed);
 
-	ctp__token_unlink(&t->token);
-	ctp__token_fini(&t->token);
-	/* Push onto `freed` (release: free_next and the object's last writes
-	 * before an allocator takes it). Only whole-list exchanges take from
-	 * it, so a head seen here cannot be popped and pushed back under us
-	 * (no ABA). Once the pool is destroyed the head stays DEAD for good
-	 * and no push can succeed: the object is freed instead. */
 	do {
 		if (head == CTP__FREED_DEAD) {
-			free(t);
-			ctp__pool_put(pool);
+			while (first != NULL) {
+				ctp_task *next = first == last ? NULL :
+				    first->free_next;
+
+				free(first);
+				ctp__pool_put(pool);
+				first = next;
+			}
 			return;
 		}
-		t->free_next = head;
-	} while (!atomic_compare_exchange_weak_explicit(&pool->freed, &head, t,
-	    memory_order_release, memory_order_relaxed));
+		last->free_next = head;
+	} while (!atomic_compare_exchange_weak_explicit(&pool->freed, &head,
+	    first, memory_order_release, memory_order_relaxed));
+}
+
+/* Objects a worker frees wait in its own cache and go to the pool this
+ * many at a time: one CAS on the shared list per batch, not per task. */
+#define CACHE_BATCH 32
+
+void ctp__task_cache_flush(struct ctp__worker *w)
+{
+	if (w->cache == NULL)
+		return;
+	push_freed(w->pool, w->cache, w->cache_tail);
+	w->cache = w->cache_tail = NULL;
+	w->ncache = 0;
+}
+
+void ctp__task_free(ctp_task *t)
+{
+	ctp_pool *pool = t->pool;
+	struct ctp__worker *w = ctp__tls.worker;
+
+	ctp__token_unlink(&t->token);
+	ctp__token_fini(&t->token);
+	if (w != NULL && w->pool == pool) {
+		t->free_next = w->cache;
+		w->cache = t;
+		if (w->cache_tail == NULL)
+			w->cache_tail = t;
+		if (++w->ncache >= CACHE_BATCH)
+			ctp__task_cache_flush(w);
+		return;
+	}
+	push_freed(pool, t, t);
 }
 
 /* ---- transitions and completion ----------------------------------------- */
@@ -176,7 +216,8 @@ void ctp__batch_flush(struct ctp__batch *b)
 	if (pool == NULL)
 		return;
 	/* the slots of the tasks that left the queue */
-	ctp__queue_unreserve_n(&pool->queue, b->finished);
+	if (b->slots != 0)
+		ctp__queue_unreserve_n(&pool->queue, b->slots);
 	if (b->cancelled != 0)
 		atomic_fetch_add_explicit(&pool->st_cancelled, b->cancelled,
 		    memory_order_relaxed);
@@ -194,6 +235,12 @@ void ctp__batch_flush(struct ctp__batch *b)
 void ctp__task_finish_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 {
 	ctp_pool *pool = t->pool;
+	/* done and ctp_task_wait see the task finished: its slot and its
+	 * count must be given back before them. Without either, nobody can
+	 * tell, and they go to the batch. */
+	bool seen = t->done != NULL || t->handle;
+	uint64_t one_timed_out = 0, one_dropped = 0, one_cancelled = 0;
+	uint64_t *counter;
 
 	if (t->deadline != 0)
 		ctp__timer_remove(pool, t);
@@ -202,9 +249,25 @@ void ctp__task_finish_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 		b->pool = pool;
 	}
 	switch (reason) {
-	case -ETIMEDOUT: b->timed_out++; break;
-	case -ESHUTDOWN: b->dropped++;   break;
-	default:         b->cancelled++; break;
+	case -ETIMEDOUT: counter = seen ? &one_timed_out : &b->timed_out; break;
+	case -ESHUTDOWN: counter = seen ? &one_dropped : &b->dropped;     break;
+	default:         counter = seen ? &one_cancelled : &b->cancelled; break;
+	}
+	++*counter;
+	if (seen) {
+		/* it leaves the queue now: its slot is free at once */
+		ctp__queue_unreserve(&pool->queue);
+		if (one_timed_out)
+			atomic_fetch_add_explicit(&pool->st_timed_out, 1,
+			    memory_order_relaxed);
+		if (one_dropped)
+			atomic_fetch_add_explicit(&pool->st_dropped, 1,
+			    memory_order_relaxed);
+		if (one_cancelled)
+			atomic_fetch_add_explicit(&pool->st_cancelled, 1,
+			    memory_order_relaxed);
+	} else {
+		b->slots++;
 	}
 	call_done(t, reason);
 	publish(t, reason);

@@ -1298,6 +1298,72 @@ static void blocked_submit_fini(struct blocked_submit *b)
 	rec_fini(&b->r);
 }
 
+/* A done callback that tries to use the slot its task just left. */
+struct slot_probe {
+	ctp_pool *pool;
+	int       submit_rc;   /* ctp_pool_submit from inside done */
+	uint64_t  queued;      /* stats.queued seen inside done */
+	uint64_t  cancelled;   /* stats.cancelled seen inside done */
+	sem_t     done_sem;
+};
+
+static void slot_probe_done(void *arg, int status)
+{
+	struct slot_probe *p = arg;
+	ctp_stats s;
+
+	(void)status;
+	ctp_pool_stats(p->pool, &s);
+	p->queued = s.queued;
+	p->cancelled = s.cancelled;
+	p->submit_rc = ctp_pool_submit(p->pool, noop_fn, NULL, NULL, NULL);
+	tu_sem_post(&p->done_sem);
+}
+
+/* A cancelled queued task has left the queue and is counted before its
+ * done runs: done can reuse the slot (queue_wait 0) at once, by handle and
+ * through a parent. */
+static void test_task_cancelled_slot_free_before_done(void **state)
+{
+	(void)state;
+
+	for (int by_parent = 0; by_parent < 2; by_parent++) {
+		ctp_pool *pool = pool_new(1, 1);
+		struct parked blk;
+		struct slot_probe p = { .pool = pool, .submit_rc = 1 };
+		ctp_token *parent = NULL;
+		ctp_task *t = NULL;
+		ctp_task_opts o = { .done = slot_probe_done };
+
+		tu_sem_init(&p.done_sem, 0);
+		parked_init(&blk, 0);
+		saturate(pool, &blk, 1);
+		if (by_parent) {
+			assert_int_equal(ctp_token_create(&parent, NULL), 0);
+			o.parent = parent;
+		}
+		assert_int_equal(ctp_pool_submit(pool, noop_fn, &p, &o,
+		                 by_parent ? NULL : &t), 0);
+		if (by_parent)
+			assert_int_equal(ctp_token_cancel(parent), 0);
+		else
+			assert_int_equal(ctp_task_cancel(t), 0);
+		tu_sem_wait(&p.done_sem);
+		assert_int_equal(p.queued, 0);
+		assert_int_equal(p.cancelled, 1);
+		assert_int_equal(p.submit_rc, 0);
+		unpark(&blk, 1);
+		assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+		if (t != NULL)
+			ctp_task_release(t);
+		if (parent != NULL)
+			ctp_token_release(parent);
+		assert_int_equal(ctp_pool_destroy(pool), 0);
+		parked_fini(&blk);
+		sem_destroy(&p.done_sem);
+	}
+}
+
 static void test_task_submit_queue_wait_forever_proceeds(void **state)
 {
 	(void)state;
@@ -1391,6 +1457,7 @@ int main(void)
 		cmocka_unit_test(test_task_submit_queue_wait_runs_out_eagain),
 		cmocka_unit_test(test_task_cancel_frees_queue_slot),
 		cmocka_unit_test(test_task_deadline_frees_queue_slot),
+		cmocka_unit_test(test_task_cancelled_slot_free_before_done),
 		cmocka_unit_test(test_task_tombstones_filling_the_ring_are_compacted),
 		cmocka_unit_test(test_task_submit_queue_wait_forever_proceeds),
 		cmocka_unit_test(test_task_submit_queue_wait_wakes_on_cancel),
