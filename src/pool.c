@@ -586,35 +586,50 @@ int ctp_pool_create(ctp_pool **out, const ctp_pool_opts *opts)
 
 /* ---- submit ------------------------------------------------------------- */
 
-/* A pointer compact() took out of the ring: a live task is kept in scratch,
- * a tombstone loses the ring's reference. Fewer than `capacity` live tasks
- * can be in the ring: the submitter's own admitted task is outside it. */
-static void compact_take(ctp_pool *pool, void *item, size_t *n)
+/* The live tasks compact() holds out of the ring: scratch used as a FIFO
+ * of `len` items from `head` (mod capacity). */
+struct held {
+	size_t head, len;
+};
+
+/* A pointer compact() took out of the ring: a live task is held, a
+ * tombstone loses the ring's reference. Fewer than `capacity` live tasks
+ * exist outside other submitters' hands at any moment (the compacting
+ * submitter's own admitted task is not in the ring), and a held task is
+ * not in the ring, so `len` stays below capacity. */
+static void compact_take(ctp_pool *pool, void *item, struct held *h)
 {
+	size_t cap = pool->queue.capacity;
+
 	if (ctp_task_state(item) == CTP_TASK_QUEUED) {
-		assert(*n < pool->queue.capacity);
-		pool->scratch[(*n)++] = item;
+		assert(h->len < cap);
+		pool->scratch[(h->head + h->len++) % cap] = item;
 	} else {
 		ctp__token_put(item);
 	}
 }
 
 /* Takes every pointer out of the ring, drops tombstones, puts the live ones
- * back in order. Only when tombstones have filled the ring. */
+ * back in order. Only when tombstones have filled the ring. Other producers
+ * may refill the ring meanwhile: then it takes the oldest pointer out to
+ * make room, which may be a task it has just put back; it is held again,
+ * at the end, never counted twice. */
 static void compact(ctp_pool *pool)
 {
 	struct ctp__ring *ring = &pool->queue.ring;
-	size_t n = 0, i;
+	size_t cap = pool->queue.capacity;
+	struct held h = { 0, 0 };
 	void *item;
 
 	pthread_mutex_lock(&pool->compact_lock);
 	while (ctp__ring_pop(ring, &item))
-		compact_take(pool, item, &n);
-	for (i = 0; i < n; i++) {
-		/* other producers may refill the ring meanwhile: make room */
-		while (!ctp__ring_push(ring, pool->scratch[i])) {
-			if (ctp__ring_pop(ring, &item))
-				compact_take(pool, item, &n);
+		compact_take(pool, item, &h);
+	while (h.len > 0) {
+		if (ctp__ring_push(ring, pool->scratch[h.head])) {
+			h.head = (h.head + 1) % cap;
+			h.len--;
+		} else if (ctp__ring_pop(ring, &item)) {
+			compact_take(pool, item, &h);
 		}
 	}
 	pthread_mutex_unlock(&pool->compact_lock);
