@@ -715,32 +715,84 @@ static void run_idle_stop(const struct options *o)
 static const char no_such_wait[] = "this peer does not offer this kind of "
     "wait (bench/peer.h: ctpool waits on its tokens, the others poll a flag)";
 
+/*
+ * The flag loop, the pattern the other libraries' users write, defined once
+ * here for every peer without waits of its own (peer->start_waiters NULL):
+ * a job posts `inside`, then checks a stop flag every 10 ms; one not
+ * stopped within 10 s (as ctpool's waits) gives up and counts as failed.
+ * The stop raises the flag and calls the peer's shutdown, which returns
+ * once the running jobs have (bench/peer.h).
+ */
+struct flag_waiter {
+	struct bench_item item; /* first: the pool hands us this pointer */
+	sem_t            *inside;
+};
+
+static atomic_bool flag_raised;
+static atomic_uint flag_failed;
+
+static void flag_wait_run(struct bench_item *self)
+{
+	struct flag_waiter *w = (struct flag_waiter *)self;
+	int64_t give_up = now_ns() + 10 * (int64_t)1000000000;
+
+	sem_post(w->inside);
+	while (!atomic_load(&flag_raised)) {
+		if (now_ns() >= give_up) {
+			atomic_fetch_add(&flag_failed, 1); /* never stopped */
+			return;
+		}
+		sleep_ns(10 * 1000 * 1000);
+	}
+}
+
+static int flag_start(void *pool, struct flag_waiter *w, unsigned n,
+                      sem_t *inside)
+{
+	atomic_store(&flag_raised, false);
+	atomic_store(&flag_failed, 0);
+	for (unsigned i = 0; i < n; i++) {
+		w[i].item.run = flag_wait_run;
+		w[i].inside = inside;
+		if (peer->submit(pool, NULL, &w[i].item) != 0)
+			return -1;
+	}
+	return 0;
+}
+
 static void run_busy_stop(const struct options *o, enum bench_wait how)
 {
 	size_t   n = o->samples;
 	int64_t *v = xcalloc(n, sizeof(*v));
+	struct flag_waiter *fw = xcalloc(o->workers, sizeof(*fw));
+	bool     flag = peer->start_waiters == NULL;
 	int      baseline = count_threads();
 	sem_t    inside;
 
 	sem_init_or_fail(&inside);
-	if (peer->start_waiters == NULL || peer->stop_waiters == NULL) {
-		out_skip("busy_stop_p50_us", "no busy-stop hooks");
-		out_skip("busy_stop_p99_us", "no busy-stop hooks");
-		out_skip("threads_alive_after", "no busy-stop hooks");
+	if (flag && how != BENCH_WAIT_FLAG) {
+		out_skip("busy_stop_p50_us", no_such_wait);
+		out_skip("busy_stop_p99_us", no_such_wait);
+		out_skip("threads_alive_after", no_such_wait);
+		free(fw);
+		free(v);
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
 		void    *pool = create_pool(o->workers, 64);
 		int64_t  t0;
 		unsigned bad;
+		int      rc = flag ? flag_start(pool, fw, o->workers, &inside) :
+		    peer->start_waiters(pool, o->workers, how, &inside);
 
-		if (peer->start_waiters(pool, o->workers, how, &inside) != 0) {
+		if (rc != 0) {
 			if (i != 0)
 				fail("start_waiters failed on sample %zu", i);
 			peer->shutdown(pool);
 			out_skip("busy_stop_p50_us", no_such_wait);
 			out_skip("busy_stop_p99_us", no_such_wait);
 			out_skip("threads_alive_after", no_such_wait);
+			free(fw);
 			free(v);
 			return;
 		}
@@ -751,9 +803,14 @@ static void run_busy_stop(const struct options *o, enum bench_wait how)
 		sleep_ns((int64_t)((((uint64_t)i * 0x9E3779B97F4A7C15ull) >> 40) *
 		    10000000u >> 24));
 		t0 = now_ns();
-		peer->stop_waiters(pool);
+		if (flag) {
+			atomic_store(&flag_raised, true);
+			peer->shutdown(pool);
+		} else {
+			peer->stop_waiters(pool);
+		}
 		v[i] = now_ns() - t0;
-		bad = peer->waiters_failed != NULL ? peer->waiters_failed() : 0;
+		bad = flag ? atomic_load(&flag_failed) : peer->waiters_failed();
 		if (bad != 0)
 			fail("%u waiter(s) woke for a reason other than the "
 			     "stop (sample %zu)", bad, i);
@@ -761,6 +818,7 @@ static void run_busy_stop(const struct options *o, enum bench_wait how)
 	out_stop_figures("busy_stop", o, v, n);
 	out_threads_alive(baseline);
 	sem_destroy(&inside);
+	free(fw);
 	free(v);
 }
 

@@ -40,9 +40,11 @@ struct bench_item {
 	void (*run)(struct bench_item *self);
 };
 
-/* How a busy task waits (scenario "busy stop"). ctpool implements all three
- * of its own; every other peer implements BENCH_WAIT_FLAG only: the pattern
- * its users write, a loop of { if (stop flag set) return; sleep 10 ms; }. */
+/* How a busy task waits (scenario "busy stop"). ctpool implements its three
+ * cancellable waits through the hooks below; every other peer leaves them
+ * NULL and gets BENCH_WAIT_FLAG, the pattern its users write, from the
+ * driver: jobs that loop { if (stop flag set) return; sleep 10 ms; },
+ * submitted with submit() and stopped by raising the flag, then shutdown(). */
 enum bench_wait {
 	BENCH_WAIT_FLAG  = 0, /* peers: check a flag, sleep 10 ms, repeat */
 	BENCH_WAIT_SLEEP = 1, /* ctpool: ctp_token_sleep(token, 10 s) */
@@ -83,22 +85,24 @@ struct bench_peer {
 	 * every producer_end). */
 	void (*wait_idle)(void *pool);
 
-	/* Stops the pool and frees it: returns once every worker thread it
-	 * started is joined (when joins_threads), otherwise as soon as the
-	 * library's own shutdown call returns. Queued jobs may be dropped.
+	/* Stops the pool and frees it: returns once the jobs already running
+	 * have returned, and once every worker thread it started is joined
+	 * (when joins_threads), otherwise as soon as the library's own shutdown
+	 * call returns. Queued jobs may be dropped.
 	 * Timed in the idle-shutdown and busy-stop scenarios. */
 	void (*shutdown)(void *pool);
 
-	/* Busy stop: starts n jobs that each sem_post(inside) right before they
-	 * wait in the given way, then wait until the stop. 0, or -1 when this
-	 * peer does not have that wait (then the figure is skipped). */
+	/* Busy stop with the library's own waits (ctpool; NULL for the other
+	 * peers: see enum bench_wait). start_waiters starts n jobs that each
+	 * sem_post(inside) right before they wait in the given way, then wait
+	 * until the stop. 0, or -1 when this peer does not have that wait (then
+	 * the figure is skipped). */
 	int (*start_waiters)(void *pool, unsigned n, enum bench_wait how,
 	                     sem_t *inside);
 	/* Busy stop, timed: asks the waiters to stop (ctpool: its shutdown
-	 * fires their tokens; peers: set the flag) and returns once they have
-	 * all returned and every thread is joined (as shutdown()). Frees the
-	 * pool. The driver checks the waiters' results through
-	 * waiters_failed(). */
+	 * fires their tokens) and returns once they have all returned and every
+	 * thread is joined (as shutdown()). Frees the pool. The driver checks
+	 * the waiters' results through waiters_failed(). */
 	void (*stop_waiters)(void *pool);
 	/* After stop_waiters: how many waiters woke for any reason other than
 	 * the stop (a timeout, an error). Must be 0 for a valid run. */

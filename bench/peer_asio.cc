@@ -19,11 +19,9 @@
  *   on.
  * - shutdown: pool.stop(); pool.join(); then the pool is destroyed. join()
  *   joins every thread: joins_threads = 1.
- * - busy stop: the flag pattern (BENCH_WAIT_FLAG only): each waiter posts
- *   `inside`, then loops { if (stop flag) return; sleep_for(10 ms); }; a
- *   waiter that is not stopped within 10 s gives up and counts as failed.
- *   stop_waiters sets the flag, then stop() + join(): join() returns once
- *   the running waiters have returned and every thread has exited.
+ * - busy stop: the driver's flag loop (start_waiters NULL) through submit
+ *   and shutdown: join() returns once the running waiters have returned
+ *   and every thread has exited.
  * - cancel by handle, cancel by group: none (NULL hooks, see the why
  *   strings). A posted handler cannot be withdrawn: stop() abandons the
  *   whole queue at once. (Asio's per-operation cancellation slots arrived
@@ -54,12 +52,10 @@
 #include <boost/version.hpp>
 
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <exception>
 #include <mutex>
-#include <thread>
 
 #include "peer.h"
 
@@ -129,55 +125,6 @@ void asio_shutdown(void *vp)
 	delete p;
 }
 
-/* Busy stop: the flag pattern. One set of waiters per process. */
-std::atomic<int> stop_flag;
-std::atomic<unsigned> failed;
-
-int asio_start_waiters(void *vp, unsigned n, enum bench_wait how,
-                       sem_t *inside)
-{
-	pool *p = static_cast<pool *>(vp);
-
-	if (how != BENCH_WAIT_FLAG)
-		return -1;
-	stop_flag = 0;
-	failed = 0;
-	try {
-		for (unsigned i = 0; i < n; i++)
-			boost::asio::post(p->tp, [inside] {
-				auto give_up = std::chrono::steady_clock::now() +
-				               std::chrono::seconds(10);
-
-				sem_post(inside);
-				for (;;) {
-					if (stop_flag.load())
-						return;
-					if (std::chrono::steady_clock::now() >= give_up) {
-						failed.fetch_add(1); /* never stopped */
-						return;
-					}
-					std::this_thread::sleep_for(
-						std::chrono::milliseconds(10));
-				}
-			});
-	} catch (const std::exception &e) {
-		std::fprintf(stderr, "asio post: %s\n", e.what());
-		return -1;
-	}
-	return 0;
-}
-
-void asio_stop_waiters(void *vp)
-{
-	stop_flag = 1;
-	asio_shutdown(vp); /* join() waits for the running waiters */
-}
-
-unsigned asio_waiters_failed(void)
-{
-	return failed.load();
-}
-
 char version[32];
 
 struct bench_peer make_peer()
@@ -193,9 +140,6 @@ struct bench_peer make_peer()
 	x.submit = asio_submit;
 	x.wait_idle = asio_wait_idle;
 	x.shutdown = asio_shutdown;
-	x.start_waiters = asio_start_waiters;
-	x.stop_waiters = asio_stop_waiters;
-	x.waiters_failed = asio_waiters_failed;
 	x.why_no_cancel = "a handler posted to an asio thread_pool cannot be withdrawn "
 	                  "(stop() abandons the whole queue)";
 	x.why_no_group = "asio has no handler groups: stop() abandons the whole queue, "

@@ -14,12 +14,10 @@
  *   after item->run; the worker that brings it to zero takes a GMutex and
  *   broadcasts a GCond the waiter sleeps on.
  * - shutdown: g_thread_pool_free(pool, immediate = TRUE, wait = TRUE).
- * - busy stop: the flag pattern (BENCH_WAIT_FLAG only): each waiter posts
- *   `inside`, then loops { if (stop flag) return; g_usleep(10 ms); } (a
- *   waiter not stopped within 10 s gives up and counts as failed).
- *   stop_waiters sets the flag, then g_thread_pool_free(pool, TRUE, TRUE),
- *   which returns once every running task has returned (see below: the
- *   threads themselves are not waited for).
+ * - busy stop: the driver's flag loop (start_waiters NULL) through submit
+ *   and shutdown: g_thread_pool_free(pool, TRUE, TRUE) returns once every
+ *   running task has returned (see below: the threads themselves are not
+ *   waited for).
  * - cancel by handle, cancel by group: none (NULL hooks, see the why
  *   strings). g_thread_pool_free(immediate) drops the whole queue, but
  *   nothing withdraws one task or a chosen subset.
@@ -69,7 +67,6 @@
  * - g_thread_pool_push() does not block: the queue grows without bound.
  */
 #include <glib.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -160,63 +157,6 @@ static void glib_shutdown(void *pool)
 	glib_free(pool);
 }
 
-/* Busy stop: the flag pattern. One set of waiters per process. */
-#define WAITER_MAX 64
-#define WAITER_GIVE_UP_US (10 * G_USEC_PER_SEC) /* as ctpool's 10 s waits */
-
-struct waiter {
-	struct bench_item item; /* first: the pool hands us this pointer */
-	sem_t *inside;
-};
-
-static struct waiter waiters[WAITER_MAX];
-static atomic_int stop_flag;
-static atomic_uint failed;
-
-static void waiter_run(struct bench_item *self)
-{
-	struct waiter *w = (struct waiter *)self;
-	gint64 give_up = g_get_monotonic_time() + WAITER_GIVE_UP_US;
-
-	sem_post(w->inside);
-	for (;;) {
-		if (atomic_load(&stop_flag))
-			return;
-		if (g_get_monotonic_time() >= give_up) {
-			atomic_fetch_add(&failed, 1); /* never stopped */
-			return;
-		}
-		g_usleep(10000);
-	}
-}
-
-static int glib_start_waiters(void *pool, unsigned n, enum bench_wait how,
-                              sem_t *inside)
-{
-	if (how != BENCH_WAIT_FLAG || n > WAITER_MAX)
-		return -1;
-	atomic_store(&stop_flag, 0);
-	atomic_store(&failed, 0);
-	for (unsigned i = 0; i < n; i++) {
-		waiters[i].item.run = waiter_run;
-		waiters[i].inside = inside;
-		if (glib_submit(pool, NULL, &waiters[i].item) != 0)
-			return -1;
-	}
-	return 0;
-}
-
-static void glib_stop_waiters(void *pool)
-{
-	atomic_store(&stop_flag, 1);
-	glib_free(pool); /* waits for the running waiters to return */
-}
-
-static unsigned glib_waiters_failed(void)
-{
-	return atomic_load(&failed);
-}
-
 static char version[32];
 
 static const struct bench_peer peer = {
@@ -229,9 +169,9 @@ static const struct bench_peer peer = {
 	.submit = glib_submit,
 	.wait_idle = glib_wait_idle,
 	.shutdown = glib_shutdown,
-	.start_waiters = glib_start_waiters,
-	.stop_waiters = glib_stop_waiters,
-	.waiters_failed = glib_waiters_failed,
+	.start_waiters = NULL, /* the driver's flag loop */
+	.stop_waiters = NULL,
+	.waiters_failed = NULL,
 	.why_no_cancel = "GThreadPool has no way to remove one queued task",
 	.why_no_group = "GThreadPool has no task groups; g_thread_pool_free(immediate) drops the whole queue only",
 	.why_no_alloc_count = NULL, /* seen: GSlice slabs are posix_memalign'd */

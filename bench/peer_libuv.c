@@ -43,11 +43,9 @@
  *   still comes, with UV_ECANCELED, from the next uv_run (wait_idle). The
  *   request is freed by whichever comes second, release() or its
  *   after_work_cb, so nothing leaks and nothing is freed twice.
- * - busy stop: the flag pattern (BENCH_WAIT_FLAG only): each waiter's
- *   work_cb posts `inside`, then loops { if (stop flag) return;
- *   uv_sleep(10); } (a waiter not stopped within 10 s gives up and counts
- *   as failed); stop_waiters sets the flag and runs the main loop
- *   until the waiters' after_work_cbs ran, then closes the loop.
+ * - busy stop: the driver's flag loop (start_waiters NULL) through submit
+ *   and shutdown, which runs the main loop until every request's
+ *   after_work_cb ran (so the waiters have returned), then closes it.
  * - cancel by group: none (NULL hooks, see why_no_group).
  *
  * What is different or unfair here:
@@ -80,10 +78,8 @@
  *   loop (UV_ECANCELED) and signals the loop, whose uv_run (wait_idle,
  *   outside the driver's clock) later runs the after_work_cbs.
  */
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 #include <uv.h>
 
 #include "peer.h"
@@ -311,81 +307,6 @@ static void luv_release(void *pool, void *handle)
 		h->released = 1; /* after_handle_cb frees it */
 }
 
-/* Busy stop: the flag pattern. One set of waiters per process. */
-#define WAITER_MAX 64
-#define WAITER_GIVE_UP_NS (10LL * 1000000000LL) /* as ctpool's 10 s waits */
-
-struct waiter {
-	uv_work_t req;
-	sem_t *inside;
-};
-
-static struct waiter waiters[WAITER_MAX];
-static atomic_int stop_flag;
-static atomic_uint failed;
-
-static long long now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void waiter_work(uv_work_t *req)
-{
-	struct waiter *w = (struct waiter *)req;
-	long long give_up = now_ns() + WAITER_GIVE_UP_NS;
-
-	sem_post(w->inside);
-	for (;;) {
-		if (atomic_load(&stop_flag))
-			return;
-		if (now_ns() >= give_up) {
-			atomic_fetch_add(&failed, 1); /* never stopped */
-			return;
-		}
-		uv_sleep(10);
-	}
-}
-
-static void waiter_after(uv_work_t *req, int status)
-{
-	(void)req;
-	if (status != 0)
-		atomic_fetch_add(&failed, 1); /* cancelled: never waited */
-}
-
-static int luv_start_waiters(void *pool, unsigned n, enum bench_wait how,
-                            sem_t *inside)
-{
-	struct uvpool *p = pool;
-
-	if (how != BENCH_WAIT_FLAG || n > WAITER_MAX)
-		return -1;
-	atomic_store(&stop_flag, 0);
-	atomic_store(&failed, 0);
-	for (unsigned i = 0; i < n; i++) {
-		waiters[i].inside = inside;
-		if (uv_queue_work(&p->main.loop, &waiters[i].req, waiter_work,
-		                  waiter_after) != 0)
-			return -1;
-	}
-	return 0;
-}
-
-static void luv_stop_waiters(void *pool)
-{
-	atomic_store(&stop_flag, 1);
-	/* uv_run in loop_close returns once every waiter's after_work ran. */
-	luv_shutdown(pool);
-}
-
-static unsigned luv_waiters_failed(void)
-{
-	return atomic_load(&failed);
-}
-
 static const struct bench_peer peer = {
 	.name = "libuv",
 	.version = NULL, /* set by bench_peer_get */
@@ -396,9 +317,9 @@ static const struct bench_peer peer = {
 	.submit = luv_submit,
 	.wait_idle = luv_wait_idle,
 	.shutdown = luv_shutdown,
-	.start_waiters = luv_start_waiters,
-	.stop_waiters = luv_stop_waiters,
-	.waiters_failed = luv_waiters_failed,
+	.start_waiters = NULL, /* the driver's flag loop */
+	.stop_waiters = NULL,
+	.waiters_failed = NULL,
 	.submit_handle = luv_submit_handle,
 	.cancel = luv_cancel_handle,
 	.release = luv_release,

@@ -52,11 +52,8 @@
  *   (main) right after shutdown returns, from 5 during a 4-worker pool,
  *   and several pools created and shut down in one process each get
  *   fresh workers. joins_threads = 1.
- * - busy stop: the flag pattern (BENCH_WAIT_FLAG only): each waiter posts
- *   `inside`, then loops { if (stop flag) return; sleep_for(10 ms); }; a
- *   waiter that is not stopped within 10 s gives up and counts as failed.
- *   stop_waiters sets the flag, then does what shutdown does (the wait
- *   returns once the waiters have returned).
+ * - busy stop: the driver's flag loop (start_waiters NULL) through submit
+ *   and shutdown, whose wait returns once the waiters have returned.
  * - cancel by handle: none (NULL hooks): oneTBB cancels whole
  *   task_group_contexts, never one task.
  *
@@ -218,54 +215,6 @@ void tbb_shutdown(void *vp)
 	tbb_free(static_cast<pool *>(vp));
 }
 
-/* Busy stop: the flag pattern. One set of waiters per process. */
-std::atomic<int> stop_flag;
-std::atomic<unsigned> failed;
-
-int tbb_start_waiters(void *vp, unsigned n, enum bench_wait how, sem_t *inside)
-{
-	pool *p = static_cast<pool *>(vp);
-
-	if (how != BENCH_WAIT_FLAG)
-		return -1;
-	stop_flag = 0;
-	failed = 0;
-	try {
-		for (unsigned i = 0; i < n; i++)
-			p->enqueue(p->tg, [inside] {
-				auto give_up = std::chrono::steady_clock::now() +
-				               std::chrono::seconds(10);
-
-				sem_post(inside);
-				for (;;) {
-					if (stop_flag.load())
-						return;
-					if (std::chrono::steady_clock::now() >= give_up) {
-						failed.fetch_add(1); /* never stopped */
-						return;
-					}
-					std::this_thread::sleep_for(
-						std::chrono::milliseconds(10));
-				}
-			});
-	} catch (const std::exception &e) {
-		std::fprintf(stderr, "tbb submit: %s\n", e.what());
-		return -1;
-	}
-	return 0;
-}
-
-void tbb_stop_waiters(void *vp)
-{
-	stop_flag = 1;
-	tbb_free(static_cast<pool *>(vp)); /* waits for the waiters */
-}
-
-unsigned tbb_waiters_failed(void)
-{
-	return failed.load();
-}
-
 void *tbb_group_create(void *vp)
 {
 	pool *p = static_cast<pool *>(vp);
@@ -328,9 +277,6 @@ struct bench_peer make_peer()
 	x.submit = tbb_submit;
 	x.wait_idle = tbb_wait_idle;
 	x.shutdown = tbb_shutdown;
-	x.start_waiters = tbb_start_waiters;
-	x.stop_waiters = tbb_stop_waiters;
-	x.waiters_failed = tbb_waiters_failed;
 	x.group_create = tbb_group_create;
 	x.submit_group = tbb_submit_group;
 	x.cancel_group = tbb_cancel_group;

@@ -15,18 +15,15 @@
  * cancel unlinks a node that is still queued, in O(1) under the mutex.
  * Groups: a tag pointer in the node; cancel_group walks the list under the
  * mutex and unlinks the group's nodes.
- * Busy stop: only the flag loop (sleep 10 ms, look at the flag).
+ * Busy stop: the driver's flag loop (sleep 10 ms, look at the flag).
  */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "peer.h"
-
-#define MAX_WAITERS 64
 
 enum { NODE_QUEUED, NODE_RUNNING, NODE_DONE, NODE_CANCELLED };
 
@@ -38,12 +35,6 @@ struct node {
 	atomic_int         refs;   /* queue/worker + handle */
 };
 
-struct waiter {
-	struct bench_item base;
-	struct tpool     *tp;
-	sem_t            *inside;
-};
-
 struct tpool {
 	pthread_mutex_t mu;
 	pthread_cond_t  not_empty;
@@ -53,8 +44,6 @@ struct tpool {
 	bool            stop;
 	pthread_t      *threads;
 	unsigned        nthreads;
-	atomic_bool     stop_flag;   /* busy stop: the waiters' flag */
-	struct waiter   waiters[MAX_WAITERS];
 };
 
 static void node_put(struct node *n)
@@ -203,50 +192,6 @@ static void tp_wait_idle(void *pool)
 	pthread_mutex_unlock(&tp->mu);
 }
 
-/* ---- busy stop: the flag loop -------------------------------------------- */
-
-static void waiter_run(struct bench_item *self)
-{
-	struct waiter  *w = (struct waiter *)self;
-	struct timespec ten_ms = { 0, 10 * 1000 * 1000 };
-
-	sem_post(w->inside);
-	while (!atomic_load(&w->tp->stop_flag))
-		nanosleep(&ten_ms, NULL);
-}
-
-static int tp_start_waiters(void *pool, unsigned n, enum bench_wait how,
-                            sem_t *inside)
-{
-	struct tpool *tp = pool;
-
-	if (how != BENCH_WAIT_FLAG || n > MAX_WAITERS)
-		return -1;
-	for (unsigned i = 0; i < n; i++) {
-		struct waiter *w = &tp->waiters[i];
-
-		w->base.run = waiter_run;
-		w->tp = tp;
-		w->inside = inside;
-		if (tp_submit(tp, NULL, &w->base) != 0)
-			return -1;
-	}
-	return 0;
-}
-
-static void tp_stop_waiters(void *pool)
-{
-	struct tpool *tp = pool;
-
-	atomic_store(&tp->stop_flag, true);
-	tp_shutdown(tp);
-}
-
-static unsigned tp_waiters_failed(void)
-{
-	return 0; /* a flag loop has no other way to end */
-}
-
 /* ---- cancel by handle ---------------------------------------------------- */
 
 static void *tp_submit_handle(void *pool, struct bench_item *item)
@@ -332,9 +277,9 @@ static const struct bench_peer peer = {
 	.submit = tp_submit,
 	.wait_idle = tp_wait_idle,
 	.shutdown = tp_shutdown,
-	.start_waiters = tp_start_waiters,
-	.stop_waiters = tp_stop_waiters,
-	.waiters_failed = tp_waiters_failed,
+	.start_waiters = NULL, /* the driver's flag loop */
+	.stop_waiters = NULL,
+	.waiters_failed = NULL,
 	.submit_handle = tp_submit_handle,
 	.cancel = tp_cancel,
 	.release = tp_release,

@@ -41,20 +41,8 @@ while (($#)); do
 done
 
 # ---- dependencies --------------------------------------------------------
-scripts/deps.sh
-extras=(g++ libglib2.0-dev libuv1-dev libtbb-dev libboost-dev gnuplot-nox)
-need=()
-for p in "${extras[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
-		need+=("$p")
-done
-if ((${#need[@]})); then
-	sudo=""
-	[[ $(id -u) -ne 0 ]] && sudo="sudo"
-	echo "bench: installing ${need[*]}"
-	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+scripts/deps.sh g++ libglib2.0-dev libuv1-dev libtbb-dev libboost-dev \
+	gnuplot-nox
 
 # ---- build -----------------------------------------------------------------
 builddir=build-bench

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what ctpool needs to build and test, from Debian packages, if it is
-# missing. Safe to run again: it installs nothing when everything is there.
+# missing, and the packages named as arguments (scripts/bench.sh adds the
+# libraries it compares with). Safe to run again: it installs nothing when
+# everything is there.
+# Usage: scripts/deps.sh [EXTRA-PACKAGE ...]
 set -euo pipefail
 
 pkgs=(gcc libc6-dev pkg-config meson ninja-build libck-dev libcmocka-dev
       libmicrohttpd-dev curl spin clang libclang-rt-14-dev
-      libasan8 libubsan1 libtsan2)
+      libasan8 libubsan1 libtsan2 "$@")
 need=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||

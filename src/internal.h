@@ -92,7 +92,6 @@ CTP__HIDDEN bool ctp__ring_pop(struct ctp__ring *r, void **item);
 /* A snapshot: no committed item (reservations not yet committed do not
  * count; tombstones do). */
 CTP__HIDDEN bool ctp__ring_empty(const struct ctp__ring *r);
-CTP__HIDDEN unsigned ctp__ring_size(const struct ctp__ring *r);
 
 /* ---- queue.c ------------------------------------------------------------ */
 
@@ -277,8 +276,8 @@ struct ctp__batch {
 /* The firer of a queued task's token won it: finish it as never run. Its
  * finished count, and for a task with neither done nor handle its queue
  * slot and statistics, go to b (given to the pool by ctp__batch_flush,
- * before the fire call returns). Drops the pool's reference (the task may be freed
- * when it returns). */
+ * before the fire call returns). Drops the pool's reference (the task may
+ * be freed when it returns). */
 CTP__HIDDEN void ctp__task_finish_unrun(ctp_task *t, int reason,
                                         struct ctp__batch *b);
 CTP__HIDDEN void ctp__batch_flush(struct ctp__batch *b);

@@ -116,11 +116,32 @@ void ctp__pool_thread_exit(ctp_pool *pool)
 	ctp__pool_put(pool); /* may free the pool: the last thing we do */
 }
 
-/* Wakes the threads in wait_idle_for once nothing is unfinished. Called
- * after a seq_cst change of `finished` or `accepted`: the change, then the
- * load of idle_waiters (pairs with wait_idle_for's announce-then-look). */
-static bool pool_idle(ctp_pool *pool);
+/* Adds d to a counter only one thread writes: a load and a store, no
+ * read-modify-write on a shared line. */
+static void own_add64(_Atomic uint64_t *c, uint64_t d, memory_order order)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) +
+	    d, order);
+}
 
+/* True when no accepted task is unfinished (queued, running, or its done
+ * not yet returned). The finished counts are read first, then `accepted`:
+ * each only grows, and the total finished is never above accepted, so a sum
+ * equal to `accepted` was the total, and equal to it, when `accepted` was
+ * read. */
+static bool pool_idle(ctp_pool *pool)
+{
+	uint64_t f = atomic_load(&pool->finished);
+
+	for (unsigned i = 0; i < pool->nthreads; i++)
+		f += atomic_load(&pool->workers[i].finished);
+	return f == atomic_load(&pool->accepted);
+}
+
+/* Wakes the threads in wait_idle_for once nothing is unfinished. Called
+ * after a seq_cst change of a finished count or `accepted`: the change,
+ * then the load of idle_waiters (pairs with wait_idle_for's
+ * announce-then-look). */
 static void idle_check(ctp_pool *pool)
 {
 	/* While a task is still queued the pool is not idle, and that task's
@@ -136,27 +157,11 @@ void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n)
 {
 	struct ctp__worker *w = ctp__tls.worker;
 
-	if (w != NULL && w->pool == pool) /* single writer: a store (seq_cst:
-	                                     then idle_check's loads) */
-		atomic_store(&w->finished, atomic_load_explicit(&w->finished,
-		    memory_order_relaxed) + n);
+	if (w != NULL && w->pool == pool)
+		own_add64(&w->finished, n, memory_order_seq_cst);
 	else
 		atomic_fetch_add(&pool->finished, n);
 	idle_check(pool);
-}
-
-/* True when no accepted task is unfinished (queued, running, or its done
- * not yet returned). The finished counts are read first, then `accepted`:
- * each only grows, and the total finished is never above accepted, so a sum
- * equal to `accepted` was the total, and equal to it, when `accepted` was
- * read. */
-static bool pool_idle(ctp_pool *pool)
-{
-	uint64_t f = atomic_load(&pool->finished);
-
-	for (unsigned i = 0; i < pool->nthreads; i++)
-		f += atomic_load(&pool->workers[i].finished);
-	return f == atomic_load(&pool->accepted);
 }
 
 /* Waits up to `timeout` ns (0: only looks; CTP_FOREVER: no limit) until the
@@ -300,6 +305,8 @@ static void wake_for_push(ctp_pool *pool)
 		unpark_one(pool);
 }
 
+/* Takes the scout role if it is free (a plain load first, so busy workers
+ * do not write the shared line when someone holds it). */
 static bool scout_take(ctp_pool *pool)
 {
 	uint32_t expected = 0;
@@ -334,7 +341,6 @@ static void pass_baton(ctp_pool *pool)
  * spurious return is fine: the caller looks again. */
 static void idle_wait(ctp_pool *pool, struct ctp__worker *w, bool *scout)
 {
-
 	if (!*scout)
 		*scout = scout_take(pool);
 	if (*scout) {
@@ -396,13 +402,6 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w,
 	}
 }
 
-/* Single-writer counter: only this worker writes it. */
-static void own_add64(_Atomic uint64_t *c, uint64_t d)
-{
-	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) +
-	    d, memory_order_relaxed);
-}
-
 static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
 {
 	ctp_pool *pool = w->pool;
@@ -419,7 +418,7 @@ static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
 	ctp__tls.task = NULL;
 	/* counted before the task can be seen finished (wait_idle) */
 	atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
-	own_add64(&w->st_completed, 1);
+	own_add64(&w->st_completed, 1, memory_order_relaxed);
 	/* Heading back to an empty ring: scout, so that the submits that
 	 * come meanwhile need not wake a parked worker. With tasks waiting in
 	 * the ring there is no need, and busy workers would pass the role's

@@ -15,7 +15,8 @@
  *     release while `full_waiters` is non-zero: a producer announces itself
  *     there before it looks at `count` the last time before sleeping, so a
  *     release that saw no waiter happened before that look; the common case
- *     with nobody waiting costs the consumers no write to a shared line). A waiter takes a snapshot of the count *before* it looks at
+ *     with nobody waiting costs the consumers no write to a shared line).
+ *     A waiter takes a snapshot of the count *before* it looks at
  *     the ring or at `count`, then sleeps only while the count still equals
  *     the snapshot. Every change a waiter could miss is followed by a bump,
  *     so there is no lost wake-up, also when a producer is preempted between
@@ -230,10 +231,9 @@ int ctp_queue_create(ctp_queue **queue, size_t capacity)
 	if (cap == 0)
 		return -EINVAL;
 	q = aligned_alloc(CTP__CACHELINE, sizeof(*q));
-	if (q != NULL)
-		memset(q, 0, sizeof(*q));
 	if (q == NULL)
 		return -ENOMEM;
+	memset(q, 0, sizeof(*q));
 	r = ctp__queue_init(q, cap);
 	if (r != 0) {
 		free(q);

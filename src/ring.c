@@ -124,11 +124,6 @@ bool ctp__ring_push(struct ctp__ring *r, void *item)
 	return true;
 }
 
-unsigned ctp__ring_size(const struct ctp__ring *r)
-{
-	return ck_ring_size(r->ck);
-}
-
 bool ctp__ring_empty(const struct ctp__ring *r)
 {
 	return ck_ring_size(r->ck) == 0;

@@ -34,8 +34,8 @@
  *   is freed if the pool has been destroyed. A worker keeps the objects it
  *   frees in its own cache and pushes them to the shared list 32 at a time
  *   (and before it parks or exits), so workers do not contend on the list
- *   per task. Each object holds a reference on
- *   its pool, so a handle can outlive ctp_pool_destroy.
+ *   per task. Each object holds a reference on its pool, so a handle can
+ *   outlive ctp_pool_destroy.
  *
  *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
  *   in 1 (release, after writing status) and wakes only if bit 1 was set.
@@ -239,8 +239,8 @@ void ctp__task_finish_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 	 * count must be given back before them. Without either, nobody can
 	 * tell, and they go to the batch. */
 	bool seen = t->done != NULL || t->handle;
-	uint64_t one_timed_out = 0, one_dropped = 0, one_cancelled = 0;
-	uint64_t *counter;
+	_Atomic uint64_t *stat;
+	uint64_t *batched;
 
 	if (t->deadline != 0)
 		ctp__timer_remove(pool, t);
@@ -249,25 +249,26 @@ void ctp__task_finish_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 		b->pool = pool;
 	}
 	switch (reason) {
-	case -ETIMEDOUT: counter = seen ? &one_timed_out : &b->timed_out; break;
-	case -ESHUTDOWN: counter = seen ? &one_dropped : &b->dropped;     break;
-	default:         counter = seen ? &one_cancelled : &b->cancelled; break;
+	case -ETIMEDOUT:
+		stat = &pool->st_timed_out;
+		batched = &b->timed_out;
+		break;
+	case -ESHUTDOWN:
+		stat = &pool->st_dropped;
+		batched = &b->dropped;
+		break;
+	default:
+		stat = &pool->st_cancelled;
+		batched = &b->cancelled;
+		break;
 	}
-	++*counter;
 	if (seen) {
 		/* it leaves the queue now: its slot is free at once */
 		ctp__queue_unreserve(&pool->queue);
-		if (one_timed_out)
-			atomic_fetch_add_explicit(&pool->st_timed_out, 1,
-			    memory_order_relaxed);
-		if (one_dropped)
-			atomic_fetch_add_explicit(&pool->st_dropped, 1,
-			    memory_order_relaxed);
-		if (one_cancelled)
-			atomic_fetch_add_explicit(&pool->st_cancelled, 1,
-			    memory_order_relaxed);
+		atomic_fetch_add_explicit(stat, 1, memory_order_relaxed);
 	} else {
 		b->slots++;
+		(*batched)++;
 	}
 	call_done(t, reason);
 	publish(t, reason);

@@ -292,7 +292,11 @@ proctype worker(byte w)
 				status[t] = 0;
 				unfinished--
 			}
-			scout_take(scout)
+			/* back to an empty ring: scout (run_task) */
+			if
+			:: len(ring) == 0 -> scout_take(scout)
+			:: else -> skip
+			fi
 		:: t == 0 && stop -> unlock(w); break
 		:: else ->
 			unlock(w);
