@@ -39,6 +39,19 @@ extern "C" {
 #define CTP_EXPORT
 #endif
 
+/* ---- version ------------------------------------------------------------ */
+
+/* The version of this header. Below 1.0 a minor release may change the ABI
+ * (grow a caller-allocated struct such as ctp_pool_opts, ctp_task_opts or
+ * ctp_stats); every release that does bumps the shared library's soname
+ * (libctpool.so.N), so a program built against an older header never runs
+ * against an incompatible library by accident. See README.md, "Versions". */
+#define CTP_VERSION_MAJOR 0
+#define CTP_VERSION_MINOR 2
+#define CTP_VERSION_PATCH 0
+#define CTP_VERSION_NUM \
+	((CTP_VERSION_MAJOR << 16) | (CTP_VERSION_MINOR << 8) | CTP_VERSION_PATCH)
+
 /* ---- durations ---------------------------------------------------------- */
 
 #define CTP_FOREVER ((int64_t)-1)
@@ -124,6 +137,11 @@ typedef struct ctp_task_opts {
 } ctp_task_opts;
 
 /* ---- errors ------------------------------------------------------------- */
+
+/* The version of the library linked at run time, as CTP_VERSION_NUM encodes
+ * it ((major << 16) | (minor << 8) | patch); compare it with the header's
+ * CTP_VERSION_NUM to detect a mismatch. Never fails. */
+CTP_EXPORT unsigned ctp_version(void);
 
 /* A distinct, static, non-NULL string for every code the library returns
  * (0 included); the system's text for any other code. Never fails. */

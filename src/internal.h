@@ -59,6 +59,27 @@ CTP__HIDDEN extern const struct ck_ec_mode ctp__ec_mode;
 
 CTP__HIDDEN void ctp__set_thread_name(const char *prefix, const char *suffix);
 
+/* Fork generation: 0 in the process that loaded the library, one more in
+ * each child of fork() (a pthread_atfork child handler, registered when
+ * the library is loaded). The library's only global; written only in the
+ * child right after the fork, when it has one thread. Every pool, token
+ * and queue records the generation it was made in; in a child the calls
+ * that would lock, wait or write a shared fd on an object from before the
+ * fork return -ECHILD instead (its locks may be held by threads that do
+ * not exist in the child, and its pool has no threads there). */
+CTP__HIDDEN extern _Atomic uint32_t ctp__fork_gen;
+
+static inline uint32_t ctp__gen(void)
+{
+	return atomic_load_explicit(&ctp__fork_gen, memory_order_relaxed);
+}
+
+/* True for an object made before this process was forked from its maker. */
+static inline bool ctp__forked(uint32_t gen)
+{
+	return gen != ctp__gen();
+}
+
 /* Schedule perturbation, compiled in only by test builds (meson
  * -Dperturb=true): at each CTP__PERTURB() point a thread may yield or sleep
  * a few microseconds, chosen by a per-thread PRNG seeded from the
@@ -106,6 +127,7 @@ CTP__HIDDEN bool ctp__ring_empty(const struct ctp__ring *r);
 struct ctp_queue {
 	struct ctp__ring ring;      /* the items; written by ring.c only */
 	size_t           capacity;  /* immutable: a power of two */
+	uint32_t         gen;       /* fork generation it was made in */
 	CTP__LINE _Atomic size_t count; /* admitted items (<= capacity), and the
 	                               CTP__QUEUE_CLOSED bit once closed: one
 	                               word, so no admission CAS can succeed
@@ -172,6 +194,10 @@ CTP__HIDDEN void ctp__ec_bump(ck_ec32_t *ec);
 #define CTP__PHASE_RUNNING   CTP__PHASE(CTP_TASK_RUNNING)
 #define CTP__PHASE_DONE      CTP__PHASE(CTP_TASK_DONE)
 #define CTP__PHASE_CANCELLED CTP__PHASE(CTP_TASK_CANCELLED)
+/* Set with the reason by the CAS that wins a ctp__token_fire on this token
+ * (the root of that fire call), cleared when the call has finished the
+ * whole subtree it fired (token.c, "Two firers in one tree"). */
+#define CTP__FIRING          (1u << 11)
 
 enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2 };
 
@@ -183,10 +209,20 @@ struct ctp_token {
 	_Atomic uint32_t linked;    /* 1 once it may have children, watches or
 	                               an fd: firing must then take `lock` */
 	uint8_t          kind;      /* immutable */
+	uint32_t         gen;       /* fork generation it was made in */
 	ctp_token       *sib_next;  /* in parent->children: protected by */
 	ctp_token       *sib_prev;  /*   parent->lock, not by this lock */
 	ctp_token       *fire_next; /* list of one fire call; written only by
 	                               the thread whose CAS fired this token */
+	ctp_token       *wait_next; /* list of the subtrees one fire call waits
+	                               for; written only by the firer of this
+	                               token's parent (the one thread that walks
+	                               the parent's children) */
+	struct ctp__fire *fire;     /* the fire call that fired this token, set
+	                               when it walks it (only tokens that are
+	                               `linked`); lock. A token fires once, so
+	                               while one of its watches is pending after
+	                               the fire, this record is live */
 	ctp_token       *parent;    /* immutable while referenced; holds a ref */
 	ctp_token       *children;  /* first child (tokens and task tokens);
 	                               lock */
@@ -213,16 +249,42 @@ struct ctp_watch {
 
 CTP__HIDDEN void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state);
 CTP__HIDDEN void ctp__token_fini(ctp_token *t);
+/* One fire call in progress (token.c). On the firer's stack, or for the
+ * timer's fires in the task's `dfire`, carried from the timer thread
+ * (begin) to the timer-callback thread (end). */
+struct ctp__fire {
+	ctp_token        *root;    /* the token this call fired first */
+	ctp_token        *list;    /* every token it fired, root first, breadth
+	                              first, linked by fire_next, each with a
+	                              reference of this call */
+	ctp_token        *waits;   /* subtrees other fire calls are firing
+	                              (CTP__FIRING), by wait_next, each with a
+	                              reference; waited for before `end` returns */
+	int               reason;
+	struct ctp__fire *prev;    /* ctp__tls.fires: the fire calls this
+	                              thread is inside */
+	struct ctp__fire *next;    /* the timer-callback thread's queue */
+};
+
 /* Fires t with reason (a negative errno). Returns the phase the token had
  * when this call fired it (CTP__PHASE_*), or -EALREADY if it had already
- * fired or its task had finished. Runs done of a queued task, wakes
- * sleepers, the fd, children and watchers before it returns. */
+ * fired or its task had finished. Before it returns: every descendant has
+ * fired, every sleeper, fd and internal wait of the tree woke, every task
+ * caught queued is finished (done ran), user watchers ran, and every
+ * subtree that another fire call was firing has been finished by it. */
 CTP__HIDDEN int  ctp__token_fire(ctp_token *t, int reason);
+/* The same in two steps, for the timer: begin fires the tree, wakes its
+ * waiters and retires the tasks caught queued (slots given back, counted,
+ * off the deadline heap); it runs no user code. end (on another thread, in
+ * order) runs their done, the user watchers, waits for other firers and
+ * ends the fire. begin returns like ctp__token_fire; end only after begin
+ * returned >= 0. */
+CTP__HIDDEN int  ctp__token_fire_begin(ctp_token *t, int reason,
+                                       struct ctp__fire *f);
+CTP__HIDDEN void ctp__token_fire_end(struct ctp__fire *f);
 /* Links child under parent (a ref on parent is taken) unless parent has
  * fired; returns 0 or the parent's reason. */
 CTP__HIDDEN int  ctp__token_link(ctp_token *parent, ctp_token *child);
-/* Undoes ctp__token_link when the child is being freed. */
-CTP__HIDDEN void ctp__token_unlink(ctp_token *child);
 CTP__HIDDEN void ctp__token_ref(ctp_token *t);
 CTP__HIDDEN bool ctp__token_tryref(ctp_token *t);
 CTP__HIDDEN void ctp__token_put(ctp_token *t);
@@ -254,6 +316,12 @@ struct ctp_task {
 	                               publication */
 	ctp_task_fn      fn;
 	size_t           heap_idx;  /* timer heap slot; timer->lock */
+	struct ctp__fire *dfire;    /* the timer's fire record for this object
+	                               (made for its first deadline, kept with
+	                               the object, freed with it); written by
+	                               the timer thread, then read by the
+	                               timer-callback thread after the queue's
+	                               lock */
 	ctp_task        *free_next; /* in pool->freed (owned by the pusher
 	                               until its CAS) or pool->spare */
 };
@@ -262,25 +330,42 @@ struct ctp_task {
 /* pool->freed after ctp_pool_destroy: a freed task object goes to free() */
 #define CTP__FREED_DEAD ((ctp_task *)(uintptr_t)1)
 
-CTP__HIDDEN ctp_task *ctp__task_alloc(ctp_pool *pool);
+/* A task object for a submit: 0, -ENOMEM, or -ESHUTDOWN once the pool is
+ * destroyed (an abandoned thread of the pool submitting). */
+CTP__HIDDEN int  ctp__task_alloc(ctp_pool *pool, ctp_task **t);
+/* Frees an object for good (the pool is destroyed): its pool reference. */
+CTP__HIDDEN void ctp__task_dealloc(ctp_task *t);
 /* Called when a task's last reference is dropped (from ctp__token_put). */
 CTP__HIDDEN void ctp__task_free(ctp_task *t);
 /* Gives a worker's cached free task objects to the pool. */
 CTP__HIDDEN void ctp__task_cache_flush(struct ctp__worker *w);
-/* Counts of one fire call's finished tasks, added to their pool at once
- * (one pool at a time: a change of pool flushes). */
+/*
+ * A fire call finishes the tasks it caught queued in two passes over its
+ * list, one pool at a time (a run of the list's tasks of one pool is a
+ * "segment"; both passes cut the list the same way):
+ *   retire   (no user code): off the deadline heap, the slot and the
+ *            statistic counted in the batch; at each segment's start the
+ *            pool's `finishing` is raised (before any slot is given back,
+ *            so a shutdown that sees the queue empty sees it too), and at
+ *            its end the batch's slots and statistics go to the pool;
+ *   complete (done runs): done, publish, the finished count in the batch,
+ *            the pool's reference dropped; at each segment's end the
+ *            finished count goes to the pool and `finishing` comes down.
+ * The fire call holds a reference on every task of its list until both
+ * passes are over, and each task object holds one on its pool: the pool
+ * cannot be freed under a pass.
+ */
 struct ctp__batch {
 	ctp_pool *pool;
 	uint64_t  finished, slots, cancelled, timed_out, dropped;
 };
-/* The firer of a queued task's token won it: finish it as never run. Its
- * finished count, and for a task with neither done nor handle its queue
- * slot and statistics, go to b (given to the pool by ctp__batch_flush,
- * before the fire call returns). Drops the pool's reference (the task may
- * be freed when it returns). */
-CTP__HIDDEN void ctp__task_finish_unrun(ctp_task *t, int reason,
-                                        struct ctp__batch *b);
-CTP__HIDDEN void ctp__batch_flush(struct ctp__batch *b);
+CTP__HIDDEN void ctp__task_retire(ctp_task *t, int reason,
+                                  struct ctp__batch *b);
+CTP__HIDDEN void ctp__task_complete_unrun(ctp_task *t, int reason,
+                                          struct ctp__batch *b);
+/* Ends the batch's segment (of either pass); the batch is then empty. */
+CTP__HIDDEN void ctp__batch_end_retire(struct ctp__batch *b);
+CTP__HIDDEN void ctp__batch_end_complete(struct ctp__batch *b);
 /* A worker ran the task: finish it with fn's status. */
 CTP__HIDDEN void ctp__task_finish_ran(ctp_task *t, int status);
 /* QUEUED -> RUNNING unless its token fired first. */
@@ -298,6 +383,8 @@ struct ctp__tls {
 	struct ctp__worker     *worker; /* this thread's worker, if it is one */
 	const ctp_task         *task;   /* task whose fn runs on this thread */
 	struct ctp__done_frame *dones;  /* innermost done callback first */
+	struct ctp__fire       *fires;  /* fire calls in progress here,
+	                                   innermost first */
 };
 CTP__HIDDEN extern __thread struct ctp__tls ctp__tls;
 /* True when waiting for pool from this thread could deadlock. */
@@ -307,25 +394,46 @@ CTP__HIDDEN bool ctp__is_pool_context(const ctp_pool *pool);
 
 struct ctp__timer {
 	pthread_mutex_t lock;
-	pthread_cond_t  cond;       /* CLOCK_MONOTONIC */
+	pthread_cond_t  cond;       /* the timer thread sleeps here (MONOTONIC) */
 	ctp_task      **heap;       /* min-heap on deadline; lock */
 	size_t          len;        /* lock */
 	size_t          cap;        /* lock */
 	size_t          reserved;   /* slots promised to submits; lock */
-	bool            started;    /* thread created; lock */
+	bool            started;    /* both threads created; lock */
+	bool            running;    /* the timer thread has not exited; lock */
 	bool            stop;       /* lock */
 	pthread_t       thread;     /* written under lock before `started` */
+	/* the timer-callback thread: runs the end of the timer's fire calls
+	 * (done callbacks, user watchers), so no callback delays a deadline */
+	pthread_cond_t  cb_cond;    /* it sleeps here; lock */
+	struct ctp__fire *cb_head;  /* fire calls whose end is due, FIFO; lock */
+	struct ctp__fire *cb_tail;  /* lock */
+	bool            cb_started; /* lock */
+	pthread_t       cb_thread;  /* written under lock before `cb_started` */
+	_Atomic uint32_t cb_busy;   /* 1 while it runs an end (user code);
+	                               single writer, seq_cst clear */
 };
 
 CTP__HIDDEN int  ctp__timer_init(struct ctp__timer *tm);
 CTP__HIDDEN void ctp__timer_fini(struct ctp__timer *tm);
-/* Starts the thread if needed and promises a heap slot. */
+/* Starts the threads if needed and promises a heap slot: 0, -ESHUTDOWN,
+ * -ENOMEM (no memory, or a thread could not be started). */
 CTP__HIDDEN int  ctp__timer_reserve(ctp_pool *pool);
 CTP__HIDDEN void ctp__timer_unreserve(ctp_pool *pool);
 /* Uses a promised slot: the task's token fires at t->deadline. */
 CTP__HIDDEN void ctp__timer_add(ctp_pool *pool, ctp_task *t);
 CTP__HIDDEN void ctp__timer_remove(ctp_pool *pool, ctp_task *t);
+/* No more deadlines fire; the callback thread ends what is queued, then
+ * both threads exit. */
 CTP__HIDDEN void ctp__timer_stop(ctp_pool *pool);
+/* Joins (or detaches) both threads, if they were started. */
+CTP__HIDDEN void ctp__timer_join(ctp_pool *pool, bool detach);
+/* 1 while the callback thread runs user code. */
+CTP__HIDDEN uint32_t ctp__timer_busy(ctp_pool *pool);
+/* If t's own timer fire call waits in the callback queue, takes it out
+ * and returns it: the caller, which would otherwise wait for it, ends it
+ * on its own thread (so no end waits for one queued behind it). */
+CTP__HIDDEN struct ctp__fire *ctp__timer_claim(ctp_task *t);
 
 /* ---- pool.c ------------------------------------------------------------- */
 
@@ -337,6 +445,11 @@ struct ctp__worker {
 	 * load and store, no read-modify-write); summed by ctp_pool_stats */
 	_Atomic uint64_t st_completed;
 	_Atomic uint32_t st_running; /* 0 or 1 */
+	_Atomic uint32_t busy;      /* 1 while it runs user code (a task from
+	                               its start until its done returned, or
+	                               on_thread_stop): what a shutdown past
+	                               its grace may abandon; single writer,
+	                               seq_cst clear (pool.c, wait_quiet) */
 	_Atomic uint64_t finished;  /* tasks this worker finished (pool.c,
 	                               "Idle"); single writer, seq_cst store */
 	/* task objects this worker freed, pushed to pool->freed in batches
@@ -374,6 +487,10 @@ struct ctp_pool {
 	                                  workers (each worker counts its own);
 	                                  unfinished = accepted - all of them */
 	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped; /* relaxed */
+	_Atomic uint32_t   finishing;  /* fire calls' segments of this pool's
+	                                  tasks caught queued whose done has
+	                                  not returned (task.c); each counts in
+	                                  `alive` too */
 
 	/* rarely written: read on every submit or finish */
 	CTP__LINE _Atomic uint32_t idle_waiters; /* threads in wait_idle or the
@@ -386,8 +503,18 @@ struct ctp_pool {
 	_Atomic uint32_t   parked;     /* length of park_list (a hint for
 	                                  submitters: read without the lock) */
 	_Atomic bool       stopping;   /* cancel step reached: workers exit */
+	_Atomic uint32_t   stopped;    /* 1 once the first shutdown call has
+	                                  ended its cancel step (futex: later
+	                                  calls wait for it) */
+	_Atomic bool       destroyed;  /* ctp_pool_destroy has emptied the ring:
+	                                  a submit that pushes after it empties
+	                                  it again (seq_cst; Dekker with the
+	                                  push's fence) */
 	_Atomic uint32_t   refs;       /* owner + threads + task objects */
-	_Atomic uint32_t   alive;      /* threads not yet exited (futex) */
+	_Atomic uint32_t   alive;      /* threads not yet exited, plus fire
+	                                  calls' segments not yet complete
+	                                  (`finishing`): what the grace waits
+	                                  for (futex) */
 	_Atomic uint32_t   started;    /* workers past on_thread_start (futex) */
 	_Atomic uint32_t   st_threads;
 	pthread_mutex_t    park_lock;  /* protects park_list and each listed
@@ -410,6 +537,7 @@ struct ctp_pool {
 	/* immutable after create */
 	CTP__LINE ctp_pool_opts opts;
 	char               name[16];
+	uint32_t           gen;     /* fork generation it was made in */
 	unsigned           nthreads;
 	struct ctp__worker *workers;
 	ctp_task          **scan;           /* nthreads slots: cancel step only,
@@ -423,5 +551,10 @@ CTP__HIDDEN void ctp__pool_put(ctp_pool *pool);
 CTP__HIDDEN void ctp__pool_thread_exit(ctp_pool *pool);
 /* n tasks' done have returned: counts them finished, wakes idle waiters. */
 CTP__HIDDEN void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n);
+/* A fire call's segment of this pool's tasks caught queued: begins before
+ * any of their slots is given back, is done once their done returned
+ * (task.c). The shutdown waits for it as for a thread of the pool. */
+CTP__HIDDEN void ctp__pool_finishing_begin(ctp_pool *pool);
+CTP__HIDDEN void ctp__pool_finishing_done(ctp_pool *pool);
 
 #endif /* CTP_INTERNAL_H */

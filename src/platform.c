@@ -118,6 +118,23 @@ const struct ck_ec_mode ctp__ec_mode = {
 	.single_producer = false,
 };
 
+/* ---- fork --------------------------------------------------------------- */
+
+_Atomic uint32_t ctp__fork_gen;
+
+static void on_fork_child(void)
+{
+	/* the child has one thread now: relaxed is enough */
+	atomic_fetch_add_explicit(&ctp__fork_gen, 1, memory_order_relaxed);
+}
+
+__attribute__((constructor)) static void register_fork_handler(void)
+{
+	/* cannot fail but for ENOMEM at load time; then a child's calls on
+	 * objects from before the fork are not caught */
+	(void)pthread_atfork(NULL, NULL, on_fork_child);
+}
+
 /* ---- threads ------------------------------------------------------------ */
 
 void ctp__set_thread_name(const char *prefix, const char *suffix)
@@ -182,7 +199,12 @@ void ctp__perturb(void)
 }
 #endif
 
-/* ---- errors ------------------------------------------------------------- */
+/* ---- version and errors ------------------------------------------------- */
+
+unsigned ctp_version(void)
+{
+	return CTP_VERSION_NUM;
+}
 
 const char *ctp_strerror(int err)
 {
@@ -197,6 +219,7 @@ const char *ctp_strerror(int err)
 	case -EDEADLK:      return "would wait for itself (deadlock)";
 	case -EINPROGRESS:  return "task is running; its token fired";
 	case -EALREADY:     return "already finished or already fired";
+	case -ECHILD:       return "object made before fork(): unusable in the child";
 	case -EMFILE:       return "too many open files in this process";
 	case -ENFILE:       return "too many open files in the system";
 	case INT_MIN:       return "unknown error"; /* -INT_MIN overflows */

@@ -116,6 +116,21 @@ void ctp__pool_thread_exit(ctp_pool *pool)
 	ctp__pool_put(pool); /* may free the pool: the last thing we do */
 }
 
+void ctp__pool_finishing_begin(ctp_pool *pool)
+{
+	/* seq_cst, before any slot of the segment is given back: a shutdown
+	 * that then sees its queue empty waits for this in `alive` */
+	atomic_fetch_add(&pool->alive, 1);
+	atomic_fetch_add(&pool->finishing, 1);
+}
+
+void ctp__pool_finishing_done(ctp_pool *pool)
+{
+	atomic_fetch_sub(&pool->finishing, 1);
+	if (atomic_fetch_sub(&pool->alive, 1) == 1)
+		ctp__futex_wake(&pool->alive, INT_MAX);
+}
+
 /* Adds d to a counter only one thread writes: a load and a store, no
  * read-modify-write on a shared line. */
 static void own_add64(_Atomic uint64_t *c, uint64_t d, memory_order order)
@@ -125,14 +140,25 @@ static void own_add64(_Atomic uint64_t *c, uint64_t d, memory_order order)
 }
 
 /* True when no accepted task is unfinished (queued, running, or its done
- * not yet returned). The finished counts are read first, then `accepted`:
- * each only grows, and the total finished is never above accepted, so a sum
- * equal to `accepted` was the total, and equal to it, when `accepted` was
- * read. */
+ * not yet returned). Read in this order, each seq_cst:
+ *   1. the queue's count: an admitted task holds its slot from its
+ *      admission CAS until a worker starts it or a firer retires it, so a
+ *      task admitted before this read and not yet counted in `accepted`
+ *      (a submit between the two steps) makes it non-zero;
+ *   2. the finished counts, then 3. `accepted`. The finished total never
+ *      exceeds `accepted` (a task is counted accepted before it can
+ *      finish; `accepted` goes down only for a submit backing out, whose
+ *      task never finishes), so a sum read before `accepted` that equals
+ *      it was the total, and equal to it, when `accepted` was read.
+ * So a task admitted before the call is never missed; one admitted during
+ * it may be (as if it came after). */
 static bool pool_idle(ctp_pool *pool)
 {
-	uint64_t f = atomic_load(&pool->finished);
+	uint64_t f;
 
+	if (ctp__queue_count(&pool->queue) != 0)
+		return false;
+	f = atomic_load(&pool->finished);
 	for (unsigned i = 0; i < pool->nthreads; i++)
 		f += atomic_load(&pool->workers[i].finished);
 	return f == atomic_load(&pool->accepted);
@@ -146,8 +172,7 @@ static void idle_check(ctp_pool *pool)
 {
 	/* While a task is still queued the pool is not idle, and that task's
 	 * finisher checks again: skip the sum over the workers. */
-	if (atomic_load(&pool->idle_waiters) != 0 &&
-	    ctp__queue_count(&pool->queue) == 0 && pool_idle(pool)) {
+	if (atomic_load(&pool->idle_waiters) != 0 && pool_idle(pool)) {
 		atomic_fetch_add(&pool->idle_seq, 1);
 		ctp__futex_wake(&pool->idle_seq, INT_MAX);
 	}
@@ -191,25 +216,6 @@ static int wait_idle_for(ctp_pool *pool, int64_t timeout)
 	}
 	atomic_fetch_sub(&pool->idle_waiters, 1);
 	return r;
-}
-
-/* Waits up to `timeout` ns for `word` (a futex) to read 0. */
-static int wait_zero(_Atomic uint32_t *word, int64_t timeout)
-{
-	struct timespec deadline;
-	const struct timespec *abs =
-	    ctp__deadline(timeout, &deadline) ? &deadline : NULL;
-
-	for (;;) {
-		uint32_t v = atomic_load(word);
-
-		if (v == 0)
-			return 0;
-		if (timeout == 0)
-			return -ETIMEDOUT;
-		if (ctp__futex_wait(word, v, abs) == -ETIMEDOUT)
-			return atomic_load(word) == 0 ? 0 : -ETIMEDOUT;
-	}
 }
 
 /* ---- parking ------------------------------------------------------------ */
@@ -412,6 +418,9 @@ static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
 		scout_leave(pool);
 	}
 	pass_baton(pool);
+	/* relaxed: read only by a shutdown past its grace, after `stopping`
+	 * and the lock pass (which ordered this store before it) */
+	atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
 	atomic_store_explicit(&w->st_running, 1, memory_order_relaxed);
 	ctp__tls.task = t;
 	status = t->fn(t->arg, &t->token);
@@ -426,6 +435,9 @@ static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
 	if (t->done == NULL && ctp__ring_empty(&pool->queue.ring))
 		*scout = scout_take(pool);
 	ctp__task_finish_ran(t, status);
+	/* seq_cst: a shutdown past its grace that reads 1 here may abandon
+	 * this thread; once it is 0 the shutdown waits for our exit */
+	atomic_store(&w->busy, 0);
 	if (!*scout && ctp__ring_empty(&pool->queue.ring))
 		*scout = scout_take(pool);
 }
@@ -454,8 +466,10 @@ static void *worker_main(void *arg)
 	ctp__task_cache_flush(w);
 	ctp__tls.worker = NULL;
 
-	if (pool->opts.on_thread_stop != NULL)
+	if (pool->opts.on_thread_stop != NULL) {
+		atomic_store(&w->busy, 1);
 		pool->opts.on_thread_stop(w->index, pool->opts.user);
+	}
 	atomic_fetch_sub(&pool->st_threads, 1);
 	ctp__pool_thread_exit(pool);
 	return NULL;
@@ -503,6 +517,7 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	    o->name != NULL ? o->name : "ctp");
 	pool->opts.name = pool->name; /* the caller's string may not live on */
 	pool->nthreads = n;
+	pool->gen = ctp__gen();
 	atomic_init(&pool->refs, 1); /* the owner's */
 	for (unsigned i = 0; i < n; i++) {
 		pthread_mutex_init(&pool->workers[i].lock, NULL);
@@ -634,10 +649,28 @@ static void compact(ctp_pool *pool)
 	pthread_mutex_unlock(&pool->compact_lock);
 }
 
+/* Drops the ring's reference of every pointer left in the ring. */
+static void drain_ring(ctp_pool *pool)
+{
+	void *item;
+
+	while (ctp__ring_pop(&pool->queue.ring, &item))
+		ctp__token_put(item);
+}
+
 static void enqueue(ctp_pool *pool, ctp_task *t)
 {
 	while (!ctp__ring_push(&pool->queue.ring, t))
 		compact(pool);
+	/* The push ends with a full fence. A submit admitted before the
+	 * close whose task a cascade or its deadline finished meanwhile may
+	 * push after ctp_pool_destroy emptied the ring (only a thread of the
+	 * pool can still be here then): it empties the ring itself, or
+	 * destroy's drain, which comes after `destroyed`, sees the push. */
+	if (atomic_load(&pool->destroyed)) {
+		drain_ring(pool);
+		return;
+	}
 	ctp__ec_bump(&pool->queue.not_empty); /* shutdown's drop step */
 	wake_for_push(pool);
 }
@@ -679,6 +712,9 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		return -EINVAL;
 	if (opts != NULL)
 		o = *opts;
+	if (ctp__forked(pool->gen) ||
+	    (o.parent != NULL && ctp__forked(o.parent->gen)))
+		return -ECHILD;
 	if (!ctp__duration_ok(o.timeout) || !ctp__duration_ok(o.queue_wait))
 		return -EINVAL;
 	if (ctp__queue_closed(&pool->queue))
@@ -687,14 +723,21 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		return ctp_token_reason(o.parent);
 	deadline = o.timeout > 0;
 
-	t = ctp__task_alloc(pool);
-	if (t == NULL)
-		return -ENOMEM;
+	r = ctp__task_alloc(pool, &t);
+	if (r != 0)
+		return r;
 	t->fn = fn;
 	t->arg = arg;
 	t->done = o.done;
 	t->handle = task != NULL;
-	/* Everything that can fail comes before the task becomes visible. */
+	/* Everything that can fail comes before the task becomes visible:
+	 * for a deadline, the timer's fire record (kept with the object) and
+	 * a heap slot. */
+	if (deadline && t->dfire == NULL &&
+	    (t->dfire = malloc(sizeof(*t->dfire))) == NULL) {
+		discard(t);
+		return -ENOMEM;
+	}
 	if (deadline && (r = ctp__timer_reserve(pool)) != 0) {
 		discard(t);
 		return r;
@@ -706,6 +749,9 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	atomic_store_explicit(&t->token.refs, task != NULL ? 3 : 2,
 	    memory_order_relaxed);
 	atomic_fetch_add(&pool->accepted, 1);
+	/* counted before anyone can finish it (a cascade, below), so a
+	 * wait_idle that returns sees it (the statistics identity) */
+	atomic_fetch_add_explicit(&pool->st_submitted, 1, memory_order_relaxed);
 	/* The deadline is written before the link makes the task visible: a
 	 * cascade that finishes it at once must see it to take it out of the
 	 * heap (ctp__timer_add then refuses the finished task). */
@@ -718,6 +764,8 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	if (o.parent != NULL && (r = ctp__token_link(o.parent, &t->token))) {
 		/* slot first: idle_check looks only at an empty queue */
 		ctp__queue_unreserve(&pool->queue);
+		atomic_fetch_sub_explicit(&pool->st_submitted, 1,
+		    memory_order_relaxed);
 		atomic_fetch_sub(&pool->accepted, 1);
 		idle_check(pool);
 		goto undo_timer;
@@ -727,7 +775,6 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	if (deadline)
 		ctp__timer_add(pool, t);
 	CTP__PERTURB();
-	atomic_fetch_add_explicit(&pool->st_submitted, 1, memory_order_relaxed);
 	enqueue(pool, t);
 	if (task != NULL)
 		*task = t;
@@ -796,32 +843,70 @@ static void cancel_step(ctp_pool *pool)
 /* Joins every thread once they have all exited. */
 static void join_all(ctp_pool *pool)
 {
-	bool timer;
-
 	pthread_mutex_lock(&pool->lock);
 	if (!pool->joined) {
 		for (unsigned i = 0; i < pool->nthreads; i++) {
 			if (pool->workers[i].started)
 				pthread_join(pool->workers[i].thread, NULL);
 		}
-		pthread_mutex_lock(&pool->timer.lock);
-		timer = pool->timer.started;
-		pthread_mutex_unlock(&pool->timer.lock);
-		if (timer)
-			pthread_join(pool->timer.thread, NULL);
+		ctp__timer_join(pool, false);
 		pool->joined = true;
 	}
 	pthread_mutex_unlock(&pool->lock);
 }
 
+/* What a shutdown past its grace may abandon: threads of the pool in user
+ * code (a task and its done, a timer callback, a thread hook) and fire
+ * calls' segments whose done has not returned (each counts in `alive`). */
+static uint32_t in_user_code(ctp_pool *pool)
+{
+	uint32_t n = atomic_load(&pool->finishing);
+
+	for (unsigned i = 0; i < pool->nthreads; i++)
+		n += atomic_load(&pool->workers[i].busy);
+	return n + ctp__timer_busy(pool);
+}
+
+/* Waits until `alive` is 0 (every thread exited, every segment complete),
+ * up to abs (NULL: no limit). Past abs it still waits for what is not in
+ * user code, so an idle worker on its way out is never abandoned: only
+ * what runs user code can be. That last wait re-checks every millisecond,
+ * as entering user code changes no futex word; it lasts as long as a
+ * thread takes to leave. */
+static int wait_quiet(ctp_pool *pool, const struct timespec *abs)
+{
+	bool late = false;
+
+	for (;;) {
+		uint32_t v = atomic_load(&pool->alive);
+		struct timespec ms;
+
+		if (v == 0)
+			return 0;
+		if (!late) {
+			if (ctp__futex_wait(&pool->alive, v, abs) == -ETIMEDOUT)
+				late = true;
+			continue;
+		}
+		if (v <= in_user_code(pool))
+			return -ETIMEDOUT;
+		ctp__deadline(CTP_MSEC(1), &ms);
+		(void)ctp__futex_wait(&pool->alive, v, &ms);
+	}
+}
+
 int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 {
+	struct timespec deadline;
+	const struct timespec *abs;
 	bool first;
-	int r;
+	int r = 0;
 
 	if (pool == NULL || !ctp__duration_ok(drain) ||
 	    !ctp__duration_ok(grace))
 		return -EINVAL;
+	if (ctp__forked(pool->gen))
+		return -ECHILD;
 	if (ctp__is_pool_context(pool))
 		return -EDEADLK;
 	pthread_mutex_lock(&pool->lock);
@@ -835,8 +920,18 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 		(void)wait_idle_for(pool, drain);
 		CTP__PERTURB();
 		cancel_step(pool);
+		atomic_store(&pool->stopped, 1);
+		ctp__futex_wake(&pool->stopped, INT_MAX);
 	}
-	r = wait_zero(&pool->alive, grace);
+	/* grace: the first call's from the end of its cancel step, a later
+	 * call's from its start; a later call first waits for the first
+	 * call's cancel step (its done(-ESHUTDOWN) calls) to end */
+	abs = ctp__deadline(grace, &deadline) ? &deadline : NULL;
+	while (atomic_load(&pool->stopped) == 0 && r != -ETIMEDOUT)
+		r = ctp__futex_wait(&pool->stopped, 0, abs);
+	if (atomic_load(&pool->stopped) == 0)
+		return -ETIMEDOUT;
+	r = wait_quiet(pool, abs);
 	if (r == 0)
 		join_all(pool);
 	return r;
@@ -844,12 +939,13 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 
 int ctp_pool_destroy(ctp_pool *pool)
 {
-	ctp_task *list, *t;
+	ctp_task *list, *spare, *t;
 	bool called;
-	void *item;
 
 	if (pool == NULL)
 		return -EINVAL;
+	if (ctp__forked(pool->gen))
+		return -ECHILD;
 	if (ctp__is_pool_context(pool))
 		return -EDEADLK;
 	pthread_mutex_lock(&pool->lock);
@@ -858,9 +954,10 @@ int ctp_pool_destroy(ctp_pool *pool)
 	if (!called)
 		ctp_pool_shutdown(pool, 0, CTP_FOREVER);
 
-	/* tombstones left in the ring still hold the ring's reference */
-	while (ctp__ring_pop(&pool->queue.ring, &item))
-		ctp__token_put(item);
+	/* tombstones left in the ring still hold the ring's reference; a
+	 * submit that pushes after this empties the ring itself (enqueue) */
+	atomic_store(&pool->destroyed, true);
+	drain_ring(pool);
 
 	pthread_mutex_lock(&pool->lock);
 	if (!pool->joined) {
@@ -869,26 +966,26 @@ int ctp_pool_destroy(ctp_pool *pool)
 			if (pool->workers[i].started)
 				pthread_detach(pool->workers[i].thread);
 		}
-		pthread_mutex_lock(&pool->timer.lock);
-		if (pool->timer.started)
-			pthread_detach(pool->timer.thread);
-		pthread_mutex_unlock(&pool->timer.lock);
+		ctp__timer_join(pool, true);
 		pool->joined = true;
 	}
 	pthread_mutex_unlock(&pool->lock);
 
-	/* No submit may run during or after destroy, so nobody allocates:
-	 * free both parts of the free list; later frees see DEAD. */
+	/* Free both parts of the free list. An abandoned thread of the pool
+	 * may be allocating (its submit then fails with -ESHUTDOWN): the list
+	 * turns DEAD under alloc_lock, and objects freed later see DEAD. */
+	pthread_mutex_lock(&pool->alloc_lock);
 	list = atomic_exchange_explicit(&pool->freed, CTP__FREED_DEAD,
 	    memory_order_acquire);
+	spare = pool->spare;
+	pool->spare = NULL;
+	pthread_mutex_unlock(&pool->alloc_lock);
 	for (int part = 0; part < 2; part++) {
 		while ((t = list) != NULL) {
 			list = t->free_next;
-			free(t);
-			ctp__pool_put(pool);
+			ctp__task_dealloc(t);
 		}
-		list = pool->spare;
-		pool->spare = NULL;
+		list = spare;
 	}
 	ctp__pool_put(pool); /* the owner's */
 	return 0;
@@ -898,6 +995,8 @@ int ctp_pool_wait_idle(ctp_pool *pool, int64_t timeout)
 {
 	if (pool == NULL || !ctp__duration_ok(timeout))
 		return -EINVAL;
+	if (ctp__forked(pool->gen))
+		return -ECHILD;
 	if (ctp__is_pool_context(pool))
 		return -EDEADLK;
 	return wait_idle_for(pool, timeout);

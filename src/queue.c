@@ -80,6 +80,7 @@ int ctp__queue_init(struct ctp_queue *q, size_t capacity)
 	if (r != 0)
 		return r;
 	q->capacity = capacity;
+	q->gen = ctp__gen();
 	atomic_init(&q->count, 0);
 	ck_ec32_init(&q->not_empty, 0);
 	ck_ec32_init(&q->not_full, 0);
@@ -252,6 +253,9 @@ int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
 
 	if (queue == NULL || !ctp__duration_ok(timeout))
 		return -EINVAL;
+	if (ctp__forked(queue->gen) ||
+	    (token != NULL && ctp__forked(token->gen)))
+		return -ECHILD;
 	timed = ctp__deadline(timeout, &abs);
 	r = ctp__queue_reserve(queue, token, timeout == 0, timed ? &abs : NULL);
 	if (r != 0)
@@ -271,9 +275,13 @@ int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
 
 	if (queue == NULL || item == NULL || !ctp__duration_ok(timeout))
 		return -EINVAL;
+	if (ctp__forked(queue->gen) ||
+	    (token != NULL && ctp__forked(token->gen)))
+		return -ECHILD;
 	timed = ctp__deadline(timeout, &abs);
 	for (;;) {
 		uint32_t snap;
+		bool closed;
 		int r;
 
 		/* a fired token wins over an available item */
@@ -289,10 +297,17 @@ int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
 		 * "empty": its item will arrive */
 		if (atomic_load(&queue->count) == CTP__QUEUE_CLOSED)
 			return -ESHUTDOWN;
-		if (timeout == 0)
+		/* Closed with slots still held: a push under way, or a pop
+		 * that took the last item and has not given its slot back.
+		 * Both are steps of running calls, and each ends with a bump
+		 * of not_empty (the push's, or the release's on a closed
+		 * queue): wait for it even with timeout 0, so a closed queue
+		 * with nothing left always answers -ESHUTDOWN. */
+		closed = ctp__queue_closed(queue);
+		if (timeout == 0 && !closed)
 			return -EAGAIN;
 		r = ctp__ec_wait(&queue->not_empty, snap, token,
-		    timed ? &abs : NULL);
+		    timed && !closed ? &abs : NULL);
 		if (r != 0)
 			return r;
 	}

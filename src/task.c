@@ -80,14 +80,23 @@ static bool in_own_task(const ctp_task *t)
 
 /* ---- allocation --------------------------------------------------------- */
 
-ctp_task *ctp__task_alloc(ctp_pool *pool)
+int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
 {
 	ctp_task *t;
 
 	pthread_mutex_lock(&pool->alloc_lock);
-	if (pool->spare == NULL) /* acquire: the pushers' writes to free_next */
+	if (pool->spare == NULL) {
+		/* ctp_pool_destroy makes the list DEAD under this lock (after
+		 * it, only an abandoned thread of the pool can get here) */
+		if (atomic_load_explicit(&pool->freed, memory_order_relaxed) ==
+		    CTP__FREED_DEAD) {
+			pthread_mutex_unlock(&pool->alloc_lock);
+			return -ESHUTDOWN;
+		}
+		/* acquire: the pushers' writes to free_next */
 		pool->spare = atomic_exchange_explicit(&pool->freed, NULL,
 		    memory_order_acquire);
+	}
 	t = pool->spare;
 	if (t != NULL)
 		pool->spare = t->free_next;
@@ -95,8 +104,9 @@ ctp_task *ctp__task_alloc(ctp_pool *pool)
 	if (t == NULL) {
 		t = malloc(sizeof(*t));
 		if (t == NULL)
-			return NULL;
+			return -ENOMEM;
 		t->pool = pool;
+		t->dfire = NULL;
 		ctp__pool_ref(pool);
 	}
 	ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
@@ -108,7 +118,17 @@ ctp_task *ctp__task_alloc(ctp_pool *pool)
 	t->status = 0;
 	atomic_init(&t->fin, 0);
 	t->free_next = NULL;
-	return t;
+	*out = t;
+	return 0;
+}
+
+void ctp__task_dealloc(ctp_task *t)
+{
+	ctp_pool *pool = t->pool;
+
+	free(t->dfire);
+	free(t);
+	ctp__pool_put(pool);
 }
 
 /* Pushes the chain first..last onto pool->freed (release: the objects'
@@ -127,8 +147,7 @@ static void push_freed(ctp_pool *pool, ctp_task *first, ctp_task *last)
 				ctp_task *next = first == last ? NULL :
 				    first->free_next;
 
-				free(first);
-				ctp__pool_put(pool);
+				ctp__task_dealloc(first);
 				first = next;
 			}
 			return;
@@ -156,8 +175,7 @@ void ctp__task_free(ctp_task *t)
 	ctp_pool *pool = t->pool;
 	struct ctp__worker *w = ctp__tls.worker;
 
-	ctp__token_unlink(&t->token);
-	ctp__token_fini(&t->token);
+	ctp__token_fini(&t->token); /* ctp__token_put unlinked it */
 	if (w != NULL && w->pool == pool) {
 		t->free_next = w->cache;
 		w->cache = t;
@@ -209,15 +227,38 @@ static void publish(ctp_task *t, int status)
 	CTP__PERTURB();
 }
 
-void ctp__batch_flush(struct ctp__batch *b)
+void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
+{
+	ctp_pool *pool = t->pool;
+
+	if (b->pool != pool) {
+		if (b->pool != NULL)
+			ctp__batch_end_retire(b);
+		b->pool = pool;
+		ctp__pool_finishing_begin(pool);
+	}
+	if (t->deadline != 0)
+		ctp__timer_remove(pool, t);
+	b->slots++;
+	switch (reason) {
+	case -ETIMEDOUT:
+		b->timed_out++;
+		break;
+	case -ESHUTDOWN:
+		b->dropped++;
+		break;
+	default:
+		b->cancelled++;
+		break;
+	}
+}
+
+void ctp__batch_end_retire(struct ctp__batch *b)
 {
 	ctp_pool *pool = b->pool;
 
-	if (pool == NULL)
-		return;
-	/* the slots of the tasks that left the queue */
-	if (b->slots != 0)
-		ctp__queue_unreserve_n(&pool->queue, b->slots);
+	/* statistics first: once a slot is free a submit can follow, and
+	 * a done (which comes later) sees them counted */
 	if (b->cancelled != 0)
 		atomic_fetch_add_explicit(&pool->st_cancelled, b->cancelled,
 		    memory_order_relaxed);
@@ -227,53 +268,33 @@ void ctp__batch_flush(struct ctp__batch *b)
 	if (b->dropped != 0)
 		atomic_fetch_add_explicit(&pool->st_dropped, b->dropped,
 		    memory_order_relaxed);
-	/* last: wait_idle may return once this is counted */
-	ctp__pool_tasks_finished(pool, b->finished);
+	ctp__queue_unreserve_n(&pool->queue, b->slots);
 	*b = (struct ctp__batch){ 0 };
 }
 
-void ctp__task_finish_unrun(ctp_task *t, int reason, struct ctp__batch *b)
+void ctp__task_complete_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 {
-	ctp_pool *pool = t->pool;
-	/* done and ctp_task_wait see the task finished: its slot and its
-	 * count must be given back before them. Without either, nobody can
-	 * tell, and they go to the batch. */
-	bool seen = t->done != NULL || t->handle;
-	_Atomic uint64_t *stat;
-	uint64_t *batched;
-
-	if (t->deadline != 0)
-		ctp__timer_remove(pool, t);
-	if (b->pool != pool) {
-		ctp__batch_flush(b);
-		b->pool = pool;
-	}
-	switch (reason) {
-	case -ETIMEDOUT:
-		stat = &pool->st_timed_out;
-		batched = &b->timed_out;
-		break;
-	case -ESHUTDOWN:
-		stat = &pool->st_dropped;
-		batched = &b->dropped;
-		break;
-	default:
-		stat = &pool->st_cancelled;
-		batched = &b->cancelled;
-		break;
-	}
-	if (seen) {
-		/* it leaves the queue now: its slot is free at once */
-		ctp__queue_unreserve(&pool->queue);
-		atomic_fetch_add_explicit(stat, 1, memory_order_relaxed);
-	} else {
-		b->slots++;
-		(*batched)++;
+	if (b->pool != t->pool) {
+		if (b->pool != NULL)
+			ctp__batch_end_complete(b);
+		b->pool = t->pool;
 	}
 	call_done(t, reason);
 	publish(t, reason);
 	b->finished++;
-	ctp__token_put(&t->token); /* the pool's reference */
+	/* the pool's reference; the fire call still holds its own */
+	ctp__token_put(&t->token);
+}
+
+void ctp__batch_end_complete(struct ctp__batch *b)
+{
+	ctp_pool *pool = b->pool;
+
+	/* wait_idle may return once this is counted; the pool stays valid:
+	 * the fire call still holds the tasks, and they hold the pool */
+	ctp__pool_tasks_finished(pool, b->finished);
+	ctp__pool_finishing_done(pool);
+	*b = (struct ctp__batch){ 0 };
 }
 
 void ctp__task_finish_ran(ctp_task *t, int status)
@@ -284,7 +305,8 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 
 	/* RUNNING -> DONE, keeping a reason that fired meanwhile */
 	while (!atomic_compare_exchange_weak_explicit(&t->token.state, &s,
-	    (s & CTP__REASON_MASK) | CTP__PHASE_DONE, memory_order_release,
+	    (s & (CTP__REASON_MASK | CTP__FIRING)) | CTP__PHASE_DONE,
+	    memory_order_release,
 	    memory_order_relaxed))
 		;
 	CTP__PERTURB();
@@ -304,6 +326,8 @@ int ctp_task_cancel(ctp_task *task)
 
 	if (task == NULL)
 		return -EINVAL;
+	if (ctp__forked(task->token.gen))
+		return -ECHILD;
 	r = ctp__token_fire(&task->token, -ECANCELED);
 	if (r < 0)
 		return r;                /* -EALREADY */
@@ -317,6 +341,8 @@ int ctp_task_wait(ctp_task *task, int64_t timeout, int *status)
 
 	if (task == NULL || !ctp__duration_ok(timeout))
 		return -EINVAL;
+	if (ctp__forked(task->token.gen))
+		return -ECHILD;
 	if (in_own_task(task))
 		return -EDEADLK;
 	timed = ctp__deadline(timeout, &abs);
@@ -355,6 +381,6 @@ int ctp_task_state(const ctp_task *task)
 
 void ctp_task_release(ctp_task *task)
 {
-	if (task != NULL)
+	if (task != NULL && !ctp__forked(task->token.gen))
 		ctp__token_put(&task->token);
 }

@@ -46,9 +46,18 @@ int ctp__timer_init(struct ctp__timer *tm)
 		pthread_cond_destroy(&tm->cond);
 		return -r;
 	}
+	r = pthread_cond_init(&tm->cb_cond, NULL);
+	if (r != 0) {
+		pthread_mutex_destroy(&tm->lock);
+		pthread_cond_destroy(&tm->cond);
+		return -r;
+	}
 	tm->heap = NULL;
 	tm->len = tm->cap = tm->reserved = 0;
-	tm->started = tm->stop = false;
+	tm->started = tm->running = tm->stop = false;
+	tm->cb_head = tm->cb_tail = NULL;
+	tm->cb_started = false;
+	atomic_init(&tm->cb_busy, 0);
 	return 0;
 }
 
@@ -57,6 +66,7 @@ void ctp__timer_fini(struct ctp__timer *tm)
 	free(tm->heap);
 	pthread_mutex_destroy(&tm->lock);
 	pthread_cond_destroy(&tm->cond);
+	pthread_cond_destroy(&tm->cb_cond);
 }
 
 /* ---- heap --------------------------------------------------------------- */
@@ -114,7 +124,7 @@ static void heap_delete(struct ctp__timer *tm, size_t i)
 	sift_up(tm, last->heap_idx);
 }
 
-/* ---- thread ------------------------------------------------------------- */
+/* ---- threads ----------------------------------------------------------- */
 
 static void *timer_main(void *arg)
 {
@@ -126,6 +136,7 @@ static void *timer_main(void *arg)
 	pthread_mutex_lock(&tm->lock);
 	while (!tm->stop) {
 		ctp_task *t;
+		int r;
 
 		if (tm->len == 0) {
 			pthread_cond_wait(&tm->cond, &tm->lock);
@@ -145,8 +156,57 @@ static void *timer_main(void *arg)
 		ctp__token_ref(&t->token);
 		pthread_mutex_unlock(&tm->lock);
 		CTP__PERTURB();
-		ctp__token_fire(&t->token, -ETIMEDOUT);
+		/* fire, wake, retire: no user code; the rest (done calls,
+		 * watchers) goes to the callback thread */
+		r = ctp__token_fire_begin(&t->token, -ETIMEDOUT, t->dfire);
+		pthread_mutex_lock(&tm->lock);
+		if (r >= 0) {
+			t->dfire->next = NULL;
+			if (tm->cb_tail != NULL)
+				tm->cb_tail->next = t->dfire;
+			else
+				tm->cb_head = t->dfire;
+			tm->cb_tail = t->dfire;
+			pthread_cond_signal(&tm->cb_cond);
+		}
+		/* the fire call holds its own reference until its end */
+		pthread_mutex_unlock(&tm->lock);
 		ctp__token_put(&t->token);
+		pthread_mutex_lock(&tm->lock);
+	}
+	tm->running = false;
+	pthread_cond_signal(&tm->cb_cond);
+	pthread_mutex_unlock(&tm->lock);
+	ctp__pool_thread_exit(pool);
+	return NULL;
+}
+
+static void *callback_main(void *arg)
+{
+	ctp_pool *pool = arg;
+	struct ctp__timer *tm = &pool->timer;
+
+	ctp__tls.pool = pool;
+	ctp__set_thread_name(pool->name, "tcb");
+	pthread_mutex_lock(&tm->lock);
+	for (;;) {
+		struct ctp__fire *f = tm->cb_head;
+
+		if (f == NULL) {
+			/* nothing can be queued once the timer thread left */
+			if (tm->stop && !tm->running)
+				break;
+			pthread_cond_wait(&tm->cb_cond, &tm->lock);
+			continue;
+		}
+		tm->cb_head = f->next;
+		if (tm->cb_head == NULL)
+			tm->cb_tail = NULL;
+		/* relaxed: read only by a shutdown past its grace */
+		atomic_store_explicit(&tm->cb_busy, 1, memory_order_relaxed);
+		pthread_mutex_unlock(&tm->lock);
+		ctp__token_fire_end(f);
+		atomic_store(&tm->cb_busy, 0); /* seq_cst: see wait_quiet */
 		pthread_mutex_lock(&tm->lock);
 	}
 	pthread_mutex_unlock(&tm->lock);
@@ -154,24 +214,43 @@ static void *timer_main(void *arg)
 	return NULL;
 }
 
-static int start_thread(ctp_pool *pool)
+/* Starts fn as a thread of the pool that takes no signals. */
+static int start_thread(ctp_pool *pool, pthread_t *thread,
+                        void *(*fn)(void *))
 {
 	sigset_t all, old;
 	int r;
 
 	ctp__pool_ref(pool);
 	atomic_fetch_add(&pool->alive, 1);
-	/* the pool's threads take no signals: they stay with the application */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	r = pthread_create(&pool->timer.thread, NULL, timer_main, pool);
+	r = pthread_create(thread, NULL, fn, pool);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (r != 0) {
 		atomic_fetch_sub(&pool->alive, 1);
 		ctp__pool_put(pool);
-		return -r;
 	}
-	pool->timer.started = true;
+	return r;
+}
+
+/* Starts what is not started yet: the callback thread, then the timer
+ * thread (a failure leaves the other for the next try). Called with the
+ * lock held. A thread that cannot be started is -ENOMEM for the submit:
+ * -EAGAIN is a full queue. */
+static int start_threads(ctp_pool *pool)
+{
+	struct ctp__timer *tm = &pool->timer;
+
+	if (!tm->cb_started) {
+		if (start_thread(pool, &tm->cb_thread, callback_main) != 0)
+			return -ENOMEM;
+		tm->cb_started = true;
+	}
+	if (start_thread(pool, &tm->thread, timer_main) != 0)
+		return -ENOMEM;
+	tm->running = true;
+	tm->started = true;
 	return 0;
 }
 
@@ -186,7 +265,7 @@ int ctp__timer_reserve(ctp_pool *pool)
 	if (tm->stop) {
 		r = -ESHUTDOWN;
 	} else if (!tm->started) {
-		r = start_thread(pool);
+		r = start_threads(pool);
 	}
 	if (r == 0 && tm->len + tm->reserved == tm->cap) {
 		size_t cap = tm->cap != 0 ? tm->cap * 2 : 64;
@@ -253,5 +332,53 @@ void ctp__timer_stop(ctp_pool *pool)
 	pthread_mutex_lock(&tm->lock);
 	tm->stop = true;
 	pthread_cond_signal(&tm->cond);
+	pthread_cond_signal(&tm->cb_cond);
 	pthread_mutex_unlock(&tm->lock);
+}
+
+void ctp__timer_join(ctp_pool *pool, bool detach)
+{
+	struct ctp__timer *tm = &pool->timer;
+	bool timer, cb;
+
+	pthread_mutex_lock(&tm->lock);
+	timer = tm->started;
+	cb = tm->cb_started;
+	pthread_mutex_unlock(&tm->lock);
+	if (timer)
+		detach ? pthread_detach(tm->thread) :
+		    pthread_join(tm->thread, NULL);
+	if (cb)
+		detach ? pthread_detach(tm->cb_thread) :
+		    pthread_join(tm->cb_thread, NULL);
+}
+
+uint32_t ctp__timer_busy(ctp_pool *pool)
+{
+	return atomic_load(&pool->timer.cb_busy);
+}
+
+struct ctp__fire *ctp__timer_claim(ctp_task *t)
+{
+	struct ctp__timer *tm = &t->pool->timer;
+	struct ctp__fire *f = NULL, **pp;
+
+	if (t->dfire == NULL)
+		return NULL;
+	pthread_mutex_lock(&tm->lock);
+	for (pp = &tm->cb_head; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == t->dfire) {
+			f = *pp;
+			*pp = f->next;
+			if (tm->cb_tail == f) {
+				/* the new tail: the entry whose next was f */
+				tm->cb_tail = tm->cb_head == NULL ? NULL :
+				    (struct ctp__fire *)((char *)pp -
+				    offsetof(struct ctp__fire, next));
+			}
+			break;
+		}
+	}
+	pthread_mutex_unlock(&tm->lock);
+	return f;
 }

@@ -83,11 +83,14 @@ void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state)
 	atomic_init(&t->refs, 1);
 	atomic_init(&t->linked, 0);
 	t->kind = kind;
+	t->gen = ctp__gen();
 	t->parent = NULL;
 	pthread_mutex_init(&t->lock, NULL); /* default mutex: cannot fail */
 	t->children = NULL;
 	t->sib_prev = t->sib_next = NULL;
 	t->watches = t->watches_tail = NULL;
+	t->fire = NULL;
+	t->fire_next = t->wait_next = NULL;
 	t->fd = -1;
 }
 
@@ -119,18 +122,46 @@ bool ctp__token_tryref(ctp_token *t)
 	return false;
 }
 
+/* Takes a dying child out of its parent's children, under the parent's
+ * lock, and returns the parent: the child's reference on it is now the
+ * caller's to drop. */
+static ctp_token *detach(ctp_token *child)
+{
+	ctp_token *p = child->parent;
+
+	if (p == NULL)
+		return NULL;
+	lock(p);
+	if (child->sib_prev != NULL)
+		child->sib_prev->sib_next = child->sib_next;
+	else
+		p->children = child->sib_next;
+	if (child->sib_next != NULL)
+		child->sib_next->sib_prev = child->sib_prev;
+	unlock(p);
+	child->parent = NULL;
+	child->sib_prev = child->sib_next = NULL;
+	return p;
+}
+
 void ctp__token_put(ctp_token *t)
 {
-	/* acq_rel: every use of the object happens before its free */
-	if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
-		return;
-	if (t->kind == CTP__TOKEN_TASK) {
-		ctp__task_free((ctp_task *)t);
-		return;
+	/* Freeing a token drops its reference on its parent, which may free
+	 * the parent, and so on up a chain of any length: a loop, never a
+	 * recursion per level. acq_rel: every use of an object happens
+	 * before its free. */
+	while (t != NULL &&
+	    atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
+		ctp_token *parent = detach(t);
+
+		if (t->kind == CTP__TOKEN_TASK) {
+			ctp__task_free((ctp_task *)t);
+		} else {
+			ctp__token_fini(t);
+			free(t);
+		}
+		t = parent;
 	}
-	ctp__token_unlink(t);
-	ctp__token_fini(t);
-	free(t);
 }
 
 /* ---- trees -------------------------------------------------------------- */
@@ -157,25 +188,6 @@ int ctp__token_link(ctp_token *parent, ctp_token *child)
 	return 0;
 }
 
-void ctp__token_unlink(ctp_token *child)
-{
-	ctp_token *p = child->parent;
-
-	if (p == NULL)
-		return;
-	lock(p);
-	if (child->sib_prev != NULL)
-		child->sib_prev->sib_next = child->sib_next;
-	else
-		p->children = child->sib_next;
-	if (child->sib_next != NULL)
-		child->sib_next->sib_prev = child->sib_prev;
-	unlock(p);
-	child->parent = NULL;
-	child->sib_prev = child->sib_next = NULL;
-	ctp__token_put(p);
-}
-
 /* ---- watches ------------------------------------------------------------ */
 
 static void watch_free(struct ctp_watch *w)
@@ -200,7 +212,36 @@ static void watch_unlink(ctp_token *t, struct ctp_watch *w)
 	w->next = w->prev = NULL;
 }
 
-static void run_watches(ctp_token *t)
+/* w has run. Called with t's lock held: the unwatcher re-takes the lock
+ * before it frees w (or leaves the stack frame of an internal one), so
+ * the wake cannot touch a freed watch. */
+static void watch_done(struct ctp_watch *w)
+{
+	/* release: fn's effects before the unwatcher returns */
+	atomic_store_explicit(&w->state, CTP__WATCH_DONE, memory_order_release);
+	ctp__futex_wake(&w->state, INT_MAX);
+}
+
+/* The library's own watches of a fired token: they only bump an event
+ * count, so they run under the lock, all of them before any user code. */
+static void run_internal_watches(ctp_token *t)
+{
+	struct ctp_watch *w, *next;
+
+	for (w = t->watches; w != NULL; w = next) {
+		next = w->next;
+		if (!w->internal)
+			continue;
+		watch_unlink(t, w);
+		w->fn(w->arg);
+		watch_done(w);
+	}
+}
+
+/* The user's watches of a fired token, in registration order, each outside
+ * the lock. Only user watches are left: the internal ones ran at the wake,
+ * and no watch can be added once the token has fired. */
+static void run_user_watches(ctp_token *t)
 {
 	struct ctp_watch *w;
 
@@ -220,10 +261,7 @@ static void run_watches(ctp_token *t)
 			lock(t);
 			continue;
 		}
-		/* release: fn's effects before the unwatcher frees it */
-		atomic_store_explicit(&w->state, CTP__WATCH_DONE,
-		    memory_order_release);
-		ctp__futex_wake(&w->state, INT_MAX);
+		watch_done(w);
 	}
 	unlock(t);
 }
@@ -259,6 +297,19 @@ static bool watch_add(ctp_token *t, struct ctp_watch *w)
 	return true;
 }
 
+/* True when this thread is inside fire call f (its own, or a done or a
+ * watcher that f runs). */
+static bool on_this_thread(const struct ctp__fire *f)
+{
+	const struct ctp__fire *g;
+
+	for (g = ctp__tls.fires; g != NULL; g = g->prev) {
+		if (g == f)
+			return true;
+	}
+	return false;
+}
+
 /* Returns true when the caller must free w now. */
 static bool watch_remove(struct ctp_watch *w)
 {
@@ -269,20 +320,30 @@ static bool watch_remove(struct ctp_watch *w)
 		uint32_t s = atomic_load_explicit(&w->state,
 		    memory_order_acquire);
 
-		if (s == CTP__WATCH_PENDING) {
-			watch_unlink(t, w);
-			break;
-		}
 		if (s == CTP__WATCH_DONE)
 			break;
-		if (pthread_equal(w->runner, pthread_self())) {
+		if (s == CTP__WATCH_PENDING) {
+			/* Not fired: it will never run. Fired: the fire call
+			 * runs every watch that was pending at its CAS, so
+			 * wait for it, unless this thread is inside that
+			 * call (a watcher or done of the same fire): then it
+			 * is taken out unrun, rather than wait for itself.
+			 * t->fire is live here: t fired, its watches have not
+			 * all run. It is NULL until the firer walked t, and
+			 * the firer is not this thread then. */
+			if (!fired(atomic_load(&t->state)) ||
+			    (t->fire != NULL && on_this_thread(t->fire))) {
+				watch_unlink(t, w);
+				break;
+			}
+		} else if (pthread_equal(w->runner, pthread_self())) {
 			/* called from inside fn: the firer frees it later */
 			w->free_on_done = true;
 			unlock(t);
 			return false;
 		}
 		unlock(t);
-		ctp__futex_wait(&w->state, CTP__WATCH_RUNNING, NULL);
+		ctp__futex_wait(&w->state, s, NULL);
 		lock(t);
 	}
 	unlock(t);
@@ -308,6 +369,8 @@ int ctp_token_watch(ctp_token *token, void (*fn)(void *arg), void *arg,
 
 	if (token == NULL || fn == NULL || watch == NULL)
 		return -EINVAL;
+	if (ctp__forked(token->gen))
+		return -ECHILD;
 	w = malloc(sizeof(*w));
 	if (w == NULL)
 		return -ENOMEM;
@@ -325,14 +388,18 @@ int ctp_token_watch(ctp_token *token, void (*fn)(void *arg), void *arg,
 
 void ctp_token_unwatch(ctp_watch *watch)
 {
-	if (watch != NULL && watch_remove(watch))
+	if (watch != NULL && !ctp__forked(watch->token->gen) &&
+	    watch_remove(watch))
 		watch_free(watch);
 }
 
 /* ---- firing ------------------------------------------------------------- */
 
-/* The CAS that fires t; false if it had fired or its task had finished. */
-static bool fire_cas(ctp_token *t, int reason, uint32_t *old_phase)
+/* The CAS that fires t, setting `extra` (CTP__FIRING for the root of a
+ * fire call) with the reason; false if it had fired or its task had
+ * finished. */
+static bool fire_cas(ctp_token *t, int reason, uint32_t extra,
+                     uint32_t *old_phase)
 {
 	uint32_t old = atomic_load_explicit(&t->state, memory_order_relaxed);
 	uint32_t phase, next;
@@ -341,7 +408,7 @@ static bool fire_cas(ctp_token *t, int reason, uint32_t *old_phase)
 		phase = old & CTP__PHASE_MASK;
 		if (fired(old) || phase == CTP__PHASE_DONE)
 			return false;
-		next = (uint32_t)-reason |
+		next = (uint32_t)-reason | extra |
 		    (phase == CTP__PHASE_QUEUED ? CTP__PHASE_CANCELLED : phase);
 		/* seq_cst: the Dekker pairs with `sleepers` and `linked` */
 	} while (!atomic_compare_exchange_weak(&t->state, &old, next));
@@ -349,11 +416,36 @@ static bool fire_cas(ctp_token *t, int reason, uint32_t *old_phase)
 	return true;
 }
 
-/* Phase 1: fires every descendant of t (t has fired), holding each parent's
- * lock while it walks the children (parent before child: the lock order), so
- * the whole subtree is fired before any of it can start or be linked to.
- * Appends each token it fired, with a reference, to the list at **tail. */
-static void mark_children(ctp_token *t, int reason, ctp_token ***tail)
+/* A task this fire call caught queued (its CAS moved QUEUED to CANCELLED:
+ * no other call can have). */
+static bool caught_queued(const ctp_token *t)
+{
+	return (atomic_load_explicit(&t->state, memory_order_relaxed) &
+	    CTP__PHASE_MASK) == CTP__PHASE_CANCELLED;
+}
+
+/* True when the fire call whose root is t runs on this thread, in an outer
+ * frame (a done or watcher it runs cancels an ancestor). */
+static bool own_fire(const ctp_token *t)
+{
+	const struct ctp__fire *g;
+
+	for (g = ctp__tls.fires; g != NULL; g = g->prev) {
+		if (g->root == t)
+			return true;
+	}
+	return false;
+}
+
+/* Phase 1 for one token t of f's list (t has fired): fires each child of t
+ * under t's lock (the only lock held), appending each one it fired, with a
+ * reference, to the list at **tail; a child that another fire call is
+ * firing (CTP__FIRING) goes, with a reference, to f->waits. The caller
+ * walks the list breadth first, so a tree of any depth or width needs one
+ * lock at a time and no recursion. Children cannot be added to a fired
+ * token, and a child seen under t's lock is valid memory (it unlinks itself
+ * under that lock before it is freed). */
+static void mark_children(ctp_token *t, struct ctp__fire *f, ctp_token ***tail)
 {
 	ctp_token *c;
 	uint32_t phase;
@@ -361,24 +453,31 @@ static void mark_children(ctp_token *t, int reason, ctp_token ***tail)
 	if (atomic_load(&t->linked) == 0) /* seq_cst: Dekker with link */
 		return;
 	lock(t);
+	t->fire = f;
 	for (c = t->children; c != NULL; c = c->sib_next) {
-		/* c cannot be freed meanwhile: it unlinks under our lock */
-		if (!fire_cas(c, reason, &phase))
-			continue;  /* fired or finished: not ours */
-		/* a task caught queued is kept alive by the pool's reference
-		 * until we finish it; anything else needs its own */
-		if (phase != CTP__PHASE_QUEUED && !ctp__token_tryref(c))
-			continue;  /* dying: no sleeper, watch or task left */
-		c->fire_next = NULL;
-		**tail = c;
-		*tail = &c->fire_next;
-		mark_children(c, reason, tail);
+		if (fire_cas(c, f->reason, 0, &phase)) {
+			/* a task caught queued is alive on the pool's
+			 * reference, which only this call drops: a plain
+			 * increment; anything else may be dying */
+			if (phase == CTP__PHASE_QUEUED)
+				ctp__token_ref(c);
+			else if (!ctp__token_tryref(c))
+				continue; /* no sleeper, watch or child left */
+			c->fire_next = NULL;
+			**tail = c;
+			*tail = &c->fire_next;
+		} else if ((atomic_load(&c->state) & CTP__FIRING) &&
+		    !own_fire(c) && ctp__token_tryref(c)) {
+			c->wait_next = f->waits;
+			f->waits = c;
+		}
 	}
 	unlock(t);
 }
 
-/* Phase 2a: wakes whatever waits on t: sleepers, the fd, watchers. */
-static void wake_all(ctp_token *t)
+/* Phase 2a: wakes whatever waits on t inside the library: sleepers, the
+ * fd, the internal watches of ctp_queue_pop/push. No user code. */
+static void wake(ctp_token *t)
 {
 	if (atomic_load(&t->sleepers) != 0)
 		ctp__futex_wake(&t->state, INT_MAX);
@@ -391,42 +490,118 @@ static void wake_all(ctp_token *t)
 		/* cannot block (EFD_NONBLOCK) or overflow (at most 2 writes) */
 		(void)!write(t->fd, &one, sizeof(one));
 	}
+	run_internal_watches(t);
 	unlock(t);
-	run_watches(t);
+}
+
+/* Waits until the fire call whose root is t has ended. If that is a timer
+ * fire whose end still waits in the callback queue, ends it here instead:
+ * the callback thread may be the one waiting (an end it runs meets a
+ * subtree the timer fired later), and no end waits for one queued behind
+ * it. */
+static void wait_fire_end(ctp_token *t)
+{
+	uint32_t s;
+
+	if (t->kind == CTP__TOKEN_TASK) {
+		struct ctp__fire *f = ctp__timer_claim((ctp_task *)t);
+
+		if (f != NULL)
+			ctp__token_fire_end(f);
+	}
+
+	atomic_fetch_add(&t->sleepers, 1); /* seq_cst: Dekker with end_fire */
+	while ((s = atomic_load(&t->state)) & CTP__FIRING)
+		ctp__futex_wait(&t->state, s, NULL);
+	atomic_fetch_sub(&t->sleepers, 1);
+}
+
+static void end_fire(ctp_token *t)
+{
+	atomic_fetch_and(&t->state, ~CTP__FIRING);
+	if (atomic_load(&t->sleepers) != 0)
+		ctp__futex_wake(&t->state, INT_MAX);
+}
+
+int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
+{
+	struct ctp__batch batch = { 0 };
+	ctp_token **tail = &t->fire_next, *c;
+	uint32_t phase;
+
+	if (!fire_cas(t, reason, CTP__FIRING, &phase))
+		return -EALREADY;
+	CTP__PERTURB();
+	/* the caller holds a reference on t: ours keeps it until end */
+	ctp__token_ref(t);
+	f->root = t;
+	f->list = t;
+	f->waits = NULL;
+	f->reason = reason;
+	t->fire_next = NULL;
+	/* Phase 1: mark, breadth first (the list grows as it is walked) */
+	for (c = t; c != NULL; c = c->fire_next)
+		mark_children(c, f, &tail);
+	CTP__PERTURB();
+	/* Phase 2a: wake, first: it is what makes running work stop */
+	for (c = t; c != NULL; c = c->fire_next)
+		wake(c);
+	CTP__PERTURB();
+	/* the tasks caught queued leave their queues: slots free at once */
+	for (c = t; c != NULL; c = c->fire_next) {
+		if (caught_queued(c))
+			ctp__task_retire((ctp_task *)c, reason, &batch);
+	}
+	if (batch.pool != NULL)
+		ctp__batch_end_retire(&batch);
+	return (int)(phase >> CTP__PHASE_SHIFT);
+}
+
+void ctp__token_fire_end(struct ctp__fire *f)
+{
+	struct ctp__batch batch = { 0 };
+	ctp_token *c, *next;
+
+	f->prev = ctp__tls.fires;
+	ctp__tls.fires = f;
+	/* Phase 2b: finish every task caught queued (done runs here) */
+	for (c = f->list; c != NULL; c = c->fire_next) {
+		if (caught_queued(c))
+			ctp__task_complete_unrun((ctp_task *)c, f->reason,
+			    &batch);
+	}
+	if (batch.pool != NULL)
+		ctp__batch_end_complete(&batch);
+	CTP__PERTURB();
+	/* Phase 2c: the user's watchers */
+	for (c = f->list; c != NULL; c = c->fire_next) {
+		if (atomic_load(&c->linked) != 0)
+			run_user_watches(c);
+	}
+	/* Phase 3: subtrees other calls were firing when we met them */
+	for (c = f->waits; c != NULL; c = next) {
+		next = c->wait_next;
+		wait_fire_end(c);
+		ctp__token_put(c);
+	}
+	ctp__tls.fires = f->prev;
+	end_fire(f->root);
+	/* f may live in the root task (dfire): read nothing of it after the
+	 * root's reference is dropped */
+	for (c = f->list; c != NULL; c = next) {
+		next = c->fire_next;
+		ctp__token_put(c);
+	}
 }
 
 int ctp__token_fire(ctp_token *t, int reason)
 {
-	ctp_token *list = t, **tail = &t->fire_next, *c, *next;
-	struct ctp__batch batch = { 0 };
-	uint32_t phase;
+	struct ctp__fire f;
+	int r = ctp__token_fire_begin(t, reason, &f);
 
-	if (!fire_cas(t, reason, &phase))
-		return -EALREADY;
-	CTP__PERTURB();
-	/* every listed token holds a reference: its own, or for a task caught
-	 * queued the pool's, which only its finish below drops */
-	if (phase != CTP__PHASE_QUEUED)
-		ctp__token_ref(t);
-	t->fire_next = NULL;
-	mark_children(t, reason, &tail);
-	CTP__PERTURB();
-	/* waking first: it is what makes running work stop */
-	for (c = list; c != NULL; c = c->fire_next)
-		wake_all(c);
-	CTP__PERTURB();
-	/* Phase 2b: finish every task caught while queued (done runs here). */
-	for (c = list; c != NULL; c = next) {
-		next = c->fire_next;
-		/* CANCELLED: caught queued by this call's CAS (no other) */
-		if ((atomic_load_explicit(&c->state, memory_order_relaxed) &
-		    CTP__PHASE_MASK) == CTP__PHASE_CANCELLED)
-			ctp__task_finish_unrun((ctp_task *)c, reason, &batch);
-		else
-			ctp__token_put(c);
-	}
-	ctp__batch_flush(&batch);
-	return (int)(phase >> CTP__PHASE_SHIFT);
+	if (r >= 0)
+		ctp__token_fire_end(&f);
+	return r;
 }
 
 /* ---- public API --------------------------------------------------------- */
@@ -452,6 +627,8 @@ int ctp_token_sleep(ctp_token *token, int64_t ns)
 
 	if (token == NULL || !ctp__duration_ok(ns))
 		return -EINVAL;
+	if (ctp__forked(token->gen))
+		return -ECHILD;
 	timed = ctp__deadline(ns, &abs);
 	for (;;) {
 		uint32_t s = atomic_load(&token->state);
@@ -480,6 +657,8 @@ int ctp_token_fd(ctp_token *token)
 
 	if (token == NULL)
 		return -EINVAL;
+	if (ctp__forked(token->gen))
+		return -ECHILD;
 	lock(token);
 	if (token->fd < 0) {
 		fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -508,6 +687,8 @@ int ctp_token_create(ctp_token **token, ctp_token *parent)
 
 	if (token == NULL)
 		return -EINVAL;
+	if (parent != NULL && ctp__forked(parent->gen))
+		return -ECHILD;
 	t = malloc(sizeof(*t));
 	if (t == NULL)
 		return -ENOMEM;
@@ -527,6 +708,8 @@ int ctp_token_cancel(ctp_token *token)
 
 	if (token == NULL)
 		return -EINVAL;
+	if (ctp__forked(token->gen))
+		return -ECHILD;
 	r = ctp__token_fire(token, -ECANCELED);
 	return r < 0 ? r : 0;
 }
@@ -534,6 +717,7 @@ int ctp_token_cancel(ctp_token *token)
 void ctp_token_release(ctp_token *token)
 {
 	/* a task's token belongs to its task: releasing it is a no-op */
-	if (token != NULL && token->kind == CTP__TOKEN_STANDALONE)
+	if (token != NULL && token->kind == CTP__TOKEN_STANDALONE &&
+	    !ctp__forked(token->gen))
 		ctp__token_put(token);
 }

@@ -471,7 +471,7 @@ static void check_names(const char *name, unsigned n)
 	for (unsigned i = 0; i < n; i++)
 		tu_sem_wait(&nm[i].p.started);
 
-	/* a deadline passes while queued: the timer runs done */
+	/* a deadline passes while queued: the timer-callback thread runs done */
 	memset(&tn, 0, sizeof(tn));
 	rec_init(&tn.r, 0);
 	assert_int_equal(ctp_pool_submit(pool, rec_fn, &tn,
@@ -493,7 +493,7 @@ static void check_names(const char *name, unsigned n)
 	qsort(want, n, sizeof(want[0]), cmp_str);
 	for (unsigned i = 0; i < n; i++)
 		assert_string_equal(got[i], want[i]);
-	snprintf(timer, 16, "%s-timer", prefix);
+	snprintf(timer, 16, "%s-tcb", prefix); /* the timer-callback thread */
 	assert_string_equal(tn.name, timer);
 }
 

@@ -1034,10 +1034,10 @@ static void test_token_deadline_wakes_poller_and_watcher(void **state)
 	assert_int_equal(d.reason, -ETIMEDOUT);
 	assert_int_equal(atomic_load(&d.rec.calls), 1);
 	assert_int_equal(atomic_load(&d.rec.reason), -ETIMEDOUT);
-	/* The timer fired it, so the watcher ran there; unless the deadline
+	/* The timer fired it, so the watcher ran on its callback thread; unless the deadline
 	 * had passed before the watch was made (then it ran at once). */
 	if (!pthread_equal(d.rec.thread, d.worker))
-		assert_string_equal(d.watcher_name, "tk-timer");
+		assert_string_equal(d.watcher_name, "tk-tcb");
 	assert_int_equal(ctp_pool_destroy(pool), 0);
 	sem_destroy(&d.watched);
 }
