@@ -19,8 +19,17 @@
  *     the pool from such a thread, or from inside a done callback of the same
  *     pool on any thread, return -EDEADLK.
  *   - The library never prints, never raises signals, keeps no global mutable
- *     state (every pool is independent) and calls user code (task functions,
- *     done callbacks, watchers, thread hooks) outside all of its locks.
+ *     state but a fork counter (every pool is independent) and calls user
+ *     code (task functions, done callbacks, watchers, thread hooks) outside
+ *     all of its locks.
+ *   - fork(): in a child process, every call that would lock, wait or write
+ *     a shared descriptor on a pool, task handle, token, watch or queue made
+ *     before the fork returns -ECHILD (void calls do nothing; reads such as
+ *     ctp_token_cancelled and ctp_task_state still answer): the pool has no
+ *     threads in the child, and its locks may be held by threads that do not
+ *     exist there. Objects made in the child work as usual, and the parent's
+ *     are not disturbed (a token's fd is never written by the child). All
+ *     descriptors the library makes are close-on-exec.
  */
 #ifndef CTPOOL_H
 #define CTPOOL_H
@@ -90,10 +99,13 @@ typedef int  (*ctp_task_fn)(void *arg, ctp_token *token);
 
 /* Completion: called exactly once for every accepted task, with fn's return
  * value, or with why fn never ran (-ECANCELED, -ETIMEDOUT, -ESHUTDOWN). After
- * it returns the library never touches arg again. For a task that never ran
- * it runs on the thread that fired the task's token (the canceller, the
- * shutdown caller or the timer thread): it must not take locks that such a
- * caller may hold. */
+ * it returns the library never touches arg again. For a task that ran it runs
+ * on the worker, after fn. For a task that never ran it runs on the thread
+ * that fired the task's token (the canceller, or the shutdown caller), or,
+ * when its deadline passed while it was queued, on the pool's timer-callback
+ * thread "<name>-tcb" (so a slow done never delays another deadline; a thread
+ * that cancels an ancestor meanwhile may run it instead of waiting for it):
+ * it must not take locks that such a caller may hold. */
 typedef void (*ctp_done_fn)(void *arg, int status);
 
 /* ---- options and statistics --------------------------------------------- */
@@ -108,7 +120,11 @@ typedef struct ctp_pool_opts {
 	const char *name;            /* thread-name prefix; NULL = "ctp";
 	                                threads are named "<name>-<index>",
 	                                cut to the system's 15 characters; the
-	                                timer thread is "<name>-timer" */
+	                                timer thread is "<name>-timer" and the
+	                                thread that runs the callbacks of its
+	                                deadlines "<name>-tcb" (both started
+	                                with the first task that has a
+	                                timeout) */
 	void      (*on_thread_start)(unsigned index, void *user); /* 0..threads-1 */
 	void      (*on_thread_stop)(unsigned index, void *user);
 	void       *user;
@@ -167,21 +183,31 @@ CTP_EXPORT int ctp_pool_create(ctp_pool **pool, const ctp_pool_opts *opts);
  *      on this thread before the call returns; every running task's token
  *      fires with -ESHUTDOWN;
  *   4. grace: waits up to `grace` ns (CTP_FOREVER: no limit) for running
- *      tasks to return and every thread of the pool to exit.
+ *      tasks to return and every thread of the pool to exit, and for the
+ *      done callbacks of queued tasks that another thread's cancel caught
+ *      (a group cancel racing the shutdown) to return. Threads that run no
+ *      user code (idle workers on their way out) are always waited for:
+ *      only user code can outlast `grace`.
  * Returns 0 once every thread has exited and been joined; -ETIMEDOUT if some
- * task ignored its token past `grace` (its worker is abandoned: it finishes
- * on its own, and nothing it uses is freed under it); -EDEADLK from a thread
- * of the pool or a done callback of this pool; -EINVAL for NULL or a bad
- * duration. Concurrent and repeated calls are safe: the first call runs the
- * sequence with its `drain`; every later call waits up to its own `grace`,
- * counted from its own start, for the threads to exit, so a call after
- * -ETIMEDOUT returns 0 once the stragglers have exited. */
+ * task ignored its token past `grace`, or a done, watcher or thread hook was
+ * still running (its thread is abandoned: it finishes on its own, and nothing
+ * it uses is freed under it; see ctp_pool_destroy); -EDEADLK from a thread of
+ * the pool or a done callback of this pool; -ECHILD in a child of fork();
+ * -EINVAL for NULL or a bad duration. Concurrent and repeated calls are safe:
+ * the first call runs the sequence with its `drain`; every later call waits,
+ * up to its own `grace` counted from its own start, for the first call's
+ * cancel step (its done(-ESHUTDOWN) calls included) to end and then for the
+ * threads to exit, so a call after -ETIMEDOUT returns 0 once the stragglers
+ * have exited. */
 CTP_EXPORT int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace);
 
 /* Shuts down with drain 0 and grace CTP_FOREVER unless ctp_pool_shutdown was
  * called, then frees the pool and returns 0. If an earlier shutdown abandoned
- * threads it returns 0 at once; the last of them frees what remains. -EINVAL
- * for NULL; -EDEADLK from a thread of the pool (nothing is freed then).
+ * threads it returns 0 at once; the last of them frees what remains, and
+ * until then an abandoned task may go on calling the pool: ctp_pool_submit
+ * answers -ESHUTDOWN, nothing it uses is freed under it. -EINVAL for NULL;
+ * -EDEADLK from a thread of the pool (nothing is freed then); -ECHILD in a
+ * child of fork() (nothing is freed: the child's copy is left alone).
  * Must not race any other call on the same pool; after it returns the pool
  * must not be used. Task handles still held stay valid (ctp_task_state,
  * ctp_task_wait, ctp_task_cancel, ctp_task_release). */
@@ -202,8 +228,11 @@ CTP_EXPORT void ctp_pool_stats(ctp_pool *pool, ctp_stats *stats);
 /* Submits fn(arg, token). Returns 0 when accepted; with task != NULL also a
  * handle that the caller owns and gives back with ctp_task_release. Errors:
  * -EINVAL (pool or fn NULL, a negative duration other than CTP_FOREVER),
- * -EAGAIN (queue full and queue_wait ran out), -ESHUTDOWN, -ENOMEM, or the
- * parent's reason (e.g. -ECANCELED) when opts->parent has already fired. A
+ * -EAGAIN (queue full and queue_wait ran out; counted in stats.rejected),
+ * -ESHUTDOWN (also from an abandoned task after ctp_pool_destroy), -ENOMEM
+ * (no memory, or the first task with a timeout could not start the timer
+ * threads), -ECHILD (pool or parent made before fork() in this child), or
+ * the parent's reason (e.g. -ECANCELED) when opts->parent has already fired. A
  * task that is not accepted never runs and its done is not called. Blocks
  * only while waiting for room (queue_wait); if opts->parent fires during that
  * wait, the call returns the parent's reason. The task's deadline counts from
@@ -264,9 +293,19 @@ CTP_EXPORT int ctp_token_create(ctp_token **token, ctp_token *parent);
 /* Fires the token with -ECANCELED, and with it every descendant: every queued
  * task in the tree never runs, and its done has returned before this call
  * returns; running tasks in the tree see their tokens fire. Cancelling a child
- * never fires its parent. Returns 0 when this call fired the token, -EALREADY
- * when it had already fired, -EINVAL for NULL. On a task's token it cancels
- * that task like ctp_task_cancel would. */
+ * never fires its parent. Trees of any depth and width are fine (one lock at
+ * a time, no recursion). In order: every sleeper, fd and ctp_queue wait in
+ * the tree wakes; then the dones of the queued tasks it caught run on this
+ * thread; then the watchers. When another thread is firing a subtree at the
+ * same time (it cancelled a descendant first), this call also waits for that
+ * thread's dones and watchers before it returns, except when it is called
+ * from inside a done or watcher that a cancel runs (it could wait for
+ * itself): then it returns once its own part of the tree is finished. And a
+ * done must not wait for a cancel of an ancestor made on another thread
+ * (that cancel waits for the done). Returns 0 when this call fired the token,
+ * -EALREADY when it had already fired (then it waits for nothing), -ECHILD
+ * (made before fork() in this child), -EINVAL for NULL. On a task's token it
+ * cancels that task like ctp_task_cancel would. */
 CTP_EXPORT int ctp_token_cancel(ctp_token *token);
 
 /* Gives back a token from ctp_token_create. It lives on while tasks or child
@@ -274,17 +313,21 @@ CTP_EXPORT int ctp_token_cancel(ctp_token *token);
  * own token (which the pool owns), are no-ops. */
 CTP_EXPORT void ctp_token_release(ctp_token *token);
 
-/* Runs fn(arg) once when the token fires, on the thread that fires it,
- * outside every library lock; at once, on this thread, if it already has.
- * Returns 0 and *watch, to be given back with ctp_token_unwatch exactly once
- * whether or not fn ran; -EINVAL; -ENOMEM. */
+/* Runs fn(arg) once when the token fires, on the thread that fires it (for a
+ * deadline: the timer-callback thread), outside every library lock, after
+ * every sleeper and fd of the fired tree woke; at once, on this thread, if it
+ * already has. Returns 0 and *watch, to be given back with ctp_token_unwatch
+ * exactly once whether or not fn ran; -EINVAL; -ENOMEM; -ECHILD. */
 CTP_EXPORT int ctp_token_watch(ctp_token *token, void (*fn)(void *arg),
                                void *arg, ctp_watch **watch);
 
 /* Frees a watch. Once it returns, fn is not running and will not run, except
  * when called from inside fn itself, where it returns without waiting (the
- * watch is freed when fn returns). NULL is a no-op. Blocks while fn runs on
- * another thread. */
+ * watch is freed when fn returns). A watch registered before its token fired
+ * always runs: called after the fire and before fn ran, it waits for the
+ * firer to run it (unless called from a done or watcher of that same fire:
+ * then fn is dropped unrun rather than wait for itself). NULL is a no-op.
+ * Blocks while fn runs on another thread. */
 CTP_EXPORT void ctp_token_unwatch(ctp_watch *watch);
 
 /* ---- queue -------------------------------------------------------------- */
@@ -306,7 +349,9 @@ CTP_EXPORT int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
 /* Takes the oldest item, waiting up to timeout for one. Returns 0 and *item;
  * -EAGAIN when timeout is 0 and the queue is empty; -ETIMEDOUT; the token's
  * reason as soon as it fires; -ESHUTDOWN once the queue is closed and empty
- * (also with timeout 0); -EINVAL. A fired token wins over an available item. */
+ * (also with timeout 0: on a closed queue it waits out a push or pop that is
+ * under way on another thread, so it never says -EAGAIN there); -ECHILD;
+ * -EINVAL. A fired token wins over an available item. */
 CTP_EXPORT int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
                              int64_t timeout);
 

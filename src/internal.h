@@ -22,11 +22,78 @@
  *   timer->lock
  *   pool->alloc_lock      the submitters' part of the task free list
  * No user code (task fn, done, watcher, thread hook) ever runs under any of
- * them.
+ * them. Debug builds assert the lock a function needs (CTP__ASSERT_HELD)
+ * and that no reference count is taken from 0 or dropped below it.
+ *
+ * The protocols: every announce-then-look (Dekker) pair, and every other
+ * shared atomic whose order matters. "A | B" = one side stores/RMWs A and
+ * then loads B, the other side the reverse; both seq_cst, so at least one
+ * of them sees the other. (Statistics are relaxed snapshots; single-writer
+ * counters are a relaxed load and a store.)
+ *
+ *  word (file)               writers -> readers            pairs with / order
+ *  -------------------------  ---------------------------  --------------------
+ *  token.state (token.c)      firer CAS, worker start CAS  the one winner of
+ *                             and finish -> everyone       QUEUED; acquire on
+ *                                                          start/read
+ *  token.state|linked         adder: linked=1, load state  firer: CAS state,
+ *                             (child, watch, fd; lock)     load linked
+ *  token.state|sleepers       sleeper: sleepers++, load    firer: CAS state,
+ *                             state, futex wait            load sleepers, wake
+ *  token.state FIRING|        fire-end waiter: sleepers++, end_fire: clear bit,
+ *    sleepers                 load state, futex wait       load sleepers, wake
+ *  token.refs                 any holder                   acq_rel on the drop
+ *                                                          that frees
+ *  watch.state (token.c)      firer under token lock       unwatcher under the
+ *                                                          lock; futex wake
+ *                                                          inside the lock
+ *  task.fin (task.c)          waiter CAS bit 1, finisher   release/acquire;
+ *                             exchange bit 0               wake if bit 1 seen
+ *  queue.count|full_waiters   producer: full_waiters++,    releaser: count -=,
+ *    (queue.c)                load count                   load full_waiters,
+ *                                                          bump not_full
+ *  queue.count CLOSED bit     close: fetch_or; admission   no CAS admits after
+ *                             CAS fails on it              the bit
+ *  ck_ec32 not_empty/not_full waiter: snapshot, look,      changer: change,
+ *    (queue.c)                wait while equal             bump
+ *  ring push|spinning,parked  submit: push+fence, load     parker: list, fence,
+ *    (pool.c)                 spinning, parked             load ring, stopping
+ *  pool.spinning|ring         scout: spinning=0, fence,    submit as above
+ *                             load ring (pass_baton)
+ *  finished,accepted|         finisher: count, load        waiter: waiters++,
+ *    idle_waiters (pool.c)    idle_waiters, bump idle_seq  snapshot idle_seq,
+ *                                                          pool_idle, wait
+ *  queue.count, finished,     pool_idle reads count, then  a task holds its
+ *    accepted (pool.c)        finished, then accepted      slot from admission
+ *                                                          to start or retire
+ *  pool.stopping (pool.c)     shutdown: store, then each   worker reads it
+ *                             worker's lock                under its lock
+ *  pool.alive (pool.c)        threads (exit), fire-call    shutdown: futex wait
+ *                             segments (+1 before their    for 0 (grace)
+ *                             first slot is given back)
+ *  pool.finishing, worker.    segments; worker (clear      shutdown past grace:
+ *    busy, timer.cb_busy      seq_cst before the finished  alive <= these sum
+ *                             count)                       -> abandon
+ *  pool.stopped (pool.c)      first shutdown after its     later shutdowns:
+ *                             cancel step; wake            futex wait for 1
+ *  pool.destroyed|ring        destroy: store, drain ring   submit: push+fence,
+ *                                                          load destroyed,
+ *                                                          drain
+ *  pool.freed (task.c)        pushers CAS release;         allocator exchange
+ *                             DEAD under alloc_lock        acquire, DEAD check
+ *                                                          under alloc_lock
+ *  pool.started (pool.c)      worker after on_thread_start create waits for n
+ *  pool.refs                  owner, threads, task objects acq_rel on the drop
+ *                                                          that frees
+ *  ring commit_waiters        producer waiting for an      committer: commit,
+ *    (ring.c)                 earlier commit: count, load  fence, load count,
+ *                             p_tail, futex wait           wake
+ *  ctp__fork_gen (platform.c) child handler, one thread    relaxed
  */
 #ifndef CTP_INTERNAL_H
 #define CTP_INTERNAL_H
 
+#include <assert.h>
 #include <ck_ec.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -38,6 +105,16 @@
 #include "ctpool.h"
 
 #define CTP__HIDDEN __attribute__((visibility("hidden")))
+
+/* Debug builds (meson debug and debugoptimized; release sets NDEBUG):
+ * assert that the calling thread holds mutex m, from glibc's record of
+ * its owner (the library is for Linux and glibc, like its futexes). */
+#ifndef NDEBUG
+#include <unistd.h>
+#define CTP__ASSERT_HELD(m) assert((m)->__data.__owner == gettid())
+#else
+#define CTP__ASSERT_HELD(m) ((void)0)
+#endif
 
 struct ctp__worker;
 
@@ -202,7 +279,9 @@ CTP__HIDDEN void ctp__ec_bump(ck_ec32_t *ec);
 enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2 };
 
 struct ctp_token {
-	/* the first cache line holds what firing a tree reads per token */
+	/* what firing a tree reads per token comes first, together (the
+	 * object is malloc'd or part of a task: 16-byte aligned, so these
+	 * share lines with their neighbours, not a line of their own) */
 	_Atomic uint32_t state;     /* reason | phase; see above */
 	_Atomic uint32_t sleepers;  /* threads in ctp_token_sleep on `state` */
 	_Atomic uint32_t refs;      /* for a task token: the task's references */
@@ -303,7 +382,8 @@ static inline int ctp__reason_of(uint32_t state)
 
 struct ctp_task {
 	ctp_token        token;     /* first member: &task->token == task */
-	/* one cache line: what completion reads */
+	/* what completion reads, together (malloc'd: 16-byte aligned, not
+	 * on a cache line of its own) */
 	ctp_pool        *pool;      /* immutable; the object holds a pool ref */
 	ctp_done_fn      done;      /* set before publication */
 	void            *arg;
@@ -551,6 +631,9 @@ CTP__HIDDEN void ctp__pool_put(ctp_pool *pool);
 CTP__HIDDEN void ctp__pool_thread_exit(ctp_pool *pool);
 /* n tasks' done have returned: counts them finished, wakes idle waiters. */
 CTP__HIDDEN void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n);
+/* The calling worker's task is over (its done returned): it leaves user
+ * code, then counts the task finished. */
+CTP__HIDDEN void ctp__pool_worker_finished(ctp_pool *pool);
 /* A fire call's segment of this pool's tasks caught queued: begins before
  * any of their slots is given back, is done once their done returned
  * (task.c). The shutdown waits for it as for a thread of the pool. */

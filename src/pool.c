@@ -12,10 +12,13 @@
  *   puts the live ones back in order.
  *
  *   Worker loop (worker_main / next_task / run_task). Per task, under its
- *   own uncontended lock, a worker: drops the previous task, checks
- *   `stopping`, dequeues, and starts the task with the CAS QUEUED -> RUNNING
- *   (which fails for a cancelled task), records it as `current`, and gives
- *   its admission slot back. Then it runs fn outside the lock.
+ *   own uncontended lock, a worker: takes the previous task out of
+ *   `current`, checks `stopping`, dequeues, and starts the task with the
+ *   CAS QUEUED -> RUNNING (which fails for a cancelled task: its ring
+ *   reference is dropped there), records it as `current`, and gives its
+ *   admission slot back. After the unlock it drops the previous task's ring
+ *   reference, then runs fn; `busy` is 1 from just before fn until its
+ *   done has returned (ctp__pool_worker_finished).
  *
  *   Parking (idle_wait / park / wake_for_push / pass_baton). A worker with
  *   nothing to do either becomes the scout (pool->spinning, taken by CAS, at
@@ -36,19 +39,28 @@
 
  *   Shutdown. (1) The queue's CLOSED bit is set in its count word (so no
  *   admission CAS can succeed after it) and blocked submitters wake.
- *   (2) Drain: wait until no accepted task is unfinished (below) for up to
- *   `drain`. (3) Cancel step: set `stopping`, wake every parked worker (idle
- *   workers exit at once), then take and release each worker's lock: after
- *   that no worker starts a task, and every started one is in some worker's
- *   `current`, which we reference and fire with -ESHUTDOWN. Then empty the
- *   ring, firing each queued task with -ESHUTDOWN (their done runs here),
- *   until queue.count is 0: a submit admitted just before the close may still
- *   be pushing, and its bump wakes us. Stop the timer. (4) Grace: wait on
- *   `alive` (a futex counting our threads) up to `grace`, then join.
+ *   (2) Drain: wait until no accepted task is unfinished (pool_idle) for up
+ *   to `drain`; a task admitted before the close holds its slot until it
+ *   starts, so the drain never ends before it has run. (3) Cancel step: set
+ *   `stopping`, wake every parked worker (idle workers exit at once), then
+ *   take and release each worker's lock: after that no worker starts a
+ *   task, and every started one is in some worker's `current`, which we
+ *   reference and fire with -ESHUTDOWN. Then empty the ring, firing each
+ *   queued task with -ESHUTDOWN (their done runs here), until queue.count
+ *   is 0: a submit admitted just before the close may still be pushing,
+ *   and its bump wakes us. Stop the timer. Set `stopped`: later shutdown
+ *   calls wait for it. (4) Grace (wait_quiet): wait on `alive` for every
+ *   thread to exit and every fire call's segment of this pool (a group
+ *   cancel on another thread running the done of a task it caught queued)
+ *   to complete, up to `grace`; past it, go on waiting for what runs no
+ *   user code (idle workers leaving) and abandon only what does. Then join.
  *
  *   Lifetime. pool->refs counts the owner, every thread, and every task
  *   object (in use or on the free list). Abandoned threads keep the pool
- *   alive after ctp_pool_destroy; the last reference frees it.
+ *   alive after ctp_pool_destroy; the last reference frees it. Such a
+ *   thread may still call the pool: submit meets the closed queue, or the
+ *   DEAD free list (-ESHUTDOWN), and a task it pushed after destroy's drain
+ *   is dropped by its own enqueue (`destroyed`).
  *
  *   Idle. `accepted` (submitters' cache line) counts accepted tasks; the
  *   finished ones are counted by each worker in its own struct (one writer,
@@ -61,9 +73,10 @@
 
  *   Memory order. Statistics are relaxed counters (snapshots); a worker's
  *   own (completed, running) have one writer and are summed when read.
- *   `stopping`, `alive`, `accepted`, `finished`, `idle_waiters`,
- *   `spinning`, `parked` and `started` use seq_cst: each pairs a state
- *   change with a sleeper's announce-then-look.
+ *   `stopping`, `stopped`, `destroyed`, `alive`, `finishing`, `busy`,
+ *   `accepted`, `finished`, `idle_waiters`, `spinning`, `parked` and
+ *   `started` use seq_cst: each pairs a state change with a sleeper's
+ *   announce-then-look (the table in internal.h).
  */
 #include <assert.h>
 #include <errno.h>
@@ -82,7 +95,12 @@
 
 void ctp__pool_ref(ctp_pool *pool)
 {
-	atomic_fetch_add_explicit(&pool->refs, 1, memory_order_relaxed);
+	/* the caller holds a reference: relaxed is enough */
+	uint32_t old = atomic_fetch_add_explicit(&pool->refs, 1,
+	    memory_order_relaxed);
+
+	assert(old != 0);
+	(void)old;
 }
 
 static void pool_free(ctp_pool *pool)
@@ -105,7 +123,11 @@ static void pool_free(ctp_pool *pool)
 
 void ctp__pool_put(ctp_pool *pool)
 {
-	if (atomic_fetch_sub_explicit(&pool->refs, 1, memory_order_acq_rel) == 1)
+	uint32_t old = atomic_fetch_sub_explicit(&pool->refs, 1,
+	    memory_order_acq_rel);
+
+	assert(old != 0);
+	if (old == 1)
 		pool_free(pool);
 }
 
@@ -176,6 +198,18 @@ static void idle_check(ctp_pool *pool)
 		atomic_fetch_add(&pool->idle_seq, 1);
 		ctp__futex_wake(&pool->idle_seq, INT_MAX);
 	}
+}
+
+void ctp__pool_worker_finished(ctp_pool *pool)
+{
+	struct ctp__worker *w = ctp__tls.worker;
+
+	/* seq_cst, before the count: once wait_idle can see the task
+	 * finished, a shutdown past its grace sees this worker out of user
+	 * code (and waits for its exit instead of abandoning it) */
+	atomic_store(&w->busy, 0);
+	own_add64(&w->finished, 1, memory_order_seq_cst);
+	idle_check(pool);
 }
 
 void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n)
@@ -434,10 +468,7 @@ static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
 	 * cache line back and forth for nothing. */
 	if (t->done == NULL && ctp__ring_empty(&pool->queue.ring))
 		*scout = scout_take(pool);
-	ctp__task_finish_ran(t, status);
-	/* seq_cst: a shutdown past its grace that reads 1 here may abandon
-	 * this thread; once it is 0 the shutdown waits for our exit */
-	atomic_store(&w->busy, 0);
+	ctp__task_finish_ran(t, status); /* clears w->busy */
 	if (!*scout && ctp__ring_empty(&pool->queue.ring))
 		*scout = scout_take(pool);
 }
@@ -615,6 +646,7 @@ static void compact_take(ctp_pool *pool, void *item, struct held *h)
 {
 	size_t cap = pool->queue.capacity;
 
+	CTP__ASSERT_HELD(&pool->compact_lock);
 	if (ctp_task_state(item) == CTP_TASK_QUEUED) {
 		assert(h->len < cap);
 		pool->scratch[(h->head + h->len++) % cap] = item;

@@ -10,33 +10,40 @@
  *
  *   Start and fire are CASes on the same word, so a cancel racing a start
  *   has one winner. Completion happens exactly once, by the one thread that
- *   won the transition out of QUEUED: the worker (ctp__task_finish_ran) or
- *   the firer (ctp__task_finish_unrun: the canceller, the ancestor's
- *   canceller, the shutdown caller or the timer). Completion, in order:
- *   leave the deadline heap, call done (outside every lock), publish the
- *   status (`fin`, waking ctp_task_wait), count it finished (waking
- *   ctp_pool_wait_idle) and drop the pool's reference. A worker counts its
- *   task in its own statistics before that; a firer gives the queue slot
- *   back and counts the task before done. A firer batches (struct
- *   ctp__batch) what nobody can see early: the finished counts of every
- *   task one fire call caught queued, and for tasks with neither done nor
- *   handle their slots and statistics too, go to the pool in one step each
- *   before the call returns, so cancelling a tree of n such tasks costs
- *   three shared read-modify-writes, not 3n.
+ *   won the transition out of QUEUED: the worker (ctp__task_finish_ran:
+ *   leave the deadline heap, done, publish, count finished, drop the pool's
+ *   reference) or the fire call that caught it queued (the canceller, an
+ *   ancestor's canceller, the shutdown caller, the timer), in two passes
+ *   over the fire's list (internal.h, struct ctp__batch):
+ *     retire:   leave the deadline heap, count the statistic and the slot
+ *               in the batch; the slots and statistics go to the pool at
+ *               the end of each pool's segment, before any done runs;
+ *     complete: done (outside every lock), publish the status (`fin`,
+ *               waking ctp_task_wait), drop the pool's reference; the
+ *               finished count goes to the pool at the segment's end.
+ *   A segment raises its pool's `finishing` and `alive` before its first
+ *   slot is given back and lowers them after its dones, so a shutdown that
+ *   sees the queue empty still waits for those dones (pool.c). The fire
+ *   call holds its own reference on every task of its list until both
+ *   passes are over, and each object holds one on its pool: the pool cannot
+ *   be freed while a pass touches it, even if the user destroys it as soon
+ *   as wait_idle returns. Cancelling a tree of n tasks of one pool costs a
+ *   few shared read-modify-writes on the pool, not 3n.
  *
  *   References (token.refs): the pool's (dropped after done returns), the
  *   ring's (dropped by whoever takes the pointer out of the ring: a worker
- *   after the task, or anyone who finds it cancelled), the handle's (if the
- *   caller asked for one), and temporary ones (timer, cascades, shutdown;
- *   a cascade borrows the pool's reference of a task it caught queued,
- *   since only its own finish can drop that one).
+ *   when it takes its next task, or anyone who finds it cancelled), the
+ *   handle's (if the caller asked for one), and temporary ones (timer,
+ *   fire calls, shutdown).
  *   The object goes back to the pool's free list when the last one goes, or
- *   is freed if the pool has been destroyed. A worker keeps the objects it
- *   frees in its own cache and pushes them to the shared list 32 at a time
- *   (and before it parks or exits), so workers do not contend on the list
- *   per task. Each object holds a reference on its pool, so a handle can
- *   outlive ctp_pool_destroy.
- *
+ *   is freed if the pool has been destroyed (`freed` is DEAD). A worker
+ *   keeps the objects it frees in its own cache and pushes them to the
+ *   shared list 32 at a time (and before it parks or exits), so workers do
+ *   not contend on the list per task. Each object holds a reference on its
+ *   pool, so a handle can outlive ctp_pool_destroy. ctp__task_alloc checks
+ *   DEAD under alloc_lock, which ctp_pool_destroy holds while it frees the
+ *   list: an abandoned thread of the pool that submits gets -ESHUTDOWN.
+
  *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
  *   in 1 (release, after writing status) and wakes only if bit 1 was set.
  *   Only a handle can wait, so a task without one skips the exchange.
@@ -314,7 +321,7 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 		ctp__timer_remove(pool, t);
 	call_done(t, status);
 	publish(t, status);
-	ctp__pool_tasks_finished(pool, 1);
+	ctp__pool_worker_finished(pool);
 	ctp__token_put(&t->token); /* the pool's reference */
 }
 

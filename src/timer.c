@@ -1,7 +1,9 @@
 /*
- * timer.c: task deadlines. One thread per pool, started on the first task
- * with a timeout, sleeping on a CLOCK_MONOTONIC condition variable until the
- * earliest deadline in a binary min-heap. Never a polling loop.
+ * timer.c: task deadlines. Two threads per pool, started on the first task
+ * with a timeout: the timer thread sleeps on a CLOCK_MONOTONIC condition
+ * variable until the earliest deadline in a binary min-heap (never a
+ * polling loop) and fires it; the timer-callback thread ("<name>-tcb") runs
+ * the user code of those fires, so no done or watcher delays a deadline.
  *
  * Design notes
  *   - Everything here is protected by timer->lock. A task is in the heap
@@ -10,16 +12,28 @@
  *   - A heap entry holds no reference: a task in the heap has not finished,
  *     so the pool's own reference keeps it alive, and finishing takes it out
  *     under the lock first. The thread takes a reference when it pops an
- *     entry, then fires the token outside the lock (the firing may run done
- *     callbacks and watchers: user code).
- *   - Submit reserves a heap slot (and starts the thread) before the task is
- *     accepted, so that nothing can fail after acceptance; ctp__timer_add
+ *     entry, then fires the token outside the lock.
+ *   - Firing is split (token.c): the timer thread runs
+ *     ctp__token_fire_begin (mark the tree, wake its sleepers, fds and
+ *     internal waits, retire the tasks caught queued: no user code), and
+ *     queues the fire record (task->dfire, made at submit and kept with the
+ *     object) for the callback thread, which runs ctp__token_fire_end (done
+ *     callbacks, watchers, waits for other firers) in order. A thread that
+ *     must wait for such a fire to end and finds its record still queued
+ *     takes it out and ends it itself (ctp__timer_claim).
+ *   - Submit reserves a heap slot (and starts the threads) before the task
+ *     is accepted, so that nothing can fail after acceptance; ctp__timer_add
  *     then only uses the promised slot. A task that a parent's cascade
  *     finished between its acceptance and ctp__timer_add is not inserted
  *     (found by the fuzzer: it used to stay in the heap, unreferenced).
- *   - Who wakes the thread: ctp__timer_add when the new task becomes the
- *     earliest, and ctp__timer_stop at the pool's cancel step. It exits once
- *     `stop` is set; it counts among the pool's threads for the grace wait.
+ *   - Who wakes whom: ctp__timer_add wakes the timer thread when the new
+ *     task becomes the earliest; the timer thread wakes the callback thread
+ *     when it queues a record; ctp__timer_stop (the pool's cancel step)
+ *     wakes both. The timer thread exits once `stop` is set; the callback
+ *     thread once `stop` is set, the timer thread has left (`running`) and
+ *     its queue is empty, so no fire's end is lost. Both count among the
+ *     pool's threads for the grace wait; the callback thread is abandoned
+ *     past grace only while it runs user code (cb_busy).
  */
 #include <errno.h>
 #include <signal.h>
@@ -73,6 +87,7 @@ void ctp__timer_fini(struct ctp__timer *tm)
 
 static void heap_set(struct ctp__timer *tm, size_t i, ctp_task *t)
 {
+	CTP__ASSERT_HELD(&tm->lock);
 	tm->heap[i] = t;
 	t->heap_idx = i;
 }

@@ -17,18 +17,45 @@
  *                  RUNNING -> RUNNING|reason -> DONE|reason
  *     Firing a DONE task does nothing (-EALREADY).
  *
- *   Who wakes whom. Firing a tree is two phases, so that nothing in it can
- *   start once the root has fired:
- *     1. mark: the CAS on the root, then on every descendant, walking each
- *        parent's children under that parent's lock (parent before child);
- *        every token this call fired is listed, with a reference held, in
- *        `fire_next` (written only by the CAS winner);
- *     2. outside every lock, for each listed token: wake sleepers (futex on
- *        `state`, only if `sleepers` > 0), write the eventfd, run the
- *        watches one at a time (each outside the lock); then, for each task
- *        caught QUEUED, finish it: done(reason) on the firer's thread.
- *   A concurrent firer of a descendant owns that subtree: its own call wakes
- *   and finishes it.
+ *   Who wakes whom. A fire call (ctp__token_fire) on token t:
+ *     1. mark: the CAS on t, which also sets CTP__FIRING on t; then the
+ *        tree, breadth first: for each token of the call's list, under that
+ *        token's lock (the only lock held), the CAS on each child; the
+ *        children it fired join the list (with a reference; `fire_next` is
+ *        written only by the CAS winner), so a tree of any depth or width
+ *        needs one lock at a time and no recursion;
+ *     2a. wake, for every listed token: sleepers (futex on `state`, only if
+ *        `sleepers` > 0), the eventfd, and the library's internal watches
+ *        (the event-count bumps of ctp_queue_pop/push and submit's wait);
+ *        no user code, so nothing user-made delays any wake-up in the tree;
+ *     2a'. retire the tasks it caught queued: slots back, statistics,
+ *        deadline heap (task.c);
+ *     2b. complete them: done(reason) on this thread;
+ *     2c. user watchers, token by token in list order;
+ *     3. wait for the subtrees another call was firing (below);
+ *     then clear CTP__FIRING on t and drop the list's references.
+ *   The timer splits the call: it runs 1-2a' (ctp__token_fire_begin, no
+ *   user code), and its callback thread runs 2b-3 (ctp__token_fire_end).
+ *
+ *   Two firers in one tree. A's walk meets a child c that another call B
+ *   fired first. Without CTP__FIRING set, B's call has ended: c's subtree
+ *   is done. With it set, B may be between its CAS on c and its marking of
+ *   c's children, or inside their done callbacks: A keeps c (with a
+ *   reference) in its wait list and, after its own phases, waits until B
+ *   clears the bit (futex on c's `state`; `sleepers` announces the waiter,
+ *   seq_cst on both sides: B clears, then reads sleepers; A counts, then
+ *   reads the bit). So when A's call returns, every queued task of t's tree
+ *   has had its done. A call made from inside a fire call's callbacks (a
+ *   done or watcher; ctp__tls.fires is not empty) waits for no other
+ *   call: it holds its outer fire open, and an outer fire lower in the
+ *   tree than what it would wait for could close a cycle (T fires R, in a
+ *   done of R cancels A; Y fires X between A and R and waits for R; T
+ *   would wait for X). Every other wait goes down the tree (B's call walks
+ *   only c's subtree, which A's walk never enters, and waits only below
+ *   it), so waits cannot form a cycle. A timer fire
+ *   whose end still waits in the callback queue is ended by the waiter
+ *   itself (ctp__timer_claim), so no end waits for one queued behind it.
+ *   A call whose CAS lost (-EALREADY) waits for nothing.
  *   `linked` lets a token that never had a child, watch or fd fire with no
  *   lock at all. It is a Dekker pair with `state`: whoever adds a child,
  *   watch or fd sets `linked` (seq_cst) and then reads `state` (seq_cst)
@@ -40,10 +67,17 @@
  *
  *   Watches. PENDING (in the list) -> RUNNING (taken out by the firer under
  *   the lock, fn runs outside it) -> DONE (stored under the lock, with a
- *   futex wake). ctp_token_unwatch unlinks a PENDING watch, waits for a
- *   RUNNING one to become DONE, or, when called by fn itself (runner == self),
- *   asks the firer to free the watch after fn returns. The firer stores DONE
- *   under the lock and the unwatcher re-takes the lock before freeing, so the
+ *   futex wake). Internal watches run under the lock at the wake (phase
+ *   2a), user watches at phase 2c. ctp_token_unwatch unlinks a PENDING
+ *   watch of a token that has not fired; once it has fired, every watch
+ *   pending at the CAS belongs to the firer, and the unwatcher waits for
+ *   DONE (a sleeper that wakes at 2a and unwatches must not lose a watch
+ *   that was registered before the fire), unless this thread is inside
+ *   that fire call (t->fire in ctp__tls.fires: a done or watcher of the
+ *   same fire), which takes it out unrun. It waits for a RUNNING one to
+ *   become DONE, or, when called by fn itself (runner == self), asks the
+ *   firer to free the watch after fn returns. The firer stores DONE under
+ *   the lock and the unwatcher re-takes the lock before freeing, so the
  *   firer never touches a freed watch.
  *
  *   Trees and lifetime. A child (token or task) holds a reference on its
@@ -52,6 +86,8 @@
  *   under the parent's lock, so a child seen under that lock is valid memory.
  *   Marking takes a reference on each child it fires with "increment if not
  *   zero": a child already being freed has no task, sleeper or watch left.
+ *   ctp__token_put frees up a chain in a loop: the freed child's reference
+ *   on its parent is dropped by the same loop, never by a recursive call.
  */
 #include <errno.h>
 #include <limits.h>
@@ -107,7 +143,11 @@ void ctp__token_fini(ctp_token *t)
 void ctp__token_ref(ctp_token *t)
 {
 	/* the caller already holds a reference: relaxed is enough */
-	atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+	uint32_t old = atomic_fetch_add_explicit(&t->refs, 1,
+	    memory_order_relaxed);
+
+	assert(old != 0);
+	(void)old;
 }
 
 bool ctp__token_tryref(ctp_token *t)
@@ -150,9 +190,15 @@ void ctp__token_put(ctp_token *t)
 	 * the parent, and so on up a chain of any length: a loop, never a
 	 * recursion per level. acq_rel: every use of an object happens
 	 * before its free. */
-	while (t != NULL &&
-	    atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
-		ctp_token *parent = detach(t);
+	while (t != NULL) {
+		uint32_t old = atomic_fetch_sub_explicit(&t->refs, 1,
+		    memory_order_acq_rel);
+		ctp_token *parent;
+
+		assert(old != 0);
+		if (old != 1)
+			return;
+		parent = detach(t);
 
 		if (t->kind == CTP__TOKEN_TASK) {
 			ctp__task_free((ctp_task *)t);
@@ -201,6 +247,7 @@ static void watch_free(struct ctp_watch *w)
 /* Takes w out of t's pending list. Called with t's lock held. */
 static void watch_unlink(ctp_token *t, struct ctp_watch *w)
 {
+	CTP__ASSERT_HELD(&t->lock);
 	if (w->prev != NULL)
 		w->prev->next = w->next;
 	else
@@ -228,6 +275,7 @@ static void run_internal_watches(ctp_token *t)
 {
 	struct ctp_watch *w, *next;
 
+	CTP__ASSERT_HELD(&t->lock);
 	for (w = t->watches; w != NULL; w = next) {
 		next = w->next;
 		if (!w->internal)
@@ -424,23 +472,11 @@ static bool caught_queued(const ctp_token *t)
 	    CTP__PHASE_MASK) == CTP__PHASE_CANCELLED;
 }
 
-/* True when the fire call whose root is t runs on this thread, in an outer
- * frame (a done or watcher it runs cancels an ancestor). */
-static bool own_fire(const ctp_token *t)
-{
-	const struct ctp__fire *g;
-
-	for (g = ctp__tls.fires; g != NULL; g = g->prev) {
-		if (g->root == t)
-			return true;
-	}
-	return false;
-}
-
 /* Phase 1 for one token t of f's list (t has fired): fires each child of t
  * under t's lock (the only lock held), appending each one it fired, with a
  * reference, to the list at **tail; a child that another fire call is
- * firing (CTP__FIRING) goes, with a reference, to f->waits. The caller
+ * firing (CTP__FIRING) goes, with a reference, to f->waits, unless this
+ * thread is inside a fire call's callbacks (see "Two firers"). The caller
  * walks the list breadth first, so a tree of any depth or width needs one
  * lock at a time and no recursion. Children cannot be added to a fired
  * token, and a child seen under t's lock is valid memory (it unlinks itself
@@ -466,8 +502,9 @@ static void mark_children(ctp_token *t, struct ctp__fire *f, ctp_token ***tail)
 			c->fire_next = NULL;
 			**tail = c;
 			*tail = &c->fire_next;
-		} else if ((atomic_load(&c->state) & CTP__FIRING) &&
-		    !own_fire(c) && ctp__token_tryref(c)) {
+		} else if (ctp__tls.fires == NULL &&
+		    (atomic_load(&c->state) & CTP__FIRING) &&
+		    ctp__token_tryref(c)) {
 			c->wait_next = f->waits;
 			f->waits = c;
 		}
