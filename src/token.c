@@ -491,6 +491,8 @@ static void mark_children(ctp_token *t, struct ctp__fire *f, ctp_token ***tail)
 	lock(t);
 	t->fire = f;
 	for (c = t->children; c != NULL; c = c->sib_next) {
+		uint32_t s;
+
 		if (fire_cas(c, f->reason, 0, &phase)) {
 			/* a task caught queued is alive on the pool's
 			 * reference, which only this call drops: a plain
@@ -502,8 +504,20 @@ static void mark_children(ctp_token *t, struct ctp__fire *f, ctp_token ***tail)
 			c->fire_next = NULL;
 			**tail = c;
 			*tail = &c->fire_next;
-		} else if (ctp__tls.fires == NULL &&
-		    (atomic_load(&c->state) & CTP__FIRING) &&
+			continue;
+		}
+		s = atomic_load(&c->state);
+		if (!fired(s) && (s & CTP__PHASE_MASK) == CTP__PHASE_DONE) {
+			/* A task that finished unfired: its token does not
+			 * fire (its task is over), but tokens and tasks linked
+			 * under it while its fn ran are in the tree: walk it,
+			 * unfired (wake and watchers skip it). */
+			if (!ctp__token_tryref(c))
+				continue;
+			c->fire_next = NULL;
+			**tail = c;
+			*tail = &c->fire_next;
+		} else if (ctp__tls.fires == NULL && (s & CTP__FIRING) &&
 		    ctp__token_tryref(c)) {
 			c->wait_next = f->waits;
 			f->waits = c;
@@ -516,6 +530,8 @@ static void mark_children(ctp_token *t, struct ctp__fire *f, ctp_token ***tail)
  * fd, the internal watches of ctp_queue_pop/push. No user code. */
 static void wake(ctp_token *t)
 {
+	if (!fired(atomic_load(&t->state)))
+		return; /* a finished task walked through, not fired */
 	if (atomic_load(&t->sleepers) != 0)
 		ctp__futex_wake(&t->state, INT_MAX);
 	if (atomic_load(&t->linked) == 0)
@@ -612,7 +628,8 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	CTP__PERTURB();
 	/* Phase 2c: the user's watchers */
 	for (c = f->list; c != NULL; c = c->fire_next) {
-		if (atomic_load(&c->linked) != 0)
+		if (atomic_load(&c->linked) != 0 &&
+		    fired(atomic_load(&c->state)))
 			run_user_watches(c);
 	}
 	/* Phase 3: subtrees other calls were firing when we met them */

@@ -1415,6 +1415,98 @@ static void test_token_strerror_names_every_code(void **state)
 	assert_string_equal(other, strerror(EPIPE));
 }
 
+/* A cancel reaches tasks under a task that has finished: root -> task T ->
+ * task S (submitted by T's fn with parent = T's token, queued behind a
+ * parked worker). T is DONE and its token never fired; ctp_token_cancel
+ * (root) must still cancel S before it returns (found by the spin model's
+ * author: the walk used to stop at the finished T, and S ran later). */
+struct done_parent {
+	ctp_pool  *pool;
+	ctp_task  *s;
+	sem_t      gate, gate_started, s_done;
+	atomic_int s_ran, s_status, s_calls;
+};
+
+static int dp_gate_fn(void *arg, ctp_token *tok)
+{
+	struct done_parent *d = arg;
+
+	(void)tok;
+	tu_sem_post(&d->gate_started);
+	tu_sem_wait(&d->gate);
+	return 0;
+}
+
+static int dp_s_fn(void *arg, ctp_token *tok)
+{
+	struct done_parent *d = arg;
+
+	(void)tok;
+	atomic_fetch_add(&d->s_ran, 1);
+	return 0;
+}
+
+static void dp_s_done(void *arg, int status)
+{
+	struct done_parent *d = arg;
+
+	atomic_store(&d->s_status, status);
+	atomic_fetch_add(&d->s_calls, 1);
+	tu_sem_post(&d->s_done);
+}
+
+static int dp_t_fn(void *arg, ctp_token *tok)
+{
+	struct done_parent *d = arg;
+	ctp_task_opts o = { .done = dp_s_done, .parent = tok };
+
+	if (ctp_pool_submit(d->pool, dp_gate_fn, d, NULL, NULL) != 0)
+		return -1;
+	return ctp_pool_submit(d->pool, dp_s_fn, d, &o, &d->s);
+}
+
+static void test_token_cancel_reaches_tasks_under_finished_task(void **state)
+{
+	struct done_parent d = { .s_status = 1 };
+	ctp_task_opts o = { 0 };
+	ctp_token *root;
+	ctp_task  *t;
+	int        st = 1;
+
+	(void)state;
+	tu_sem_init(&d.gate, 0);
+	tu_sem_init(&d.gate_started, 0);
+	tu_sem_init(&d.s_done, 0);
+	assert_int_equal(ctp_pool_create(&d.pool,
+	                 &(ctp_pool_opts){ .threads = 1 }), 0);
+	assert_int_equal(ctp_token_create(&root, NULL), 0);
+	o.parent = root;
+	assert_int_equal(ctp_pool_submit(d.pool, dp_t_fn, &d, &o, &t), 0);
+	assert_int_equal(ctp_task_wait(t, CTP_SEC(10), &st), 0);
+	assert_int_equal(st, 0);
+	tu_sem_wait(&d.gate_started); /* the worker is held: S is queued */
+	assert_int_equal(ctp_task_state(d.s), CTP_TASK_QUEUED);
+	assert_int_equal(ctp_token_cancel(root), 0);
+	/* S was finished by the cancel, on this thread, before it returned */
+	assert_int_equal(atomic_load(&d.s_calls), 1);
+	assert_int_equal(atomic_load(&d.s_status), -ECANCELED);
+	assert_int_equal(ctp_task_state(d.s), CTP_TASK_CANCELLED);
+	/* T itself stays finished with its own status */
+	assert_int_equal(ctp_task_state(t), CTP_TASK_DONE);
+	assert_int_equal(ctp_task_cancel(t), -EALREADY);
+	tu_sem_post(&d.gate);
+	assert_int_equal(ctp_pool_shutdown(d.pool, CTP_FOREVER, CTP_FOREVER),
+	                 0);
+	assert_int_equal(atomic_load(&d.s_ran), 0);
+	ctp_task_release(t);
+	ctp_task_release(d.s);
+	ctp_token_release(root);
+	assert_int_equal(ctp_pool_destroy(d.pool), 0);
+	sem_destroy(&d.gate);
+	sem_destroy(&d.gate_started);
+	sem_destroy(&d.s_done);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1459,6 +1551,7 @@ int main(void)
 		cmocka_unit_test(test_token_cancel_task_token_cancels_task),
 		cmocka_unit_test(test_token_fd_wakes_task_polling_sockets),
 		cmocka_unit_test(test_token_strerror_names_every_code),
+		cmocka_unit_test(test_token_cancel_reaches_tasks_under_finished_task),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
