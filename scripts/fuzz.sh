@@ -62,6 +62,29 @@ build() {
 	esac
 }
 
+# Seeds for the races the stored corpus predates, added to each run's copy:
+# a few stored seeds with each endgame mode 1-7 (fuzz_api.c: data[0] >> 5),
+# and one input of tree races (op 14 with b & 7 == 1) on three threads.
+derive_seeds() {
+	local dir=$1 f b0 m
+	for f in tests/fuzz/corpus/seed-{submit,nested,token,shutdown}; do
+		[[ -f $f ]] || continue
+		b0=$(od -An -tu1 -N1 "$f" | tr -d ' ')
+		for m in 1 2 3 4 5 6 7; do
+			{
+				printf "\\$(printf %03o $(((b0 & 31) | (m << 5))))"
+				tail -c +2 "$f"
+			} >"$dir/endgame-$m-${f##*/}"
+		done
+	done
+	# header: 3 callers, 1 worker, drain 0, grace forever; six records
+	# [14, a, 1, c, d, e, 0]: d = leaf bit, task count, helper's delay;
+	# e = which sub the helper fires, blockers, slow dones, delays
+	local t='\x0e\x00\x01\x00' u='\x0e\x01\x01\x00'
+	printf "\x01\x00\x00\x30${t}\x0f\x81\x00${t}\x1e\xe1\x00${t}\x3f\x61\x00${u}\x0f\x83\x00${t}\x1f\xe3\x00${t}\x3e\xc1\x00" \
+		>"$dir/tree-race"
+}
+
 failed=0
 summary=()
 run() {
@@ -70,6 +93,7 @@ run() {
 		"$out/$v"-oom-* "$out/$v"-slow-unit-*
 	mkdir -p "$corpus"
 	cp tests/fuzz/corpus/* "$corpus"/
+	derive_seeds "$corpus"
 	echo "== running fuzz_api_$v for ${secs}s (log: $log)"
 	(
 		cd "$out"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Model-checks tests/model/ctpool.pml (the task state machine and the shutdown
-# handshake) with spin, exhaustively, in build-model/.
+# handshake) and tests/model/fire.pml (two firers in one token tree: the
+# fire-in-progress rule) with spin, exhaustively, in build-model/.
 #   - the model of src/ must give errors: 0
 #   - every planted bug variant must give errors > 0, of the expected kind;
 #     two of them are real bugs the model found in src/ (fixed since)
@@ -17,10 +18,11 @@ command -v gcc >/dev/null 2>&1 || { echo "model.sh: gcc not found" >&2; exit 1; 
 build=build-model
 rm -rf "$build"
 mkdir -p "$build"
-cp tests/model/ctpool.pml "$build/"
+cp tests/model/ctpool.pml tests/model/fire.pml "$build/"
 cd "$build"
 
 fail=0
+model=ctpool.pml   # the model the next checks run
 
 # check NAME EXPECT PATTERN SPIN-DEFINES...
 #   EXPECT pass: errors: 0; EXPECT fail: errors > 0 and the first error
@@ -29,9 +31,9 @@ check() {
 	local name=$1 expect=$2 pattern=$3; shift 3
 	local dir=$name out t0 t1 errors states depth first secs
 	mkdir -p "$dir"
-	cp ctpool.pml "$dir/"
+	cp "$model" "$dir/"
 	t0=$(date +%s.%N)
-	(cd "$dir" && spin "$@" -a ctpool.pml >spin.log 2>&1 &&
+	(cd "$dir" && spin "$@" -a "$model" >spin.log 2>&1 &&
 	    gcc -O2 -DSAFETY -w -o pan pan.c &&
 	    ./pan -m100000 -w24 >pan.log 2>&1) || true
 	t1=$(date +%s.%N)
@@ -62,7 +64,7 @@ check() {
 			fail=1
 		else
 			# keep the counterexample readable next to the log
-			(cd "$dir" && spin "$@" -t -p -g -l ctpool.pml >trail.txt 2>&1) || true
+			(cd "$dir" && spin "$@" -t -p -g -l "$model" >trail.txt 2>&1) || true
 			echo "  caught, as required (trail: $build/$dir/trail.txt)"
 		fi ;;
 	esac
@@ -81,6 +83,17 @@ check bug-no-announce       fail 'invalid end state'          -DBUG_NO_ANNOUNCE 
 echo "== bugs the model found in src/ (fixed): each must be caught"
 check bug-admit-after-close fail 'assertion violated'         -DBUG_ADMIT_AFTER_CLOSE
 check bug-drop-no-wake      fail 'invalid end state'          -DBUG_DROP_NO_WAKE
+
+model=fire.pml
+echo "== fire.pml, model of src/ (fire in progress): must verify"
+check fire-design           pass ''
+check fire-late-child       pass '' -DLATE
+check fire-third-nested     pass '' -DTHIRD -DNESTED
+echo "== fire.pml, planted bugs: each must be caught"
+check fire-bug-no-wait      fail 'assertion violated.*done_ret'  -DBUG_NO_WAIT
+check fire-bug-no-wait-start fail 'assertion violated.*closed'  -DBUG_NO_WAIT -DSTART_CHECK_ONLY
+check fire-bug-wait-self    fail 'invalid end state'          -DBUG_WAIT_SELF -DNESTED
+check fire-bug-no-wake      fail 'invalid end state'          -DBUG_NO_WAKE -DTHIRD
 
 if [[ $fail != 0 ]]; then
 	echo "model.sh: FAILED"

@@ -15,7 +15,6 @@
  * Determinism: workers are parked on semaphores; only the test's own thread
  * calls assert_*.
  */
-#include <dirent.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdio.h>
@@ -257,20 +256,6 @@ static long vm_size_kb(void)
 	return kb;
 }
 
-static int count_threads(void)
-{
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d)) != NULL)
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
-}
-
 /* Runs in the child; the exit code says what went wrong. */
 static int create_failure_child(void)
 {
@@ -280,8 +265,9 @@ static int create_failure_child(void)
 	ctp_pool *pool = NULL;
 	long kb = vm_size_kb();
 	struct rlimit rl;
+	tu_threads base; /* the child's only thread */
 
-	if (kb < 0)
+	if (kb < 0 || tu_threads_baseline(&base) != 1)
 		return 2;
 	rl.rlim_cur = rl.rlim_max = (rlim_t)kb * 1024 + ((rlim_t)32 << 20);
 	if (setrlimit(RLIMIT_AS, &rl) != 0)
@@ -298,7 +284,8 @@ static int create_failure_child(void)
 			return 4;
 	if (bh.bad != 0)
 		return 5;
-	if (count_threads() != 1)
+	/* every started worker was joined: a moment to leave /proc, no more */
+	if (tu_threads_back_to(&base, CTP_SEC(2), NULL, NULL, 0) != 0)
 		return 6;
 	return 0;
 }

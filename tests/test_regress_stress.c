@@ -1,12 +1,841 @@
-/* placeholder: being written */
-#include <stdarg.h>
-#include <stddef.h>
-#include <setjmp.h>
-#include <stdint.h>
-#include <cmocka.h>
-static void placeholder(void **s) { (void)s; }
+/*
+ * Stress regressions for issue 9: the races of items 2, 3, 10, 13 and 16,
+ * each hammered for many rounds (see /work/notes/issue9-decisions.md for the
+ * behaviour the library promises).
+ *
+ *   drain_forever_keeps_accepted  (item 3) a thread submits while the test
+ *                           thread calls ctp_pool_shutdown(pool, CTP_FOREVER,
+ *                           CTP_FOREVER): every submit that returned 0 gets
+ *                           done(fn's return value), never -ESHUTDOWN.
+ *   idle_identity_under_cascade  (item 13) a thread submits with a parent
+ *                           token that another thread cancels meanwhile, the
+ *                           tasks submit children with that parent; once
+ *                           ctp_pool_wait_idle returns, submitted == completed
+ *                           + cancelled + timed_out + dropped, every round.
+ *   queue_closed_pop        (item 16) two poppers and a closer on a
+ *                           ctp_queue: a pop with timeout 0 that starts after
+ *                           the close returned gets an item or -ESHUTDOWN,
+ *                           never -EAGAIN (also when the other popper has
+ *                           just taken the last item).
+ *   two_firers              (item 2) thread B cancels `sub` while the test
+ *                           thread (A) cancels `root`: when A's cancel
+ *                           returns 0 every queued task of the tree has had
+ *                           its done, and none of them ever runs.
+ *   abandoned_submitters    (item 10) tasks that keep submitting follow-ups
+ *                           while the owner calls ctp_pool_shutdown(pool, 0,
+ *                           0) and ctp_pool_destroy; the abandoned workers'
+ *                           submits fail cleanly, every accepted task gets
+ *                           one done, and every thread leaves (bounded).
+ *
+ * Rules as in test_stress.c: threads other than the test's own only record
+ * into atomics; checks are counted with CHECK and asserted at the end; every
+ * wait is bounded. CTP_STRESS_SCALE=<n> divides every round count by n.
+ */
+#include "fixtures.h"
+
+#include <sched.h>
+#include <stdio.h>
+
+static int failures; /* test thread only */
+
+/* xorshift32: deterministic jitter, the same on every run. */
+static uint32_t rng_next(uint32_t *s)
+{
+	uint32_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return *s = x;
+}
+
+/* Log-uniform in [0, 1024) pauses. */
+static unsigned rng_delay(uint32_t *s)
+{
+	unsigned bits = rng_next(s) % 11;
+
+	return rng_next(s) & ((1u << bits) - 1);
+}
+
+/* Spins until *p >= v: tight at first, then yielding (two CPUs, more
+ * threads). Aborts after 30 s so a lost event fails instead of hanging. */
+static void spin_until_ge(atomic_int *p, int v)
+{
+	int64_t  limit = 0;
+	unsigned i = 0;
+
+	while (atomic_load_explicit(p, memory_order_acquire) < v) {
+		if (++i < 2048) {
+			tu_cpu_relax();
+			continue;
+		}
+		sched_yield();
+		if ((i & 1023) == 0) {
+			int64_t now = tu_now_ns();
+
+			if (limit == 0) {
+				limit = now + CTP_SEC(30);
+			} else if (now > limit) {
+				fprintf(stderr, "spin_until_ge: stuck at %d < %d\n",
+				        atomic_load(p), v);
+				abort();
+			}
+		}
+	}
+}
+
+static double secs_since(int64_t t0)
+{
+	return (double)(tu_now_ns() - t0) / 1e9;
+}
+
+/* ---- item 3: drain CTP_FOREVER keeps every accepted task ----------------- */
+
+#define DFK_RAN 3131
+
+struct dfk_round {
+	ctp_pool  *pool;
+	int        arm_at;     /* the submit that `armed` announces */
+	uint32_t   rng;        /* submitter's jitter */
+	atomic_int armed;      /* the submitter is starting submit arm_at */
+	atomic_int accepted;   /* submits that returned 0 */
+	atomic_int dones;      /* done calls */
+	atomic_int ok;         /* done(DFK_RAN) */
+	atomic_int bad;        /* any other status */
+	atomic_int bad_status; /* the last other status */
+	atomic_int final_rc;   /* the refusal that ended the submitter */
+};
+
+static int dfk_fn(void *arg, ctp_token *token)
+{
+	(void)arg;
+	(void)token;
+	return DFK_RAN;
+}
+
+static void dfk_done(void *arg, int status)
+{
+	struct dfk_round *r = arg;
+
+	if (status == DFK_RAN) {
+		atomic_fetch_add(&r->ok, 1);
+	} else {
+		atomic_store(&r->bad_status, status);
+		atomic_fetch_add(&r->bad, 1);
+	}
+	atomic_fetch_add(&r->dones, 1);
+}
+
+static void *dfk_submitter(void *arg)
+{
+	struct dfk_round *r = arg;
+	ctp_task_opts     o = { .done = dfk_done, .queue_wait = CTP_FOREVER };
+	int               n = 0, rc;
+
+	for (;;) {
+		/* paced: the pool is idle at every submit, so a close landing
+		 * in the submit finds nothing else unfinished */
+		spin_until_ge(&r->dones, n);
+		if (n == r->arm_at)
+			atomic_store(&r->armed, 1);
+		else
+			tu_delay_loop(rng_delay(&r->rng) / 8);
+		rc = ctp_pool_submit(r->pool, dfk_fn, r, &o, NULL);
+		if (rc != 0)
+			break;
+		atomic_store(&r->accepted, ++n);
+	}
+	atomic_store(&r->final_rc, rc);
+	/* a refusal before submit arm_at would leave the test waiting */
+	atomic_store(&r->armed, 1);
+	return NULL;
+}
+
+static void dfk_round(unsigned long i, uint32_t *rng, unsigned long *total)
+{
+	ctp_pool_opts    po = { .threads = 1 + (unsigned)(i % 2),
+	                        .queue_capacity = 64, .name = "dfk" };
+	struct dfk_round r;
+	pthread_t        th;
+	int              rc, accepted;
+
+	memset(&r, 0, sizeof(r));
+	r.arm_at = (int)(rng_next(rng) % 8);
+	r.rng = rng_next(rng) | 1;
+	atomic_init(&r.bad_status, UNSET);
+	atomic_init(&r.final_rc, UNSET);
+	rc = ctp_pool_create(&r.pool, &po);
+	CHECK(rc == 0, "round %lu: ctp_pool_create: %s", i, ctp_strerror(rc));
+	if (rc != 0)
+		return;
+	th = tu_spawn(dfk_submitter, &r);
+	/* close the queue while submit arm_at (or one soon after) is inside
+	 * ctp_pool_submit: a submit takes a few dozen pauses */
+	spin_until_ge(&r.armed, 1);
+	tu_delay_loop(rng_next(rng) % 4 == 0 ? rng_delay(rng)
+	                                     : rng_next(rng) % 64);
+	rc = ctp_pool_shutdown(r.pool, CTP_FOREVER, CTP_FOREVER);
+	CHECK(rc == 0, "round %lu: ctp_pool_shutdown: %s", i, ctp_strerror(rc));
+	tu_join(th);
+	rc = ctp_pool_destroy(r.pool);
+	CHECK(rc == 0, "round %lu: ctp_pool_destroy: %s", i, ctp_strerror(rc));
+
+	accepted = atomic_load(&r.accepted);
+	CHECK(atomic_load(&r.final_rc) == -ESHUTDOWN,
+	      "round %lu: submitter ended with %d", i, atomic_load(&r.final_rc));
+	CHECK(atomic_load(&r.bad) == 0,
+	      "round %lu: %d of %d accepted tasks got done(%d) under drain "
+	      "CTP_FOREVER (want %d)", i, atomic_load(&r.bad), accepted,
+	      atomic_load(&r.bad_status), DFK_RAN);
+	CHECK(atomic_load(&r.dones) == accepted,
+	      "round %lu: %d dones for %d accepted", i, atomic_load(&r.dones),
+	      accepted);
+	*total += (unsigned long)accepted;
+}
+
+static void test_drain_forever_keeps_accepted(void **state)
+{
+	unsigned long rounds = tu_scaled(3000, 20), total = 0, i;
+	uint32_t      rng = 0x3c6ef372u;
+	int64_t       t0 = tu_now_ns();
+
+	(void)state;
+	failures = 0;
+	for (i = 0; i < rounds && failures == 0; i++)
+		dfk_round(i, &rng, &total);
+	print_message("drain_forever_keeps_accepted: %lu rounds, %lu tasks, "
+	              "%.2f s\n", i, total, secs_since(t0));
+	assert_int_equal(failures, 0);
+}
+
+/* ---- item 13: the stats identity once wait_idle returns ------------------ */
+
+struct cas_round {
+	ctp_pool  *pool;
+	ctp_token *parent;
+	unsigned   cancel_delay;
+	atomic_int go;          /* the submitter has had a task accepted */
+	atomic_int cancelled;   /* the canceller's cancel returned */
+	atomic_int cancel_rc;
+	atomic_int accepted;    /* every submit that returned 0 */
+	atomic_int dones;
+	atomic_int bad;         /* done with a status other than 0/-ECANCELED */
+	atomic_int child_other; /* a child submit refused with an odd code */
+	atomic_int final_rc;    /* the refusal that ended the submitter */
+};
+
+static int cas_leaf_fn(void *arg, ctp_token *token)
+{
+	(void)arg;
+	(void)token;
+	return 0;
+}
+
+static void cas_done(void *arg, int status)
+{
+	struct cas_round *r = arg;
+
+	if (status != 0 && status != -ECANCELED)
+		atomic_fetch_add(&r->bad, 1);
+	atomic_fetch_add(&r->dones, 1);
+}
+
+/* Submits one child with the same parent. */
+static int cas_fn(void *arg, ctp_token *token)
+{
+	struct cas_round *r = arg;
+	ctp_task_opts     o = { .done = cas_done, .parent = r->parent };
+	int               rc;
+
+	(void)token;
+	rc = ctp_pool_submit(r->pool, cas_leaf_fn, r, &o, NULL);
+	if (rc == 0)
+		atomic_fetch_add(&r->accepted, 1);
+	else if (rc != -ECANCELED && rc != -EAGAIN)
+		atomic_fetch_add(&r->child_other, 1);
+	return 0;
+}
+
+static void *cas_submitter(void *arg)
+{
+	struct cas_round *r = arg;
+	ctp_task_opts     o = { .done = cas_done, .parent = r->parent,
+	                        .queue_wait = CTP_FOREVER };
+	int               rc;
+
+	for (;;) {
+		rc = ctp_pool_submit(r->pool, cas_fn, r, &o, NULL);
+		if (rc != 0)
+			break;
+		atomic_fetch_add(&r->accepted, 1);
+		atomic_store(&r->go, 1);
+	}
+	atomic_store(&r->final_rc, rc);
+	atomic_store(&r->go, 1);
+	return NULL;
+}
+
+static void cas_cancel(struct cas_round *r)
+{
+	spin_until_ge(&r->go, 1);
+	tu_delay_loop(r->cancel_delay);
+	atomic_store(&r->cancel_rc, ctp_token_cancel(r->parent));
+	atomic_store_explicit(&r->cancelled, 1, memory_order_release);
+}
+
+static void *cas_canceller(void *arg)
+{
+	cas_cancel(arg);
+	return NULL;
+}
+
+static void cas_round(ctp_pool *pool, unsigned long i, uint32_t *rng)
+{
+	struct cas_round r;
+	pthread_t        sub, can = pthread_self(); /* set when used */
+	bool             own_cancel = i % 2 == 1;
+	ctp_stats        st;
+	int              rc;
+
+	memset(&r, 0, sizeof(r));
+	r.pool = pool;
+	r.cancel_delay = rng_delay(rng) * 2;
+	atomic_init(&r.final_rc, UNSET);
+	atomic_init(&r.cancel_rc, UNSET);
+	assert_int_equal(ctp_token_create(&r.parent, NULL), 0);
+	sub = tu_spawn(cas_submitter, &r);
+	if (own_cancel) {
+		cas_cancel(&r);
+	} else {
+		can = tu_spawn(cas_canceller, &r);
+		/* no sleep: the submitter may still be inside a submit that
+		 * the cancel cascaded when wait_idle returns */
+		spin_until_ge(&r.cancelled, 1);
+	}
+	rc = ctp_pool_wait_idle(pool, BOUND);
+	ctp_pool_stats(pool, &st);
+	CHECK(rc == 0, "round %lu: ctp_pool_wait_idle: %s", i, ctp_strerror(rc));
+	CHECK(st.submitted == st.completed + st.cancelled + st.timed_out +
+	      st.dropped, "round %lu: idle, but submitted %llu != completed "
+	      "%llu + cancelled %llu + timed_out %llu + dropped %llu", i,
+	      (unsigned long long)st.submitted,
+	      (unsigned long long)st.completed,
+	      (unsigned long long)st.cancelled,
+	      (unsigned long long)st.timed_out,
+	      (unsigned long long)st.dropped);
+	tu_join(sub);
+	if (!own_cancel)
+		tu_join(can);
+	/* everything that was accepted has finished by now */
+	rc = ctp_pool_wait_idle(pool, BOUND);
+	if (rc != 0) {
+		print_error("round %lu: pool not idle after the joins: %s\n", i,
+		            ctp_strerror(rc));
+		abort(); /* r is on this stack */
+	}
+	CHECK(atomic_load(&r.cancel_rc) == 0, "round %lu: cancel: %d", i,
+	      atomic_load(&r.cancel_rc));
+	CHECK(atomic_load(&r.final_rc) == -ECANCELED,
+	      "round %lu: submitter ended with %d", i, atomic_load(&r.final_rc));
+	CHECK(atomic_load(&r.dones) == atomic_load(&r.accepted),
+	      "round %lu: %d dones for %d accepted", i, atomic_load(&r.dones),
+	      atomic_load(&r.accepted));
+	CHECK(atomic_load(&r.bad) == 0 && atomic_load(&r.child_other) == 0,
+	      "round %lu: %d odd statuses, %d odd child refusals", i,
+	      atomic_load(&r.bad), atomic_load(&r.child_other));
+	ctp_token_release(r.parent);
+}
+
+static void test_idle_identity_under_cascade(void **state)
+{
+	unsigned long rounds = tu_scaled(3000, 20), i;
+	ctp_pool     *pool = pool_new(2, 256);
+	uint32_t      rng = 0xa54ff53au;
+	int64_t       t0 = tu_now_ns();
+	ctp_stats     st;
+
+	(void)state;
+	failures = 0;
+	for (i = 0; i < rounds && failures == 0; i++)
+		cas_round(pool, i, &rng);
+	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	st = stats_of(pool);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	print_message("idle_identity_under_cascade: %lu rounds, %llu tasks "
+	              "(%llu cancelled), %.2f s\n", i,
+	              (unsigned long long)st.submitted,
+	              (unsigned long long)st.cancelled, secs_since(t0));
+	assert_int_equal(failures, 0);
+	assert_identity(&st);
+}
+
+/* ---- item 16: pop on a closed queue after the last item went ------------- */
+
+/* The queues come in batches: the test thread fills QCP_BATCH queues with one
+ * or two items each and publishes the batch; both poppers then work through
+ * the queues in the same order, meeting at each queue (a two-party spin
+ * rendezvous) and then popping with timeout 0 until -ESHUTDOWN, so that they
+ * race for each queue's last item. In most batches every queue is
+ * closed before the batch is published; in the others the test thread closes
+ * them one by one while the poppers are at work (then -EAGAIN is fine until
+ * the close has returned). */
+
+#define QCP_BATCH 512
+#define QCP_STOP  INT32_MAX
+
+struct qcp_shared {
+	atomic_int batch;             /* published batch; QCP_STOP: leave */
+	atomic_int finished;          /* poppers done with their batch, total */
+	ctp_queue *q[QCP_BATCH];      /* written before `batch` is published */
+	atomic_int closed[QCP_BATCH]; /* batch whose close of q[j] returned */
+	atomic_int meet[QCP_BATCH];   /* poppers arrived at q[j] (rendezvous) */
+	sem_t      done;              /* posted when both finished a batch */
+};
+
+struct qcp_popper {
+	struct qcp_shared *sh;
+	uint32_t           rng;
+	/* this batch's results: written by the popper before it bumps
+	 * `finished`, read by the test thread after */
+	int got, sum, eagain_after_close, first_bad, other, other_rc;
+};
+
+static void *qcp_popper(void *arg)
+{
+	struct qcp_popper *p = arg;
+	struct qcp_shared *sh = p->sh;
+	int                played = 0;
+
+	for (;;) {
+		int batch;
+
+		spin_until_ge(&sh->batch, played + 1);
+		batch = atomic_load_explicit(&sh->batch, memory_order_acquire);
+		if (batch == QCP_STOP)
+			return NULL;
+		played = batch;
+		p->got = p->sum = p->eagain_after_close = p->other = 0;
+		p->first_bad = -1;
+		for (int j = 0; j < QCP_BATCH; j++) {
+			ctp_queue *q = sh->q[j];
+
+			atomic_fetch_add(&sh->meet[j], 1);
+			spin_until_ge(&sh->meet[j], 2);
+			if (rng_next(&p->rng) % 2)
+				tu_delay_loop(rng_next(&p->rng) % 16);
+			for (;;) {
+				/* the close returned before this pop began */
+				bool  closed = atomic_load(&sh->closed[j]) ==
+				               batch;
+				void *item = NULL;
+				int   rc = ctp_queue_pop(q, &item, NULL, 0);
+
+				if (rc == 0) {
+					p->got++;
+					p->sum += (int)(intptr_t)item;
+				} else if (rc == -EAGAIN) {
+					if (!closed) {
+						tu_cpu_relax();
+						continue;
+					}
+					if (p->eagain_after_close++ == 0)
+						p->first_bad = j;
+					break;
+				} else {
+					if (rc != -ESHUTDOWN) {
+						p->other++;
+						p->other_rc = rc;
+					}
+					break;
+				}
+			}
+		}
+		if (atomic_fetch_add_explicit(&sh->finished, 1,
+		    memory_order_acq_rel) % 2 == 1)
+			tu_sem_post(&sh->done);
+	}
+}
+
+static void test_queue_closed_pop(void **state)
+{
+	unsigned long      rounds = tu_scaled(131072, 4 * QCP_BATCH);
+	unsigned long      batches = (rounds + QCP_BATCH - 1) / QCP_BATCH, b;
+	unsigned long      eagain = 0;
+	struct qcp_shared *sh = calloc(1, sizeof(*sh));
+	struct qcp_popper  p[2];
+	pthread_t          th[2];
+	uint32_t           rng = 0x510e527fu;
+	int64_t            t0 = tu_now_ns();
+
+	(void)state;
+	failures = 0;
+	assert_non_null(sh);
+	memset(p, 0, sizeof(p));
+	tu_sem_init(&sh->done, 0);
+	for (int k = 0; k < 2; k++) {
+		p[k].sh = sh;
+		p[k].rng = 0x6a09e667u + (uint32_t)k;
+		th[k] = tu_spawn(qcp_popper, &p[k]);
+	}
+	for (b = 1; b <= batches && failures == 0; b++) {
+		bool early = b % 4 != 0; /* closed before the poppers start */
+		int  want_n = 0, want_sum = 0;
+
+		for (int j = 0; j < QCP_BATCH; j++) {
+			int items = 1 + (j + (int)b) % 2;
+
+			assert_int_equal(ctp_queue_create(&sh->q[j], 4), 0);
+			for (int k = 1; k <= items; k++) {
+				assert_int_equal(ctp_queue_push(sh->q[j],
+				    (void *)(intptr_t)k, NULL, 0), 0);
+				want_sum += k;
+			}
+			want_n += items;
+			atomic_store(&sh->meet[j], 0);
+			if (early) {
+				ctp_queue_close(sh->q[j]);
+				atomic_store(&sh->closed[j], (int)b);
+			}
+		}
+		atomic_store_explicit(&sh->batch, (int)b, memory_order_release);
+		if (!early) {
+			for (int j = 0; j < QCP_BATCH; j++) {
+				tu_delay_loop(rng_delay(&rng) / 8);
+				ctp_queue_close(sh->q[j]);
+				atomic_store(&sh->closed[j], (int)b);
+			}
+		}
+		/* block, not spin: the poppers need both CPUs */
+		tu_sem_wait(&sh->done);
+		assert_int_equal(atomic_load_explicit(&sh->finished,
+		    memory_order_acquire), 2 * (int)b);
+		for (int k = 0; k < 2; k++) {
+			eagain += (unsigned long)p[k].eagain_after_close;
+			CHECK(p[k].eagain_after_close == 0, "batch %lu (%s): "
+			      "popper %d: ctp_queue_pop(timeout 0) on a closed "
+			      "queue returned -EAGAIN %d times (first: queue %d "
+			      "of the batch); want an item or -ESHUTDOWN", b,
+			      early ? "closed first" : "closed meanwhile", k,
+			      p[k].eagain_after_close, p[k].first_bad);
+			CHECK(p[k].other == 0, "batch %lu: popper %d: pop "
+			      "returned %d", b, k, p[k].other_rc);
+		}
+		CHECK(p[0].got + p[1].got == want_n &&
+		      p[0].sum + p[1].sum == want_sum,
+		      "batch %lu: popped %d items (sum %d) of %d (sum %d)", b,
+		      p[0].got + p[1].got, p[0].sum + p[1].sum, want_n,
+		      want_sum);
+		for (int j = 0; j < QCP_BATCH; j++)
+			ctp_queue_destroy(sh->q[j]);
+	}
+	atomic_store_explicit(&sh->batch, QCP_STOP, memory_order_release);
+	for (int k = 0; k < 2; k++)
+		tu_join(th[k]);
+	sem_destroy(&sh->done);
+	free(sh);
+	print_message("queue_closed_pop: %lu closed queues, %lu -EAGAIN after "
+	              "close, %.2f s\n", (b - 1) * QCP_BATCH, eagain,
+	              secs_since(t0));
+	assert_int_equal(failures, 0);
+}
+
+/* ---- item 2: two firers in one tree --------------------------------------- */
+
+#define TF_SUB    6 /* tasks under sub */
+#define TF_SUBSUB 3 /* under subsub, a child of sub */
+#define TF_ROOT   3 /* directly under root */
+#define TF_TASKS  (TF_SUB + TF_SUBSUB + TF_ROOT)
+
+struct tf_round;
+
+struct tf_task {
+	struct tf_round *r;
+	unsigned         delay; /* pauses done burns before it counts */
+	bool             in_sub; /* under sub or subsub */
+};
+
+struct tf_round {
+	ctp_token         *root, *sub, *subsub;
+	pthread_barrier_t *bar;
+	unsigned           delay_b;
+	atomic_int         ran;       /* fn of a tree task ran */
+	atomic_int         dones;     /* dones returned (counted at the end) */
+	atomic_int         sub_dones; /* of those, under sub */
+	atomic_int         bad;       /* done status other than -ECANCELED */
+	atomic_int         b_rc;      /* B's ctp_token_cancel(sub) */
+	atomic_int         b_seen;    /* sub_dones when B's cancel returned */
+	struct tf_task     t[TF_TASKS];
+};
+
+static int tf_fn(void *arg, ctp_token *token)
+{
+	struct tf_task *t = arg;
+
+	(void)token;
+	atomic_fetch_add(&t->r->ran, 1);
+	return 0;
+}
+
+static void tf_done(void *arg, int status)
+{
+	struct tf_task *t = arg;
+
+	tu_delay_loop(t->delay);
+	if (status != -ECANCELED)
+		atomic_fetch_add(&t->r->bad, 1);
+	if (t->in_sub)
+		atomic_fetch_add(&t->r->sub_dones, 1);
+	atomic_fetch_add(&t->r->dones, 1);
+}
+
+static void *tf_firer_b(void *arg)
+{
+	struct tf_round *r = arg;
+	int              rc;
+
+	pthread_barrier_wait(r->bar);
+	tu_delay_loop(r->delay_b);
+	rc = ctp_token_cancel(r->sub);
+	atomic_store(&r->b_seen, atomic_load(&r->sub_dones));
+	atomic_store(&r->b_rc, rc);
+	return NULL;
+}
+
+static void tf_round(ctp_pool *pool, pthread_barrier_t *bar, unsigned long i,
+                     uint32_t *rng)
+{
+	struct tf_round r;
+	struct parked   p;
+	pthread_t       b;
+	unsigned        delay_a;
+	int             rc, seen, brc;
+
+	memset(&r, 0, sizeof(r));
+	r.bar = bar;
+	atomic_init(&r.b_rc, UNSET);
+	assert_int_equal(ctp_token_create(&r.root, NULL), 0);
+	assert_int_equal(ctp_token_create(&r.sub, r.root), 0);
+	assert_int_equal(ctp_token_create(&r.subsub, r.sub), 0);
+	parked_init(&p, 0);
+	saturate(pool, &p, 2); /* every tree task stays queued */
+	for (int k = 0; k < TF_TASKS; k++) {
+		ctp_task_opts o = { .done = tf_done };
+
+		r.t[k].r = &r;
+		/* B's dones are slow in some rounds, A's in others */
+		r.t[k].delay = rng_next(rng) % 3 == 0 ? 0 : rng_delay(rng);
+		r.t[k].in_sub = k < TF_SUB + TF_SUBSUB;
+		o.parent = k < TF_SUB ? r.sub
+		           : k < TF_SUB + TF_SUBSUB ? r.subsub : r.root;
+		assert_int_equal(ctp_pool_submit(pool, tf_fn, &r.t[k], &o,
+		                                 NULL), 0);
+	}
+	r.delay_b = i % 2 ? rng_delay(rng) : 0;
+	delay_a = i % 2 ? 0 : rng_delay(rng);
+	b = tu_spawn(tf_firer_b, &r);
+	pthread_barrier_wait(bar);
+	tu_delay_loop(delay_a);
+	rc = ctp_token_cancel(r.root);
+	seen = atomic_load(&r.dones);
+	/* let the workers go at once: a task the cancel left queued starts */
+	unpark(&p, 2);
+	tu_join(b);
+	if (ctp_pool_wait_idle(pool, BOUND) != 0) {
+		print_error("round %lu: pool not idle\n", i);
+		abort(); /* r and p are on this stack */
+	}
+	brc = atomic_load(&r.b_rc);
+	CHECK(rc == 0, "round %lu: A's cancel(root): %d", i, rc);
+	CHECK(seen == TF_TASKS, "round %lu: A's cancel(root) returned 0 with "
+	      "%d of %d dones returned (B's cancel(sub): %d)", i, seen,
+	      TF_TASKS, brc);
+	CHECK(brc == 0 || brc == -EALREADY, "round %lu: B's cancel(sub): %d",
+	      i, brc);
+	if (brc == 0)
+		CHECK(atomic_load(&r.b_seen) == TF_SUB + TF_SUBSUB,
+		      "round %lu: B's cancel(sub) returned 0 with %d of %d "
+		      "dones of sub's tree returned", i,
+		      atomic_load(&r.b_seen), TF_SUB + TF_SUBSUB);
+	CHECK(atomic_load(&r.ran) == 0, "round %lu: %d tasks of the cancelled "
+	      "tree ran", i, atomic_load(&r.ran));
+	CHECK(atomic_load(&r.dones) == TF_TASKS && atomic_load(&r.bad) == 0,
+	      "round %lu: %d dones, %d with a status other than -ECANCELED",
+	      i, atomic_load(&r.dones), atomic_load(&r.bad));
+	ctp_token_release(r.subsub);
+	ctp_token_release(r.sub);
+	ctp_token_release(r.root);
+	parked_fini(&p);
+}
+
+static void test_two_firers(void **state)
+{
+	unsigned long     rounds = tu_scaled(6000, 20), i;
+	ctp_pool         *pool = pool_new(2, 64);
+	pthread_barrier_t bar;
+	uint32_t          rng = 0x9b05688cu;
+	int64_t           t0 = tu_now_ns();
+	ctp_stats         st;
+
+	(void)state;
+	failures = 0;
+	assert_int_equal(pthread_barrier_init(&bar, NULL, 2), 0);
+	for (i = 0; i < rounds && failures == 0; i++)
+		tf_round(pool, &bar, i, &rng);
+	pthread_barrier_destroy(&bar);
+	st = stats_of(pool);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	print_message("two_firers: %lu rounds, %.2f s\n", i, secs_since(t0));
+	assert_int_equal(failures, 0);
+	assert_identity(&st);
+	assert_int_equal(st.cancelled, TF_TASKS * i);
+}
+
+/* ---- item 10: tasks submitting while the pool is destroyed --------------- */
+
+#define ABD_RAN     1717
+#define ABD_THREADS 2
+#define ABD_CHAINS  3
+
+struct abd_round {
+	ctp_pool *_Atomic pool;
+	atomic_int        ran;
+	atomic_int        accepted; /* submits that returned 0 */
+	atomic_int        dones;
+	atomic_int        bad;      /* done status other than ABD_RAN/-ESHUTDOWN */
+	atomic_int        refused_other; /* submit refusals other than
+	                                    -ESHUTDOWN/-EAGAIN */
+	atomic_int        last_other;
+	sem_t             stopped;  /* posted by on_thread_stop */
+};
+
+static void abd_done(void *arg, int status)
+{
+	struct abd_round *r = arg;
+
+	if (status != ABD_RAN && status != -ESHUTDOWN)
+		atomic_fetch_add(&r->bad, 1);
+	atomic_fetch_add(&r->dones, 1);
+}
+
+/* Submits its follow-up, then returns: the chain goes on until refused. */
+static int abd_fn(void *arg, ctp_token *token)
+{
+	struct abd_round *r = arg;
+	ctp_task_opts     o = { .done = abd_done };
+	int               rc;
+
+	(void)token;
+	atomic_fetch_add(&r->ran, 1);
+	rc = ctp_pool_submit(atomic_load(&r->pool), abd_fn, r, &o, NULL);
+	if (rc == 0) {
+		atomic_fetch_add(&r->accepted, 1);
+	} else if (rc != -ESHUTDOWN && rc != -EAGAIN) {
+		atomic_store(&r->last_other, rc);
+		atomic_fetch_add(&r->refused_other, 1);
+	}
+	return ABD_RAN;
+}
+
+static void abd_stop(unsigned index, void *user)
+{
+	struct abd_round *r = user;
+
+	(void)index;
+	tu_sem_post(&r->stopped);
+}
+
+static void abd_round(unsigned long i, uint32_t *rng, const tu_threads *base,
+                      unsigned long out[3])
+{
+	ctp_pool_opts    po = { .threads = ABD_THREADS, .queue_capacity = 64,
+	                        .name = "abd", .on_thread_stop = abd_stop };
+	ctp_task_opts    o = { .done = abd_done };
+	struct abd_round r;
+	ctp_pool        *pool = NULL;
+	int              rc, now = 0, extra, accepted = 0;
+	char             why[256];
+
+	memset(&r, 0, sizeof(r));
+	tu_sem_init(&r.stopped, 0);
+	po.user = &r;
+	rc = ctp_pool_create(&pool, &po);
+	CHECK(rc == 0, "round %lu: ctp_pool_create: %s", i, ctp_strerror(rc));
+	if (rc != 0) {
+		sem_destroy(&r.stopped);
+		return;
+	}
+	atomic_store(&r.pool, pool);
+	for (int k = 0; k < ABD_CHAINS; k++) {
+		rc = ctp_pool_submit(pool, abd_fn, &r, &o, NULL);
+		CHECK(rc == 0, "round %lu: submit: %s", i, ctp_strerror(rc));
+		if (rc == 0)
+			atomic_fetch_add(&r.accepted, 1);
+	}
+	spin_until_ge(&r.ran, (int)(rng_next(rng) % 40));
+	tu_delay_loop(rng_delay(rng));
+	rc = ctp_pool_shutdown(pool, 0, 0);
+	CHECK(rc == 0 || rc == -ETIMEDOUT, "round %lu: ctp_pool_shutdown(0, 0): "
+	      "%d (%s)", i, rc, ctp_strerror(rc));
+	out[rc == 0 ? 0 : 1]++;
+	rc = ctp_pool_destroy(pool);
+	CHECK(rc == 0, "round %lu: ctp_pool_destroy: %s", i, ctp_strerror(rc));
+	/* the abandoned workers run on: wait (bounded) for them to stop */
+	for (int k = 0; k < ABD_THREADS; k++) {
+		if (!sem_wait_for(&r.stopped, BOUND)) {
+			print_error("round %lu: worker %d of %d never stopped\n",
+			            i, k, ABD_THREADS);
+			abort(); /* r is on this stack */
+		}
+	}
+	/* and for them to leave the process (the kernel's part: polled) */
+	extra = tu_threads_back_to(base, CTP_SEC(5), &now, why, sizeof(why));
+	CHECK(extra == 0, "round %lu: %d threads (%d before the pool) 5 s after "
+	      "the workers stopped: %s", i, now, base->n, why);
+	accepted = atomic_load(&r.accepted);
+	CHECK(atomic_load(&r.dones) == accepted,
+	      "round %lu: %d dones for %d accepted", i, atomic_load(&r.dones),
+	      accepted);
+	CHECK(atomic_load(&r.bad) == 0, "round %lu: %d dones with an odd status",
+	      i, atomic_load(&r.bad));
+	CHECK(atomic_load(&r.refused_other) == 0, "round %lu: %d submits "
+	      "refused with %d (%s)", i, atomic_load(&r.refused_other),
+	      atomic_load(&r.last_other),
+	      ctp_strerror(atomic_load(&r.last_other)));
+	out[2] += (unsigned long)accepted;
+	sem_destroy(&r.stopped);
+}
+
+static void test_abandoned_submitters(void **state)
+{
+	unsigned long rounds = tu_scaled(2000, 20), i;
+	unsigned long out[3] = { 0, 0, 0 };
+	uint32_t      rng = 0x1f83d9abu;
+	tu_threads    base;
+	int64_t       t0 = tu_now_ns();
+
+	(void)state;
+	failures = 0;
+	assert_true(tu_threads_baseline(&base) > 0);
+	for (i = 0; i < rounds && failures == 0; i++)
+		abd_round(i, &rng, &base, out);
+	print_message("abandoned_submitters: %lu rounds (shutdown 0: %lu, "
+	              "-ETIMEDOUT: %lu), %lu tasks, %.2f s\n", i, out[0], out[1],
+	              out[2], secs_since(t0));
+	assert_int_equal(failures, 0);
+}
+
 int main(void)
 {
-	const struct CMUnitTest t[] = { cmocka_unit_test(placeholder) };
-	return cmocka_run_group_tests(t, NULL, NULL);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_drain_forever_keeps_accepted),
+		cmocka_unit_test(test_idle_identity_under_cascade),
+		cmocka_unit_test(test_queue_closed_pop),
+		cmocka_unit_test(test_two_firers),
+		cmocka_unit_test(test_abandoned_submitters),
+	};
+
+	/* CTP_TEST_FILTER=<pattern>: run only the matching tests */
+	if (getenv("CTP_TEST_FILTER") != NULL)
+		cmocka_set_test_filter(getenv("CTP_TEST_FILTER"));
+	return cmocka_run_group_tests_name("regress_stress", tests, NULL, NULL);
 }

@@ -18,7 +18,6 @@
  * generous upper bound ("woken, not timed out") or as "not early". Only the
  * test's own thread calls assert_*.
  */
-#include <dirent.h>
 
 #include "fixtures.h"
 
@@ -109,20 +108,6 @@ static pthread_t shutter_start(struct shutter *s, ctp_pool *pool,
 	atomic_init(&s->ret, UNSET);
 	tu_sem_init(&s->returned, 0);
 	return tu_spawn(shutter_main, s);
-}
-
-static int count_threads(void)
-{
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		abort();
-	while ((e = readdir(d)) != NULL)
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
 }
 
 /* ---- drain -------------------------------------------------------------- */
@@ -415,7 +400,10 @@ static void *destroyer_main(void *arg)
 static void test_shutdown_grace_times_out_then_destroy_abandons(void **state)
 {
 	(void)state;
-	int baseline = count_threads();
+	tu_threads base;
+	char left[256];
+	int now = -1;
+	int baseline = tu_threads_baseline(&base);
 	ctp_pool *pool = pool_new(1, 0);
 	struct parked ign;
 	struct destroyer d = { .pool = pool };
@@ -445,9 +433,10 @@ static void test_shutdown_grace_times_out_then_destroy_abandons(void **state)
 	ctp_task_release(t);
 
 	/* the worker exits on its own; bounded wait for it to be gone */
-	for (int i = 0; i < 10000 && count_threads() > baseline; i++)
-		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
-	assert_int_equal(count_threads(), baseline);
+	int extra = tu_threads_back_to(&base, BOUND, &now, left, sizeof(left));
+	if (extra != 0)
+		print_error("threads %d -> %d, left: %s\n", baseline, now, left);
+	assert_int_equal(extra, 0);
 	sem_destroy(&d.returned);
 	parked_fini(&ign);
 }

@@ -27,7 +27,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -847,21 +846,6 @@ static void test_stress_shutdown_under_submit(void **state)
 
 /* ---- create / destroy ---------------------------------------------------- */
 
-static int count_threads(void)
-{
-	DIR           *d = opendir("/proc/self/task");
-	struct dirent *e;
-	int            n = 0;
-
-	if (d == NULL)
-		return -1;
-	while ((e = readdir(d)) != NULL)
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
 static void cd_done(void *arg, int status)
 {
 	(void)status;
@@ -881,7 +865,9 @@ static void test_stress_create_destroy(void **state)
 	ctp_task_opts topts = { .done = cd_done, .queue_wait = CTP_FOREVER };
 	unsigned long cycles = tu_scaled(2000, 1), submitted = 0;
 	atomic_int    done_calls = 0;
-	int           baseline = count_threads(), now = -1;
+	tu_threads    base;
+	char          left[256];
+	int           baseline = tu_threads_baseline(&base), now = -1, extra;
 
 	(void)state;
 	failures = 0;
@@ -913,22 +899,18 @@ static void test_stress_create_destroy(void **state)
 		rc = ctp_pool_destroy(pool);
 		CHECK(rc == 0, "cycle %lu: destroy: %s", i, ctp_strerror(rc));
 	}
-	/* pthread_join returns when the kernel clears the thread id, a moment
-	 * before the thread leaves /proc/self/task: give the kernel up to a
-	 * second to reap them. This waits for the kernel, it orders nothing. */
-	for (int tries = 0; tries < 1000; tries++) {
-		struct timespec ms = { 0, 1000000 };
-
-		now = count_threads();
-		if (now == baseline)
-			break;
-		nanosleep(&ms, NULL);
-	}
+	/* Every pool was joined (shutdown with grace CTP_FOREVER, or destroy's
+	 * own): no thread of ours may be left. A joined thread may take a
+	 * moment to leave /proc/self/task; one still live after 2 s outlived
+	 * its ctp_pool_destroy. */
+	extra = tu_threads_back_to(&base, CTP_SEC(2), &now, left, sizeof(left));
 	print_message("create_destroy: %lu cycles, threads %d -> %d\n", cycles,
 	              baseline, now);
+	if (extra != 0)
+		print_error("threads left after ctp_pool_destroy: %s\n", left);
 	assert_int_equal(failures, 0);
 	assert_int_equal(atomic_load(&done_calls), submitted);
-	assert_int_equal(now, baseline);
+	assert_int_equal(extra, 0);
 }
 
 

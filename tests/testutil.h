@@ -1,18 +1,25 @@
 /*
  * Small helpers shared by the tests: a monotonic clock, semaphores that fail
- * loudly, and a thread spawner. Tests order events with these (never with
- * sleeps) and call cmocka's assert_* only on the test's own thread.
+ * loudly, a thread spawner, and a census of the process's threads. Tests
+ * order events with these (never with sleeps) and call cmocka's assert_*
+ * only on the test's own thread.
  */
 #ifndef CTP_TESTUTIL_H
 #define CTP_TESTUTIL_H
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 static inline int64_t tu_now_ns(void)
 {
@@ -110,6 +117,178 @@ static inline void tu_delay_loop(unsigned n)
 {
 	for (unsigned i = 0; i < n; i++)
 		tu_cpu_relax();
+}
+
+/* ---- the threads of this process ------------------------------------------
+ *
+ * pthread_join returns when the kernel clears the thread's id, early in the
+ * thread's exit (when it lets go of the memory map); the thread leaves
+ * /proc/self/task only at the end of its exit. So a count taken right after
+ * a join, or at the start of a test that follows one, may include a thread
+ * that is already gone as far as any code is concerned. These helpers count
+ * live threads only: listed, not a zombie, still holding the memory map (a
+ * leaving thread shows vsize 0 in its stat from the moment its joiner can
+ * wake), and they keep the thread ids, so that a test checks that every
+ * thread it started is gone rather than comparing two counts that a thread
+ * of an earlier test (leaving, or abandoned on purpose and exiting on its
+ * own) can shift. They poll the kernel; they order nothing. */
+
+#define TU_MAX_TIDS 512
+
+typedef struct tu_threads {
+	int   n;                  /* live threads seen; -1: /proc unreadable */
+	int   kept;               /* ids kept in tid[] (all, unless > max) */
+	pid_t tid[TU_MAX_TIDS];
+} tu_threads;
+
+/* 1 if thread tid of this process is live, 0 if it is leaving or gone.
+ * name (16 bytes) and state get its comm and scheduler state if asked. */
+static inline int tu_thread_info(pid_t tid, char *name, char *state)
+{
+	char          path[64], buf[1024], *lp, *rp, st = '?';
+	unsigned long vsize = 1;
+	ssize_t       n;
+	int           fd;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	lp = strchr(buf, '(');
+	rp = strrchr(buf, ')');
+	if (lp == NULL || rp == NULL || rp < lp)
+		return 1; /* unreadable: count it, never hide one */
+	if (name != NULL) {
+		size_t len = (size_t)(rp - lp - 1);
+
+		len = len > 15 ? 15 : len;
+		memcpy(name, lp + 1, len);
+		name[len] = '\0';
+	}
+	/* fields 3 (state) and 23 (vsize) of proc(5) */
+	if (sscanf(rp + 1, " %c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u "
+	           "%*u %*u %*d %*d %*d %*d %*d %*d %*u %lu", &st,
+	           &vsize) != 2)
+		vsize = 1;
+	if (state != NULL)
+		*state = st;
+	return st != 'Z' && st != 'X' && st != 'x' && vsize != 0;
+}
+
+/* Lists the live threads into s; returns their number (-1: unknown).
+ * *leaving (if asked) gets the number of listed threads that are not. */
+static inline int tu_threads_scan(tu_threads *s, int *leaving)
+{
+	DIR           *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int            out = 0;
+
+	s->n = 0;
+	s->kept = 0;
+	if (d == NULL) {
+		s->n = -1;
+		return -1;
+	}
+	while ((e = readdir(d)) != NULL) {
+		pid_t tid;
+
+		if (e->d_name[0] == '.')
+			continue;
+		tid = (pid_t)atoi(e->d_name);
+		if (!tu_thread_info(tid, NULL, NULL)) {
+			out++;
+			continue;
+		}
+		if (s->kept < TU_MAX_TIDS)
+			s->tid[s->kept++] = tid;
+		s->n++;
+	}
+	closedir(d);
+	if (leaving != NULL)
+		*leaving = out;
+	return s->n;
+}
+
+/* A test's starting point: waits (bounded, 2 s) until no thread is leaving
+ * and two scans 2 ms apart agree, so threads of earlier tests that were
+ * joined or are known to have exited are not in it. Returns base->n. */
+static inline int tu_threads_baseline(tu_threads *base)
+{
+	int64_t limit = tu_now_ns() + 2000000000;
+	int     prev = -2, leaving = 0;
+
+	for (;;) {
+		struct timespec ms2 = { 0, 2000000 };
+		int             n = tu_threads_scan(base, &leaving);
+
+		if (n < 0 || (n == prev && leaving == 0) ||
+		    tu_now_ns() > limit)
+			return n;
+		prev = leaving == 0 ? n : -2;
+		nanosleep(&ms2, NULL);
+	}
+}
+
+static inline int tu_threads_has(const tu_threads *s, pid_t tid)
+{
+	for (int i = 0; i < s->kept; i++)
+		if (s->tid[i] == tid)
+			return 1;
+	return 0;
+}
+
+/* Waits, bounded by bound_ns, until every live thread is one of base's:
+ * each thread started since is gone (a joined one may take a moment to
+ * leave). Returns how many are still there (0: back to the baseline) and
+ * describes them in why ("tid name state; ..."). *now gets the live count.
+ * Strict: a thread still live after the bound is reported, whatever it
+ * is. */
+static inline int tu_threads_back_to(const tu_threads *base, int64_t bound_ns,
+                                     int *now, char *why, size_t len)
+{
+	int64_t    limit = tu_now_ns() + bound_ns;
+	tu_threads cur;
+	int        extra;
+
+	if (len > 0)
+		why[0] = '\0';
+	for (;;) {
+		struct timespec ms = { 0, 1000000 };
+
+		extra = 0;
+		if (tu_threads_scan(&cur, NULL) < 0 || base->n < 0) {
+			extra = -1;
+			break;
+		}
+		if (base->kept < base->n || cur.kept < cur.n) {
+			/* too many to list: compare the counts */
+			extra = cur.n > base->n ? cur.n - base->n : 0;
+		} else {
+			for (int i = 0; i < cur.kept; i++)
+				extra += !tu_threads_has(base, cur.tid[i]);
+		}
+		if (extra == 0 || tu_now_ns() > limit)
+			break;
+		nanosleep(&ms, NULL);
+	}
+	if (now != NULL)
+		*now = cur.n;
+	for (int i = 0, used = 0; extra > 0 && i < cur.kept; i++) {
+		char name[16] = "?", st = '?';
+
+		if (tu_threads_has(base, cur.tid[i]) || used + 48 >= (int)len)
+			continue;
+		if (!tu_thread_info(cur.tid[i], name, &st))
+			continue; /* it left just now */
+		used += snprintf(why + used, len - (size_t)used, "%s%d '%s' %c",
+		                 used > 0 ? "; " : "", (int)cur.tid[i], name, st);
+	}
+	return extra;
 }
 
 #endif /* CTP_TESTUTIL_H */

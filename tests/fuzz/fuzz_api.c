@@ -5,9 +5,27 @@
  *   Input. A 4-byte header, then 7-byte op records [op, a, b, c, d, e, f]. The
  *   header picks 2 or 3 caller threads, the workers (1-4) and queue capacity
  *   (1-16) of pool 0, whether a second pool exists, two ctp_queue capacities,
- *   the thread-name prefix, and the final shutdown's drain and grace. Record k
- *   goes to caller thread k % nthreads; each thread runs at most MAX_OPS. The
- *   callers start together on a barrier.
+ *   the thread-name prefix, the final shutdown's drain and grace, and the
+ *   endgame (data[0] >> 5, 0: none). Record k goes to caller thread
+ *   k % nthreads; each thread runs at most MAX_OPS. The callers start
+ *   together on a barrier.
+ *
+ *   Races between firers and teardown. Op 14 with (b & 7) == 1 is a tree
+ *   race: a root <- sub (<- leaf) tree with tasks queued with slow done
+ *   callbacks at every level, a helper thread cancelling the sub (or leaf)
+ *   while the caller cancels the root. The endgame runs once the callers
+ *   are done and every task has finished (wait_idle until quiet): the same
+ *   kind of tree on pool 0, one firer thread cancelling the sub (or leaf)
+ *   then the root, a second firer cancelling the root (m & 2), while the
+ *   main thread calls ctp_pool_shutdown (header's drain and grace) or
+ *   ctp_pool_wait_idle (m & 1) and then ctp_pool_destroy at once. With
+ *   m & 4 the tasks are relays, which submit follow-ups to their own pool
+ *   ignoring their token, and the shutdown is (0, 0): the pool abandons
+ *   them and is destroyed while they go on submitting. After destroy the
+ *   harness never calls the pool; the firers' done callbacks do not either.
+ *   The harness then waits (bounded) until the pool's workers stopped, no
+ *   callback runs, and, at the very end, every thread this input started is
+ *   gone (tu_threads_back_to).
  *
  *   Objects live in slots (tasks, tokens, watches) shared by every thread, and
  *   by task functions, done callbacks and watchers. A slot is published once
@@ -43,6 +61,18 @@
  *     - tokens: fired once (one 0 from ctp_token_cancel), children of a fired
  *       token are fired, the reason is sticky; a watch on a fired token runs
  *       at once; a watcher runs at most once and never after unwatch;
+ *     - a ctp_token_cancel that answered 0 (not nested in a callback, no
+ *       shutdown begun) returned after every task queued in its tree before
+ *       it began had its done returned or started running, also when
+ *       another thread fired a sub-token of the tree first and is still
+ *       running its dones (two firers in one tree);
+ *     - the endgame: a shutdown that returned 0 while firers run left the
+ *       stats identity exact (no done of a task the firers caught still to
+ *       come); destroy right after shutdown or wait_idle, with the firers
+ *       still inside ctp_token_cancel, is safe (ASan/TSan); an abandoned
+ *       relay's submits after the shutdown returned answer -ESHUTDOWN; every
+ *       worker runs on_thread_stop, and no thread of the input outlives
+ *       it (5 s bound);
  *     - queues: every item pushed with 0 is popped exactly once (the rest at
  *       the end), no item is popped twice or out of nowhere, -EAGAIN only for
  *       timeout 0, -ETIMEDOUT never early, a fired token wins, a closed queue
@@ -61,17 +91,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sched.h>
 
 #include "ctpool.h"
+#include "../testutil.h"
 
 #define MAX_THREADS  3
 #define MAX_OPS      48    /* per caller thread */
-#define MAX_TASKS    256
-#define MAX_TOKENS   32
+#define MAX_TASKS    512
+#define MAX_TOKENS   64
 #define MAX_WATCHES  32
 #define MAX_ITEMS    1024
 #define NQUEUES      2
 #define MAX_DEPTH    2     /* tasks submitted by tasks, and theirs */
+#define RELAY_MAX    4     /* follow-ups a relay task submits */
 #define HDR          4
 #define REC          7
 #define COOKIE_MAGIC 0x5eedc0deu
@@ -176,6 +209,9 @@ typedef struct trec {           /* one submit attempt */
 	atomic_bool must_run;   /* cancel said -EINPROGRESS */
 	atomic_bool must_not_run; /* cancel said 0 */
 	atomic_bool suspect;    /* neither ran nor done when a tree cancel ended */
+	atomic_int  done_returned;
+	bool        relay;      /* fn submits follow-ups (relay()) */
+	uint8_t     dyield;     /* done yields this often before returning */
 	int         ptoken;     /* parent token slot, -1 none */
 	atomic_ulong accept_seq; /* ctx->seq after submit returned 0 */
 	void       *cookie;     /* arg, when done does not free it */
@@ -229,7 +265,18 @@ typedef struct ctx {
 	pthread_barrier_t barrier;
 	const uint8_t   *ops[MAX_THREADS];
 	size_t           nops[MAX_THREADS];
+	unsigned         mode;    /* the endgame's, 0: none */
+	uint32_t         seed;    /* a hash of the input */
+	atomic_bool      endgame; /* set once every earlier task finished */
+	atomic_int       active_cb; /* fn, done and watcher calls under way */
+	bool             stats_ok[2];
+	ctp_stats        fstats[2]; /* taken when the pool's shutdown returned 0 */
+	tu_threads       base;    /* the process's threads before this input */
 } ctx;
+
+/* Callbacks (done, watcher) this thread is inside: a ctp_token_cancel from
+ * one may be nested in a fire of the same tree, which it does not wait for. */
+static _Thread_local int cb_depth;
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -295,15 +342,17 @@ static void token_close(ctx *c, unsigned i)
 		ctp_token_release(c->tokens[i].s.obj);
 }
 
-/* Creates a token under parent (slot index, -1 none, -2 = ptok, a task's). */
-static void token_new(ctx *c, int parent, ctp_token *ptok)
+/* Creates a token under parent (slot index, -1 none, -2 = ptok, a task's).
+ * Returns its slot, -1 if none was left (a slot whose create failed stays
+ * closed: pinning it fails). */
+static int token_new(ctx *c, int parent, ctp_token *ptok)
 {
 	unsigned i = atomic_fetch_add(&c->ntokens, 1);
 	ctp_token *pt = ptok, *t = NULL;
 	int pre = 0, rc;
 
 	if (i >= MAX_TOKENS)
-		return;
+		return -1;
 	c->tokens[i].parent = parent;
 	c->tokens[i].task_anc = parent == -2;
 	if (parent >= 0) {
@@ -329,6 +378,7 @@ static void token_new(ctx *c, int parent, ctp_token *ptok)
 	}
 	if (parent >= 0 && pt != NULL)
 		token_unpin(c, (unsigned)parent);
+	return (int)i;
 }
 
 /* After ctp_token_cancel(i) returned 0: i and every child slot have fired. */
@@ -375,8 +425,15 @@ static int token_cancel_checked(ctx *c, unsigned i)
 	s = atomic_fetch_add(&c->seq, 1);
 	rc = ctp_token_cancel(t);
 	/* Nothing else fired anything while this call ran: then it alone
-	 * finished every queued task of the tree. */
-	clean = alone && atomic_load(&c->fire_epoch) == e0 &&
+	 * finished every queued task of the tree. And a cancel that fired the
+	 * tree (0) returns only once every queued task in it has had its done,
+	 * also those under a sub-token that another thread fired first and is
+	 * still finishing: it waits for that firer. Except a cancel nested in a
+	 * callback run by a fire of the same tree on this thread, which does not
+	 * wait for its own outer fire. Neither once a shutdown began: its drop
+	 * step finishes queued tasks on its own. */
+	clean = ((alone && atomic_load(&c->fire_epoch) == e0) ||
+	    (rc == 0 && cb_depth == 0)) &&
 	    !atomic_load(&c->shut_started[0]) && !atomic_load(&c->shut_started[1]);
 	atomic_fetch_sub(&c->firing, 1);
 	EXPECT("ctp_token_cancel", rc, -EALREADY);
@@ -400,6 +457,8 @@ static void watcher(void *arg)
 	wrec *w = arg;
 	ctx *c = w->ctx;
 
+	atomic_fetch_add(&c->active_cb, 1);
+	cb_depth++;
 	if (atomic_fetch_add(&w->runs, 1) != 0)
 		FAIL("watcher ran twice");
 	if (atomic_load(&w->runs_at_unwatch) >= 0)
@@ -431,6 +490,8 @@ static void watcher(void *arg)
 	default:
 		break;
 	}
+	cb_depth--;
+	atomic_fetch_sub(&c->active_cb, 1);
 }
 
 static void watch_new(ctx *c, unsigned tok, uint8_t action)
@@ -658,9 +719,21 @@ static void task_wait_checked(ctx *c, unsigned i, int64_t to, bool self)
 static int task_fn(void *arg, ctp_token *token);
 static void task_done(void *arg, int status);
 
-/* Submits a task described by the bytes; from a caller thread (self NULL)
- * or from a task (self = its record, tok = its token). */
-static void submit(ctx *c, trec *self, ctp_token *tok, const uint8_t *b)
+/* What the tree race and the endgame fix in a submit; the bytes give the
+ * rest (behaviour, handle kept or not). Always a done, no deadline. */
+typedef struct forced {
+	unsigned pool;
+	int      parent;   /* token slot, -1 none; own: the task's own token */
+	bool     own;
+	bool     relay;
+	uint8_t  dyield;
+} forced;
+
+/* Submits a task described by the bytes (f: with what it fixes); from a
+ * caller thread (self NULL) or from a task (self = its record, tok = its
+ * token). Returns the submit's answer, 1 when no slot was left. */
+static int submit_ex(ctx *c, trec *self, ctp_token *tok, const uint8_t *b,
+                     const forced *f)
 {
 	unsigned i = atomic_fetch_add(&c->ntasks, 1);
 	unsigned pi = (b[0] & 1) % c->npools;
@@ -673,7 +746,13 @@ static void submit(ctx *c, trec *self, ctp_token *tok, const uint8_t *b)
 	trec *r;
 
 	if (i >= MAX_TASKS)
-		return;
+		return 1;
+	/* once the endgame began a pool may be destroyed under any other
+	 * pool's task: follow-ups go to their own pool only */
+	if (from_task && atomic_load(&c->endgame))
+		pi = (unsigned)self->pool;
+	if (f != NULL)
+		pi = f->pool;
 	r = &c->tasks[i];
 	r->ctx = c;
 	r->pool = (int)pi;
@@ -689,7 +768,22 @@ static void submit(ctx *c, trec *self, ctp_token *tok, const uint8_t *b)
 		abort();
 	ck->magic = COOKIE_MAGIC;
 	ck->rec = r;
-	if (use_opts) {
+	if (f != NULL) {
+		o.done = task_done;
+		o.timeout = 0;
+		o.queue_wait = from_task ? dur(b[3] >> 3, false) : CTP_FOREVER;
+		o.parent = f->own ? tok : NULL;
+		if (f->parent >= 0) {
+			o.parent = token_pin(c, (unsigned)f->parent);
+			if (o.parent != NULL)
+				ptoken = f->parent;
+		}
+		use_opts = true;
+		r->relay = f->relay;
+		r->dyield = f->dyield;
+		r->dcancel = 0xff;
+		r->dflags_wait = false;
+	} else if (use_opts) {
 		o.done = (b[4] & 8) ? NULL : task_done;
 		o.timeout = dur(b[3], !from_task);
 		o.queue_wait = dur(b[3] >> 3, !from_task);
@@ -745,10 +839,17 @@ static void submit(ctx *c, trec *self, ctp_token *tok, const uint8_t *b)
 	}
 	if (ptoken >= 0)
 		token_unpin(c, (unsigned)ptoken);
+	return rc;
+}
+
+static void submit(ctx *c, trec *self, ctp_token *tok, const uint8_t *b)
+{
+	(void)submit_ex(c, self, tok, b, NULL);
 }
 
 /* After a ctp_token_cancel(tok) that began at seq s returned, with nothing
- * else firing meanwhile: each task accepted before, under tok, either ran
+ * else firing meanwhile or having fired tok itself (see
+ * token_cancel_checked): each task accepted before, under tok, either ran
  * (perhaps it just started) or its done has returned. */
 static void tasks_check_after_tree_cancel(ctx *c, unsigned tok, unsigned long s)
 {
@@ -770,7 +871,7 @@ static void tasks_check_after_tree_cancel(ctx *c, unsigned tok, unsigned long s)
 		if (p != (int)tok || c->tokens[tok].task_anc)
 			continue;
 		if (!atomic_load(&r->fn_started) &&
-		    atomic_load(&r->done_calls) == 0)
+		    !atomic_load(&r->done_returned))
 			atomic_store(&r->suspect, true);
 	}
 }
@@ -788,11 +889,38 @@ static void check_deadlk(ctx *c, unsigned pi, bool in_fn)
 	if (rc != -EDEADLK)
 		FAIL("shutdown from %s of its pool returned %d",
 		    in_fn ? "a task" : "a done", rc);
-	if (c->npools == 2 && in_fn) {
+	if (c->npools == 2 && in_fn && !atomic_load(&c->endgame)) {
 		/* another pool's thread is an ordinary thread for this one */
 		rc = ctp_pool_wait_idle(c->pools[1 - pi], 0);
 		EXPECT("ctp_pool_wait_idle (other pool)", rc, -ETIMEDOUT);
 	}
+}
+
+/* A relay's fn: submits follow-ups to its own pool, a short nap apart,
+ * until one is refused or RELAY_MAX went in, ignoring its token meanwhile.
+ * Under the endgame's shutdown(pool, 0, 0) the pool abandons it and is
+ * destroyed while it goes on: each submit must then answer -ESHUTDOWN
+ * (submit_ex checks it once the shutdown returned), and nothing may crash
+ * or leak. Follow-ups are relays again up to MAX_DEPTH, then plain tasks or
+ * short sleeps on their token. */
+static int relay(ctx *c, trec *r, ctp_token *tok)
+{
+	int rc = 0;
+
+	for (unsigned k = 0; k < RELAY_MAX; k++) {
+		uint8_t b[6] = { 0, (uint8_t)((r->beh >> k) & 1), r->p1, r->p3,
+		    (uint8_t)(r->p2 >> k), r->p2 };
+		forced f = { .pool = (unsigned)r->pool, .parent = -1,
+		    .own = (r->p1 >> k) & 1, .relay = r->depth + 1 < MAX_DEPTH,
+		    .dyield = r->dyield };
+		struct timespec nap = { 0, 20000 };
+
+		rc = submit_ex(c, r, tok, b, &f);
+		if (rc != 0)
+			break;
+		nanosleep(&nap, NULL);
+	}
+	return rc;
 }
 
 /* One thing a task's fn does; returns the last library result. */
@@ -803,6 +931,8 @@ static int task_act(ctx *c, trec *r, unsigned self, ctp_token *tok)
 	int rc = 0, pre;
 	unsigned k;
 
+	if (r->relay)
+		return relay(c, r, tok);
 	switch (r->beh % 13) {
 	case 1: /* sleep on the token; without limit only with a deadline */
 		pre = ctp_token_reason(tok);
@@ -924,6 +1054,7 @@ static int task_fn(void *arg, ctp_token *token)
 		FAIL("fn got a bad arg");
 	r = ck->rec;
 	c = r->ctx;
+	atomic_fetch_add(&c->active_cb, 1);
 	if (atomic_fetch_add(&r->fn_started, 1) != 0)
 		FAIL("fn ran twice");
 	if (atomic_load(&r->done_calls) != 0)
@@ -941,6 +1072,7 @@ static int task_fn(void *arg, ctp_token *token)
 	}
 	atomic_store(&r->ret, ret);
 	atomic_store(&r->fn_returned, 1);
+	atomic_fetch_sub(&c->active_cb, 1);
 	return ret;
 }
 
@@ -956,6 +1088,8 @@ static void task_done(void *arg, int status)
 	r = ck->rec;
 	c = r->ctx;
 	self = (unsigned)(r - c->tasks);
+	atomic_fetch_add(&c->active_cb, 1);
+	cb_depth++;
 	if (atomic_fetch_add(&r->done_calls, 1) != 0)
 		FAIL("done called twice");
 	atomic_store(&r->status, status);
@@ -978,8 +1112,14 @@ static void task_done(void *arg, int status)
 	if (r->dcancel != 0xff)
 		task_cancel_checked(c, pick(&c->ntasks, MAX_TASKS, r->dcancel),
 		    false);
+	/* a slow done: a firer or a shutdown is inside it a while longer */
+	for (unsigned k = 0; k < r->dyield; k++)
+		sched_yield();
 	ck->magic = 0;
 	free(ck); /* the library never touches arg after done */
+	atomic_store(&r->done_returned, 1);
+	cb_depth--;
+	atomic_fetch_sub(&c->active_cb, 1);
 }
 
 /* ---- bad arguments -------------------------------------------------------- */
@@ -1140,7 +1280,7 @@ static void hook_stop(unsigned index, void *user)
 	atomic_fetch_add(&h->c->stops[h->pi], 1);
 }
 
-static void do_shutdown(ctx *c, unsigned pi, int64_t drain, int64_t grace)
+static int do_shutdown(ctx *c, unsigned pi, int64_t drain, int64_t grace)
 {
 	int rc;
 
@@ -1151,6 +1291,25 @@ static void do_shutdown(ctx *c, unsigned pi, int64_t drain, int64_t grace)
 	if (rc == -ETIMEDOUT && grace == CTP_FOREVER)
 		FAIL("shutdown with grace FOREVER timed out");
 	atomic_store(&c->shut_returned[pi], true);
+	return rc;
+}
+
+/* After a shutdown of pool pi returned 0: nothing is queued, running or
+ * alive and every on_thread_stop ran. Keeps the stats for check_pool_stats
+ * (the pool may be destroyed before the harness's checks run). */
+static void after_shutdown(ctx *c, unsigned pi)
+{
+	ctp_stats *s = &c->fstats[pi];
+
+	ctp_pool_stats(c->pools[pi], s);
+	c->stats_ok[pi] = true;
+	if (s->queued != 0 || s->running != 0 || s->threads != 0)
+		FAIL("after shutdown: queued %llu running %llu threads %u",
+		    (unsigned long long)s->queued,
+		    (unsigned long long)s->running, s->threads);
+	if (atomic_load(&c->stops[pi]) != c->workers[pi])
+		FAIL("on_thread_stop ran %u times for %u workers",
+		    atomic_load(&c->stops[pi]), c->workers[pi]);
 }
 
 static void check_stats_running(ctx *c, unsigned pi)
@@ -1166,6 +1325,204 @@ static void check_stats_running(ctx *c, unsigned pi)
 		    (unsigned long long)s.running);
 	if (s.submitted > MAX_TASKS)
 		FAIL("stats.submitted %llu", (unsigned long long)s.submitted);
+}
+
+/* ---- firers: the tree race and the endgame -------------------------------- */
+
+static uint32_t rnd(uint32_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	return *x;
+}
+
+/* A thread that cancels up to two token slots in order, off a barrier. */
+typedef struct firer {
+	ctx               *c;
+	pthread_barrier_t *bar;
+	int                tok[2];  /* slots, -1 none */
+	unsigned           spin;    /* pauses after the barrier */
+} firer;
+
+static void *firer_main(void *arg)
+{
+	firer *f = arg;
+
+	pthread_barrier_wait(f->bar);
+	tu_delay_loop(f->spin);
+	for (unsigned i = 0; i < 2; i++)
+		if (f->tok[i] >= 0)
+			(void)token_cancel_checked(f->c, (unsigned)f->tok[i]);
+	return NULL;
+}
+
+/* Grows a tree root <- sub (<- leaf if deep) in new slots, under[] = their
+ * slots (-1: none), and submits to pool pi, with done and no deadline:
+ * first (blockers) one task per worker under the root that sleeps on its
+ * token (1 ms at most) so that the rest stay queued, then n tasks spread
+ * over the levels (relays if relay, slow dones if dyield). The bits pick
+ * levels, behaviours and kept handles. Returns false without a root. */
+static bool grow_tree(ctx *c, unsigned pi, bool deep, bool blockers,
+                      unsigned n, uint8_t bits, bool relay, uint8_t dyield,
+                      int under[3])
+{
+	under[0] = token_new(c, -1, NULL);
+	under[1] = under[0] >= 0 ? token_new(c, under[0], NULL) : -1;
+	under[2] = deep && under[1] >= 0 ? token_new(c, under[1], NULL) : -1;
+	if (under[0] < 0)
+		return false;
+	for (unsigned k = 0; blockers && k < c->workers[pi]; k++) {
+		uint8_t b[6] = { 0, 1, 5, 0, (uint8_t)k, 0 };
+		forced f = { .pool = pi, .parent = under[0] };
+
+		(void)submit_ex(c, NULL, NULL, b, &f);
+	}
+	for (unsigned k = 0; k < n; k++) {
+		unsigned lvl = (bits + k) % 3;
+		uint8_t b[6] = { 0, (uint8_t)((bits >> (k & 7)) & 1),
+		    (uint8_t)(bits + k), (uint8_t)(bits << 4),
+		    (uint8_t)((bits >> 1) ^ k), (uint8_t)k };
+		forced f = { .pool = pi, .relay = relay, .dyield = dyield };
+
+		f.parent = under[lvl] >= 0 ? under[lvl] : under[lvl - 1];
+		(void)submit_ex(c, NULL, NULL, b, &f);
+	}
+	return true;
+}
+
+/* Two firers in one tree (op 14 with (b & 7) == 1): a helper thread
+ * cancels the sub-token (or the leaf) while this thread cancels the root,
+ * both off a barrier, over tasks queued with slow dones at every level.
+ * token_cancel_checked checks that the root's cancel, when it answers 0,
+ * returns only after every queued task of the tree had its done, also those
+ * under the sub-token the helper fired first and is still finishing. */
+static void tree_race(ctx *c, uint8_t a, uint8_t d, uint8_t e)
+{
+	unsigned pi = a % c->npools;
+	pthread_barrier_t bar;
+	int under[3];
+	firer h;
+	pthread_t th;
+
+	if (!grow_tree(c, pi, d & 1, e & 0x80, 1 + ((d >> 1) & 7), e, false,
+	    (uint8_t)((e >> 5) & 3), under))
+		return;
+	if (pthread_barrier_init(&bar, NULL, 2) != 0)
+		abort();
+	h.c = c;
+	h.bar = &bar;
+	h.tok[0] = (e & 1) && under[2] >= 0 ? under[2] : under[1];
+	h.tok[1] = -1;
+	h.spin = (unsigned)(d >> 4) * 32;
+	if (pthread_create(&th, NULL, firer_main, &h) != 0)
+		abort();
+	pthread_barrier_wait(&bar);
+	tu_delay_loop((unsigned)((e >> 1) & 15) * 32);
+	(void)token_cancel_checked(c, (unsigned)under[0]);
+	pthread_join(th, NULL);
+	pthread_barrier_destroy(&bar);
+}
+
+/* ---- the endgame ---------------------------------------------------------- */
+
+/* Waits until every task accepted so far has finished: wait_idle on every
+ * pool, until two rounds in a row saw no new submit (tasks submit only from
+ * fn, to either pool, at most MAX_DEPTH deep). */
+static void quiesce(ctx *c)
+{
+	for (unsigned quiet = 0; quiet < 2;) {
+		unsigned n0 = atomic_load(&c->ntasks);
+
+		for (unsigned p = 0; p < c->npools; p++) {
+			int rc = ctp_pool_wait_idle(c->pools[p], CTP_FOREVER);
+
+			if (rc != 0)
+				FAIL("wait_idle without limit returned %d", rc);
+		}
+		quiet = atomic_load(&c->ntasks) == n0 ? quiet + 1 : 0;
+	}
+}
+
+/* The endgame (header mode m = data[0] >> 5, not 0), on pool 0, once every
+ * earlier task has finished. A tree root <- sub (<- leaf) with tasks queued
+ * with done at every level; a firer thread cancels the leaf or the sub and
+ * then the root, a second one (m & 2) the root at the same time, while this
+ * thread tears the pool down: ctp_pool_shutdown (drain and grace from the
+ * header) then ctp_pool_destroy at once, or (m & 1) ctp_pool_wait_idle then
+ * ctp_pool_destroy at once. With m & 4 the tasks are relays (they submit
+ * follow-ups to their pool, ignoring their token) and the shutdown is
+ * (0, 0): the pool abandons them and is destroyed while they go on.
+ * The firers hold no pool handle and their dones do not call the pool:
+ * whatever they touch of it after destroy is the library's. Then it waits
+ * (bounded) until the pool's threads are done with the harness's data. */
+static void endgame(ctx *c, const uint8_t *hdr)
+{
+	unsigned m = c->mode, nf = (m & 2) ? 2 : 1;
+	uint32_t x = c->seed | 1;
+	bool relays = (m & 4) != 0;
+	pthread_barrier_t bar;
+	firer f[2];
+	pthread_t th[2];
+	int under[3], rc;
+	int64_t limit;
+
+	quiesce(c);
+	atomic_store(&c->endgame, true);
+	if (!grow_tree(c, 0, rnd(&x) & 1, !relays && (rnd(&x) & 1),
+	    2 + rnd(&x) % 10, (uint8_t)rnd(&x), relays, (uint8_t)(rnd(&x) % 4),
+	    under))
+		under[0] = under[1] = under[2] = -1;
+	if (pthread_barrier_init(&bar, NULL, nf + 1) != 0)
+		abort();
+	for (unsigned k = 0; k < nf; k++) {
+		f[k].c = c;
+		f[k].bar = &bar;
+		f[k].spin = rnd(&x) % 512;
+		f[k].tok[0] = k == 1 ? under[0] :
+		    under[2] >= 0 && (rnd(&x) & 1) ? under[2] : under[1];
+		f[k].tok[1] = k == 1 ? -1 : under[0];
+		if (pthread_create(&th[k], NULL, firer_main, &f[k]) != 0)
+			abort();
+	}
+	/* destroy shuts the pool down: no tree check while it may drop */
+	if (m & 1)
+		atomic_store(&c->shut_started[0], true);
+	pthread_barrier_wait(&bar);
+	tu_delay_loop(rnd(&x) % 512);
+	if (m & 1) {
+		rc = ctp_pool_wait_idle(c->pools[0], CTP_FOREVER);
+		if (rc != 0)
+			FAIL("wait_idle without limit returned %d", rc);
+		/* idle: the identity holds and every done has returned */
+		ctp_pool_stats(c->pools[0], &c->fstats[0]);
+		c->stats_ok[0] = true;
+	} else {
+		rc = do_shutdown(c, 0, relays ? 0 : dur(hdr[3], false),
+		    relays ? 0 : dur(hdr[3] >> 3, true));
+		if (rc == 0)
+			after_shutdown(c, 0);
+	}
+	if (ctp_pool_destroy(c->pools[0]) != 0)
+		FAIL("ctp_pool_destroy failed");
+	atomic_store(&c->shut_returned[0], true);
+	for (unsigned k = 0; k < nf; k++)
+		pthread_join(th[k], NULL);
+	pthread_barrier_destroy(&bar);
+	/* Abandoned workers finish their tasks, then run on_thread_stop: the
+	 * harness's data stays until then and until no callback runs. */
+	limit = now_ns() + CTP_SEC(5);
+	while (atomic_load(&c->stops[0]) != c->workers[0] ||
+	    atomic_load(&c->active_cb) != 0) {
+		struct timespec ms = { 0, 1000000 };
+
+		if (now_ns() > limit)
+			FAIL("pool 0 destroyed: %u of %u workers stopped, %d "
+			    "callbacks still running after 5 s",
+			    atomic_load(&c->stops[0]), c->workers[0],
+			    atomic_load(&c->active_cb));
+		nanosleep(&ms, NULL);
+	}
 }
 
 /* ---- caller threads ------------------------------------------------------- */
@@ -1236,6 +1593,8 @@ static void run_op(ctx *c, const uint8_t *r)
 		if ((b & 7) == 0) {
 			ctp_queue_close(c->q[a % NQUEUES]);
 			atomic_store(&c->q_closed[a % NQUEUES], true);
+		} else if ((b & 7) == 1) {
+			tree_race(c, a, d, e);
 		}
 		break;
 	case 15:
@@ -1294,7 +1653,6 @@ static void *caller(void *arg)
 
 static void final_shutdown(ctx *c, unsigned pi, int64_t drain, int64_t grace)
 {
-	ctp_stats s;
 	int rc = ctp_pool_shutdown(c->pools[pi], drain, grace);
 
 	EXPECT("ctp_pool_shutdown (final)", rc, -ETIMEDOUT);
@@ -1303,21 +1661,14 @@ static void final_shutdown(ctx *c, unsigned pi, int64_t drain, int64_t grace)
 		if (rc != 0)
 			FAIL("shutdown after -ETIMEDOUT returned %d", rc);
 	}
-	ctp_pool_stats(c->pools[pi], &s);
-	if (s.queued != 0 || s.running != 0 || s.threads != 0)
-		FAIL("after shutdown: queued %llu running %llu threads %u",
-		    (unsigned long long)s.queued,
-		    (unsigned long long)s.running, s.threads);
-	if (atomic_load(&c->stops[pi]) != c->workers[pi])
-		FAIL("on_thread_stop ran %u times for %u workers",
-		    atomic_load(&c->stops[pi]), c->workers[pi]);
+	after_shutdown(c, pi);
 }
 
 static void check_pool_stats(ctx *c, unsigned pi)
 {
 	uint64_t acc = 0, ran = 0, why[3] = {0}, unknown = 0;
 	unsigned n = atomic_load(&c->ntasks);
-	ctp_stats s;
+	ctp_stats s = c->fstats[pi];
 
 	if (n > MAX_TASKS)
 		n = MAX_TASKS;
@@ -1343,7 +1694,6 @@ static void check_pool_stats(ctx *c, unsigned pi)
 		else
 			unknown++;
 	}
-	ctp_pool_stats(c->pools[pi], &s);
 	if (s.submitted != s.completed + s.cancelled + s.timed_out + s.dropped)
 		FAIL("stats identity: submitted %llu != %llu + %llu + %llu + %llu",
 		    (unsigned long long)s.submitted,
@@ -1390,6 +1740,8 @@ static void check_task(ctx *c, unsigned i)
 		FAIL("task %u: fn started but never returned", i);
 	if (r->has_done && dc != 1)
 		FAIL("task %u: done called %d times", i, dc);
+	if (r->has_done && !atomic_load(&r->done_returned))
+		FAIL("task %u: done has not returned", i);
 	if (atomic_load(&r->must_run) && !ran)
 		FAIL("task %u: cancel said -EINPROGRESS but fn never ran", i);
 	if (atomic_load(&r->must_not_run) && ran)
@@ -1430,16 +1782,21 @@ static void check_task(ctx *c, unsigned i)
 
 static void finish(ctx *c, const uint8_t *hdr)
 {
-	unsigned nt, nk, nw;
+	unsigned nt, nk, nw, first = 0;
 
-	for (unsigned p = 0; p < c->npools; p++)
+	if (c->mode != 0) {
+		endgame(c, hdr); /* pool 0 is gone after it */
+		first = 1;
+	}
+	for (unsigned p = first; p < c->npools; p++)
 		final_shutdown(c, p, dur(hdr[3], false), dur(hdr[3] >> 3, true));
 	nt = atomic_load(&c->ntasks);
 	nt = nt > MAX_TASKS ? MAX_TASKS : nt;
 	for (unsigned i = 0; i < nt; i++)
 		check_task(c, i);
 	for (unsigned p = 0; p < c->npools; p++)
-		check_pool_stats(c, p);
+		if (c->stats_ok[p]) /* not after an abandoning shutdown */
+			check_pool_stats(c, p);
 	nw = atomic_load(&c->nwatches);
 	nw = nw > MAX_WATCHES ? MAX_WATCHES : nw;
 	for (unsigned i = 0; i < nw; i++)
@@ -1462,7 +1819,7 @@ static void finish(ctx *c, const uint8_t *hdr)
 			FAIL("token %u: cancel answered 0 more than once", i);
 		token_close(c, i);
 	}
-	for (unsigned p = 0; p < c->npools; p++)
+	for (unsigned p = first; p < c->npools; p++)
 		if (ctp_pool_destroy(c->pools[p]) != 0)
 			FAIL("ctp_pool_destroy failed");
 	for (unsigned qi = 0; qi < NQUEUES; qi++) {
@@ -1489,6 +1846,16 @@ static void finish(ctx *c, const uint8_t *hdr)
 			FAIL("item %u pushed but popped %u times", id, po);
 		if (pu != 2 && po != 0)
 			FAIL("item %u not pushed but popped", id);
+	}
+	if (c->mode != 0) {
+		/* an abandoned worker exits on its own, soon: none may stay */
+		char left[256];
+		int now = -1;
+
+		if (tu_threads_back_to(&c->base, CTP_SEC(5), &now, left,
+		    sizeof(left)) != 0)
+			FAIL("threads of this input alive 5 s after every pool "
+			    "was destroyed: %s", left);
 	}
 }
 
@@ -1543,6 +1910,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (c == NULL)
 		abort();
 	c->nthreads = 2 + (data[0] & 1);
+	c->mode = data[0] >> 5;
+	c->seed = 2166136261u;
+	for (size_t i = 0; i < size; i++)
+		c->seed = (c->seed ^ data[i]) * 16777619u;
+	if (c->mode != 0 && tu_threads_scan(&c->base, NULL) < 0)
+		FAIL("cannot read /proc/self/task");
 	c->npools = 1 + ((data[1] >> 7) & 1);
 	c->workers[0] = 1 + ((data[0] >> 1) & 3);
 	c->workers[1] = 1 + ((data[1] >> 5) & 1);
