@@ -68,12 +68,15 @@
  *                                                          to start or retire
  *  pool.stopping (pool.c)     shutdown: store, then each   worker reads it
  *                             worker's lock                under its lock
- *  pool.alive (pool.c)        threads (exit), fire-call    shutdown: futex wait
- *                             segments (+1 before their    for 0 (grace)
- *                             first slot is given back)
- *  pool.finishing, worker.    segments; worker (clear      shutdown past grace:
- *    busy, timer.cb_busy      seq_cst before the finished  alive <= these sum
- *                             count)                       -> abandon
+ *  pool.alive (pool.c)        threads (exit)               shutdown: futex wait
+ *                                                          for 0 (grace)
+ *  pool.finishing (pool.c)    fire-call segments: +1       shutdown after the
+ *                             before their first slot is   drop step: flags
+ *                             given back, -1 after dones;  WAITER, futex wait
+ *                             the last wakes if WAITER     for 0 (grace)
+ *  worker.busy, timer.cb_busy worker (clear seq_cst before shutdown past grace:
+ *                             the finished count)          alive <= their sum
+ *                                                          -> abandon
  *  pool.stopped (pool.c)      first shutdown after its     later shutdowns:
  *                             cancel step; wake            futex wait for 1
  *  pool.destroyed|ring        destroy: store, drain ring   submit: push+fence,
@@ -272,8 +275,9 @@ CTP__HIDDEN void ctp__ec_bump(ck_ec32_t *ec);
 #define CTP__PHASE_DONE      CTP__PHASE(CTP_TASK_DONE)
 #define CTP__PHASE_CANCELLED CTP__PHASE(CTP_TASK_CANCELLED)
 /* Set with the reason by the CAS that wins a ctp__token_fire on this token
- * (the root of that fire call), cleared when the call has finished the
- * whole subtree it fired (token.c, "Two firers in one tree"). */
+ * (the root of that fire call) when it has a parent (only an ancestor's
+ * firer can wait for it), cleared when the call has finished the whole
+ * subtree it fired (token.c, "Two firers in one tree"). */
 #define CTP__FIRING          (1u << 11)
 
 enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2 };
@@ -333,9 +337,16 @@ CTP__HIDDEN void ctp__token_fini(ctp_token *t);
  * (begin) to the timer-callback thread (end). */
 struct ctp__fire {
 	ctp_token        *root;    /* the token this call fired first */
-	ctp_token        *list;    /* every token it fired, root first, breadth
-	                              first, linked by fire_next, each with a
-	                              reference of this call */
+	ctp_token        *list;    /* the walk list: every token it fired but
+	                              the tasks it caught queued (and finished
+	                              tasks it walked through), root first,
+	                              breadth first, by fire_next; each with a
+	                              reference of this call, but the root,
+	                              which lives on the caller's */
+	ctp_token        *caught;  /* the tasks it caught queued, in the order
+	                              it caught them, by fire_next, each on the
+	                              pool's reference (borrowed until its
+	                              done has run) */
 	ctp_token        *waits;   /* subtrees other fire calls are firing
 	                              (CTP__FIRING), by wait_next, each with a
 	                              reference; waited for before `end` returns */
@@ -429,14 +440,18 @@ CTP__HIDDEN void ctp__task_cache_flush(struct ctp__worker *w);
  *            so a shutdown that sees the queue empty sees it too), and at
  *            its end the batch's slots and statistics go to the pool;
  *   complete (done runs): done, publish, the finished count in the batch,
- *            the pool's reference dropped; at each segment's end the
+ *            the borrowed reference dropped; at each segment's end the
  *            finished count goes to the pool and `finishing` comes down.
- * The fire call holds a reference on every task of its list until both
- * passes are over, and each task object holds one on its pool: the pool
- * cannot be freed under a pass.
+ * The fire call borrows the pool's reference of every task it caught
+ * queued until that task's done has run, and the last one of a complete
+ * segment's until the segment's end: that object's own reference on its
+ * pool keeps the pool valid under the pass.
  */
 struct ctp__batch {
 	ctp_pool *pool;
+	ctp_task *held;   /* complete: the segment's last task, its borrowed
+	                     reference dropped only at the segment's end (the
+	                     object holds the pool meanwhile) */
 	uint64_t  finished, slots, cancelled, timed_out, dropped;
 };
 CTP__HIDDEN void ctp__task_retire(ctp_task *t, int reason,
@@ -466,7 +481,11 @@ struct ctp__tls {
 	struct ctp__fire       *fires;  /* fire calls in progress here,
 	                                   innermost first */
 };
-CTP__HIDDEN extern __thread struct ctp__tls ctp__tls;
+/* initial-exec: one instruction per access instead of a __tls_get_addr
+ * call (the library is linked, not dlopen'ed late: glibc keeps room for a
+ * small static TLS block of a later dlopen anyway) */
+CTP__HIDDEN extern __thread struct ctp__tls ctp__tls
+    __attribute__((tls_model("initial-exec")));
 /* True when waiting for pool from this thread could deadlock. */
 CTP__HIDDEN bool ctp__is_pool_context(const ctp_pool *pool);
 
@@ -569,8 +588,9 @@ struct ctp_pool {
 	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped; /* relaxed */
 	_Atomic uint32_t   finishing;  /* fire calls' segments of this pool's
 	                                  tasks caught queued whose done has
-	                                  not returned (task.c); each counts in
-	                                  `alive` too */
+	                                  not returned (task.c), and
+	                                  FINISHING_WAITER while a shutdown
+	                                  waits for 0 (futex) */
 
 	/* rarely written: read on every submit or finish */
 	CTP__LINE _Atomic uint32_t idle_waiters; /* threads in wait_idle or the
@@ -591,10 +611,7 @@ struct ctp_pool {
 	                                  it again (seq_cst; Dekker with the
 	                                  push's fence) */
 	_Atomic uint32_t   refs;       /* owner + threads + task objects */
-	_Atomic uint32_t   alive;      /* threads not yet exited, plus fire
-	                                  calls' segments not yet complete
-	                                  (`finishing`): what the grace waits
-	                                  for (futex) */
+	_Atomic uint32_t   alive;      /* threads not yet exited (futex) */
 	_Atomic uint32_t   started;    /* workers past on_thread_start (futex) */
 	_Atomic uint32_t   st_threads;
 	pthread_mutex_t    park_lock;  /* protects park_list and each listed

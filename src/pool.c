@@ -49,11 +49,12 @@
  *   queued task with -ESHUTDOWN (their done runs here), until queue.count
  *   is 0: a submit admitted just before the close may still be pushing,
  *   and its bump wakes us. Stop the timer. Set `stopped`: later shutdown
- *   calls wait for it. (4) Grace (wait_quiet): wait on `alive` for every
- *   thread to exit and every fire call's segment of this pool (a group
- *   cancel on another thread running the done of a task it caught queued)
- *   to complete, up to `grace`; past it, go on waiting for what runs no
- *   user code (idle workers leaving) and abandon only what does. Then join.
+ *   calls wait for it. (4) Grace (wait_quiet): wait on `finishing` for every
+ *   fire call's segment of this pool (a group cancel on another thread
+ *   running the done of a task it caught queued) to complete, and on
+ *   `alive` for every thread to exit, up to `grace`; past it, go on
+ *   waiting for what runs no user code (idle workers leaving) and abandon
+ *   only what does. Then join.
  *
  *   Lifetime. pool->refs counts the owner, every thread, and every task
  *   object (in use or on the free list). Abandoned threads keep the pool
@@ -138,19 +139,21 @@ void ctp__pool_thread_exit(ctp_pool *pool)
 	ctp__pool_put(pool); /* may free the pool: the last thing we do */
 }
 
+/* In pool->finishing, above any count: a shutdown waits for 0. */
+#define FINISHING_WAITER 0x80000000u
+
 void ctp__pool_finishing_begin(ctp_pool *pool)
 {
 	/* seq_cst, before any slot of the segment is given back: a shutdown
-	 * that then sees its queue empty waits for this in `alive` */
-	atomic_fetch_add(&pool->alive, 1);
+	 * that then sees its queue empty sees this */
 	atomic_fetch_add(&pool->finishing, 1);
 }
 
 void ctp__pool_finishing_done(ctp_pool *pool)
 {
-	atomic_fetch_sub(&pool->finishing, 1);
-	if (atomic_fetch_sub(&pool->alive, 1) == 1)
-		ctp__futex_wake(&pool->alive, INT_MAX);
+	/* the last segment wakes a shutdown that flagged itself */
+	if (atomic_fetch_sub(&pool->finishing, 1) == (FINISHING_WAITER | 1))
+		ctp__futex_wake(&pool->finishing, INT_MAX);
 }
 
 /* Adds d to a counter only one thread writes: a load and a store, no
@@ -887,43 +890,57 @@ static void join_all(ctp_pool *pool)
 	pthread_mutex_unlock(&pool->lock);
 }
 
-/* What a shutdown past its grace may abandon: threads of the pool in user
- * code (a task and its done, a timer callback, a thread hook) and fire
- * calls' segments whose done has not returned (each counts in `alive`). */
+/* Threads of the pool in user code now (a task and its done, a timer
+ * callback, a thread hook): what a shutdown past its grace may abandon,
+ * with the fire calls' segments (dones on other threads). */
 static uint32_t in_user_code(ctp_pool *pool)
 {
-	uint32_t n = atomic_load(&pool->finishing);
+	uint32_t n = 0;
 
 	for (unsigned i = 0; i < pool->nthreads; i++)
 		n += atomic_load(&pool->workers[i].busy);
 	return n + ctp__timer_busy(pool);
 }
 
-/* Waits until `alive` is 0 (every thread exited, every segment complete),
- * up to abs (NULL: no limit). Past abs it still waits for what is not in
- * user code, so an idle worker on its way out is never abandoned: only
- * what runs user code can be. That last wait re-checks every millisecond,
- * as entering user code changes no futex word; it lasts as long as a
- * thread takes to leave. */
+/* Waits until every fire call's segment of this pool is complete (no done
+ * of a task caught queued still runs) and every thread of the pool has
+ * exited, up to abs (NULL: no limit). Past abs it still waits for what is
+ * not in user code, so an idle worker on its way out is never abandoned:
+ * only what runs user code can be. That last wait re-checks every
+ * millisecond, as entering user code changes no futex word; it lasts as
+ * long as a thread takes to leave. */
 static int wait_quiet(ctp_pool *pool, const struct timespec *abs)
 {
 	bool late = false;
 
 	for (;;) {
+		uint32_t f = atomic_load(&pool->finishing);
 		uint32_t v = atomic_load(&pool->alive);
+		const struct timespec *lim = abs;
 		struct timespec ms;
+		int r;
 
-		if (v == 0)
+		if ((f & ~FINISHING_WAITER) == 0 && v == 0)
 			return 0;
-		if (!late) {
-			if (ctp__futex_wait(&pool->alive, v, abs) == -ETIMEDOUT)
-				late = true;
-			continue;
+		if (late) {
+			if (v <= in_user_code(pool))
+				return -ETIMEDOUT;
+			ctp__deadline(CTP_MSEC(1), &ms);
+			lim = &ms;
 		}
-		if (v <= in_user_code(pool))
-			return -ETIMEDOUT;
-		ctp__deadline(CTP_MSEC(1), &ms);
-		(void)ctp__futex_wait(&pool->alive, v, &ms);
+		if ((f & ~FINISHING_WAITER) != 0) {
+			/* flag ourselves: the last segment then wakes us */
+			if (!(f & FINISHING_WAITER) &&
+			    !atomic_compare_exchange_strong(&pool->finishing,
+			    &f, f | FINISHING_WAITER))
+				continue;
+			r = ctp__futex_wait(&pool->finishing,
+			    f | FINISHING_WAITER, lim);
+		} else {
+			r = ctp__futex_wait(&pool->alive, v, lim);
+		}
+		if (r == -ETIMEDOUT)
+			late = true;
 	}
 }
 

@@ -19,16 +19,17 @@
  *               in the batch; the slots and statistics go to the pool at
  *               the end of each pool's segment, before any done runs;
  *     complete: done (outside every lock), publish the status (`fin`,
- *               waking ctp_task_wait), drop the pool's reference; the
- *               finished count goes to the pool at the segment's end.
- *   A segment raises its pool's `finishing` and `alive` before its first
- *   slot is given back and lowers them after its dones, so a shutdown that
- *   sees the queue empty still waits for those dones (pool.c). The fire
- *   call holds its own reference on every task of its list until both
- *   passes are over, and each object holds one on its pool: the pool cannot
- *   be freed while a pass touches it, even if the user destroys it as soon
- *   as wait_idle returns. Cancelling a tree of n tasks of one pool costs a
- *   few shared read-modify-writes on the pool, not 3n.
+ *               waking ctp_task_wait); the finished count goes to the pool
+ *               at the segment's end.
+ *   A segment raises its pool's `finishing` before its first slot is given
+ *   back and lowers it after its dones, so a shutdown that sees the queue
+ *   empty still waits for those dones (pool.c). The fire call borrows the
+ *   pool's reference of every task it caught queued until its done has
+ *   run, and the last task of a complete segment until the segment's end,
+ *   whose object holds a reference on the pool: the pool cannot be freed
+ *   while a pass touches it, even if the user destroys it as soon as
+ *   wait_idle returns. Cancelling a tree of n tasks
+ *   of one pool costs a few shared read-modify-writes on the pool, not 3n.
  *
  *   References (token.refs): the pool's (dropped after done returns), the
  *   ring's (dropped by whoever takes the pointer out of the ring: a worker
@@ -57,7 +58,7 @@
 #define FIN_DONE    1u
 #define FIN_WAITERS 2u
 
-__thread struct ctp__tls ctp__tls;
+__thread struct ctp__tls ctp__tls __attribute__((tls_model("initial-exec")));
 
 bool ctp__is_pool_context(const ctp_pool *pool)
 {
@@ -281,27 +282,30 @@ void ctp__batch_end_retire(struct ctp__batch *b)
 
 void ctp__task_complete_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 {
-	if (b->pool != t->pool) {
-		if (b->pool != NULL)
-			ctp__batch_end_complete(b);
-		b->pool = t->pool;
-	}
+	if (b->pool != t->pool && b->pool != NULL)
+		ctp__batch_end_complete(b);
+	b->pool = t->pool;
 	call_done(t, reason);
 	publish(t, reason);
 	b->finished++;
-	/* the pool's reference; the fire call still holds its own */
-	ctp__token_put(&t->token);
+	/* the pool's reference, lent to the fire; the segment's last task is
+	 * held until its end, so the pool outlives the segment */
+	if (b->held != NULL)
+		ctp__token_put(&b->held->token);
+	b->held = t;
 }
 
 void ctp__batch_end_complete(struct ctp__batch *b)
 {
 	ctp_pool *pool = b->pool;
+	ctp_task *held = b->held;
 
-	/* wait_idle may return once this is counted; the pool stays valid:
-	 * the fire call still holds the tasks, and they hold the pool */
+	/* wait_idle may return once this is counted: the held task's
+	 * reference on its pool keeps the pool valid until the last line */
 	ctp__pool_tasks_finished(pool, b->finished);
 	ctp__pool_finishing_done(pool);
 	*b = (struct ctp__batch){ 0 };
+	ctp__token_put(&held->token);
 }
 
 void ctp__task_finish_ran(ctp_task *t, int status)

@@ -184,9 +184,11 @@ static void *timer_main(void *arg)
 			tm->cb_tail = t->dfire;
 			pthread_cond_signal(&tm->cb_cond);
 		}
-		/* the fire call holds its own reference until its end */
 		pthread_mutex_unlock(&tm->lock);
-		ctp__token_put(&t->token);
+		/* queued: our reference goes with the record, dropped after
+		 * its end (callback_main, or a claimer in token.c) */
+		if (r < 0)
+			ctp__token_put(&t->token);
 		pthread_mutex_lock(&tm->lock);
 	}
 	tm->running = false;
@@ -206,6 +208,7 @@ static void *callback_main(void *arg)
 	pthread_mutex_lock(&tm->lock);
 	for (;;) {
 		struct ctp__fire *f = tm->cb_head;
+		ctp_token *root;
 
 		if (f == NULL) {
 			/* nothing can be queued once the timer thread left */
@@ -220,7 +223,9 @@ static void *callback_main(void *arg)
 		/* relaxed: read only by a shutdown past its grace */
 		atomic_store_explicit(&tm->cb_busy, 1, memory_order_relaxed);
 		pthread_mutex_unlock(&tm->lock);
+		root = f->root; /* f lives in the root task */
 		ctp__token_fire_end(f);
+		ctp__token_put(root); /* the timer thread's reference */
 		atomic_store(&tm->cb_busy, 0); /* seq_cst: see wait_quiet */
 		pthread_mutex_lock(&tm->lock);
 	}

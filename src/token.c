@@ -18,23 +18,29 @@
  *     Firing a DONE task does nothing (-EALREADY).
  *
  *   Who wakes whom. A fire call (ctp__token_fire) on token t:
- *     1. mark: the CAS on t, which also sets CTP__FIRING on t; then the
- *        tree, breadth first: for each token of the call's list, under that
- *        token's lock (the only lock held), the CAS on each child; the
- *        children it fired join the list (with a reference; `fire_next` is
- *        written only by the CAS winner), so a tree of any depth or width
- *        needs one lock at a time and no recursion;
- *     2a. wake, for every listed token: sleepers (futex on `state`, only if
- *        `sleepers` > 0), the eventfd, and the library's internal watches
- *        (the event-count bumps of ctp_queue_pop/push and submit's wait);
- *        no user code, so nothing user-made delays any wake-up in the tree;
- *     2a'. retire the tasks it caught queued: slots back, statistics,
- *        deadline heap (task.c);
- *     2b. complete them: done(reason) on this thread;
- *     2c. user watchers, token by token in list order;
+ *     1. mark: the CAS on t, which also sets CTP__FIRING on t if t has a
+ *        parent (only an ancestor's firer could wait for it); then the
+ *        tree, breadth first: for each token of the call's walk list,
+ *        under that token's lock (the only lock held), the CAS on each
+ *        child; a task it caught queued goes to the caught list (on the
+ *        pool's reference, lent until its done ran) and is retired at
+ *        once: slots back, statistics, deadline heap (task.c); any other
+ *        token it fired joins the walk list (with a reference;
+ *        `fire_next` is written only by the CAS winner), so a tree of any
+ *        depth or width needs one lock at a time and no recursion, and a
+ *        group of n queued tasks costs two passes over them (retire here,
+ *        complete below);
+ *     2a. wake, for every token of the walk list: sleepers (futex on
+ *        `state`, only if `sleepers` > 0), the eventfd, and the library's
+ *        internal watches (the event-count bumps of ctp_queue_pop/push
+ *        and submit's wait); no user code, so nothing user-made delays
+ *        any wake-up in the tree;
+ *     2b. complete the caught tasks: done(reason) on this thread, each
+ *        lent reference dropped once its done ran;
+ *     2c. user watchers, token by token in walk-list order;
  *     3. wait for the subtrees another call was firing (below);
- *     then clear CTP__FIRING on t and drop the list's references.
- *   The timer splits the call: it runs 1-2a' (ctp__token_fire_begin, no
+ *     then clear CTP__FIRING on t and drop the walk list's references.
+ *   The timer splits the call: it runs 1-2a (ctp__token_fire_begin, no
  *   user code), and its callback thread runs 2b-3 (ctp__token_fire_end).
  *
  *   Two firers in one tree. A's walk meets a child c that another call B
@@ -464,24 +470,30 @@ static bool fire_cas(ctp_token *t, int reason, uint32_t extra,
 	return true;
 }
 
-/* A task this fire call caught queued (its CAS moved QUEUED to CANCELLED:
- * no other call can have). */
-static bool caught_queued(const ctp_token *t)
+/* Appends t to the list at **tail (fire_next is written only by the fire
+ * call that owns t's place in the list). */
+static void append(ctp_token *t, ctp_token ***tail)
 {
-	return (atomic_load_explicit(&t->state, memory_order_relaxed) &
-	    CTP__PHASE_MASK) == CTP__PHASE_CANCELLED;
+	t->fire_next = NULL;
+	**tail = t;
+	*tail = &t->fire_next;
 }
 
-/* Phase 1 for one token t of f's list (t has fired): fires each child of t
- * under t's lock (the only lock held), appending each one it fired, with a
- * reference, to the list at **tail; a child that another fire call is
- * firing (CTP__FIRING) goes, with a reference, to f->waits, unless this
- * thread is inside a fire call's callbacks (see "Two firers"). The caller
- * walks the list breadth first, so a tree of any depth or width needs one
- * lock at a time and no recursion. Children cannot be added to a fired
- * token, and a child seen under t's lock is valid memory (it unlinks itself
- * under that lock before it is freed). */
-static void mark_children(ctp_token *t, struct ctp__fire *f, ctp_token ***tail)
+/* Phase 1 for one token t of f's walk list (t has fired, or is a finished
+ * task walked through): under t's lock (the only lock held), fires each
+ * child. A task caught queued goes to f's caught list on the pool's
+ * reference (borrowed until the end) and is retired at once (no user
+ * code); any other token it fired goes, with a reference, to the walk
+ * list, which the caller walks breadth first, so a tree of any depth or
+ * width needs one lock at a time and no recursion (a queued task has no
+ * child: its fn never ran). A child that another fire call is firing
+ * (CTP__FIRING) goes, with a reference, to f->waits, unless this thread
+ * is inside a fire call's callbacks (see "Two firers"). Children cannot be
+ * added to a fired token, and a child seen under t's lock is valid memory
+ * (it unlinks itself under that lock before it is freed). */
+static void mark_children(ctp_token *t, struct ctp__fire *f,
+                          ctp_token ***walk, ctp_token ***caught,
+                          struct ctp__batch *b)
 {
 	ctp_token *c;
 	uint32_t phase;
@@ -494,16 +506,12 @@ static void mark_children(ctp_token *t, struct ctp__fire *f, ctp_token ***tail)
 		uint32_t s;
 
 		if (fire_cas(c, f->reason, 0, &phase)) {
-			/* a task caught queued is alive on the pool's
-			 * reference, which only this call drops: a plain
-			 * increment; anything else may be dying */
-			if (phase == CTP__PHASE_QUEUED)
-				ctp__token_ref(c);
-			else if (!ctp__token_tryref(c))
-				continue; /* no sleeper, watch or child left */
-			c->fire_next = NULL;
-			**tail = c;
-			*tail = &c->fire_next;
+			if (phase == CTP__PHASE_QUEUED) {
+				append(c, caught);
+				ctp__task_retire((ctp_task *)c, f->reason, b);
+			} else if (ctp__token_tryref(c)) {
+				append(c, walk);
+			} /* else dying: no sleeper, watch or child left */
 			continue;
 		}
 		s = atomic_load(&c->state);
@@ -512,11 +520,8 @@ static void mark_children(ctp_token *t, struct ctp__fire *f, ctp_token ***tail)
 			 * fire (its task is over), but tokens and tasks linked
 			 * under it while its fn ran are in the tree: walk it,
 			 * unfired (wake and watchers skip it). */
-			if (!ctp__token_tryref(c))
-				continue;
-			c->fire_next = NULL;
-			**tail = c;
-			*tail = &c->fire_next;
+			if (ctp__token_tryref(c))
+				append(c, walk);
 		} else if (ctp__tls.fires == NULL && (s & CTP__FIRING) &&
 		    ctp__token_tryref(c)) {
 			c->wait_next = f->waits;
@@ -559,8 +564,10 @@ static void wait_fire_end(ctp_token *t)
 	if (t->kind == CTP__TOKEN_TASK) {
 		struct ctp__fire *f = ctp__timer_claim((ctp_task *)t);
 
-		if (f != NULL)
+		if (f != NULL) {
 			ctp__token_fire_end(f);
+			ctp__token_put(t); /* the timer's, handed over */
+		}
 	}
 
 	atomic_fetch_add(&t->sleepers, 1); /* seq_cst: Dekker with end_fire */
@@ -571,6 +578,8 @@ static void wait_fire_end(ctp_token *t)
 
 static void end_fire(ctp_token *t)
 {
+	if (t->parent == NULL)
+		return; /* no CTP__FIRING was set */
 	atomic_fetch_and(&t->state, ~CTP__FIRING);
 	if (atomic_load(&t->sleepers) != 0)
 		ctp__futex_wake(&t->state, INT_MAX);
@@ -579,54 +588,56 @@ static void end_fire(ctp_token *t)
 int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
 {
 	struct ctp__batch batch = { 0 };
-	ctp_token **tail = &t->fire_next, *c;
+	ctp_token **walk = &f->list, **caught = &f->caught, *c;
 	uint32_t phase;
 
-	if (!fire_cas(t, reason, CTP__FIRING, &phase))
+	/* Only a firer of an ancestor can wait for this call: a token with
+	 * no parent (immutable while referenced) needs no CTP__FIRING */
+	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0, &phase))
 		return -EALREADY;
 	CTP__PERTURB();
-	/* the caller holds a reference on t: ours keeps it until end */
-	ctp__token_ref(t);
+	/* t lives on the caller's reference until the end has returned */
 	f->root = t;
-	f->list = t;
-	f->waits = NULL;
+	f->list = f->caught = f->waits = NULL;
 	f->reason = reason;
-	t->fire_next = NULL;
-	/* Phase 1: mark, breadth first (the list grows as it is walked) */
-	for (c = t; c != NULL; c = c->fire_next)
-		mark_children(c, f, &tail);
-	CTP__PERTURB();
-	/* Phase 2a: wake, first: it is what makes running work stop */
-	for (c = t; c != NULL; c = c->fire_next)
-		wake(c);
-	CTP__PERTURB();
-	/* the tasks caught queued leave their queues: slots free at once */
-	for (c = t; c != NULL; c = c->fire_next) {
-		if (caught_queued(c))
-			ctp__task_retire((ctp_task *)c, reason, &batch);
+	if (phase == CTP__PHASE_QUEUED) {
+		/* a queued task: nothing below it, nothing waits on it */
+		append(t, &caught);
+		ctp__task_retire((ctp_task *)t, reason, &batch);
+	} else {
+		append(t, &walk);
 	}
+	/* Phase 1: mark, breadth first (the walk list grows as it is
+	 * walked); the tasks caught queued leave their queues at once */
+	for (c = f->list; c != NULL; c = c->fire_next)
+		mark_children(c, f, &walk, &caught, &batch);
 	if (batch.pool != NULL)
 		ctp__batch_end_retire(&batch);
+	CTP__PERTURB();
+	/* Phase 2a: wake: it is what makes running work stop */
+	for (c = f->list; c != NULL; c = c->fire_next)
+		wake(c);
 	return (int)(phase >> CTP__PHASE_SHIFT);
 }
 
 void ctp__token_fire_end(struct ctp__fire *f)
 {
 	struct ctp__batch batch = { 0 };
-	ctp_token *c, *next;
+	ctp_token *c, *next, *root = f->root;
 
 	f->prev = ctp__tls.fires;
 	ctp__tls.fires = f;
-	/* Phase 2b: finish every task caught queued (done runs here) */
-	for (c = f->list; c != NULL; c = c->fire_next) {
-		if (caught_queued(c))
-			ctp__task_complete_unrun((ctp_task *)c, f->reason,
-			    &batch);
+	/* Phase 2b: finish every task caught queued (done runs here); each
+	 * drops the pool's reference it lent us (the batch holds the pool) */
+	for (c = f->caught; c != NULL; c = next) {
+		next = c->fire_next;
+		ctp__task_complete_unrun((ctp_task *)c, f->reason, &batch);
 	}
 	if (batch.pool != NULL)
 		ctp__batch_end_complete(&batch);
 	CTP__PERTURB();
-	/* Phase 2c: the user's watchers */
+	/* Phase 2c: the user's watchers (the root lives on its caller's
+	 * reference, the others on ours) */
 	for (c = f->list; c != NULL; c = c->fire_next) {
 		if (atomic_load(&c->linked) != 0 &&
 		    fired(atomic_load(&c->state)))
@@ -639,10 +650,14 @@ void ctp__token_fire_end(struct ctp__fire *f)
 		ctp__token_put(c);
 	}
 	ctp__tls.fires = f->prev;
-	end_fire(f->root);
-	/* f may live in the root task (dfire): read nothing of it after the
-	 * root's reference is dropped */
-	for (c = f->list; c != NULL; c = next) {
+	end_fire(root);
+	/* Drop the walk list's references, the root's aside (its caller's).
+	 * f may live in the root task (dfire): read nothing of it after the
+	 * root's caller may drop it, and no list pointer after a put. */
+	c = f->list;
+	if (c == root)
+		c = c->fire_next;
+	for (; c != NULL; c = next) {
 		next = c->fire_next;
 		ctp__token_put(c);
 	}
