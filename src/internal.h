@@ -74,8 +74,8 @@
  *                             before their first slot is   drop step: flags
  *                             given back, -1 after dones;  WAITER, futex wait
  *                             the last wakes if WAITER     for 0 (grace)
- *  worker.busy, timer.cb_busy worker (clear seq_cst before shutdown past grace:
- *                             the finished count)          alive <= their sum
+ *  worker.busy, timer.cb_busy worker (clear, then the      shutdown past grace:
+ *                             finished count's release)    alive <= their sum
  *                                                          -> abandon
  *  pool.stopped (pool.c)      first shutdown after its     later shutdowns:
  *                             cancel step; wake            futex wait for 1
@@ -548,7 +548,8 @@ struct ctp__worker {
 	                               its start until its done returned, or
 	                               on_thread_stop): what a shutdown past
 	                               its grace may abandon; single writer,
-	                               seq_cst clear (pool.c, wait_quiet) */
+	                               relaxed; its clear is ordered by the
+	                               release of `finished` that follows */
 	_Atomic uint64_t finished;  /* tasks this worker finished (pool.c,
 	                               "Idle"); single writer, seq_cst store */
 	/* task objects this worker freed, pushed to pool->freed in batches

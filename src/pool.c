@@ -207,10 +207,11 @@ void ctp__pool_worker_finished(ctp_pool *pool)
 {
 	struct ctp__worker *w = ctp__tls.worker;
 
-	/* seq_cst, before the count: once wait_idle can see the task
-	 * finished, a shutdown past its grace sees this worker out of user
-	 * code (and waits for its exit instead of abandoning it) */
-	atomic_store(&w->busy, 0);
+	/* before the count, which is a release: a thread that saw the task
+	 * finished (wait_idle) and then shuts down past its grace sees this
+	 * worker out of user code, and waits for its exit instead of
+	 * abandoning it */
+	atomic_store_explicit(&w->busy, 0, memory_order_relaxed);
 	own_add64(&w->finished, 1, memory_order_seq_cst);
 	idle_check(pool);
 }
