@@ -87,28 +87,17 @@ static double secs_since(int64_t t0)
 }
 
 
-/* xorshift32: deterministic, the same on every run. */
-static uint32_t rng_next(uint32_t *s)
-{
-	uint32_t x = *s;
-
-	x ^= x << 13;
-	x ^= x >> 17;
-	x ^= x << 5;
-	return *s = x;
-}
-
 static unsigned rng_below(uint32_t *s, unsigned n)
 {
-	return rng_next(s) % n;
+	return tu_rng_next(s) % n;
 }
 
 /* Log-uniform in [0, 512) pauses. */
 static unsigned rng_delay(uint32_t *s)
 {
-	unsigned bits = rng_next(s) % 10;
+	unsigned bits = tu_rng_next(s) % 10;
 
-	return rng_next(s) & ((1u << bits) - 1);
+	return tu_rng_next(s) & ((1u << bits) - 1);
 }
 
 static void barrier_init(pthread_barrier_t *b, unsigned n)

@@ -38,23 +38,12 @@
 
 static int failures; /* test thread only */
 
-/* xorshift32: deterministic jitter, the same on every run. */
-static uint32_t rng_next(uint32_t *s)
-{
-	uint32_t x = *s;
-
-	x ^= x << 13;
-	x ^= x >> 17;
-	x ^= x << 5;
-	return *s = x;
-}
-
 /* Log-uniform in [0, 1024) pauses. */
 static unsigned rng_delay(uint32_t *s)
 {
-	unsigned bits = rng_next(s) % 11;
+	unsigned bits = tu_rng_next(s) % 11;
 
-	return rng_next(s) & ((1u << bits) - 1);
+	return tu_rng_next(s) & ((1u << bits) - 1);
 }
 
 /* Spins until *p >= v: tight at first, then yielding (two CPUs, more
@@ -160,8 +149,8 @@ static void dfk_round(unsigned long i, uint32_t *rng, unsigned long *total)
 	int              rc, accepted;
 
 	memset(&r, 0, sizeof(r));
-	r.arm_at = (int)(rng_next(rng) % 8);
-	r.rng = rng_next(rng) | 1;
+	r.arm_at = (int)(tu_rng_next(rng) % 8);
+	r.rng = tu_rng_next(rng) | 1;
 	atomic_init(&r.bad_status, UNSET);
 	atomic_init(&r.final_rc, UNSET);
 	rc = ctp_pool_create(&r.pool, &po);
@@ -172,8 +161,8 @@ static void dfk_round(unsigned long i, uint32_t *rng, unsigned long *total)
 	/* close the queue while submit arm_at (or one soon after) is inside
 	 * ctp_pool_submit: a submit takes a few dozen pauses */
 	spin_until_ge(&r.armed, 1);
-	tu_delay_loop(rng_next(rng) % 4 == 0 ? rng_delay(rng)
-	                                     : rng_next(rng) % 64);
+	tu_delay_loop(tu_rng_next(rng) % 4 == 0 ? rng_delay(rng)
+	                                     : tu_rng_next(rng) % 64);
 	rc = ctp_pool_shutdown(r.pool, CTP_FOREVER, CTP_FOREVER);
 	CHECK(rc == 0, "round %lu: ctp_pool_shutdown: %s", i, ctp_strerror(rc));
 	tu_join(th);
@@ -421,8 +410,8 @@ static void *qcp_popper(void *arg)
 
 			atomic_fetch_add(&sh->meet[j], 1);
 			spin_until_ge(&sh->meet[j], 2);
-			if (rng_next(&p->rng) % 2)
-				tu_delay_loop(rng_next(&p->rng) % 16);
+			if (tu_rng_next(&p->rng) % 2)
+				tu_delay_loop(tu_rng_next(&p->rng) % 16);
 			for (;;) {
 				/* the close returned before this pop began */
 				bool  closed = atomic_load(&sh->closed[j]) ==
@@ -623,7 +612,7 @@ static void tf_round(ctp_pool *pool, pthread_barrier_t *bar, unsigned long i,
 
 		r.t[k].r = &r;
 		/* B's dones are slow in some rounds, A's in others */
-		r.t[k].delay = rng_next(rng) % 3 == 0 ? 0 : rng_delay(rng);
+		r.t[k].delay = tu_rng_next(rng) % 3 == 0 ? 0 : rng_delay(rng);
 		r.t[k].in_sub = k < TF_SUB + TF_SUBSUB;
 		o.parent = k < TF_SUB ? r.sub
 		           : k < TF_SUB + TF_SUBSUB ? r.subsub : r.root;
@@ -771,7 +760,7 @@ static void abd_round(unsigned long i, uint32_t *rng, const tu_threads *base,
 		if (rc == 0)
 			atomic_fetch_add(&r.accepted, 1);
 	}
-	spin_until_ge(&r.ran, (int)(rng_next(rng) % 40));
+	spin_until_ge(&r.ran, (int)(tu_rng_next(rng) % 40));
 	tu_delay_loop(rng_delay(rng));
 	rc = ctp_pool_shutdown(pool, 0, 0);
 	CHECK(rc == 0 || rc == -ETIMEDOUT, "round %lu: ctp_pool_shutdown(0, 0): "

@@ -72,25 +72,14 @@ static void spin_until_ge(atomic_int *p, int v)
 	}
 }
 
-/* xorshift32: deterministic jitter, the same on every run. */
-static uint32_t rng_next(uint32_t *s)
-{
-	uint32_t x = *s;
-
-	x ^= x << 13;
-	x ^= x >> 17;
-	x ^= x << 5;
-	return *s = x;
-}
-
 /* Log-uniform in [0, 512) pauses: most delays are shorter than the time a
  * worker takes to pop and start the next task (a few dozen pauses), some
  * cover the whole window and beyond. */
 static unsigned rng_delay(uint32_t *s)
 {
-	unsigned bits = rng_next(s) % 10;
+	unsigned bits = tu_rng_next(s) % 10;
 
-	return rng_next(s) & ((1u << bits) - 1);
+	return tu_rng_next(s) & ((1u << bits) - 1);
 }
 
 /* ---- cancel vs start ---------------------------------------------------- */
@@ -223,11 +212,11 @@ static int cvs_round(ctp_pool *pool, int round, struct cvs_jitter *j)
 	ctp_task_opts      gate_opts = { .queue_wait = CTP_FOREVER };
 	ctp_task_opts      opts = { .done = cvs_done, .queue_wait = CTP_FOREVER };
 	ctp_task          *task = NULL;
-	unsigned           r = rng_next(&j->rng) % 4;
+	unsigned           r = tu_rng_next(&j->rng) % 4;
 	unsigned           side = r < 2 ? CVS_EDGE : r == 2 ? CVS_GATE_LATE
 	                                                   : CVS_CANCEL_LATE;
 	unsigned           d = side == CVS_EDGE
-	                       ? j->edge + rng_next(&j->rng) % 5
+	                       ? j->edge + tu_rng_next(&j->rng) % 5
 	                       : rng_delay(&j->rng);
 	int                rc, wait_rc, status = 0, state, finished;
 

@@ -68,17 +68,6 @@
 
 static int failures; /* test thread only */
 
-/* xorshift32: the same sequence on every run. */
-static uint32_t rng_next(uint32_t *s)
-{
-	uint32_t x = *s;
-
-	x ^= x << 13;
-	x ^= x >> 17;
-	x ^= x << 5;
-	return *s = x;
-}
-
 /* Fisher-Yates over idx[0..n). */
 static void shuffle(uint32_t *idx, uint32_t n, uint32_t seed)
 {
@@ -87,7 +76,7 @@ static void shuffle(uint32_t *idx, uint32_t n, uint32_t seed)
 	for (uint32_t i = 0; i < n; i++)
 		idx[i] = i;
 	for (uint32_t i = n - 1; i > 0; i--) {
-		uint32_t j = rng_next(&s) % (i + 1);
+		uint32_t j = tu_rng_next(&s) % (i + 1);
 		uint32_t t = idx[i];
 
 		idx[i] = idx[j];

@@ -29,6 +29,17 @@ static inline int64_t tu_now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* xorshift32: a deterministic sequence, the same on every run (seed != 0). */
+static inline uint32_t tu_rng_next(uint32_t *s)
+{
+	uint32_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return *s = x;
+}
+
 static inline void tu_sem_init(sem_t *s, unsigned v)
 {
 	if (sem_init(s, 0, v) != 0)
