@@ -16,9 +16,11 @@
  *   worker->lock          one worker's current task
  *   pool->park_lock       the list of parked workers (never held while
  *                         another lock is taken)
- *   token->lock           a parent before its child (never child then parent);
- *                         firing holds the locks of a whole path from the
- *                         root it fires down to the child it marks
+ *   token->lock           one at a time (firing walks a tree holding only
+ *                         the lock of the token whose children it marks;
+ *                         unlinking a child takes only its parent's); a
+ *                         task's retire, under its parent's lock, takes
+ *                         the timer lock below
  *   timer->lock
  *   pool->alloc_lock      the submitters' part of the task free list
  * No user code (task fn, done, watcher, thread hook) ever runs under any of
