@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Soak: runs the stress suites (test_stress, test_hostile) over and over in
+# Soak: runs the stress suites (test_stress, test_hostile,
+# test_regress_stress) over and over in
 # the perturbed build, a fresh seed each round, alternating unpinned and
 # pinned to one CPU, for MINUTES (default 20). Stops at the first failure and
 # prints its seed (CTP_PERTURB_SEED=N replays the schedule choices; thread
@@ -21,7 +22,7 @@ seed=${CTP_PERTURB_SEED:-$RANDOM}
 while ((SECONDS < end)); do
 	pin=()
 	((rounds % 2)) && pin=(taskset -c 0)
-	for t in test_stress test_hostile; do
+	for t in test_stress test_hostile test_regress_stress; do
 		[[ -x build-perturb/tests/$t ]] || continue
 		if ! CTP_PERTURB_SEED=$seed "${pin[@]}" \
 			"build-perturb/tests/$t" >"/tmp/soak.$$.log" 2>&1; then
