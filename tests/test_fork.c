@@ -39,28 +39,6 @@ static void test_fork_version(void **state)
 
 #if !defined(FORK_TSAN)
 
-/* Waits up to BOUND for pid; kills it if it hangs. Its wait status, or -1. */
-static int reap(pid_t pid)
-{
-	int64_t limit = tu_now_ns() + BOUND;
-	int     ws = 0;
-
-	for (;;) {
-		pid_t w = waitpid(pid, &ws, WNOHANG);
-
-		if (w == pid)
-			return ws;
-		if (w < 0 && errno != EINTR)
-			return -1;
-		if (tu_now_ns() > limit) {
-			kill(pid, SIGKILL);
-			(void)waitpid(pid, &ws, 0);
-			return -1;
-		}
-		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
-	}
-}
-
 static void noop_watch(void *arg)
 {
 	(void)arg;
@@ -156,7 +134,7 @@ static void test_fork_child_gets_echild(void **state)
 	assert_true(pid >= 0);
 	if (pid == 0)
 		_exit(child_checks(pool, held, tok, watch, q));
-	ws = reap(pid);
+	ws = tu_reap(pid, BOUND);
 	assert_true(ws != -1 && WIFEXITED(ws));
 	assert_int_equal(WEXITSTATUS(ws), 0);
 

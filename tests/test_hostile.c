@@ -1745,28 +1745,6 @@ static void test_hostile_huge_counts_and_capacities(void **state)
 
 #if !defined(HOSTILE_TSAN)
 
-/* Waits up to 10 s for pid; kills it if it hangs. Its wait status, or -1. */
-static int fork_reap(pid_t pid)
-{
-	int64_t limit = tu_now_ns() + BOUND;
-	int     wstatus = 0;
-
-	for (;;) {
-		pid_t w = waitpid(pid, &wstatus, WNOHANG);
-
-		if (w == pid)
-			return wstatus;
-		if (w < 0 && errno != EINTR)
-			return -1;
-		if (tu_now_ns() > limit) {
-			kill(pid, SIGKILL);
-			(void)waitpid(pid, &wstatus, 0);
-			return -1;
-		}
-		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
-	}
-}
-
 #define FK_PARKED 2
 
 static void fork_round(int use_exit)
@@ -1792,7 +1770,7 @@ static void fork_round(int use_exit)
 			exit(0);
 		_exit(0);
 	}
-	ws = fork_reap(pid);
+	ws = tu_reap(pid, BOUND);
 #if defined(__SANITIZE_ADDRESS__)
 	/* exit() runs LeakSanitizer in the child, where the pool's threads no
 	 * longer exist, so what only they referenced may be reported (LSan's

@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +40,33 @@ static inline uint32_t tu_rng_next(uint32_t *s)
 	x ^= x >> 17;
 	x ^= x << 5;
 	return *s = x;
+}
+
+/* Waits up to bound_ns for child pid; kills it if it hangs. Its wait
+ * status, or -1. (A bounded poll: waitpid has no timeout.) */
+static inline int tu_reap(pid_t pid, int64_t bound_ns)
+{
+	struct timespec ts;
+	int64_t limit;
+	int ws = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	limit = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + bound_ns;
+	for (;;) {
+		pid_t w = waitpid(pid, &ws, WNOHANG);
+
+		if (w == pid)
+			return ws;
+		if (w < 0 && errno != EINTR)
+			return -1;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		if ((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec > limit) {
+			kill(pid, SIGKILL);
+			(void)waitpid(pid, &ws, 0);
+			return -1;
+		}
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	}
 }
 
 static inline void tu_sem_init(sem_t *s, unsigned v)
