@@ -33,6 +33,9 @@
  */
 #include "fixtures.h"
 
+/* Tight spins before yielding in tu_spin_until_ge. */
+#define SPIN_TIGHT 2048u
+
 #include <sched.h>
 #include <stdio.h>
 
@@ -44,33 +47,6 @@ static unsigned rng_delay(uint32_t *s)
 	unsigned bits = tu_rng_next(s) % 11;
 
 	return tu_rng_next(s) & ((1u << bits) - 1);
-}
-
-/* Spins until *p >= v: tight at first, then yielding (two CPUs, more
- * threads). Aborts after 30 s so a lost event fails instead of hanging. */
-static void spin_until_ge(atomic_int *p, int v)
-{
-	int64_t  limit = 0;
-	unsigned i = 0;
-
-	while (atomic_load_explicit(p, memory_order_acquire) < v) {
-		if (++i < 2048) {
-			tu_cpu_relax();
-			continue;
-		}
-		sched_yield();
-		if ((i & 1023) == 0) {
-			int64_t now = tu_now_ns();
-
-			if (limit == 0) {
-				limit = now + CTP_SEC(30);
-			} else if (now > limit) {
-				fprintf(stderr, "spin_until_ge: stuck at %d < %d\n",
-				        atomic_load(p), v);
-				abort();
-			}
-		}
-	}
 }
 
 static double secs_since(int64_t t0)
@@ -124,7 +100,7 @@ static void *dfk_submitter(void *arg)
 	for (;;) {
 		/* paced: the pool is idle at every submit, so a close landing
 		 * in the submit finds nothing else unfinished */
-		spin_until_ge(&r->dones, n);
+		tu_spin_until_ge(&r->dones, n, SPIN_TIGHT);
 		if (n == r->arm_at)
 			atomic_store(&r->armed, 1);
 		else
@@ -160,7 +136,7 @@ static void dfk_round(unsigned long i, uint32_t *rng, unsigned long *total)
 	th = tu_spawn(dfk_submitter, &r);
 	/* close the queue while submit arm_at (or one soon after) is inside
 	 * ctp_pool_submit: a submit takes a few dozen pauses */
-	spin_until_ge(&r.armed, 1);
+	tu_spin_until_ge(&r.armed, 1, SPIN_TIGHT);
 	tu_delay_loop(tu_rng_next(rng) % 4 == 0 ? rng_delay(rng)
 	                                     : tu_rng_next(rng) % 64);
 	rc = ctp_pool_shutdown(r.pool, CTP_FOREVER, CTP_FOREVER);
@@ -266,7 +242,7 @@ static void *cas_submitter(void *arg)
 
 static void cas_cancel(struct cas_round *r)
 {
-	spin_until_ge(&r->go, 1);
+	tu_spin_until_ge(&r->go, 1, SPIN_TIGHT);
 	tu_delay_loop(r->cancel_delay);
 	atomic_store(&r->cancel_rc, ctp_token_cancel(r->parent));
 	atomic_store_explicit(&r->cancelled, 1, memory_order_release);
@@ -299,7 +275,7 @@ static void cas_round(ctp_pool *pool, unsigned long i, uint32_t *rng)
 		can = tu_spawn(cas_canceller, &r);
 		/* no sleep: the submitter may still be inside a submit that
 		 * the cancel cascaded when wait_idle returns */
-		spin_until_ge(&r.cancelled, 1);
+		tu_spin_until_ge(&r.cancelled, 1, SPIN_TIGHT);
 	}
 	rc = ctp_pool_wait_idle(pool, BOUND);
 	ctp_pool_stats(pool, &st);
@@ -398,7 +374,7 @@ static void *qcp_popper(void *arg)
 	for (;;) {
 		int batch;
 
-		spin_until_ge(&sh->batch, played + 1);
+		tu_spin_until_ge(&sh->batch, played + 1, SPIN_TIGHT);
 		batch = atomic_load_explicit(&sh->batch, memory_order_acquire);
 		if (batch == QCP_STOP)
 			return NULL;
@@ -409,7 +385,7 @@ static void *qcp_popper(void *arg)
 			ctp_queue *q = sh->q[j];
 
 			atomic_fetch_add(&sh->meet[j], 1);
-			spin_until_ge(&sh->meet[j], 2);
+			tu_spin_until_ge(&sh->meet[j], 2, SPIN_TIGHT);
 			if (tu_rng_next(&p->rng) % 2)
 				tu_delay_loop(tu_rng_next(&p->rng) % 16);
 			for (;;) {
@@ -760,7 +736,7 @@ static void abd_round(unsigned long i, uint32_t *rng, const tu_threads *base,
 		if (rc == 0)
 			atomic_fetch_add(&r.accepted, 1);
 	}
-	spin_until_ge(&r.ran, (int)(tu_rng_next(rng) % 40));
+	tu_spin_until_ge(&r.ran, (int)(tu_rng_next(rng) % 40), SPIN_TIGHT);
 	tu_delay_loop(rng_delay(rng));
 	rc = ctp_pool_shutdown(pool, 0, 0);
 	CHECK(rc == 0 || rc == -ETIMEDOUT, "round %lu: ctp_pool_shutdown(0, 0): "

@@ -38,39 +38,16 @@
 #include "ctpool.h"
 #include "testutil.h"
 
+/* Tight spins before yielding in tu_spin_until_ge: long enough (~100 us)
+ * to cover a submit on the other side, so a thread back from sched_yield
+ * does not spoil the alignment of a race. */
+#define SPIN_TIGHT 4096u
+
 /* ---- helpers ------------------------------------------------------------ */
 
 static int failures; /* test thread only */
 
 
-
-/* Spins until *p >= v: a tight spin first, long enough (~100 us) to cover
- * a submit on the other side, because a thread coming back from
- * sched_yield notices the flag microseconds late and would spoil the
- * alignment of the race; then it yields so an oversubscribed machine
- * (sanitizers, two CPUs) still makes progress. Aborts after 30 s, like
- * tu_sem_wait, so a lost wake-up fails the run instead of hanging it. */
-static void spin_until_ge(atomic_int *p, int v)
-{
-	int64_t  limit = 0;
-	unsigned i = 0;
-
-	while (atomic_load_explicit(p, memory_order_acquire) < v) {
-		if (++i < 4096) {
-			tu_cpu_relax();
-			continue;
-		}
-		sched_yield();
-		if ((i & 4095) == 0) {
-			int64_t now = tu_now_ns();
-
-			if (limit == 0)
-				limit = now + CTP_SEC(30);
-			else if (now > limit)
-				abort();
-		}
-	}
-}
 
 /* Log-uniform in [0, 512) pauses: most delays are shorter than the time a
  * worker takes to pop and start the next task (a few dozen pauses), some
@@ -112,7 +89,7 @@ static int cvs_gate_fn(void *arg, ctp_token *token)
 
 	(void)token;
 	atomic_store_explicit(&cvs_gate.ready, round, memory_order_release);
-	spin_until_ge(&cvs_gate.go, round);
+	tu_spin_until_ge(&cvs_gate.go, round, SPIN_TIGHT);
 	tu_delay_loop((unsigned)atomic_load_explicit(&cvs_gate.gate_delay,
 	                                          memory_order_relaxed));
 	return 0;
@@ -126,7 +103,7 @@ static int cvs_target_fn(void *arg, ctp_token *token)
 	/* In wait mode the reason is read only after the cancel has returned:
 	 * if it answered -EINPROGRESS, the token must have fired by then. */
 	if (t->wait_mode)
-		spin_until_ge(&t->cancel_returned, 1);
+		tu_spin_until_ge(&t->cancel_returned, 1, SPIN_TIGHT);
 	atomic_store(&t->seen_reason, ctp_token_reason(token));
 	atomic_store(&t->finished, 1);
 	return CVS_RAN;
@@ -235,7 +212,7 @@ static int cvs_round(ctp_pool *pool, int round, struct cvs_jitter *j)
 		atomic_store_explicit(&cvs_gate.go, round, memory_order_release);
 		return -1;
 	}
-	spin_until_ge(&cvs_gate.ready, round);
+	tu_spin_until_ge(&cvs_gate.ready, round, SPIN_TIGHT);
 	atomic_store_explicit(&cvs_gate.go, round, memory_order_release);
 	if (side != CVS_GATE_LATE)
 		tu_delay_loop(d);

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -150,6 +151,36 @@ static inline void tu_cpu_relax(void)
 #else
 	atomic_signal_fence(memory_order_seq_cst);
 #endif
+}
+
+/* Spins until *p >= v: `tight` iterations of a tight spin first (so a
+ * thread waiting to line up a race notices at once), then yields so an
+ * oversubscribed machine (sanitizers, two CPUs) still makes progress.
+ * Aborts after 30 s, like tu_sem_wait, so a lost event fails the run
+ * instead of hanging it. */
+static inline void tu_spin_until_ge(atomic_int *p, int v, unsigned tight)
+{
+	int64_t  limit = 0;
+	unsigned i = 0;
+
+	while (atomic_load_explicit(p, memory_order_acquire) < v) {
+		if (++i < tight) {
+			tu_cpu_relax();
+			continue;
+		}
+		sched_yield();
+		if ((i & 1023) == 0) {
+			int64_t now = tu_now_ns();
+
+			if (limit == 0) {
+				limit = now + 30 * (int64_t)1000000000;
+			} else if (now > limit) {
+				fprintf(stderr, "spin_until_ge: stuck at %d < %d\n",
+				        atomic_load(p), v);
+				abort();
+			}
+		}
+	}
 }
 
 /* Burns n short pauses: jitter that shifts one side of a race. */
