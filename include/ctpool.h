@@ -56,7 +56,7 @@ extern "C" {
  * (libctpool.so.N), so a program built against an older header never runs
  * against an incompatible library by accident. See README.md, "Versions". */
 #define CTP_VERSION_MAJOR 0
-#define CTP_VERSION_MINOR 2
+#define CTP_VERSION_MINOR 3
 #define CTP_VERSION_PATCH 0
 #define CTP_VERSION_NUM \
 	((CTP_VERSION_MAJOR << 16) | (CTP_VERSION_MINOR << 8) | CTP_VERSION_PATCH)
@@ -75,6 +75,8 @@ extern "C" {
 /* Largest capacity (after rounding up to a power of two) of a pool's queue
  * or a ctp_queue; more is -EINVAL. */
 #define CTP_MAX_CAPACITY ((size_t)1 << 30)
+/* Largest ctp_pool_opts.processes; more is -EINVAL. */
+#define CTP_MAX_PROCESSES 256u
 
 /* ---- task states (ctp_task_state) --------------------------------------- */
 
@@ -90,6 +92,7 @@ typedef struct ctp_task  ctp_task;
 typedef struct ctp_token ctp_token;
 typedef struct ctp_watch ctp_watch;
 typedef struct ctp_queue ctp_queue;
+typedef struct ctp_output ctp_output;
 
 /* ---- callbacks ---------------------------------------------------------- */
 
@@ -107,6 +110,15 @@ typedef int  (*ctp_task_fn)(void *arg, ctp_token *token);
  * that cancels an ancestor meanwhile may run it instead of waiting for it):
  * it must not take locks that such a caller may hold. */
 typedef void (*ctp_done_fn)(void *arg, int status);
+
+/* An isolated task's function (ctp_pool_submit_isolated). Runs in one of the
+ * pool's worker processes, a copy of the program as it was when the pool
+ * was created: in/in_len are a copy of the submitted input (in is NULL when
+ * in_len is 0); output goes back through ctp_output_write(out, ...); token
+ * fires when the task's token fires in the parent, with the same reason.
+ * The return value becomes the task's status. */
+typedef int (*ctp_isolated_fn)(const void *in, size_t in_len, ctp_output *out,
+                               ctp_token *token);
 
 /* ---- options and statistics --------------------------------------------- */
 
@@ -128,6 +140,19 @@ typedef struct ctp_pool_opts {
 	void      (*on_thread_start)(unsigned index, void *user); /* 0..threads-1 */
 	void      (*on_thread_stop)(unsigned index, void *user);
 	void       *user;
+	/* isolated tasks (ctp_pool_submit_isolated): */
+	unsigned    processes;       /* worker processes; 0 = none (isolated
+	                                submits: -ENOTSUP); at most
+	                                CTP_MAX_PROCESSES */
+	int64_t     kill_after;      /* after an isolated task's token fires,
+	                                how long its function may take to
+	                                return before its process is killed
+	                                with SIGKILL; 0 = 1 s; CTP_FOREVER =
+	                                never killed (but see shutdown) */
+	size_t      process_memory;  /* address-space limit (RLIMIT_AS) of
+	                                each worker process, bytes; 0 = none */
+	size_t      max_io;          /* most bytes of input or of output of
+	                                one isolated task; 0 = 64 MiB */
 } ctp_pool_opts;
 
 typedef struct ctp_stats {
@@ -140,6 +165,12 @@ typedef struct ctp_stats {
 	uint64_t queued;      /* waiting to start now */
 	uint64_t running;     /* running now */
 	unsigned threads;     /* workers alive now */
+	uint64_t killed;      /* isolated tasks whose process was killed after
+	                         their token fired (they ran: not completed) */
+	uint64_t crashed;     /* isolated tasks whose process died on its own,
+	                         or that found no process (-EAGAIN) */
+	unsigned processes;   /* worker processes alive now (not counting the
+	                         fork server and its one spare) */
 } ctp_stats;
 
 typedef struct ctp_task_opts {
@@ -170,7 +201,20 @@ CTP_EXPORT const char *ctp_strerror(int err);
  * the count. Returns 0 and *pool; -EINVAL (pool NULL, threads or capacity
  * above the maximum); -ENOMEM; -EAGAIN or another negated pthread_create
  * error if a thread cannot be started, in which case the workers that did
- * start run on_thread_stop, are joined, and everything is freed. */
+ * start run on_thread_stop, are joined, and everything is freed.
+ *
+ * With opts.processes > 0 it first forks a fork server (a single-threaded
+ * copy of the program, named "<name>-fs") and, from it, that many worker
+ * processes ("<name>-p") for isolated tasks, all before any thread of the
+ * pool starts; stdio buffers are flushed first so that no pending output is
+ * copied. Create such a pool early, before the program starts threads of
+ * its own: locks other threads hold at that instant stay held in the copy.
+ * The program gets a SIGCHLD when the fork server exits (at shutdown); the
+ * worker processes are the fork server's children, never the program's,
+ * so its own waitpid(-1) cannot take them. Also -EINVAL for processes above
+ * CTP_MAX_PROCESSES or a negative kill_after other than CTP_FOREVER, and
+ * the negated errno of a failed fork, socketpair, memfd or pidfd_open
+ * (Linux 5.3 or later is needed). */
 CTP_EXPORT int ctp_pool_create(ctp_pool **pool, const ctp_pool_opts *opts);
 
 /* Stops the pool:
@@ -329,6 +373,68 @@ CTP_EXPORT int ctp_token_watch(ctp_token *token, void (*fn)(void *arg),
  * then fn is dropped unrun rather than wait for itself). NULL is a no-op.
  * Blocks while fn runs on another thread. */
 CTP_EXPORT void ctp_token_unwatch(ctp_watch *watch);
+
+/* ---- isolated tasks ----------------------------------------------------- */
+
+/* An isolated task runs its function in one of the pool's worker processes
+ * (opts.processes), so it can be killed: a thread cannot be killed safely,
+ * a process can. It is a task of the pool like any other (handle, token,
+ * deadline, parent, done, cancel, wait, shutdown, stats); a pool worker
+ * thread takes it, hands it to an idle worker process and waits there, so
+ * at most min(threads, processes) isolated tasks run at once.
+ *
+ * Its token fires in the worker process too (same reason), and
+ * ctp_token_cancelled/_reason/_sleep/_fd wake there as in a thread;
+ * ctp_token_watch callbacks and ctp_queue waits on that token are woken by
+ * a small thread of the worker process. If the function has not returned
+ * opts.kill_after after its token fired, the process is killed (SIGKILL):
+ * the task's done gets the token's reason, ctp_task_exit_signal says
+ * SIGKILL, stats.killed counts it, and a fresh worker process (the fork
+ * server keeps one spare ready) takes its place. A process that dies on its
+ * own while the function runs (a signal, _exit(), exit(), the OOM killer,
+ * opts.process_memory exceeded) gives done -EOWNERDEAD and stats.crashed.
+ * Either way the task's state is CTP_TASK_DONE (it ran). At the end of a
+ * shutdown's grace the isolated tasks still running are killed, whatever
+ * kill_after says, so they never make it return -ETIMEDOUT.
+ *
+ * Copies in (in_len bytes; in may be NULL when in_len is 0) and accepts the
+ * task like ctp_pool_submit (same opts, handle and errors); arg is what done
+ * receives (the function never sees it: it lives in the parent). Returns 0;
+ * -EINVAL (pool or fn NULL, in NULL with in_len > 0, a bad duration);
+ * -ENOTSUP (the pool has no worker processes); -EMSGSIZE (in_len > max_io);
+ * -EAGAIN, -ESHUTDOWN, -ENOMEM, the parent's reason, as ctp_pool_submit.
+ *
+ * done's status: fn's return value; the token's reason if the process was
+ * killed, or if the token fired before the task reached a process (it then
+ * never ran: CTP_TASK_CANCELLED, counted by reason); -EOWNERDEAD if the
+ * process died; -EAGAIN if no worker process could be made for it (the
+ * fork server is gone or fork failed): it never ran (CTP_TASK_CANCELLED)
+ * and counts in stats.crashed. */
+CTP_EXPORT int ctp_pool_submit_isolated(ctp_pool *pool, ctp_isolated_fn fn,
+                                        const void *in, size_t in_len,
+                                        void *arg, const ctp_task_opts *opts,
+                                        ctp_task **task);
+
+/* In the worker process, inside the function: appends len bytes to the
+ * task's output. Returns 0; -EMSGSIZE past max_io (the output keeps what
+ * fitted); -EINVAL (out NULL, data NULL with len > 0); -EPIPE if the parent
+ * is gone. Output is sent to the parent in chunks of up to 64 KiB as it is
+ * written, so a task that is killed keeps what had been sent. Only the
+ * function's own thread may call it. */
+CTP_EXPORT int ctp_output_write(ctp_output *out, const void *data, size_t len);
+
+/* Once an isolated task has finished: *data and *len are its output (data
+ * may be NULL when len is 0), valid until the handle is released. Returns
+ * 0; -EINPROGRESS before the task finished (its done has returned);
+ * -EINVAL for NULL arguments or a task that is not isolated. */
+CTP_EXPORT int ctp_task_output(ctp_task *task, const void **data,
+                               size_t *len);
+
+/* The signal that ended an isolated task's process (SIGKILL when it was
+ * killed after its token fired, SIGSEGV, SIGABRT, ...); 0 for a task that
+ * is not isolated or not finished, whose process survived it, or whose
+ * process exited without a signal. */
+CTP_EXPORT int ctp_task_exit_signal(const ctp_task *task);
 
 /* ---- queue -------------------------------------------------------------- */
 

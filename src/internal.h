@@ -136,6 +136,11 @@ CTP__HIDDEN bool ctp__duration_ok(int64_t ns);
 CTP__HIDDEN int  ctp__futex_wait(_Atomic uint32_t *word, uint32_t expected,
                                  const struct timespec *abs);
 CTP__HIDDEN void ctp__futex_wake(_Atomic uint32_t *word, int count);
+/* The same on a word shared with another process (not FUTEX_PRIVATE). */
+CTP__HIDDEN int  ctp__futex_wait_shared(_Atomic uint32_t *word,
+                                        uint32_t expected,
+                                        const struct timespec *abs);
+CTP__HIDDEN void ctp__futex_wake_shared(_Atomic uint32_t *word, int count);
 
 CTP__HIDDEN extern const struct ck_ec_mode ctp__ec_mode;
 
@@ -281,8 +286,21 @@ CTP__HIDDEN void ctp__ec_bump(ck_ec32_t *ec);
  * firer can wait for it), cleared when the call has finished the whole
  * subtree it fired (token.c, "Two firers in one tree"). */
 #define CTP__FIRING          (1u << 11)
+/* A remote token only (below): set with the reason by the parent process's
+ * CAS, which fires the word but not the rest of the token (children,
+ * internal and user watches); cleared by the worker process's thread that
+ * then runs that part (ctp__token_adopt). */
+#define CTP__PENDING         (1u << 12)
 
-enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2 };
+/* A remote token is the token an isolated task's function gets in its
+ * worker process (proc.c). It lives in a page shared with the parent, which
+ * fires its state word directly (CAS RUNNING -> RUNNING|reason|PENDING and
+ * a shared futex wake), so ctp_token_cancelled and ctp_token_sleep see the
+ * fire with no hop through another thread; every futex op on its `state`
+ * is therefore a shared one. Its phase is RUNNING while a function runs and
+ * DONE between functions (a fire then fails), and it has no parent. */
+enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2,
+                       CTP__TOKEN_REMOTE = 3 };
 
 struct ctp_token {
 	/* what firing a tree reads per token comes first, together (the
@@ -374,6 +392,10 @@ CTP__HIDDEN int  ctp__token_fire(ctp_token *t, int reason);
 CTP__HIDDEN int  ctp__token_fire_begin(ctp_token *t, int reason,
                                        struct ctp__fire *f);
 CTP__HIDDEN void ctp__token_fire_end(struct ctp__fire *f);
+/* A remote token whose word the parent fired (CTP__PENDING): clears the
+ * bit and runs the rest of the fire here (children, wakes, watches).
+ * Returns 0, or -EALREADY if no fire was pending. */
+CTP__HIDDEN int  ctp__token_adopt(ctp_token *t);
 /* Links child under parent (a ref on parent is taken) unless parent has
  * fired; returns 0 or the parent's reason. */
 CTP__HIDDEN int  ctp__token_link(ctp_token *parent, ctp_token *child);
@@ -417,6 +439,9 @@ struct ctp_task {
 	                               lock */
 	ctp_task        *free_next; /* in pool->freed (owned by the pusher
 	                               until its CAS) or pool->spare */
+	struct ctp__iso *iso;       /* an isolated task's record, else NULL;
+	                               set before publication, freed with the
+	                               object */
 };
 
 #define CTP__HEAP_NONE ((size_t)-1)
@@ -465,6 +490,8 @@ CTP__HIDDEN void ctp__batch_end_retire(struct ctp__batch *b);
 CTP__HIDDEN void ctp__batch_end_complete(struct ctp__batch *b);
 /* A worker ran the task: finish it with fn's status. */
 CTP__HIDDEN void ctp__task_finish_ran(ctp_task *t, int status);
+/* True once the task's done has returned (only for a handle's task). */
+CTP__HIDDEN bool ctp__task_finished(const ctp_task *t);
 /* QUEUED -> RUNNING unless its token fired first. */
 CTP__HIDDEN bool ctp__task_start(ctp_task *t);
 
@@ -535,6 +562,123 @@ CTP__HIDDEN uint32_t ctp__timer_busy(ctp_pool *pool);
  * and returns it: the caller, which would otherwise wait for it, ends it
  * on its own thread (so no end waits for one queued behind it). */
 CTP__HIDDEN struct ctp__fire *ctp__timer_claim(ctp_task *t);
+
+/* ---- proc.c ------------------------------------------------------------- */
+
+#define CTP__CHUNK      (64 * 1024) /* inline input, output chunks */
+#define CTP__PAGE_SIZE  4096        /* a worker process's shared page */
+#define CTP__MSG_MAXFDS 4
+
+enum ctp__msg_type {
+	CTP__MSG_RUN = 1, /* parent -> worker: u fn, v input size if a memfd
+	                     comes with it; else the input is the payload */
+	CTP__MSG_OUT,     /* worker -> parent: payload = output bytes */
+	CTP__MSG_RESULT,  /* worker -> parent: a status, b retire; payload =
+	                     the last output bytes */
+	CTP__MSG_DIED,    /* fork server -> parent, on the dead worker's
+	                     socket: a 0 or -errno (replacement), b si_code, c
+	                     si_status, u the replacement's pid; its 4 fds */
+	CTP__MSG_HELLO,   /* fork server -> parent (control): a 0 or -errno,
+	                     u pid; 4 fds: socket, pidfd, page, eventfd */
+	CTP__MSG_SPAWN,   /* parent -> fork server: a slot */
+	CTP__MSG_EXIT,    /* parent -> fork server */
+};
+
+struct ctp__msg {
+	uint32_t type;
+	int32_t  a, b, c;
+	uint64_t u, v;
+};
+
+/* A worker process's page, shared with the parent. */
+struct ctp__page {
+	ctp_token token; /* the function's token (CTP__TOKEN_REMOTE) */
+};
+_Static_assert(sizeof(struct ctp__page) <= CTP__PAGE_SIZE, "page");
+
+/* What the fork server and the workers are told at start. */
+struct ctp__spawn_ctx {
+	unsigned n;        /* worker processes (slots) */
+	size_t   memory;   /* RLIMIT_AS, 0 = none */
+	size_t   max_io;
+	pid_t    parent;
+	pid_t    server;   /* set by the fork server */
+	char     name[16];
+};
+
+/* The parent's side of one worker process. */
+struct ctp__proc {
+	int               sock;  /* P: SEQPACKET to the worker */
+	int               pidfd; /* to kill it (a pid is never reused under
+	                            a pidfd) */
+	int               efd;   /* its token's eventfd: written on fire,
+	                            polled by the dispatcher */
+	struct ctp__page *page;
+	pid_t             pid;
+};
+
+/* The parent's side of the fork server. */
+struct ctp__server {
+	pthread_mutex_t lock;  /* the control socket: one request at a time */
+	int             ctl;   /* lock; -1 once stopped */
+	int             pidfd; /* lock */
+	pid_t           pid;
+};
+
+CTP__HIDDEN int  ctp__pidfd_open(pid_t pid);
+CTP__HIDDEN int  ctp__pidfd_kill(int pidfd);
+CTP__HIDDEN int  ctp__msg_send(int fd, const struct ctp__msg *m,
+                               const void *data, size_t len, const int *fds,
+                               int nfds);
+/* 0 (payload length in *len), -EPIPE at EOF, -EPROTO, -errno. Received
+ * fds beyond *nfds are closed. */
+CTP__HIDDEN int  ctp__msg_recv(int fd, struct ctp__msg *m, void *data,
+                               size_t cap, size_t *len, int *fds, int *nfds);
+/* Forks the fork server and cx->n workers into procs[] (s->lock must be
+ * initialised): 0 or -errno; on failure nothing is left. */
+CTP__HIDDEN int  ctp__server_start(struct ctp__server *s,
+                                   const struct ctp__spawn_ctx *cx,
+                                   struct ctp__proc *procs);
+/* A new worker for slot (whose process is dead) into *p: 0 or -errno. */
+CTP__HIDDEN int  ctp__server_spawn(struct ctp__server *s, unsigned slot,
+                                   struct ctp__proc *p);
+/* The fork server kills and reaps every worker, exits and is reaped.
+ * Idempotent. */
+CTP__HIDDEN void ctp__server_stop(struct ctp__server *s);
+/* Takes a HELLO's or DIED's four fds into *p: 0 or -errno (fds closed). */
+CTP__HIDDEN int  ctp__proc_adopt(struct ctp__proc *p, const struct ctp__msg *m,
+                                 const int *fds, int nfds);
+CTP__HIDDEN void ctp__proc_close(struct ctp__proc *p);
+
+/* ---- isolated.c --------------------------------------------------------- */
+
+struct ctp__iso;       /* one isolated task's record (ctp_task.iso) */
+struct ctp__iso_pool;  /* a pool's worker processes (ctp_pool.iso) */
+
+enum ctp__iso_outcome {
+	CTP__ISO_RAN,      /* fn returned (or never reached a process: see
+	                      unrun) */
+	CTP__ISO_KILLED,   /* killed after its token fired: stats.killed */
+	CTP__ISO_CRASHED,  /* its process died: stats.crashed */
+	CTP__ISO_UNRUN,    /* the token fired before it reached a process:
+	                      counted by reason, state CANCELLED */
+	CTP__ISO_NOPROC,   /* no process could be made: -EAGAIN, crashed,
+	                      state CANCELLED */
+};
+
+CTP__HIDDEN int  ctp__iso_create(ctp_pool *pool);
+/* At the end of a shutdown's grace: kill every running isolated task. */
+CTP__HIDDEN void ctp__iso_kill_all(ctp_pool *pool);
+/* Stops the fork server and every worker (idempotent). */
+CTP__HIDDEN void ctp__iso_stop(ctp_pool *pool);
+CTP__HIDDEN void ctp__iso_free(ctp_pool *pool);
+CTP__HIDDEN void ctp__iso_task_free(struct ctp__iso *iso);
+/* The outcome of a finished isolated task (RAN for others). */
+CTP__HIDDEN enum ctp__iso_outcome ctp__iso_outcome(const ctp_task *t);
+CTP__HIDDEN void ctp__iso_stats(ctp_pool *pool, ctp_stats *s);
+/* Counts a finished isolated task whose outcome is not RAN. */
+CTP__HIDDEN void ctp__iso_count(ctp_pool *pool, const ctp_task *t,
+                                int status);
 
 /* ---- pool.c ------------------------------------------------------------- */
 
@@ -643,10 +787,15 @@ struct ctp_pool {
 	ctp_task          **scan;           /* nthreads slots: cancel step only,
 	                                       run by the first shutdown caller */
 	ctp_task          **scratch;        /* capacity slots; compact_lock */
+	struct ctp__iso_pool *iso;          /* worker processes, or NULL */
 	pthread_mutex_t    compact_lock;    /* one submitter compacts at a time */
 };
 
 CTP__HIDDEN void ctp__pool_ref(ctp_pool *pool);
+/* ctp_pool_submit of an isolated task (fn = its trampoline); takes iso. */
+CTP__HIDDEN int  ctp__pool_submit_iso(ctp_pool *pool, ctp_task_fn fn,
+                                      void *arg, const ctp_task_opts *opts,
+                                      ctp_task **task, struct ctp__iso *iso);
 CTP__HIDDEN void ctp__pool_put(ctp_pool *pool);
 CTP__HIDDEN void ctp__pool_thread_exit(ctp_pool *pool);
 /* n tasks' done have returned: counts them finished, wakes idle waiters. */

@@ -69,6 +69,25 @@ void ctp__futex_wake(_Atomic uint32_t *word, int count)
 	    count, NULL, NULL, 0);
 }
 
+/* Shared futexes: for a word in memory shared with another process (an
+ * isolated task's token, proc.c), which a private futex cannot reach. */
+int ctp__futex_wait_shared(_Atomic uint32_t *word, uint32_t expected,
+                           const struct timespec *abs)
+{
+	long r;
+
+	r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected,
+	    abs, NULL, FUTEX_BITSET_MATCH_ANY);
+	if (r == 0 || errno == EAGAIN)
+		return 0;
+	return errno == ETIMEDOUT ? -ETIMEDOUT : -EINTR;
+}
+
+void ctp__futex_wake_shared(_Atomic uint32_t *word, int count)
+{
+	syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, count, NULL, NULL, 0);
+}
+
 /* ---- ck_ec operations --------------------------------------------------- */
 
 static int ec_gettime(const struct ck_ec_ops *ops, struct timespec *out)
@@ -222,6 +241,9 @@ const char *ctp_strerror(int err)
 	case -ECHILD:       return "object made before fork(): unusable in the child";
 	case -EMFILE:       return "too many open files in this process";
 	case -ENFILE:       return "too many open files in the system";
+	case -ENOTSUP:      return "pool has no worker processes";
+	case -EMSGSIZE:     return "isolated task input or output above max_io";
+	case -EOWNERDEAD:   return "isolated task's process died";
 	case INT_MIN:       return "unknown error"; /* -INT_MIN overflows */
 	default:            return strerror(err < 0 ? -err : err);
 	}

@@ -113,6 +113,7 @@ static void pool_free(ctp_pool *pool)
 	free(pool->workers);
 	free(pool->scan);
 	free(pool->scratch);
+	ctp__iso_free(pool);
 	ctp__timer_fini(&pool->timer);
 	ctp__queue_fini(&pool->queue);
 	pthread_mutex_destroy(&pool->lock);
@@ -465,7 +466,10 @@ static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
 	ctp__tls.task = NULL;
 	/* counted before the task can be seen finished (wait_idle) */
 	atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
-	own_add64(&w->st_completed, 1, memory_order_relaxed);
+	if (t->iso == NULL || ctp__iso_outcome(t) == CTP__ISO_RAN)
+		own_add64(&w->st_completed, 1, memory_order_relaxed);
+	else
+		ctp__iso_count(pool, t, status); /* killed, crashed, unrun */
 	/* Heading back to an empty ring: scout, so that the submits that
 	 * come meanwhile need not wake a parked worker. With tasks waiting in
 	 * the ring there is no need, and busy workers would pass the role's
@@ -608,11 +612,18 @@ int ctp_pool_create(ctp_pool **out, const ctp_pool_opts *opts)
 	n = o.threads != 0 ? o.threads : cpu_count();
 	cap = ctp__round_capacity(o.queue_capacity != 0 ? o.queue_capacity :
 	    DEFAULT_CAPACITY);
-	if (n > CTP_MAX_THREADS || cap == 0)
+	if (n > CTP_MAX_THREADS || cap == 0 ||
+	    o.processes > CTP_MAX_PROCESSES || !ctp__duration_ok(o.kill_after))
 		return -EINVAL;
 	r = pool_alloc(&pool, &o, n, cap);
 	if (r != 0)
 		return r;
+	/* the fork server before any thread of the pool */
+	r = ctp__iso_create(pool);
+	if (r != 0) {
+		ctp__pool_put(pool);
+		return r;
+	}
 	for (i = 0; i < n; i++) {
 		r = start_worker(pool, &pool->workers[i]);
 		if (r != 0)
@@ -736,32 +747,38 @@ static int admit(ctp_pool *pool, int64_t queue_wait, ctp_token *parent)
 	return r;
 }
 
-int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
-                    const ctp_task_opts *opts, ctp_task **task)
+/* Submits fn; iso (may be NULL) is the isolated record, owned by the task
+ * object once it is allocated (freed with it), freed here before. */
+static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
+                  const ctp_task_opts *opts, ctp_task **task,
+                  struct ctp__iso *iso)
 {
 	ctp_task_opts o = { 0 };
 	bool deadline;
 	ctp_task *t;
 	int r;
 
-	if (pool == NULL || fn == NULL)
-		return -EINVAL;
 	if (opts != NULL)
 		o = *opts;
 	if (ctp__forked(pool->gen) ||
 	    (o.parent != NULL && ctp__forked(o.parent->gen)))
-		return -ECHILD;
-	if (!ctp__duration_ok(o.timeout) || !ctp__duration_ok(o.queue_wait))
-		return -EINVAL;
-	if (ctp__queue_closed(&pool->queue))
-		return -ESHUTDOWN;
-	if (o.parent != NULL && ctp_token_cancelled(o.parent))
-		return ctp_token_reason(o.parent);
-	deadline = o.timeout > 0;
-
-	r = ctp__task_alloc(pool, &t);
-	if (r != 0)
+		r = -ECHILD;
+	else if (!ctp__duration_ok(o.timeout) ||
+	    !ctp__duration_ok(o.queue_wait))
+		r = -EINVAL;
+	else if (ctp__queue_closed(&pool->queue))
+		r = -ESHUTDOWN;
+	else if (o.parent != NULL && ctp_token_cancelled(o.parent))
+		r = ctp_token_reason(o.parent);
+	else
+		r = ctp__task_alloc(pool, &t);
+	if (r != 0) {
+		if (iso != NULL)
+			ctp__iso_task_free(iso);
 		return r;
+	}
+	deadline = o.timeout > 0;
+	t->iso = iso;
 	t->fn = fn;
 	t->arg = arg;
 	t->done = o.done;
@@ -821,6 +838,21 @@ undo_timer:
 		ctp__timer_unreserve(pool);
 	discard(t);
 	return r;
+}
+
+int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
+                    const ctp_task_opts *opts, ctp_task **task)
+{
+	if (pool == NULL || fn == NULL)
+		return -EINVAL;
+	return submit(pool, fn, arg, opts, task, NULL);
+}
+
+int ctp__pool_submit_iso(ctp_pool *pool, ctp_task_fn fn, void *arg,
+                         const ctp_task_opts *opts, ctp_task **task,
+                         struct ctp__iso *iso)
+{
+	return submit(pool, fn, arg, opts, task, iso);
 }
 
 /* ---- shutdown ----------------------------------------------------------- */
@@ -898,8 +930,9 @@ static uint32_t in_user_code(ctp_pool *pool)
 {
 	uint32_t n = 0;
 
+	/* busy 2: an isolated task's dispatcher, which a kill ends */
 	for (unsigned i = 0; i < pool->nthreads; i++)
-		n += atomic_load(&pool->workers[i].busy);
+		n += atomic_load(&pool->workers[i].busy) == 1;
 	return n + ctp__timer_busy(pool);
 }
 
@@ -924,6 +957,8 @@ static int wait_quiet(ctp_pool *pool, const struct timespec *abs)
 		if ((f & ~FINISHING_WAITER) == 0 && v == 0)
 			return 0;
 		if (late) {
+			/* isolated tasks are killed, not abandoned */
+			ctp__iso_kill_all(pool);
 			if (v <= in_user_code(pool))
 				return -ETIMEDOUT;
 			ctp__deadline(CTP_MSEC(1), &ms);
@@ -982,8 +1017,10 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 	if (atomic_load(&pool->stopped) == 0)
 		return -ETIMEDOUT;
 	r = wait_quiet(pool, abs);
-	if (r == 0)
+	if (r == 0) {
 		join_all(pool);
+		ctp__iso_stop(pool); /* every worker process reaped */
+	}
 	return r;
 }
 
@@ -1003,6 +1040,9 @@ int ctp_pool_destroy(ctp_pool *pool)
 	pthread_mutex_unlock(&pool->lock);
 	if (!called)
 		ctp_pool_shutdown(pool, 0, CTP_FOREVER);
+	/* after a shutdown that abandoned threads too (none of them is an
+	 * isolated task's dispatcher: those are killed, never abandoned) */
+	ctp__iso_stop(pool);
 
 	/* tombstones left in the ring still hold the ring's reference; a
 	 * submit that pushes after this empties the ring itself (enqueue) */
@@ -1075,4 +1115,5 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 	s->queued = ctp__queue_count(&pool->queue);
 	s->threads = LOAD(st_threads);
 #undef LOAD
+	ctp__iso_stats(pool, s);
 }

@@ -126,6 +126,7 @@ int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
 	t->status = 0;
 	atomic_init(&t->fin, 0);
 	t->free_next = NULL;
+	t->iso = NULL;
 	*out = t;
 	return 0;
 }
@@ -135,6 +136,8 @@ void ctp__task_dealloc(ctp_task *t)
 	ctp_pool *pool = t->pool;
 
 	free(t->dfire);
+	if (t->iso != NULL)
+		ctp__iso_task_free(t->iso);
 	free(t);
 	ctp__pool_put(pool);
 }
@@ -184,6 +187,10 @@ void ctp__task_free(ctp_task *t)
 	struct ctp__worker *w = ctp__tls.worker;
 
 	ctp__token_fini(&t->token); /* ctp__token_put unlinked it */
+	if (t->iso != NULL) {
+		ctp__iso_task_free(t->iso);
+		t->iso = NULL;
+	}
 	if (w != NULL && w->pool == pool) {
 		t->free_next = w->cache;
 		w->cache = t;
@@ -313,10 +320,14 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 	ctp_pool *pool = t->pool;
 	uint32_t s = atomic_load_explicit(&t->token.state,
 	    memory_order_relaxed);
+	enum ctp__iso_outcome o = ctp__iso_outcome(t);
+	/* an isolated task that never reached a process never ran */
+	uint32_t end = o == CTP__ISO_UNRUN || o == CTP__ISO_NOPROC ?
+	    CTP__PHASE_CANCELLED : CTP__PHASE_DONE;
 
 	/* RUNNING -> DONE, keeping a reason that fired meanwhile */
 	while (!atomic_compare_exchange_weak_explicit(&t->token.state, &s,
-	    (s & (CTP__REASON_MASK | CTP__FIRING)) | CTP__PHASE_DONE,
+	    (s & (CTP__REASON_MASK | CTP__FIRING)) | end,
 	    memory_order_release,
 	    memory_order_relaxed))
 		;
@@ -378,6 +389,12 @@ int ctp_task_wait(ctp_task *task, int64_t timeout, int *status)
 		    FIN_DONE))
 			return -ETIMEDOUT;
 	}
+}
+
+bool ctp__task_finished(const ctp_task *t)
+{
+	return (atomic_load_explicit(&t->fin, memory_order_acquire) &
+	    FIN_DONE) != 0;
 }
 
 int ctp_task_state(const ctp_task *task)

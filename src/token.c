@@ -108,6 +108,23 @@ static bool fired(uint32_t state)
 	return (state & CTP__REASON_MASK) != 0;
 }
 
+/* A remote token's word is shared with another process (internal.h). */
+static int token_futex_wait(ctp_token *t, uint32_t v,
+                            const struct timespec *abs)
+{
+	if (t->kind == CTP__TOKEN_REMOTE)
+		return ctp__futex_wait_shared(&t->state, v, abs);
+	return ctp__futex_wait(&t->state, v, abs);
+}
+
+static void token_futex_wake(ctp_token *t)
+{
+	if (t->kind == CTP__TOKEN_REMOTE)
+		ctp__futex_wake_shared(&t->state, INT_MAX);
+	else
+		ctp__futex_wake(&t->state, INT_MAX);
+}
+
 static void lock(ctp_token *t)
 {
 	pthread_mutex_lock(&t->lock);
@@ -460,7 +477,8 @@ static bool fire_cas(ctp_token *t, int reason, uint32_t extra,
 
 	do {
 		phase = old & CTP__PHASE_MASK;
-		if (fired(old) || phase == CTP__PHASE_DONE)
+		if (fired(old) || phase == CTP__PHASE_DONE ||
+		    phase == CTP__PHASE_CANCELLED)
 			return false;
 		next = (uint32_t)-reason | extra |
 		    (phase == CTP__PHASE_QUEUED ? CTP__PHASE_CANCELLED : phase);
@@ -538,7 +556,7 @@ static void wake(ctp_token *t)
 	if (!fired(atomic_load(&t->state)))
 		return; /* a finished task walked through, not fired */
 	if (atomic_load(&t->sleepers) != 0)
-		ctp__futex_wake(&t->state, INT_MAX);
+		token_futex_wake(t);
 	if (atomic_load(&t->linked) == 0)
 		return;
 	lock(t);
@@ -585,16 +603,14 @@ static void end_fire(ctp_token *t)
 		ctp__futex_wake(&t->state, INT_MAX);
 }
 
-int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
+/* Phases 1 and 2a of a fire call whose CAS on t won (phase: t's phase
+ * before it). */
+static void fire_walk(ctp_token *t, int reason, uint32_t phase,
+                      struct ctp__fire *f)
 {
 	struct ctp__batch batch = { 0 };
 	ctp_token **walk = &f->list, **caught = &f->caught, *c;
-	uint32_t phase;
 
-	/* Only a firer of an ancestor can wait for this call: a token with
-	 * no parent (immutable while referenced) needs no CTP__FIRING */
-	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0, &phase))
-		return -EALREADY;
 	CTP__PERTURB();
 	/* t lives on the caller's reference until the end has returned */
 	f->root = t;
@@ -617,7 +633,33 @@ int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
 	/* Phase 2a: wake: it is what makes running work stop */
 	for (c = f->list; c != NULL; c = c->fire_next)
 		wake(c);
+}
+
+int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
+{
+	uint32_t phase;
+
+	/* Only a firer of an ancestor can wait for this call: a token with
+	 * no parent (immutable while referenced) needs no CTP__FIRING */
+	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0, &phase))
+		return -EALREADY;
+	fire_walk(t, reason, phase, f);
 	return (int)(phase >> CTP__PHASE_SHIFT);
+}
+
+int ctp__token_adopt(ctp_token *t)
+{
+	struct ctp__fire f;
+	uint32_t s = atomic_load(&t->state);
+
+	/* only the worker process's adopters (under its relay lock) clear
+	 * the bit, so it cannot vanish between the load and the and */
+	if (!(s & CTP__PENDING))
+		return -EALREADY;
+	atomic_fetch_and(&t->state, ~CTP__PENDING);
+	fire_walk(t, ctp__reason_of(s), s & CTP__PHASE_MASK, &f);
+	ctp__token_fire_end(&f);
+	return 0;
 }
 
 void ctp__token_fire_end(struct ctp__fire *f)
@@ -713,7 +755,7 @@ int ctp_token_sleep(ctp_token *token, int64_t ns)
 			atomic_fetch_sub(&token->sleepers, 1);
 			return ctp__reason_of(s);
 		}
-		r = ctp__futex_wait(&token->state, s, timed ? &abs : NULL);
+		r = token_futex_wait(token, s, timed ? &abs : NULL);
 		atomic_fetch_sub(&token->sleepers, 1);
 		if (r == -ETIMEDOUT)
 			return ctp_token_reason(token);
