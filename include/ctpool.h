@@ -418,9 +418,10 @@ CTP_EXPORT int ctp_pool_submit_isolated(ctp_pool *pool, ctp_isolated_fn fn,
 /* In the worker process, inside the function: appends len bytes to the
  * task's output. Returns 0; -EMSGSIZE past max_io (the output keeps what
  * fitted); -EINVAL (out NULL, data NULL with len > 0); -EPIPE if the parent
- * is gone. Output is sent to the parent in chunks of up to 64 KiB as it is
- * written, so a task that is killed keeps what had been sent. Only the
- * function's own thread may call it. */
+ * is gone. Output is buffered and sent to the parent each time 64 KiB has
+ * gathered, and the rest when the function returns: a task that is killed
+ * or crashes keeps the 64 KiB chunks already sent. Only the function's own
+ * thread may call it. */
 CTP_EXPORT int ctp_output_write(ctp_output *out, const void *data, size_t len);
 
 /* Once an isolated task has finished: *data and *len are its output (data

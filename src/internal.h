@@ -9,6 +9,9 @@
  *   task.c      the task state machine, completion, handles, free list
  *   timer.c     the per-pool deadline heap and its thread
  *   pool.c      pool lifetime, the worker loop, submit, shutdown
+ *   proc.c      worker processes: the fork server, the worker process's
+ *               loop, the messages (knows nothing of pools)
+ *   isolated.c  isolated tasks: the pool's side (slots, dispatch, kill)
  *
  * Lock order (a lock may be taken while holding only locks above it):
  *   pool->lock            shutdown / join bookkeeping
@@ -23,6 +26,10 @@
  *                         the timer lock below
  *   timer->lock
  *   pool->alloc_lock      the submitters' part of the task free list
+ *   iso->lock             the worker-process slots (isolated.c; never
+ *                         held while another lock is taken)
+ *   server->lock          the fork server's control socket (proc.c;
+ *                         never with iso->lock held)
  * No user code (task fn, done, watcher, thread hook) ever runs under any of
  * them. Debug builds assert the lock a function needs (CTP__ASSERT_HELD)
  * and that no reference count is taken from 0 or dropped below it.
@@ -94,6 +101,15 @@
  *    (ring.c)                 earlier commit: count, load  fence, load count,
  *                             p_tail, futex wait           wake
  *  ctp__fork_gen (platform.c) child handler, one thread    relaxed
+ *  page token.state|sleepers  parent: CAS RUNNING ->        worker sleeper:
+ *    and |linked (proc.c,     fired|PENDING, load          sleepers++ / link,
+ *    across processes)        sleepers, linked; shared     load state; shared
+ *                             futex wakes                  futex wait
+ *  page relay (proc.c)        parent: bump, wake           relay thread: load,
+ *                                                          check PENDING, wait
+ *  fire_ctx.armed             the watch, before its        dispatcher after
+ *    (isolated.c)             writes                       unwatch (ordered by
+ *                                                          the unwatch)
  */
 #ifndef CTP_INTERNAL_H
 #define CTP_INTERNAL_H
@@ -592,7 +608,10 @@ struct ctp__msg {
 
 /* A worker process's page, shared with the parent. */
 struct ctp__page {
-	ctp_token token; /* the function's token (CTP__TOKEN_REMOTE) */
+	ctp_token        token; /* the function's token (CTP__TOKEN_REMOTE) */
+	_Atomic uint32_t relay; /* futex: bumped by the parent's fire when
+	                           token.linked (children or watches to run:
+	                           the worker's relay thread adopts it) */
 };
 _Static_assert(sizeof(struct ctp__page) <= CTP__PAGE_SIZE, "page");
 

@@ -13,11 +13,13 @@
  *     2. stores RUNNING in the slot's page token, registers an internal
  *        watch on the task's token that fires the page token (proc.c, "The
  *        token across processes"), sends RUN;
- *     3. waits in ppoll on the slot's socket and eventfd: OUT chunks are
- *        appended to the output, RESULT ends the task; the eventfd readable
- *        means the token fired: kill_after later the process gets SIGKILL
- *        through its pidfd; DIED (from the fork server, after whatever the
- *        worker sent) says how it died and brings the replacement;
+ *     3. waits in poll on the slot's socket and its kill timer (a timerfd
+ *        that the watch arms with kill_after when the token fires, so the
+ *        dispatcher is not woken by the fire itself): OUT chunks are
+ *        appended to the output, RESULT ends the task; the timer expired
+ *        means the process gets SIGKILL through its pidfd; DIED (from the
+ *        fork server, after whatever the worker sent) says how it died and
+ *        brings the replacement;
  *     4. removes the watch (no write to the page after that), frees the
  *        slot, and returns the status, having set the outcome, which the
  *        worker loop counts (pool.c run_task) and the task's end state
@@ -39,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -60,6 +63,8 @@ struct ctp__iso {
 
 struct slot {
 	struct ctp__proc p;    /* lock while not busy; the taker's while busy */
+	int              tfd;  /* timerfd: armed by the fire, kill_after */
+	char            *buf;  /* CTP__CHUNK: a message's payload (the taker's) */
 	bool             busy; /* lock */
 	bool             dead; /* lock: no process (p closed) */
 	bool             kill; /* lock: killed by the pool (end of grace) */
@@ -119,9 +124,24 @@ int ctp__iso_create(ctp_pool *pool)
 		free(procs);
 		return r;
 	}
-	for (unsigned i = 0; i < ip->n; i++)
+	for (unsigned i = 0; i < ip->n; i++) {
 		ip->slots[i].p = procs[i];
+		ip->slots[i].tfd = -1;
+	}
 	free(procs);
+	for (unsigned i = 0; i < ip->n; i++) {
+		ip->slots[i].tfd = timerfd_create(CLOCK_MONOTONIC,
+		    TFD_CLOEXEC | TFD_NONBLOCK);
+		if (ip->slots[i].tfd < 0)
+			r = -errno;
+		else if ((ip->slots[i].buf = malloc(CTP__CHUNK)) == NULL)
+			r = -ENOMEM;
+		if (r != 0) {
+			pool->iso = ip;
+			ctp__iso_free(pool);
+			return r;
+		}
+	}
 	atomic_init(&ip->alive, ip->n);
 	pool->iso = ip;
 	return 0;
@@ -167,6 +187,9 @@ void ctp__iso_stop(ctp_pool *pool)
 		/* a busy slot here would be a dispatcher still running: the
 		 * callers (a shutdown that returned 0, destroy) exclude it */
 		ctp__proc_close(&ip->slots[i].p);
+		if (ip->slots[i].tfd >= 0)
+			close(ip->slots[i].tfd);
+		ip->slots[i].tfd = -1;
 		ip->slots[i].dead = true;
 	}
 	atomic_store_explicit(&ip->alive, 0, memory_order_relaxed);
@@ -183,6 +206,8 @@ void ctp__iso_free(ctp_pool *pool)
 	ctp__iso_stop(pool);
 	pthread_mutex_destroy(&ip->lock);
 	pthread_mutex_destroy(&ip->server.lock);
+	for (unsigned i = 0; i < ip->n; i++)
+		free(ip->slots[i].buf);
 	free(ip->slots);
 	free(ip);
 	pool->iso = NULL;
@@ -248,7 +273,11 @@ void ctp__iso_count(ctp_pool *pool, const ctp_task *t, int status)
 struct fire_ctx {
 	struct ctp__page *page;
 	int               efd;
+	int               tfd;   /* the slot's kill timer */
+	int64_t           kill;  /* kill_after, CTP_FOREVER: none */
 	ctp_task         *t;
+	_Atomic bool      armed; /* the fire reached the page: the eventfd
+	                            and timer need resetting after the task */
 };
 
 static void remote_fire(void *arg)
@@ -263,10 +292,28 @@ static void remote_fire(void *arg)
 	 * own token (ctp_token_cancel inside the function) */
 	if (atomic_compare_exchange_strong(&fc->page->token.state, &expect,
 	    CTP__PHASE_RUNNING | reason | CTP__PENDING)) {
+		struct ctp__page *pg = fc->page;
 		uint64_t one = 1;
 
-		ctp__futex_wake_shared(&fc->page->token.state, INT_MAX);
+		atomic_store_explicit(&fc->armed, true, memory_order_relaxed);
+		/* seq_cst loads after the CAS: Dekker pairs (proc.c) */
+		if (atomic_load(&pg->token.sleepers) != 0)
+			ctp__futex_wake_shared(&pg->token.state, INT_MAX);
+		if (atomic_load(&pg->token.linked) != 0) {
+			atomic_fetch_add(&pg->relay, 1);
+			ctp__futex_wake_shared(&pg->relay, 1);
+		}
 		(void)!write(fc->efd, &one, sizeof(one));
+		/* the dispatcher sleeps until the kill is due, not woken now */
+		if (fc->kill != CTP_FOREVER) {
+			struct itimerspec it = { .it_value = {
+			    .tv_sec = fc->kill / 1000000000,
+			    .tv_nsec = fc->kill % 1000000000 } };
+
+			if (it.it_value.tv_sec == 0 && it.it_value.tv_nsec == 0)
+				it.it_value.tv_nsec = 1;
+			(void)timerfd_settime(fc->tfd, 0, &it, NULL);
+		}
 	}
 }
 
@@ -401,26 +448,27 @@ static bool settle(struct ctp__iso_pool *ip, struct slot *s)
 	}
 }
 
-/* Room for one more message's payload in the output. */
-static size_t out_room(struct ctp__iso *iso, size_t max_io)
+/* Appends a received payload to the output (at most max_io in all). A
+ * failed allocation drops the bytes (the parent is out of memory). */
+static void out_append(struct ctp__iso *iso, const char *p, size_t len,
+                       size_t max_io)
 {
-	size_t want = iso->out_len + CTP__CHUNK;
+	if (len > max_io - iso->out_len)
+		len = max_io - iso->out_len;
+	if (len > iso->out_cap - iso->out_len) {
+		size_t cap = iso->out_cap != 0 ? iso->out_cap : len;
+		char *n;
 
-	if (want > max_io + CTP__CHUNK)
-		want = max_io + CTP__CHUNK;
-	if (want > iso->out_cap) {
-		size_t cap = iso->out_cap != 0 ? iso->out_cap : CTP__CHUNK;
-		char *p;
-
-		while (cap < want)
-			cap *= 2;
-		p = realloc(iso->out, cap);
-		if (p == NULL)
-			return iso->out_cap - iso->out_len;
-		iso->out = p;
+		while (cap - iso->out_len < len)
+			cap = cap > max_io / 2 ? max_io : cap * 2;
+		n = realloc(iso->out, cap);
+		if (n == NULL)
+			return;
+		iso->out = n;
 		iso->out_cap = cap;
 	}
-	return iso->out_cap - iso->out_len;
+	memcpy(iso->out + iso->out_len, p, len);
+	iso->out_len += len;
 }
 
 /* Sends the input: inline up to CTP__CHUNK, else in a memfd. */
@@ -464,11 +512,12 @@ struct lost {
 static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
 {
 	struct ctp__iso *iso = t->iso;
-	struct fire_ctx fc = { s->p.page, s->p.efd, t };
+	struct fire_ctx fc = { s->p.page, s->p.efd, s->tfd, ip->kill_after,
+	                       t, false };
+	static const struct itimerspec disarm;
 	struct ctp_watch watch;
 	struct lost lost = { .nfds = 0 };
-	int64_t kill_at = -1;
-	bool fired = false, killed = false, result = false, gone = false;
+	bool killed = false, result = false, gone = false;
 	bool watching;
 	int status = 0, r;
 	uint64_t v;
@@ -493,6 +542,9 @@ static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
 		if (watching)
 			ctp__token_unwatch_internal(&watch);
 		atomic_store(&s->p.page->token.state, CTP__PHASE_DONE);
+		(void)timerfd_settime(s->tfd, 0, &disarm, NULL);
+		while (read(s->tfd, &v, sizeof(v)) > 0)
+			;
 		while (read(s->p.efd, &v, sizeof(v)) > 0)
 			;
 		iso->outcome = CTP__ISO_NOPROC;
@@ -501,55 +553,33 @@ static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
 	while (!gone) {
 		struct pollfd pf[2] = {
 			{ .fd = s->p.sock, .events = POLLIN },
-			{ .fd = s->p.efd, .events = POLLIN },
+			{ .fd = s->tfd, .events = POLLIN },
 		};
-		struct timespec ts, *tsp = NULL;
 		struct ctp__msg m;
 		int fds[CTP__MSG_MAXFDS], nfds = CTP__MSG_MAXFDS;
-		size_t len = 0, room;
+		size_t len = 0;
 
-		if (kill_at >= 0) {
-			int64_t left = kill_at - ctp__now_ns();
-
-			if (left <= 0) {
-				(void)ctp__pidfd_kill(s->p.pidfd);
-				killed = true;
-				kill_at = -1;
-				continue;
-			}
-			ts.tv_sec = left / 1000000000;
-			ts.tv_nsec = left % 1000000000;
-			tsp = &ts;
-		}
-		if (ppoll(pf, fired ? 1 : 2, tsp, NULL) < 0)
+		if (poll(pf, killed || result ? 1 : 2, -1) < 0)
 			continue;
-		if (!fired && pf[1].revents != 0) {
-			fired = true;
-			if (ip->kill_after != CTP_FOREVER && !result) {
-				int64_t now = ctp__now_ns();
-
-				kill_at = ip->kill_after > INT64_MAX - now ?
-				    INT64_MAX : now + ip->kill_after;
-			}
+		if (pf[1].revents != 0 && !killed && !result) {
+			/* kill_after has passed since the token fired */
+			(void)ctp__pidfd_kill(s->p.pidfd);
+			killed = true;
 		}
 		if (pf[0].revents == 0)
 			continue;
-		room = out_room(iso, ip->max_io);
-		r = ctp__msg_recv(s->p.sock, &m, iso->out + iso->out_len, room,
-		    &len, fds, &nfds);
+		r = ctp__msg_recv(s->p.sock, &m, s->buf, CTP__CHUNK, &len, fds,
+		    &nfds);
 		if (r == 0 && (m.type == CTP__MSG_OUT ||
 		    m.type == CTP__MSG_RESULT)) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
-			if (len > ip->max_io - iso->out_len)
-				len = ip->max_io - iso->out_len;
-			iso->out_len += len;
+			out_append(iso, s->buf, len, ip->max_io);
 			if (m.type == CTP__MSG_OUT || result)
 				continue;
 			result = true;
 			status = m.a;
 			iso->outcome = CTP__ISO_RAN;
-			kill_at = -1;
 			if (m.b == 0)
 				break;
 			/* it left state on its token and exits: wait for the
@@ -576,14 +606,21 @@ static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
 				(void)ctp__pidfd_kill(s->p.pidfd);
 		}
 	}
-	/* after this no write reaches the page or the eventfd for this task */
+	/* after this no write reaches the page, the eventfd or the timer
+	 * for this task */
 	if (watching)
 		ctp__token_unwatch_internal(&watch);
-	if (!gone) {
-		while (read(s->p.efd, &v, sizeof(v)) > 0)
+	/* relaxed: the unwatch ordered the watch's writes before us */
+	if (atomic_load_explicit(&fc.armed, memory_order_relaxed)) {
+		(void)timerfd_settime(s->tfd, 0, &disarm, NULL);
+		while (read(s->tfd, &v, sizeof(v)) > 0)
 			;
-		return status;
+		if (!gone)
+			while (read(s->p.efd, &v, sizeof(v)) > 0)
+				;
 	}
+	if (!gone)
+		return status;
 	if (!result) {
 		bool bypool;
 		int sig = 0;

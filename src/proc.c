@@ -43,13 +43,18 @@
  *
  *   The token across processes. The parent, when the task's token fires
  *   (an internal watch, isolated.c), CASes the page token's word from
- *   RUNNING to RUNNING|reason|PENDING, wakes it with a shared futex and
- *   writes the eventfd: ctp_token_cancelled, ctp_token_sleep and
+ *   RUNNING to RUNNING|reason|PENDING, wakes its sleepers with a shared
+ *   futex and writes the eventfd: ctp_token_cancelled, ctp_token_sleep and
  *   ctp_token_fd see it at once (one hop: 5.8 us measured, against 55-69
- *   us through a relay thread). The worker's relay thread waits on the same
- *   word and, under `relay_lock`, adopts the fire (ctp__token_adopt):
- *   children, ctp_queue waits and watchers. Between tasks the word is DONE
- *   (the parent's CAS then fails). Per task:
+ *   us through a relay thread). If the token is `linked` (children,
+ *   ctp_queue waits, watchers) it also bumps the page's `relay` word: the
+ *   worker's relay thread wakes and, under `relay_lock`, adopts the fire
+ *   (ctp__token_adopt), which runs them. Both reads are Dekker pairs with
+ *   the worker's own (a sleeper raises `sleepers`, a registration sets
+ *   `linked`, then each re-reads the word; the parent CASes the word, then
+ *   reads them; all seq_cst): either the parent sees the worker's mark, or
+ *   the worker sees the token fired and acts itself. Between tasks the
+ *   word is DONE (the parent's CAS then fails). Per task:
  *     parent: store RUNNING (the worker is idle, nobody else writes), add
  *             the watch (or fire at once), send RUN;
  *     worker: run fn; then under relay_lock: adopt a pending fire, check
@@ -248,22 +253,22 @@ static void token_reset(ctp_token *t, int efd)
 	t->fd = efd;
 }
 
-/* The relay thread: adopts the parent's fires (internal.h, PENDING). */
+/* The relay thread: adopts the parent's fires (internal.h, PENDING) when
+ * the token has children or watches; the parent bumps `relay` then. */
 static void *relay_main(void *arg)
 {
-	ctp_token *t = &wp.page->token;
+	struct ctp__page *pg = wp.page;
 
 	(void)arg;
 	for (;;) {
-		uint32_t s = atomic_load(&t->state);
+		uint32_t v = atomic_load(&pg->relay);
 
-		if (s & CTP__PENDING) {
+		if (atomic_load(&pg->token.state) & CTP__PENDING) {
 			pthread_mutex_lock(&wp.relay_lock);
-			(void)ctp__token_adopt(t);
+			(void)ctp__token_adopt(&pg->token);
 			pthread_mutex_unlock(&wp.relay_lock);
-			continue;
 		}
-		ctp__futex_wait_shared(&t->state, s, NULL);
+		ctp__futex_wait_shared(&pg->relay, v, NULL);
 	}
 	return NULL;
 }
@@ -276,6 +281,7 @@ static bool task_end(void)
 	ctp_token *t = &wp.page->token;
 	bool dirty;
 	int efd = t->fd;
+	uint64_t v;
 
 	pthread_mutex_lock(&wp.relay_lock);
 	/* out of RUNNING, so the parent's CAS fails from now on; a fire it
@@ -293,6 +299,10 @@ static bool task_end(void)
 	}
 	dirty = atomic_load(&t->refs) != 1 || t->children != NULL ||
 	    t->watches != NULL;
+	/* our own writes to the eventfd (a fire run here); the parent drains
+	 * its own after the task */
+	while (read(efd, &v, sizeof(v)) > 0)
+		;
 	if (!dirty) {
 		t->fd = -1; /* the process's, not the token's to close */
 		ctp__token_fini(t);
@@ -606,8 +616,16 @@ static _Noreturn void server_main(const struct ctp__spawn_ctx *cx, int ctl)
 				server_exit(); /* EXIT, EOF or garbage */
 			i = (unsigned)m.a;
 			m = (struct ctp__msg){ .type = CTP__MSG_HELLO };
-			if (fs.kids[i].pid == 0 &&
-			    (m.a = take_worker(&fs.kids[i])) == 0)
+			if (fs.kids[i].pid != 0) {
+				/* the parent lost it (it could not map the
+				 * replacement's page): a fresh one */
+				siginfo_t si;
+
+				ctp__pidfd_kill(fs.kids[i].pidfd);
+				close_fd(&fs.kids[i].w);
+				reap(&fs.kids[i], &si);
+			}
+			if ((m.a = take_worker(&fs.kids[i])) == 0)
 				hand_out(ctl, &m, &fs.kids[i]);
 			else
 				(void)ctp__msg_send(ctl, &m, NULL, 0, NULL, 0);
