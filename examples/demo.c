@@ -6,9 +6,17 @@
  * The story: one job runs to completion; two long jobs take both workers;
  * while they hold them, one queued job is cancelled by its handle, another
  * misses its deadline, and a group of jobs is cancelled through a parent
- * token; then a running job is cancelled by its handle; finally the pool is
- * shut down with a 200 ms drain while more work is pending. It ends with what
+ * token; then a running job is cancelled by its handle; then a job stuck in
+ * an endless loop that no token can reach (`for (;;);`) runs as an isolated
+ * task in a worker process of a second pool and is killed on its deadline,
+ * and that pool goes on at full strength; finally the first pool is shut
+ * down with a 200 ms drain while more work is pending. It ends with what
  * happened to every job and the pool's statistics.
+ *
+ * The pool with worker processes is created first, while main is the only
+ * thread: its fork server is a copy of the program taken at that moment,
+ * and a copy taken while other threads run would keep whatever locks they
+ * held (ctpool.h, ctp_pool_create).
  *
  * Only this (main) thread prints, each time after it has waited for the
  * event it reports, so the story reads the same on every run (only the
@@ -16,11 +24,16 @@
  *
  * Build: meson setup build && ninja -C build && ./build/examples/demo
  */
+#include <ctype.h>
 #include <errno.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ctpool.h"
 
@@ -235,12 +248,166 @@ static void step_cancel_running(void)
 	       (long long)(j->stop_ns - t0) / 1000, code_name(j->status));
 }
 
+/* ---- isolated tasks (the pool with worker processes) --------------------- */
+
+#define ISO_PROCESSES  2   /* its worker processes */
+#define ISO_TIMEOUT_MS 200 /* the endless job's deadline */
+#define ISO_KILL_MS    100 /* its kill_after */
+
+/* Runs in a worker process and never returns: it never looks at its token,
+ * so only a SIGKILL to its process stops it. (A loop whose condition is a
+ * constant may run forever in C11: 6.8.5p6.) */
+static int spin_fn(const void *in, size_t in_len, ctp_output *out,
+                   ctp_token *token)
+{
+	(void)in;
+	(void)in_len;
+	(void)out;
+	(void)token;
+	for (;;)
+		;
+	return 0; /* never reached; gcc 12 warns without it */
+}
+
+/* Runs in a worker process: its output is the input upper-cased, and the
+ * pid of the process it ran in. */
+static int shout_fn(const void *in, size_t in_len, ctp_output *out,
+                    ctp_token *token)
+{
+	const unsigned char *p = in;
+	char buf[96];
+	int  n;
+
+	(void)token;
+	if (in_len > 64)
+		return -EMSGSIZE;
+	for (size_t i = 0; i < in_len; i++)
+		buf[i] = (char)toupper(p[i]);
+	n = snprintf(buf + in_len, sizeof(buf) - in_len, " (pid %d)",
+	             (int)getpid());
+	return ctp_output_write(out, buf, in_len + (size_t)n);
+}
+
+static void surprise(const char *what)
+{
+	printf("   UNEXPECTED: %s\n", what);
+	unexpected++;
+}
+
+/* Polls (every 1 ms, up to 5 s) until the pool has `want` worker processes
+ * again: a killed one is replaced by the library, not by us. Returns how
+ * long it waited, in us, and leaves the last snapshot in *s. */
+static int64_t wait_processes(ctp_pool *ipool, unsigned want, ctp_stats *s)
+{
+	struct timespec ms = { 0, 1000000 };
+	int64_t t0 = now_ns();
+
+	for (;;) {
+		ctp_pool_stats(ipool, s);
+		if (s->processes == want || now_ns() - t0 > CTP_SEC(5))
+			return (now_ns() - t0) / 1000;
+		nanosleep(&ms, NULL);
+	}
+}
+
+static void spin_until_killed(ctp_pool *ipool)
+{
+	ctp_task_opts o = { .timeout = CTP_MSEC(ISO_TIMEOUT_MS) };
+	ctp_task     *task;
+	int64_t       t0, ms;
+	int           status, sig;
+
+	t0 = now_ns();
+	check("ctp_pool_submit_isolated(spin)",
+	      ctp_pool_submit_isolated(ipool, spin_fn, NULL, 0, NULL, &o,
+	                               &task), 0);
+	printf("   spin runs `for (;;);` in a worker process, opts.timeout = "
+	       "%d ms, kill_after = %d ms\n", ISO_TIMEOUT_MS, ISO_KILL_MS);
+	check("ctp_task_wait(spin)", ctp_task_wait(task, CTP_SEC(10), &status),
+	      0);
+	ms = (now_ns() - t0) / 1000000;
+	sig = ctp_task_exit_signal(task);
+	printf("   its process was killed: the job ended %lld ms after "
+	       "submission (deadline %d ms + kill_after %d ms)\n",
+	       (long long)ms, ISO_TIMEOUT_MS, ISO_KILL_MS);
+	printf("   status %d (%s), exit signal %d (%s), state %s\n", status,
+	       ctp_strerror(status), sig, sig == SIGKILL ? "SIGKILL"
+	       : strsignal(sig), ctp_task_state(task) == CTP_TASK_DONE
+	       ? "done (it ran)" : "not done");
+	if (status != -ETIMEDOUT || sig != SIGKILL ||
+	    ctp_task_state(task) != CTP_TASK_DONE)
+		surprise("spin should end -ETIMEDOUT, SIGKILL, done");
+	if (ms < ISO_TIMEOUT_MS + ISO_KILL_MS)
+		surprise("spin ended before its deadline + kill_after");
+	ctp_task_release(task);
+}
+
+static void shout_after(ctp_pool *ipool)
+{
+	static const char in[] = "the pool is at full strength";
+	char        want[sizeof(in)];
+	const void *data;
+	size_t      len;
+	ctp_task   *task;
+	int         status;
+
+	check("ctp_pool_submit_isolated(shout)",
+	      ctp_pool_submit_isolated(ipool, shout_fn, in, strlen(in), NULL,
+	                               NULL, &task), 0);
+	check("ctp_task_wait(shout)", ctp_task_wait(task, CTP_SEC(10), &status),
+	      0);
+	check("ctp_task_output(shout)", ctp_task_output(task, &data, &len), 0);
+	printf("   the next isolated job upper-cases \"%s\":\n"
+	       "      status %d, output \"%.*s\" (the demo is pid %d)\n", in,
+	       status, (int)len, data != NULL ? (const char *)data : "",
+	       (int)getpid());
+	for (size_t i = 0; i < sizeof(in); i++)
+		want[i] = (char)toupper((unsigned char)in[i]);
+	if (status != 0 || len < strlen(want) ||
+	    memcmp(data, want, strlen(want)) != 0)
+		surprise("the output is not the upper-cased input");
+	ctp_task_release(task);
+}
+
+static void step_isolated(ctp_pool *ipool)
+{
+	ctp_stats s;
+	int64_t   us;
+	pid_t     left;
+
+	printf("7. A job stuck in an endless loop, killed on its deadline "
+	       "(an isolated task)\n");
+	spin_until_killed(ipool);
+	us = wait_processes(ipool, ISO_PROCESSES, &s);
+	printf("   stats.processes = %u of %d (seen %lld us after the job "
+	       "ended), stats.killed = %llu\n", s.processes, ISO_PROCESSES,
+	       (long long)us, (unsigned long long)s.killed);
+	if (s.processes != ISO_PROCESSES || s.killed != 1)
+		surprise("the pool is not back to full strength");
+	shout_after(ipool);
+	ctp_pool_stats(ipool, &s);
+	printf("   ctp_pool_stats: submitted %llu = completed %llu + killed "
+	       "%llu\n", (unsigned long long)s.submitted,
+	       (unsigned long long)s.completed, (unsigned long long)s.killed);
+	if (s.submitted != 2 || s.completed != 1 || s.killed != 1)
+		surprise("the story expects 2 = 1 + 1");
+	check("ctp_pool_destroy(isolated pool)", ctp_pool_destroy(ipool), 0);
+	/* The demo starts no process of its own: any child left now would
+	 * be one of the pool's (alive, or a zombie that waitpid would reap). */
+	left = waitpid(-1, NULL, WNOHANG);
+	printf("   ctp_pool_destroy = 0; child processes left: %s\n\n",
+	       left < 0 && errno == ECHILD ? "none (waitpid: ECHILD)"
+	                                   : "SOME");
+	if (!(left < 0 && errno == ECHILD))
+		surprise("a child process outlived the pool");
+}
+
 static void step_shutdown(ctp_pool *pool)
 {
 	int64_t t0, t1;
 	int     rc;
 
-	printf("7. Shut down with a 200 ms drain while 6 reports of 120 ms "
+	printf("8. Shut down with a 200 ms drain while 6 reports of 120 ms "
 	       "are pending\n");
 	for (int i = REPORT1; i < NJOBS; i++)
 		submit(&jobs[i], 0, NULL, pool);
@@ -304,8 +471,11 @@ static void print_stats(ctp_pool *pool)
 
 int main(void)
 {
+	ctp_pool_opts iopts = { .threads = 2, .name = "demo-iso",
+	                        .processes = ISO_PROCESSES,
+	                        .kill_after = CTP_MSEC(ISO_KILL_MS) };
 	ctp_pool_opts opts = { .threads = 2, .name = "demo" };
-	ctp_pool     *pool;
+	ctp_pool     *pool, *ipool;
 	ctp_token    *batch;
 
 	for (int i = 0; i < NJOBS; i++) {
@@ -314,9 +484,15 @@ int main(void)
 			return 1;
 		}
 	}
+	/* First, while main is the only thread: its fork server copies the
+	 * program as it is now (see the comment at the top). */
+	check("ctp_pool_create(isolated pool)", ctp_pool_create(&ipool, &iopts),
+	      0);
 	check("ctp_pool_create", ctp_pool_create(&pool, &opts), 0);
 	check("ctp_token_create", ctp_token_create(&batch, NULL), 0);
-	printf("ctpool demo: a pool of 2 workers and %d jobs\n\n", NJOBS);
+	printf("ctpool demo: a pool of 2 workers and %d jobs; and, created "
+	       "first, a pool\nwith %d worker processes for isolated jobs\n\n",
+	       NJOBS, ISO_PROCESSES);
 
 	step_complete(pool);
 	step_occupy(pool, batch);
@@ -325,6 +501,7 @@ int main(void)
 	step_cancel_group(pool, batch);
 	ctp_token_release(batch);
 	step_cancel_running();
+	step_isolated(ipool);
 	step_shutdown(pool);
 	report();
 	print_stats(pool);

@@ -38,6 +38,22 @@
  *   pool it needs two free workers: with --threads 1 and more than 16 items
  *   it waits until its deadline or a DELETE.
  *
+ * Isolated jobs (kind spin)
+ *   A spin job busy-loops in one of the pool's worker processes
+ *   (ctp_pool_submit_isolated) and never looks at its token, so a DELETE,
+ *   its deadline or the shutdown can stop it only by killing its process:
+ *   ctpool does that --kill-after seconds after the token fired, and puts
+ *   a fresh worker process in its place. The function runs in a copy of
+ *   the program, so it cannot touch its record: the parent learns its end
+ *   from done, and its exit signal and output (its pid) from the handle.
+ *   The pool, and with it its fork server, is made before any other
+ *   thread exists (the HTTP daemon's, the signal thread): a fork copies
+ *   only the calling thread, and locks other threads held would stay
+ *   held in the copy. The worker processes inherit the blocked SIGTERM and
+ *   SIGINT, so a Ctrl-C sent to the whole process group reaches only the
+ *   signal thread, and the shutdown stops them (ctp_pool_shutdown reaps
+ *   every one of them and the fork server).
+ *
  * Signals and shutdown
  *   main blocks SIGTERM and SIGINT before any thread exists (so every thread
  *   inherits the mask) and ignores SIGPIPE. A dedicated thread takes the
@@ -75,12 +91,14 @@
 
 #define BODY_MAX       4096         /* bytes of a POST body; more is a 400 */
 #define PIPE_CAPACITY  16           /* items in a pipeline's queue */
-#define MAX_SECONDS    1000000.0    /* upper bound of --drain / --grace */
+#define MAX_SECONDS    1000000.0    /* upper bound of --drain, --grace and
+                                       --kill-after */
 #define REPLY_MAX      512          /* bytes of any JSON reply */
+#define OUTPUT_SHOWN   64           /* bytes of a job's output in its JSON */
 
 /* ---- job kinds and parameters ------------------------------------------ */
 
-enum kind { K_SLEEP, K_CPU, K_FETCH, K_PIPELINE, NKINDS };
+enum kind { K_SLEEP, K_CPU, K_FETCH, K_PIPELINE, K_SPIN, NKINDS };
 
 enum param { P_KIND, P_MS, P_ITERATIONS, P_HOST, P_PORT, P_ITEMS, P_TIMEOUT,
              NPARAMS };
@@ -95,6 +113,7 @@ static const struct {
 	[K_CPU]      = { "cpu",      BIT(P_ITERATIONS) },
 	[K_FETCH]    = { "fetch",    BIT(P_HOST) | BIT(P_PORT) },
 	[K_PIPELINE] = { "pipeline", BIT(P_ITEMS) },
+	[K_SPIN]     = { "spin",     BIT(P_MS) },
 };
 
 /* Name and range of every numeric parameter (host and kind are not). */
@@ -154,8 +173,10 @@ static struct {
 	/* Configuration, set by main before any thread starts. */
 	struct sockaddr_in listen;
 	unsigned           threads;
+	unsigned           processes;    /* worker processes for spin jobs */
 	size_t             queue;
 	int64_t            drain_ns, grace_ns;
+	int64_t            kill_after_ns;
 	int64_t            start_ns;     /* CLOCK_MONOTONIC at startup */
 	sigset_t           signals;      /* taken by the signal thread */
 
@@ -336,6 +357,28 @@ static int cpu_task(void *arg, ctp_token *token)
 	return 0;
 }
 
+/* An isolated task: runs in a worker process, a copy of this program, with
+ * the job's ms as its input. It busy-loops for ms and never looks at its
+ * token: a DELETE, its deadline or the shutdown stop it only by killing
+ * its process. Its output is "pid=P", the process it ran in. */
+static int spin_task(const void *in, size_t in_len, ctp_output *out,
+                     ctp_token *token)
+{
+	char buf[32];
+	int64_t ms, end;
+	int n;
+
+	(void)token; /* on purpose: this job cannot be asked to stop */
+	if (in_len != sizeof ms)
+		return -EINVAL;
+	memcpy(&ms, in, sizeof ms);
+	end = now_ns() + CTP_MSEC(ms);
+	while (now_ns() < end)
+		; /* the work: burn CPU, deaf to everything but SIGKILL */
+	n = snprintf(buf, sizeof buf, "pid=%ld", (long)getpid());
+	return ctp_output_write(out, buf, (size_t)n);
+}
+
 /* Waits until sock has `events` or the token fires. Returns 0 when the
  * socket is ready, the token's reason when it fired (a cancel wins over
  * data), or a negative errno. */
@@ -512,6 +555,10 @@ static int job_submit(struct job *job)
 	job->submitted_ms = now_ms();
 	if (job->kind == K_PIPELINE)
 		return pipeline_submit(job, &opts);
+	if (job->kind == K_SPIN)
+		return ctp_pool_submit_isolated(server.pool, spin_task, &job->n,
+		                                sizeof job->n, job, &opts,
+		                                &job->task);
 	return ctp_pool_submit(server.pool, fns[job->kind], job, &opts, &job->task);
 }
 
@@ -700,12 +747,12 @@ static void out_add(struct out *o, const char *fmt, ...)
 		o->n += (size_t)n;
 }
 
-/* Appends s as a JSON string. */
-static void out_str(struct out *o, const char *s)
+/* Appends the len bytes at s as a JSON string (s may be NULL if len is 0). */
+static void out_strn(struct out *o, const char *s, size_t len)
 {
 	out_add(o, "\"");
-	for (; *s != '\0'; s++) {
-		unsigned char c = (unsigned char)*s;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
 
 		if (c == '"' || c == '\\')
 			out_add(o, "\\%c", c);
@@ -715,6 +762,11 @@ static void out_str(struct out *o, const char *s)
 			out_add(o, "%c", c);
 	}
 	out_add(o, "\"");
+}
+
+static void out_str(struct out *o, const char *s)
+{
+	out_strn(o, s, strlen(s));
 }
 
 static void out_ms(struct out *o, const char *key, int64_t ms)
@@ -798,6 +850,9 @@ static enum MHD_Result reply_submit_error(struct MHD_Connection *c, int rc)
 	}
 	if (rc == -ESHUTDOWN)
 		return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+	if (rc == -ENOTSUP) /* a spin job, and --processes 0 */
+		return reply_error(c, MHD_HTTP_NOT_IMPLEMENTED,
+		                   "this server has no worker processes");
 	return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, ctp_strerror(rc));
 }
 
@@ -875,6 +930,28 @@ static const char *state_name(int state)
 	}
 }
 
+/* exit_signal and output: null unless the job is isolated, has a status
+ * and ran (it may never have reached a process). done stores the status
+ * just before it returns, and the handle answers once it has returned:
+ * wait for that instant to pass. */
+static void out_isolated(struct out *o, const struct job_view *v,
+                         bool has_status)
+{
+	const void *data;
+	size_t len;
+
+	if (v->kind != K_SPIN || !has_status ||
+	    ctp_task_wait(v->task, CTP_SEC(5), NULL) != 0 ||
+	    ctp_task_state(v->task) != CTP_TASK_DONE ||
+	    ctp_task_output(v->task, &data, &len) != 0) {
+		out_add(o, ",\"exit_signal\":null,\"output\":null");
+		return;
+	}
+	out_add(o, ",\"exit_signal\":%d,\"output\":",
+	        ctp_task_exit_signal(v->task));
+	out_strn(o, data, len < OUTPUT_SHOWN ? len : OUTPUT_SHOWN);
+}
+
 static enum MHD_Result get_job(struct MHD_Connection *c, const char *text)
 {
 	struct job_view v;
@@ -904,6 +981,7 @@ static enum MHD_Result get_job(struct MHD_Connection *c, const char *text)
 	out_ms(&o, "submitted_ms", v.submitted_ms);
 	out_ms(&o, "started_ms", v.started_ms);
 	out_ms(&o, "finished_ms", v.finished_ms);
+	out_isolated(&o, &v, has_status);
 	out_add(&o, "}\n");
 	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
 }
@@ -967,9 +1045,10 @@ static enum MHD_Result get_stats(struct MHD_Connection *c)
 	        ",\"cancelled\":%" PRIu64 ",\"timed_out\":%" PRIu64
 	        ",\"rejected\":%" PRIu64 ",\"dropped\":%" PRIu64
 	        ",\"queued\":%" PRIu64 ",\"running\":%" PRIu64
-	        ",\"threads\":%u}\n", st.submitted, st.completed, st.cancelled,
+	        ",\"threads\":%u,\"killed\":%" PRIu64 ",\"crashed\":%" PRIu64
+	        ",\"processes\":%u}\n", st.submitted, st.completed, st.cancelled,
 	        st.timed_out, st.rejected, st.dropped, st.queued, st.running,
-	        st.threads);
+	        st.threads, st.killed, st.crashed, st.processes);
 	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
 }
 
@@ -1043,9 +1122,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **state,
 static int print_summary(const ctp_stats *st, int64_t stop_ns)
 {
 	printf("summary: ran=%" PRIu64 " cancelled=%" PRIu64 " timed_out=%"
-	       PRIu64 " dropped=%" PRIu64 " abandoned=%" PRIu64 " stop_ms=%"
-	       PRId64 "\n", st->completed, st->cancelled, st->timed_out,
-	       st->dropped, st->running, stop_ns / 1000000);
+	       PRIu64 " dropped=%" PRIu64 " killed=%" PRIu64 " crashed=%" PRIu64
+	       " abandoned=%" PRIu64 " stop_ms=%" PRId64 "\n", st->completed,
+	       st->cancelled, st->timed_out, st->dropped, st->killed,
+	       st->crashed, st->running, stop_ns / 1000000);
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		perror("jobserver: stdout");
 		return -EIO;
@@ -1090,8 +1170,9 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: jobserver [--listen IPV4:PORT] [--threads N] "
 	        "[--queue N] [--drain SECONDS] [--grace SECONDS]\n"
+	        "                 [--processes N] [--kill-after SECONDS]\n"
 	        "defaults: --listen 127.0.0.1:8080 --threads 4 --queue 64 "
-	        "--drain 5 --grace 2\n");
+	        "--drain 5 --grace 2 --processes 2 --kill-after 1\n");
 }
 
 static bool parse_seconds(const char *s, int64_t *ns)
@@ -1129,22 +1210,30 @@ static bool parse_listen(const char *s, struct sockaddr_in *addr)
 	return true;
 }
 
+/* A duration in seconds that must be above zero (once in nanoseconds). */
+static bool parse_positive_seconds(const char *s, int64_t *ns)
+{
+	return parse_seconds(s, ns) && *ns > 0;
+}
+
 /* Returns 0, 1 for --help, or -1 after printing what is wrong. */
 static int parse_options(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{ "listen",  required_argument, NULL, 'l' },
-		{ "threads", required_argument, NULL, 't' },
-		{ "queue",   required_argument, NULL, 'q' },
-		{ "drain",   required_argument, NULL, 'd' },
-		{ "grace",   required_argument, NULL, 'g' },
-		{ "help",    no_argument,       NULL, 'h' },
+		{ "listen",     required_argument, NULL, 'l' },
+		{ "threads",    required_argument, NULL, 't' },
+		{ "queue",      required_argument, NULL, 'q' },
+		{ "drain",      required_argument, NULL, 'd' },
+		{ "grace",      required_argument, NULL, 'g' },
+		{ "processes",  required_argument, NULL, 'p' },
+		{ "kill-after", required_argument, NULL, 'k' },
+		{ "help",       no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int64_t v;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "l:t:q:d:g:h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "l:t:q:d:g:p:k:h", longopts, NULL)) != -1) {
 		bool ok;
 
 		switch (opt) {
@@ -1155,6 +1244,11 @@ static int parse_options(int argc, char **argv)
 		          server.queue = (size_t)v; break;
 		case 'd': ok = parse_seconds(optarg, &server.drain_ns); break;
 		case 'g': ok = parse_seconds(optarg, &server.grace_ns); break;
+		case 'p': ok = parse_int(optarg, 0, CTP_MAX_PROCESSES, &v);
+		          server.processes = (unsigned)v; break;
+		case 'k': ok = parse_positive_seconds(optarg,
+		                                      &server.kill_after_ns);
+		          break;
 		case 'h': usage(stdout); return 1;
 		default:  usage(stderr); return -1;
 		}
@@ -1202,12 +1296,16 @@ static int setup_signals(void)
 	return 0;
 }
 
+/* Called before any other thread exists: with --processes > 0 it forks
+ * the fork server, a copy of the program as it is now. */
 static int start_pool(void)
 {
 	ctp_pool_opts opts = {
 		.threads = server.threads,
 		.queue_capacity = server.queue,
 		.name = "job",
+		.processes = server.processes,
+		.kill_after = server.kill_after_ns,
 	};
 	int rc = ctp_pool_create(&server.pool, &opts);
 
@@ -1278,13 +1376,16 @@ int main(int argc, char **argv)
 	server.queue = 64;
 	server.drain_ns = CTP_SEC(5);
 	server.grace_ns = CTP_SEC(2);
+	server.processes = 2;
+	server.kill_after_ns = CTP_SEC(1);
 	if (!parse_listen("127.0.0.1:8080", &server.listen))
 		return 1;
 	rc = parse_options(argc, argv);
 	if (rc != 0)
 		return rc > 0 ? 0 : 2;
 	server.start_ns = now_ns();
-	/* Before any thread exists: the pool's and MHD's inherit the mask. */
+	/* Before any thread exists: the pool's and MHD's inherit the mask,
+	 * and the pool's fork server copies a one-thread program. */
 	if (setup_signals() != 0 || start_pool() != 0)
 		return 1;
 	if (start_http() != 0) {

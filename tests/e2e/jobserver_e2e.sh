@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
 # End-to-end test of examples/jobserver over loopback, driven by curl.
 #
-# Usage: jobserver_e2e.sh PATH/TO/jobserver PATH/TO/silent_peer
+# Usage: jobserver_e2e.sh PATH/TO/jobserver PATH/TO/silent_peer PATH/TO/reaper
 #
 # The contract under test is examples/jobserver/SPEC.md. The script checks
 # that bad options exit 2, starts two TCP peers (silent_peer: one never
 # answers, one answers "hello\n" and closes) and a server on an ephemeral
 # port, then walks through: basic jobs, cancellation (queued, running, fetch,
-# pipeline, deadlines), a mixed load with random cancels, error codes, and
-# shutdown by SIGTERM; then SIGINT with decimal --drain/--grace, and an idle
-# stop. Every curl call has --max-time, every wait loop has a bound, and the
-# EXIT trap kills whatever the script started. It ends with
-# "e2e: N passed, M failed" and exits 1 if any check failed.
+# pipeline, deadlines), isolated jobs (spin: a loop in a worker process that
+# never looks at its token, which DELETE, a deadline or the shutdown stop by
+# killing the process), a mixed load with random cancels, error codes, and
+# shutdown by SIGTERM; then SIGINT with decimal --drain/--grace, a shutdown
+# whose grace kills a spin job, and an idle stop. Every server runs as the
+# child of `reaper`, a subreaper that reports any process (alive or zombie)
+# the server left when it exited; while it runs, the process tree (server ->
+# fork server -> worker processes) is read from /proc. Every curl call has
+# --max-time, every wait loop has a bound, and the EXIT trap kills whatever
+# the script started. It ends with "e2e: N passed, M failed" and exits 1 if
+# any check failed.
 #
 # JSON is parsed with bash regexes (objects are flat), so jq is not needed.
 # E2E_SEED=N replays the random choices of a run (its seed is printed).
 set -euo pipefail
 
-SERVER=${1:?usage: jobserver_e2e.sh JOBSERVER SILENT_PEER}
-PEER=${2:?usage: jobserver_e2e.sh JOBSERVER SILENT_PEER}
+SERVER=${1:?usage: jobserver_e2e.sh JOBSERVER SILENT_PEER REAPER}
+PEER=${2:?usage: jobserver_e2e.sh JOBSERVER SILENT_PEER REAPER}
+REAPER=${3:?usage: jobserver_e2e.sh JOBSERVER SILENT_PEER REAPER}
 
 THREADS=4
 QUEUE=64
 DRAIN=2
 GRACE=2
+PROCESSES=2              # worker processes for spin jobs
+KILL_AFTER=0.3           # --kill-after, seconds ...
+KILL_AFTER_MS=300        # ... and in ms
+SPIN_MS=3600000          # a spin that outlives the test unless killed
 LONG_MS=30000            # a sleep that outlives the test unless cancelled
 CURL_MAX=5               # --max-time of every curl transfer
 MIXED_JOBS=200
@@ -32,7 +43,8 @@ RANDOM=$SEED
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/jobserver_e2e.XXXXXX")
 BG_PIDS=()               # everything started in the background, by pid
-SERVER_PID=""
+SERVER_PID=""            # the jobserver itself
+REAPER_PID=""            # its parent, the script's child
 SERVER_OUT=""
 SERVER_ERR=""
 BASE=""
@@ -252,9 +264,10 @@ cancel_check() {
 
 # stats: GET /stats into S_<field> variables.
 STAT_FIELDS=(submitted completed cancelled timed_out rejected dropped queued
-	running threads)
+	running threads killed crashed processes)
 S_submitted="" S_completed="" S_cancelled="" S_timed_out="" S_rejected=""
-S_dropped="" S_queued="" S_running="" S_threads=""
+S_dropped="" S_queued="" S_running="" S_threads="" S_killed="" S_crashed=""
+S_processes=""
 stats() {
 	req GET /stats
 	local f v
@@ -268,7 +281,8 @@ stats() {
 }
 
 # wait_idle SECONDS: until nothing is queued or running and every accepted
-# task is accounted for (submitted == completed+cancelled+timed_out+dropped).
+# task is accounted for (submitted == completed + cancelled + timed_out +
+# dropped + killed + crashed).
 wait_idle() {
 	local limit
 	now
@@ -276,7 +290,7 @@ wait_idle() {
 	while :; do
 		stats
 		if [[ $CODE == 200 && $S_queued == 0 && $S_running == 0 &&
-			$S_submitted == $((S_completed + S_cancelled + S_timed_out + S_dropped)) ]]; then
+			$S_submitted == $((S_completed + S_cancelled + S_timed_out + S_dropped + S_killed + S_crashed)) ]]; then
 			return 0
 		fi
 		now
@@ -291,7 +305,7 @@ check_accounting() {
 		bad "$1: pool not idle/consistent after 20 s: $BODY"
 		return 0
 	fi
-	ok "$1: idle, submitted == completed+cancelled+timed_out+dropped ($BODY)"
+	ok "$1: idle, submitted == completed+cancelled+timed_out+dropped+killed+crashed ($BODY)"
 	if ((PIPE_503 == 0)); then
 		check "$1: stats.submitted" "$EXPECTED_TASKS" "$S_submitted" "$BODY"
 	elif ((S_submitted >= EXPECTED_TASKS && S_submitted <= EXPECTED_TASKS + PIPE_503)); then
@@ -331,12 +345,126 @@ start_peer() {
 	PEER_PORT=$(sed -n 's/^port \([0-9]*\)$/\1/p' "$TMP/$name.out")
 }
 
+# ---- processes (/proc) -------------------------------------------------------
+
+# proc_stat PID: PS_COMM, PS_STATE, PS_PPID, PS_START (start time, clock
+# ticks since boot: tells a reused pid apart) and PS_CPU (utime + stime,
+# ticks) from /proc/PID/stat. Returns 1 when there is no such process.
+proc_stat() {
+	local line rest f
+	PS_COMM="" PS_STATE="" PS_PPID="" PS_START="" PS_CPU=0
+	{ IFS= read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
+	[[ -n $line ]] || return 1
+	PS_COMM=${line#*(}
+	PS_COMM=${PS_COMM%)*}
+	rest=${line##*) }   # the name may hold spaces: fields after it
+	read -r -a f <<<"$rest"
+	PS_STATE=${f[0]} PS_PPID=${f[1]} PS_START=${f[19]}
+	PS_CPU=$((f[11] + f[12]))
+}
+
+# children PID: the pids whose parent is PID, into KIDS (a scan of /proc:
+# this kernel may lack /proc/PID/task/TID/children).
+children() {
+	local d line rest f
+	KIDS=()
+	for d in /proc/[0-9]*; do
+		{ IFS= read -r line <"$d/stat"; } 2>/dev/null || continue
+		rest=${line##*) }
+		read -r -a f <<<"$rest"
+		if [[ ${f[1]} == "$1" ]]; then KIDS+=("${d#/proc/}"); fi
+	done
+}
+
+# tree: the server's process tree: SERVER_KIDS (its children), FS_PID (the
+# one named job-fs: the fork server), WORKERS (the fork server's children:
+# worker processes and the spare), ZOMBIES among all of them, and ODD
+# (children not named job-fs / job-p). TREE says it in words.
+tree() {
+	local p
+	FS_PID="" WORKERS=() ZOMBIES=0 ODD=0
+	children "$SERVER_PID"
+	SERVER_KIDS=("${KIDS[@]}")
+	for p in "${SERVER_KIDS[@]}"; do
+		proc_stat "$p" || continue
+		if [[ $PS_STATE == Z ]]; then ZOMBIES=$((ZOMBIES + 1)); fi
+		if [[ $PS_COMM == job-fs ]]; then FS_PID=$p; else ODD=$((ODD + 1)); fi
+	done
+	if [[ -n $FS_PID ]]; then
+		children "$FS_PID"
+		WORKERS=("${KIDS[@]}")
+	fi
+	for p in "${WORKERS[@]}"; do
+		proc_stat "$p" || continue
+		if [[ $PS_STATE == Z ]]; then ZOMBIES=$((ZOMBIES + 1)); fi
+		if [[ $PS_COMM != job-p ]]; then ODD=$((ODD + 1)); fi
+	done
+	TREE="server $SERVER_PID -> [${SERVER_KIDS[*]}], fork server ${FS_PID:-none} -> [${WORKERS[*]}], zombies $ZOMBIES, odd names $ODD"
+}
+
+# wait_tree SECONDS: until the server's only child is the fork server and
+# its children are PROCESSES worker processes and the spare, none of them
+# a zombie (a replacement and the new spare are made asynchronously).
+wait_tree() {
+	local limit
+	now
+	limit=$((NOW + $1 * 1000))
+	while :; do
+		tree
+		if [[ ${#SERVER_KIDS[@]} == 1 && -n $FS_PID && $ZOMBIES == 0 &&
+			$ODD == 0 && ${#WORKERS[@]} == $((PROCESSES + 1)) ]]; then
+			return 0
+		fi
+		now
+		if ((NOW >= limit)); then return 1; fi
+		sleep 0.02
+	done
+}
+
+# spinners: the worker processes burning CPU now (5 ticks or more in 0.3 s:
+# a spin job, or a fresh one starting up: callers wait for the tree first),
+# into SPINNERS; their start times into SPIN_START[pid].
+declare -A SPIN_START=()
+spinners() {
+	local p
+	local -A cpu=()
+	tree
+	for p in "${WORKERS[@]}"; do
+		if proc_stat "$p"; then cpu[$p]=$PS_CPU; fi
+	done
+	sleep 0.3
+	SPINNERS=()
+	for p in "${!cpu[@]}"; do
+		if proc_stat "$p" && ((PS_CPU - cpu[$p] >= 5)); then
+			SPINNERS+=("$p")
+			SPIN_START[$p]=$PS_START
+		fi
+	done
+}
+
+# gone PID START: no process PID started at START (a zombie is not gone).
+gone() { ! proc_stat "$1" || [[ $PS_START != "$2" ]]; }
+
+# wait_gone PID START SECONDS
+wait_gone() {
+	local limit
+	now
+	limit=$((NOW + $3 * 1000))
+	while ! gone "$1" "$2"; do
+		now
+		if ((NOW >= limit)); then return 1; fi
+		sleep 0.01
+	done
+}
+
 # ---- 0. command line ---------------------------------------------------------
 
 step_options() {
 	local rc
 	echo "# 0. bad options"
-	for opt in "--bogus" "--threads abc" "--drain x" "--listen nonsense"; do
+	for opt in "--bogus" "--threads abc" "--drain x" "--listen nonsense" \
+		"--processes 257" "--processes x" "--kill-after 0" \
+		"--kill-after -1"; do
 		rc=0
 		# shellcheck disable=SC2086  # opt is split on purpose
 		timeout -k 1 5 "$SERVER" --listen 127.0.0.1:0 $opt \
@@ -358,10 +486,12 @@ step_start() {
 	echo "     silent peer :$SILENT_PORT, eof peer :$EOF_PORT"
 
 	start_server server --threads "$THREADS" --queue "$QUEUE" \
-		--drain "$DRAIN" --grace "$GRACE"
+		--drain "$DRAIN" --grace "$GRACE" --processes "$PROCESSES" \
+		--kill-after "$KILL_AFTER"
 }
 
-# start_server NAME OPTION...: a server on an ephemeral port; sets
+# start_server NAME OPTION...: a server on an ephemeral port, as the child
+# of a reaper (REAPER_PID; its report goes to $TMP/NAME.reap); sets
 # SERVER_PID, SERVER_OUT, SERVER_ERR and BASE. ASan builds start slowly:
 # the listening line may take up to 10 s.
 start_server() {
@@ -369,13 +499,19 @@ start_server() {
 	shift
 	SERVER_OUT=$TMP/$name.out
 	SERVER_ERR=$TMP/$name.err
-	"$SERVER" --listen 127.0.0.1:0 "$@" >"$SERVER_OUT" 2>"$SERVER_ERR" </dev/null &
-	SERVER_PID=$!
-	BG_PIDS+=("$SERVER_PID")
+	SERVER_REAP=$TMP/$name.reap
+	"$REAPER" "$TMP/$name.pid" "$SERVER_REAP" "$SERVER" --listen 127.0.0.1:0 "$@" \
+		>"$SERVER_OUT" 2>"$SERVER_ERR" </dev/null &
+	REAPER_PID=$!
 	if ! wait_line "$SERVER_OUT" '^listening on 127\.0\.0\.1:[0-9]+$' 10 \
-		"$SERVER_PID"; then
+		"$REAPER_PID"; then
+		if [[ -s $TMP/$name.pid ]]; then BG_PIDS+=("$(<"$TMP/$name.pid")"); fi
+		BG_PIDS+=("$REAPER_PID")
 		fatal "server $*: no 'listening on 127.0.0.1:PORT' line within 10 s; stdout: $(cat "$SERVER_OUT")"
 	fi
+	# the server first (the EXIT trap stops it), then its reaper
+	SERVER_PID=$(<"$TMP/$name.pid")
+	BG_PIDS+=("$SERVER_PID" "$REAPER_PID")
 	port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$SERVER_OUT")
 	expect "listening line gives a real port" "1..65535" "$port" \
 		test "$port" -gt 0 -a "$port" -le 65535
@@ -384,7 +520,8 @@ start_server() {
 }
 
 # wait_exit T0 SECONDS: waits (bounded) for the server to exit after a
-# signal sent at T0 (ms); sets RC and ELAPSED (ms from T0 to exit).
+# signal sent at T0 (ms); sets RC and ELAPSED (ms from T0 to exit). Checks
+# the reaper's report: the server left no process behind, alive or zombie.
 wait_exit() {
 	local limit=$(($1 + $2 * 1000))
 	while alive "$SERVER_PID"; do
@@ -398,9 +535,12 @@ wait_exit() {
 		fatal "server still running $2 s after the signal"
 	fi
 	RC=0
-	wait "$SERVER_PID" || RC=$?
+	wait "$REAPER_PID" || RC=$?
 	forget_pid "$SERVER_PID"
+	forget_pid "$REAPER_PID"
 	check "exit code after the signal" 0 "$RC"
+	check "the server left no process, alive or zombie (reaper)" \
+		"exit=0 left_alive=0 left_zombies=0" "$(cat "$SERVER_REAP" 2>/dev/null)"
 	if [[ $RC != 0 && -s $SERVER_ERR ]]; then
 		echo "--- server stderr (tail) ---"
 		tail -n 40 "$SERVER_ERR"
@@ -412,15 +552,16 @@ wait_exit() {
 }
 
 # parse_summary: checks stdout is the listening line plus the summary line;
-# sets SUM_RAN SUM_CANCELLED SUM_TIMED_OUT SUM_DROPPED SUM_ABANDONED
-# SUM_STOP_MS. Returns 1 when the summary line is missing or malformed.
+# sets SUM_RAN SUM_CANCELLED SUM_TIMED_OUT SUM_DROPPED SUM_KILLED
+# SUM_CRASHED SUM_ABANDONED SUM_STOP_MS. Returns 1 when the summary line is
+# missing or malformed.
 parse_summary() {
-	local line re='^summary: ran=([0-9]+) cancelled=([0-9]+) timed_out=([0-9]+) dropped=([0-9]+) abandoned=([0-9]+) stop_ms=([0-9]+)$'
+	local line re='^summary: ran=([0-9]+) cancelled=([0-9]+) timed_out=([0-9]+) dropped=([0-9]+) killed=([0-9]+) crashed=([0-9]+) abandoned=([0-9]+) stop_ms=([0-9]+)$'
 	line=$(tail -n 1 "$SERVER_OUT")
 	check "stdout is the listening line and the summary" 2 \
 		"$(wc -l <"$SERVER_OUT")" "$(tr '\n' '|' <"$SERVER_OUT")"
 	if [[ ! $line =~ $re ]]; then
-		bad "summary line: expected 'summary: ran=N cancelled=N timed_out=N dropped=N abandoned=N stop_ms=M', got '$line'"
+		bad "summary line: expected 'summary: ran=N cancelled=N timed_out=N dropped=N killed=N crashed=N abandoned=N stop_ms=M', got '$line'"
 		return 1
 	fi
 	ok "summary line: $line"
@@ -428,8 +569,10 @@ parse_summary() {
 	SUM_CANCELLED=${BASH_REMATCH[2]}
 	SUM_TIMED_OUT=${BASH_REMATCH[3]}
 	SUM_DROPPED=${BASH_REMATCH[4]}
-	SUM_ABANDONED=${BASH_REMATCH[5]}
-	SUM_STOP_MS=${BASH_REMATCH[6]}
+	SUM_KILLED=${BASH_REMATCH[5]}
+	SUM_CRASHED=${BASH_REMATCH[6]}
+	SUM_ABANDONED=${BASH_REMATCH[7]}
+	SUM_STOP_MS=${BASH_REMATCH[8]}
 }
 
 # ---- 2. basics ---------------------------------------------------------------
@@ -482,6 +625,8 @@ step_basics() {
 	id=$JOB_ID
 	finish_job "pipeline items=1000" "$id" 10 "done" 0
 	check "pipeline job kind" pipeline "$(json_field "$BODY" kind)" "$BODY"
+	check "pipeline job: exit_signal/output null" null/null \
+		"$(json_field "$BODY" exit_signal)/$(json_field "$BODY" output)" "$BODY"
 	# the parent token never fired, so SPEC maps 0 -> signalled here; either
 	# way the finished job must keep its result
 	cancel "$id"
@@ -499,7 +644,37 @@ step_basics() {
 	done
 	check "stats has every field" "" "$missing" "$BODY"
 	check "stats.threads" "$THREADS" "$S_threads" "$BODY"
+	check "stats.processes" "$PROCESSES" "$S_processes" "$BODY"
+
+	submit_ok "spin" spin ms=20
+	id=$JOB_ID
+	finish_job "spin 20 ms" "$id" 10 "done" 0
+	check "spin job kind" spin "$(json_field "$BODY" kind)" "$BODY"
+	check "spin job that ran to its end: exit_signal 0" 0 \
+		"$(json_field "$BODY" exit_signal)" "$BODY"
+	check "spin job: started_ms null (SPEC)" null \
+		"$(json_field "$BODY" started_ms)" "$BODY"
+	spin_ran_in_worker "spin 20 ms"
 	check_accounting "after basics"
+}
+
+# spin_ran_in_worker DESC: the job in BODY says "output":"pid=P", and P is
+# a worker process: a child of the server's fork server, not the server.
+spin_ran_in_worker() {
+	local out pid
+	out=$(json_field "$BODY" output)
+	pid=${out#pid=}
+	if [[ $out != pid=* || ! $pid =~ ^[1-9][0-9]*$ ]]; then
+		bad "$1: output: expected pid=P, got '$out' [$BODY]"
+		return 0
+	fi
+	tree
+	if [[ $pid != "$SERVER_PID" && -n $FS_PID ]] && proc_stat "$pid" &&
+		[[ $PS_PPID == "$FS_PID" && $PS_COMM == job-p ]]; then
+		ok "$1: ran in worker process $pid (fork server $FS_PID, server $SERVER_PID)"
+	else
+		bad "$1: output pid $pid is not a worker process: $TREE"
+	fi
 }
 
 # ---- 3. cancellation ---------------------------------------------------------
@@ -605,7 +780,162 @@ step_cancel() {
 	check "stats.timed_out" 1 "$S_timed_out" "$BODY"
 }
 
-# ---- 4. mixed load -----------------------------------------------------------
+# ---- 4. isolated jobs --------------------------------------------------------
+
+# killed_spin DESC ID STATUS SECONDS: waits for the job's end and checks it
+# was killed: done, STATUS, exit_signal 9, empty output.
+killed_spin() {
+	if ! wait_job "$2" "$4"; then
+		bad "$1: job $2 has no status after $4 s (last: $CODE $BODY)"
+		return 0
+	fi
+	check "$1: job $2 state/status/exit_signal/output" "done/$3/9/" \
+		"$JSTATE/$JSTATUS/$(json_field "$BODY" exit_signal)/$(json_field "$BODY" output)" \
+		"$BODY"
+}
+
+# running_spinners DESC N: waits (5 s) until N worker processes burn CPU.
+running_spinners() {
+	local i
+	for ((i = 0; i < 15; i++)); do
+		spinners
+		if ((${#SPINNERS[@]} == $2)); then break; fi
+	done
+	check "$1: worker processes burning CPU" "$2" "${#SPINNERS[@]}" "$TREE"
+}
+
+step_isolated() {
+	local id a b c t0 lat fs spinner start
+	echo "# 4. isolated jobs (spin: a loop that never looks at its token)"
+	stats
+	local base_killed=$S_killed base_crashed=$S_crashed
+	if wait_tree 5; then
+		ok "process tree: server -> fork server -> $PROCESSES workers + 1 spare, no zombie ($TREE)"
+	else
+		bad "process tree: expected server -> job-fs -> $((PROCESSES + 1)) job-p, no zombie; got $TREE"
+	fi
+	fs=$FS_PID
+
+	# DELETE of a running spin: its token fires, it goes on looping, and
+	# KILL_AFTER later its process is killed
+	submit_ok "spin forever" spin "ms=$SPIN_MS"
+	id=$JOB_ID
+	running_job "spin forever" "$id"
+	running_spinners "spin forever" 1
+	spinner=${SPINNERS[0]:-0}
+	start=${SPIN_START[$spinner]:-none}
+	get_job "$id"
+	check "spin still running" running/null "$JSTATE/$JSTATUS" "$BODY"
+	now
+	t0=$NOW
+	cancel_check "running spin" "$id" signalled
+	killed_spin "DELETE running spin" "$id" -125 10
+	now
+	lat=$((NOW - t0))
+	SPIN_KILL_MS=$lat
+	echo "     spin: DELETE to final status in $lat ms (--kill-after $KILL_AFTER_MS ms)"
+	expect "spin killed --kill-after after the DELETE (within 5 s more)" \
+		"$KILL_AFTER_MS..$((KILL_AFTER_MS + 5000)) ms" "$lat ms" \
+		test "$lat" -ge "$KILL_AFTER_MS" -a "$lat" -le $((KILL_AFTER_MS + 5000))
+	if wait_gone "$spinner" "$start" 5; then
+		ok "spinning process $spinner is gone: killed and reaped, not a zombie"
+	else
+		bad "spinning process $spinner still there 5 s after its job ended (state $PS_STATE)"
+	fi
+	stats
+	check "stats.killed counts it" $((base_killed + 1)) "$S_killed" "$BODY"
+	check "stats.crashed unchanged" "$base_crashed" "$S_crashed" "$BODY"
+	check "stats.processes back to --processes" "$PROCESSES" "$S_processes" "$BODY"
+	if wait_tree 5 && [[ $FS_PID == "$fs" ]]; then
+		ok "process tree back to $PROCESSES workers + 1 spare, same fork server ($TREE)"
+	else
+		bad "process tree after the kill: expected fork server $fs -> $((PROCESSES + 1)) job-p, got $TREE"
+	fi
+	cancel_check "killed spin cancelled twice" "$id" already_finished
+
+	# a deadline on a spin: the token fires at 300 ms, the kill follows
+	submit_ok "spin with a deadline" spin "ms=$SPIN_MS" timeout_ms=300
+	id=$JOB_ID
+	now
+	t0=$NOW
+	killed_spin "spin past its deadline" "$id" -110 10
+	now
+	lat=$((NOW - t0))
+	expect "deadline spin ended after timeout_ms + --kill-after" \
+		"$((300 + KILL_AFTER_MS - 100))..$((300 + KILL_AFTER_MS + 5000)) ms" "$lat ms" \
+		test "$lat" -ge $((300 + KILL_AFTER_MS - 100)) -a "$lat" -le $((300 + KILL_AFTER_MS + 5000))
+
+	# a worker process killed from outside while its job runs: nobody asked
+	# for it, so the job crashed (-EOWNERDEAD, with the signal)
+	submit_ok "spin to be killed from outside" spin "ms=$SPIN_MS"
+	id=$JOB_ID
+	running_job "spin to be killed from outside" "$id"
+	running_spinners "spin to be killed from outside" 1
+	spinner=${SPINNERS[0]:-0}
+	start=${SPIN_START[$spinner]:-none}
+	if proc_stat "$spinner" && [[ $PS_START == "$start" && $PS_COMM == job-p ]]; then
+		kill -KILL "$spinner"
+	fi
+	finish_job "spin whose process was killed from outside" "$id" 10 "done" -130
+	check "crashed spin: exit_signal/output" 9/ \
+		"$(json_field "$BODY" exit_signal)/$(json_field "$BODY" output)" "$BODY"
+	stats
+	check "stats.crashed counts it" $((base_crashed + 1)) "$S_crashed" "$BODY"
+	if wait_tree 5 && [[ $FS_PID == "$fs" ]]; then
+		ok "process tree back after a crash ($TREE)"
+	else
+		bad "process tree after a crash: expected fork server $fs -> $((PROCESSES + 1)) job-p, got $TREE"
+	fi
+
+	# the server goes on: an ordinary job, then an isolated one
+	submit_ok "sleep after the kills" sleep ms=20
+	finish_job "sleep after the kills" "$JOB_ID" 5 "done" 0
+	submit_ok "spin after the kills" spin ms=10
+	finish_job "spin after the kills" "$JOB_ID" 10 "done" 0
+	spin_ran_in_worker "spin after the kills"
+
+	# two spins take both worker processes; a third one's worker thread
+	# waits for a process: a DELETE ends that wait, nothing is killed
+	submit_ok "spin a" spin "ms=$SPIN_MS"
+	a=$JOB_ID
+	submit_ok "spin b" spin "ms=$SPIN_MS"
+	b=$JOB_ID
+	running_job "spin a" "$a"
+	running_job "spin b" "$b"
+	running_spinners "spins a and b" 2
+	submit_ok "spin c" spin "ms=$SPIN_MS"
+	c=$JOB_ID
+	running_job "spin c (a worker thread waits for a process)" "$c"
+	sleep 0.2
+	get_job "$c"
+	check "spin c still waiting" running/null "$JSTATE/$JSTATUS" "$BODY"
+	stats
+	local base_cancelled=$S_cancelled
+	cancel_check "spin waiting for a process" "$c" signalled
+	finish_job "spin c: never reached a process" "$c" 5 cancelled -125
+	check "spin c: exit_signal/output null" null/null \
+		"$(json_field "$BODY" exit_signal)/$(json_field "$BODY" output)" "$BODY"
+	cancel_check "running spin a" "$a" signalled
+	cancel_check "running spin b" "$b" signalled
+	killed_spin "spin a" "$a" -125 10
+	killed_spin "spin b" "$b" -125 10
+	stats
+	check "stats.killed: 4 spins killed" $((base_killed + 4)) "$S_killed" "$BODY"
+	check "stats.cancelled: spin c counted as cancelled" $((base_cancelled + 1)) \
+		"$S_cancelled" "$BODY"
+	if wait_tree 5 && [[ $FS_PID == "$fs" ]]; then
+		ok "process tree back to $PROCESSES workers + 1 spare after 4 kills ($TREE)"
+	else
+		bad "process tree after 4 kills: expected fork server $fs -> $((PROCESSES + 1)) job-p, got $TREE"
+	fi
+	stats
+	check "stats.processes after 4 kills" "$PROCESSES" "$S_processes" "$BODY"
+	check_accounting "after isolated jobs"
+	check "stats.crashed: the one killed from outside" $((base_crashed + 1)) \
+		"$S_crashed" "$BODY"
+}
+
+# ---- 5. mixed load -----------------------------------------------------------
 
 declare -A KIND=() CANCEL=() ARGS=()
 MIXED_IDS=()
@@ -654,7 +984,7 @@ batch_header() {
 
 # random_job: a form body for a short job of a random kind.
 random_job() {
-	case $((RANDOM % 4)) in
+	case $((RANDOM % 5)) in
 	0) R_KIND=sleep R_DATA="kind=sleep&ms=$((1 + RANDOM % 50))" ;;
 	1) R_KIND=cpu R_DATA="kind=cpu&iterations=$((1000 + RANDOM * 30))" ;;
 	2) R_KIND=fetch R_DATA="kind=fetch&host=127.0.0.1&port=$EOF_PORT" ;;
@@ -662,6 +992,8 @@ random_job() {
 	# queue, so producers cannot hold every worker while their consumers
 	# wait in the pool's queue
 	3) R_KIND=pipeline R_DATA="kind=pipeline&items=$((1 + RANDOM % 15))" ;;
+	# far shorter than --kill-after: a DELETE does not stop it, it ends
+	4) R_KIND=spin R_DATA="kind=spin&ms=$((1 + RANDOM % 20))" ;;
 	esac
 }
 
@@ -753,8 +1085,10 @@ judge() {
 			return 0
 		fi
 		# a pipeline is signalled when either task had started: the
-		# consumer may never have run
-		if [[ $kind == pipeline && $st/$status == cancelled/-125 ]]; then
+		# consumer may never have run; a spin is signalled while its
+		# worker thread waits for a free process, and never runs then
+		if [[ $kind == pipeline || $kind == spin ]] &&
+			[[ $st/$status == cancelled/-125 ]]; then
 			return 0
 		fi
 		echo "done/-125 or done/$okst"
@@ -764,7 +1098,7 @@ judge() {
 
 step_mixed() {
 	local i n d want
-	echo "# 4. mixed load: $MIXED_JOBS jobs"
+	echo "# 5. mixed load: $MIXED_JOBS jobs"
 	MIXED_503=0
 	RETRY=()
 	local todo=()
@@ -860,7 +1194,7 @@ step_mixed() {
 	check_accounting "after mixed load"
 }
 
-# ---- 5. error codes ----------------------------------------------------------
+# ---- 6. error codes ----------------------------------------------------------
 
 # bad_post DESC DATA: POST /jobs must be 400 with an "error" field.
 bad_post() {
@@ -883,7 +1217,7 @@ want() {
 }
 
 step_errors() {
-	echo "# 5. error codes"
+	echo "# 6. error codes"
 	bad_post "empty body" ""
 	bad_post "empty kind" "kind="
 	bad_post "unknown kind" "kind=bogus&ms=5"
@@ -908,6 +1242,9 @@ step_errors() {
 	bad_post "timeout_ms 0" "kind=sleep&ms=5&timeout_ms=0"
 	bad_post "timeout_ms too large" "kind=sleep&ms=5&timeout_ms=3600001"
 	bad_post "timeout_ms not a number" "kind=sleep&ms=5&timeout_ms=abc"
+	bad_post "spin without ms" "kind=spin"
+	bad_post "spin ms too large" "kind=spin&ms=3600001"
+	bad_post "spin with items" "kind=spin&ms=5&items=3"
 
 	want "unknown job" GET /jobs/999999 404
 	want "unknown job" DELETE /jobs/999999 404
@@ -958,15 +1295,18 @@ step_errors() {
 	check_accounting "after error codes"
 }
 
-# ---- 6. shutdown -------------------------------------------------------------
+# ---- 7. shutdown -------------------------------------------------------------
 
 step_shutdown() {
-	local i id queued=() fetch
-	echo "# 6. shutdown"
-	fill_workers $((THREADS - 1))
+	local i id queued=() fetch spin p
+	echo "# 7. shutdown"
+	fill_workers $((THREADS - 2))
 	submit_ok "fetch on silent peer" fetch host=127.0.0.1 "port=$SILENT_PORT"
 	fetch=$JOB_ID
 	running_job "fetch on silent peer" "$fetch"
+	submit_ok "spin at shutdown" spin "ms=$SPIN_MS"
+	spin=$JOB_ID
+	running_job "spin at shutdown" "$spin"
 	for ((i = 0; i < 5; i++)); do
 		submit_ok "queued for shutdown" sleep ms=1000
 		queued+=("$JOB_ID")
@@ -977,9 +1317,20 @@ step_shutdown() {
 	done
 	stats
 	local base_completed=$S_completed base_cancelled=$S_cancelled \
-		base_timed_out=$S_timed_out base_dropped=$S_dropped
+		base_timed_out=$S_timed_out base_dropped=$S_dropped \
+		base_killed=$S_killed base_crashed=$S_crashed
 	check "before SIGTERM: queued/running" "${#queued[@]}/$THREADS" \
 		"$S_queued/$S_running" "$BODY"
+	# every process the server has made, to look for after it exited
+	local -A started=()
+	if wait_tree 5; then
+		ok "before SIGTERM: $TREE"
+	else
+		bad "before SIGTERM: expected server -> job-fs -> $((PROCESSES + 1)) job-p, got $TREE"
+	fi
+	for p in "$FS_PID" "${WORKERS[@]}"; do
+		if [[ -n $p ]] && proc_stat "$p"; then started[$p]=$PS_START; fi
+	done
 
 	local t0
 	now
@@ -999,12 +1350,23 @@ step_shutdown() {
 	expect "SIGTERM to exit <= drain+grace+1.5 s" "<= $budget ms" \
 		"$STOP_TOTAL_MS ms" test "$STOP_TOTAL_MS" -le "$budget"
 
+	local left=()
+	for p in "${!started[@]}"; do
+		gone "$p" "${started[$p]}" || left+=("$p:$PS_STATE")
+	done
+	check "fork server and its ${#started[@]} children gone after the exit" \
+		"" "${left[*]}"
+
 	parse_summary || return 0
 	local ran=$SUM_RAN can=$SUM_CANCELLED tmo=$SUM_TIMED_OUT \
-		drop=$SUM_DROPPED aband=$SUM_ABANDONED stop=$SUM_STOP_MS
+		drop=$SUM_DROPPED aband=$SUM_ABANDONED stop=$SUM_STOP_MS \
+		killed=$SUM_KILLED crashed=$SUM_CRASHED
 	STOP_MS=$stop
 	check "summary abandoned" 0 "$aband"
-	check "summary ran (3 sleeps + fetch returned)" $((base_completed + THREADS)) "$ran"
+	check "summary ran (2 sleeps + fetch returned)" \
+		$((base_completed + THREADS - 1)) "$ran"
+	check "summary killed (the spin)" $((base_killed + 1)) "$killed"
+	check "summary crashed" "$base_crashed" "$crashed"
 	check "summary cancelled" "$base_cancelled" "$can"
 	check "summary timed_out" "$base_timed_out" "$tmo"
 	expect "summary dropped >= queued jobs left (${#queued[@]})" \
@@ -1012,18 +1374,19 @@ step_shutdown() {
 		test "$drop" -ge $((base_dropped + ${#queued[@]}))
 	check "summary dropped" $((base_dropped + ${#queued[@]})) "$drop"
 	check "summary accounts for every task" "$EXPECTED_TASKS" \
-		$((ran + can + tmo + drop))
-	# workers stay busy, so the drain runs to its end before the tokens fire
-	expect "summary stop_ms: drain ran out, grace not needed" \
-		"$((DRAIN * 1000 - 100))..$(((DRAIN + GRACE) * 1000 + 500))" "$stop" \
-		test "$stop" -ge $((DRAIN * 1000 - 100)) -a "$stop" -le $(((DRAIN + GRACE) * 1000 + 500))
+		$((ran + can + tmo + drop + killed + crashed))
+	# workers stay busy, so the drain runs to its end before the tokens
+	# fire; the spin ignores its token and is killed --kill-after later
+	expect "summary stop_ms: drain ran out, then the spin's --kill-after" \
+		"$((DRAIN * 1000 + KILL_AFTER_MS - 100))..$(((DRAIN + GRACE) * 1000 + 500))" "$stop" \
+		test "$stop" -ge $((DRAIN * 1000 + KILL_AFTER_MS - 100)) -a "$stop" -le $(((DRAIN + GRACE) * 1000 + 500))
 }
 
-# ---- 7. SIGINT, decimal --drain/--grace --------------------------------------
+# ---- 8. SIGINT, decimal --drain/--grace, grace kills a spin --------------------
 
 step_sigint() {
 	local t0 q
-	echo "# 7. SIGINT with --drain 0.5 --grace 0.5"
+	echo "# 8. SIGINT with --drain 0.5 --grace 0.5"
 	# a busy server: the drain (0.5 s) runs out, the queued job is dropped
 	start_server sigint --threads 2 --queue 4 --drain 0.5 --grace 0.5
 	fill_workers 2
@@ -1038,15 +1401,48 @@ step_sigint() {
 	expect "SIGINT to exit <= drain+grace+1.5 s" "<= 2500 ms" "$ELAPSED ms" \
 		test "$ELAPSED" -le 2500
 	if parse_summary; then
-		check "summary after SIGINT: ran/cancelled/timed_out/dropped/abandoned" \
-			2/0/0/1/0 \
-			"$SUM_RAN/$SUM_CANCELLED/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_ABANDONED"
+		check "summary after SIGINT: ran/cancelled/timed_out/dropped/killed/crashed/abandoned" \
+			2/0/0/1/0/0/0 \
+			"$SUM_RAN/$SUM_CANCELLED/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_KILLED/$SUM_CRASHED/$SUM_ABANDONED"
 		expect "stop_ms with a 0.5 s drain" "400..1500" "$SUM_STOP_MS" \
 			test "$SUM_STOP_MS" -ge 400 -a "$SUM_STOP_MS" -le 1500
 	fi
 
-	# an idle server: the drain ends at once
-	start_server idle --threads 2 --queue 4 --drain 5 --grace 5
+	# a spin job whose --kill-after (60 s) is beyond the grace (0.5 s):
+	# the end of the grace kills it; nothing is abandoned, exit code 0
+	echo "# 8b. the end of the grace kills a spin job (--kill-after 60)"
+	start_server grace --threads 2 --queue 4 --processes 1 --kill-after 60 \
+		--drain 0.2 --grace 0.5
+	submit_ok "spin at shutdown" spin "ms=$SPIN_MS"
+	running_job "spin at shutdown" "$JOB_ID"
+	now
+	t0=$NOW
+	kill -TERM "$SERVER_PID"
+	wait_exit "$t0" 10
+	expect "grace server: SIGTERM to exit <= drain+grace+1.5 s" "<= 2200 ms" \
+		"$ELAPSED ms" test "$ELAPSED" -le 2200
+	if parse_summary; then
+		check "grace summary: ran/cancelled/timed_out/dropped/killed/crashed/abandoned" \
+			0/0/0/0/1/0/0 \
+			"$SUM_RAN/$SUM_CANCELLED/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_KILLED/$SUM_CRASHED/$SUM_ABANDONED"
+		expect "grace summary: stop_ms = drain + grace" "600..1500" \
+			"$SUM_STOP_MS" test "$SUM_STOP_MS" -ge 600 -a "$SUM_STOP_MS" -le 1500
+	fi
+
+	# an idle server without worker processes: spin is refused (501), and
+	# the drain ends at once
+	echo "# 8c. idle server, --processes 0"
+	start_server idle --threads 2 --queue 4 --drain 5 --grace 5 --processes 0
+	submit kind=spin ms=5
+	local e
+	e=$(json_field "$BODY" error)
+	expect "spin with --processes 0: 501 with an error" "501 {\"error\":...}" \
+		"$CODE $BODY" test "$CODE" = 501 -a -n "$e" -a "$e" != null
+	stats
+	check "--processes 0: stats.processes" 0 "$S_processes" "$BODY"
+	tree
+	check "--processes 0: the server has no child process" "" \
+		"${SERVER_KIDS[*]}" "$TREE"
 	now
 	t0=$NOW
 	kill -TERM "$SERVER_PID"
@@ -1054,14 +1450,15 @@ step_sigint() {
 	expect "idle server: SIGTERM to exit well within the 5 s drain" "<= 1500 ms" \
 		"$ELAPSED ms" test "$ELAPSED" -le 1500
 	if parse_summary; then
-		check "idle summary" "0/0/0/0/0" \
-			"$SUM_RAN/$SUM_CANCELLED/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_ABANDONED"
+		check "idle summary" "0/0/0/0/0/0/0" \
+			"$SUM_RAN/$SUM_CANCELLED/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_KILLED/$SUM_CRASHED/$SUM_ABANDONED"
 	fi
 }
 
 # ---- main --------------------------------------------------------------------
 
 FETCH_CANCEL_MS="?"
+SPIN_KILL_MS="?"
 STOP_MS="?"
 STOP_TOTAL_MS="?"
 for tool in curl timeout; do
@@ -1071,11 +1468,12 @@ step_options
 step_start
 step_basics
 step_cancel
+step_isolated
 step_mixed
 step_errors
 step_shutdown
 step_sigint
-echo "fetch cancel latency: $FETCH_CANCEL_MS ms; stop_ms: $STOP_MS; SIGTERM to exit: $STOP_TOTAL_MS ms"
+echo "fetch cancel latency: $FETCH_CANCEL_MS ms; spin DELETE to killed: $SPIN_KILL_MS ms (--kill-after $KILL_AFTER_MS ms); stop_ms: $STOP_MS; SIGTERM to exit: $STOP_TOTAL_MS ms"
 summary
 if ((FAIL > 0)); then exit 1; fi
 exit 0
