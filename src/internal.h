@@ -612,6 +612,9 @@ struct ctp__page {
 	_Atomic uint32_t relay; /* futex: bumped by the parent's fire when
 	                           token.linked (children or watches to run:
 	                           the worker's relay thread adopts it) */
+	_Atomic uint32_t taken; /* RUN messages the worker has read: a
+	                           process that died before reading its task
+	                           did not run it (the parent retries) */
 };
 _Static_assert(sizeof(struct ctp__page) <= CTP__PAGE_SIZE, "page");
 

@@ -422,6 +422,13 @@ static void replace(struct ctp__iso_pool *ip, struct slot *s,
  * before using it. False if the slot is now dead. */
 static bool settle(struct ctp__iso_pool *ip, struct slot *s)
 {
+	bool dead;
+
+	pthread_mutex_lock(&ip->lock);
+	dead = s->dead; /* a retry after a death with no replacement */
+	pthread_mutex_unlock(&ip->lock);
+	if (dead)
+		return false;
 	for (;;) {
 		struct pollfd pf = { .fd = s->p.sock, .events = POLLIN };
 		struct ctp__msg m;
@@ -430,6 +437,8 @@ static bool settle(struct ctp__iso_pool *ip, struct slot *s)
 		if (poll(&pf, 1, 0) <= 0)
 			return true;
 		r = ctp__msg_recv(s->p.sock, &m, NULL, 0, NULL, fds, &nfds);
+		if (r == -EINTR || r == -ECONNRESET)
+			continue; /* ECONNRESET: see dispatch */
 		if (r == 0 && m.type == CTP__MSG_DIED) {
 			replace(ip, s, &m, fds, nfds, false);
 		} else {
@@ -509,7 +518,12 @@ struct lost {
 	int             nfds;
 };
 
-static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
+/* Runs t on the process of s. *retry: the process died before it read
+ * the task (it was killed from outside while idle, before the fork
+ * server's news of it arrived): it did not run, and the caller sends it
+ * again, to the replacement. */
+static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t,
+                    bool *retry)
 {
 	struct ctp__iso *iso = t->iso;
 	struct fire_ctx fc = { s->p.page, s->p.efd, s->tfd, ip->kill_after,
@@ -520,8 +534,10 @@ static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
 	bool killed = false, result = false, gone = false;
 	bool watching;
 	int status = 0, r;
+	uint32_t taken;
 	uint64_t v;
 
+	*retry = false;
 	if (!settle(ip, s)) {
 		iso->outcome = CTP__ISO_NOPROC;
 		return -EAGAIN; /* the fork server is gone */
@@ -534,9 +550,8 @@ static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
 	    &fc);
 	if (!watching)
 		remote_fire(&fc); /* fired before: the function sees it */
+	taken = atomic_load(&s->p.page->taken); /* the worker is idle */
 	r = send_run(iso, s->p.sock);
-	free(iso->in);
-	iso->in = NULL;
 	if (r != 0 && r != -EPIPE && r != -ECONNRESET) {
 		/* not sent (no memory for a memfd...): it never ran */
 		if (watching)
@@ -586,11 +601,10 @@ static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
 			 * fork server's DIED with its replacement */
 			continue;
 		}
-		if (r == -EINTR || r == -EAGAIN) {
-			for (int i = 0; i < nfds; i++)
-				close(fds[i]);
+		/* ECONNRESET: the worker died with a message of ours unread;
+		 * what was queued for us (the fork server's DIED) follows */
+		if (r == -EINTR || r == -EAGAIN || r == -ECONNRESET)
 			continue;
-		}
 		/* the process is gone: DIED, or EOF (the fork server and the
 		 * worker are gone), or garbage (killed: it cannot be trusted) */
 		gone = true;
@@ -628,6 +642,13 @@ static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t)
 		pthread_mutex_lock(&ip->lock);
 		bypool = s->kill;
 		pthread_mutex_unlock(&ip->lock);
+		if (!killed && !bypool && lost.died &&
+		    atomic_load(&s->p.page->taken) == taken) {
+			/* it never read the task: not a crash of the task */
+			replace(ip, s, &lost.m, lost.fds, lost.nfds, false);
+			*retry = true;
+			return -EAGAIN;
+		}
 		if (lost.died && (lost.m.b == CLD_KILLED ||
 		    lost.m.b == CLD_DUMPED))
 			sig = lost.m.c;
@@ -661,12 +682,21 @@ static int iso_run(void *arg, ctp_token *token)
 	atomic_store_explicit(&w->busy, 2, memory_order_relaxed);
 	r = acquire(ip, token, &s);
 	if (r == 0) {
-		r = dispatch(ip, s, t);
+		bool retry;
+		int tries = 0;
+
+		do
+			r = dispatch(ip, s, t, &retry);
+		while (retry && ++tries < 8);
+		if (retry)
+			t->iso->outcome = CTP__ISO_NOPROC; /* -EAGAIN */
 		release(ip, s);
 	} else {
 		t->iso->outcome = r == -EAGAIN ? CTP__ISO_NOPROC :
 		    CTP__ISO_UNRUN;
 	}
+	free(t->iso->in);
+	t->iso->in = NULL;
 	atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
 	return r;
 }

@@ -148,8 +148,10 @@ int ctp__msg_recv(int fd, struct ctp__msg *m, void *data, size_t cap,
 	                     .msg_controllen = sizeof(c.buf) };
 	struct cmsghdr *h;
 	ssize_t n;
-	int got = 0;
+	int got = 0, room = nfds != NULL ? *nfds : 0;
 
+	if (nfds != NULL)
+		*nfds = 0; /* also on every error */
 	do
 		n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
@@ -164,7 +166,7 @@ int ctp__msg_recv(int fd, struct ctp__msg *m, void *data, size_t cap,
 
 				memcpy(&f, CMSG_DATA(h) + i * sizeof(int),
 				    sizeof(int));
-				if (fds != NULL && got < *nfds)
+				if (fds != NULL && got < room)
 					fds[got++] = f;
 				else
 					close(f);
@@ -359,6 +361,7 @@ static _Noreturn void worker_main(const struct ctp__spawn_ctx *cx, int sock,
 		if (ctp__msg_recv(sock, &m, inbuf, CTP__CHUNK, &len, fds,
 		    &nfds) != 0 || m.type != CTP__MSG_RUN)
 			_exit(0); /* the parent closed our socket */
+		atomic_fetch_add(&wp.page->taken, 1); /* before fn runs */
 		in = len > 0 ? inbuf : NULL;
 		if (nfds == 1) {
 			if (m.v > 0) {
@@ -648,6 +651,11 @@ static _Noreturn void server_main(const struct ctp__spawn_ctx *cx, int ctl)
 				hand_out(w, &m, c);
 			else
 				(void)ctp__msg_send(w, &m, NULL, 0, NULL, 0);
+			/* empty its queue (a RUN it never read) before the
+			 * close: a unix socket closed with unread data makes
+			 * the peer's next read fail with ECONNRESET */
+			while (recv(w, NULL, 0, MSG_DONTWAIT | MSG_TRUNC) > 0)
+				;
 			close(w);
 			fs.old_w = -1;
 			refill_spare();
