@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Compares ctpool side by side with other thread pools: installs what is
 # missing, builds build-bench (release), runs every scenario for every peer
-# that was built, and writes the report.
+# that was built, and writes the report. Then the same for isolated tasks:
+# bench_isolated against Python's process pools (bench/isolated_peers.py,
+# run by Debian's /usr/bin/python3: pebble and ProcessPoolExecutor) and
+# the physical floors (bench_isolated --floor).
 #
 # Usage: scripts/bench.sh [--quick] [--reps R]
 #   --quick   tiny sizes, one rep (a smoke test, under a minute of runs);
@@ -13,10 +16,12 @@
 # in an order rotated by rep, so slow drifts of a noisy machine spread over
 # all peers. Outputs in bench/results/:
 #   raw.txt           every line the drivers printed
+#   isolated-raw.txt  every line of the isolated-task runs
 #   stop-samples.txt  every idle/busy stop sample (for the plot)
 #   stderr.txt        what the runs printed on stderr
 #   latest.csv        median/min/max per (scenario, config, figure, peer)
-#   table.md          the side-by-side table
+#                     (isolated rows: scenario isolated-*)
+#   table.md          the side-by-side tables
 #   stop-latency.png  CDF of the stop latencies
 # Exits non-zero (after the report) if any run failed or printed an error.
 set -euo pipefail
@@ -42,7 +47,10 @@ done
 
 # ---- dependencies --------------------------------------------------------
 scripts/deps.sh g++ libglib2.0-dev libuv1-dev libtbb-dev libboost-dev \
-	gnuplot-nox
+	gnuplot-nox python3-pebble
+# Debian's python3, which has python3-pebble (a `python3` earlier on PATH,
+# e.g. pyenv's, may not)
+python=/usr/bin/python3
 
 # ---- build -----------------------------------------------------------------
 builddir=build-bench
@@ -70,13 +78,17 @@ if ((quick)); then
 	out=bench/results/quick
 	reps=1
 	tput=20000 wake=50 idle=50 busy=20 ntask=20000
+	iso_rt=300 iso_kill=3 iso_coop=20 iso_tput=1000
 else
 	out=bench/results
 	tput=1000000 wake=2000 idle=200 busy=100 ntask=100000
+	iso_rt=20000 iso_kill=200 iso_coop=1000 iso_tput=20000
 fi
 mkdir -p "$out"
 raw=$out/raw.txt samples=$out/stop-samples.txt errlog=$out/stderr.txt
+isoraw=$out/isolated-raw.txt
 : >"$raw"
+: >"$isoraw"
 : >"$samples"
 : >"$errlog"
 
@@ -97,22 +109,48 @@ configs=(
 	"memory w2|memory --workers 2 --tasks $ntask"
 )
 
+# isolated tasks: "label|arguments" for bench_isolated and isolated_peers.py
+iso_configs=(
+	"roundtrip t1p1|roundtrip --procs 1 --n $iso_rt"
+	"roundtrip t2p2|roundtrip --procs 2 --n $iso_rt"
+	"kill|kill --n $iso_kill --timeout-ms 10 --kill-after-ms 10"
+	"cancel-kill|cancel-kill --n $iso_kill --kill-after-ms 10"
+	"coop-cancel|coop-cancel --n $iso_coop"
+	"throughput t2p2|throughput --procs 2 --n $iso_tput"
+	"throughput t4p4|throughput --procs 4 --n $iso_tput"
+)
+iso_peers=(ctpool pebble ProcessPoolExecutor floor)
+
 failures=()
-run_one() { # peer, driver arguments...
-	local peer=$1 rc=0 text
-	shift
-	echo "== bench_$peer $*" >>"$errlog"
-	text=$(timeout 300 "$builddir/bench/bench_$peer" "$@" \
-		--samples-out "$samples" 2>>"$errlog") || rc=$?
-	[[ -n $text ]] && printf '%s\n' "$text" >>"$raw"
+run_cmd() { # peer, raw file, command...
+	local peer=$1 out=$2 rc=0 text
+	shift 2
+	echo "== $*" >>"$errlog"
+	text=$(timeout 300 "$@" 2>>"$errlog") || rc=$?
+	[[ -n $text ]] && printf '%s\n' "$text" >>"$out"
 	if ((rc != 0)) || [[ -z $text ]] || grep -q ' error=' <<<"$text"; then
 		local why
 		why=$(grep -o 'error=.*' <<<"$text" | head -n 1 || true)
 		((rc == 124)) && why="timed out after 300 s${why:+; $why}"
 		[[ -z $text && -z $why ]] && why="no output"
-		failures+=("bench_$peer $* (exit $rc)${why:+: $why}")
+		failures+=("$* (exit $rc)${why:+: $why}")
 		printf ' [%s FAILED]' "$peer" >&2
 	fi
+}
+run_one() { # peer, driver arguments...
+	local peer=$1
+	shift
+	run_cmd "$peer" "$raw" "$builddir/bench/bench_$peer" "$@" \
+		--samples-out "$samples"
+}
+run_iso() { # peer, arguments...
+	local peer=$1
+	shift
+	case $peer in
+	ctpool) run_cmd "$peer" "$isoraw" "$builddir/bench/bench_isolated" "$@" ;;
+	floor) run_cmd "$peer" "$isoraw" "$builddir/bench/bench_isolated" --floor "$@" ;;
+	*) run_cmd "$peer" "$isoraw" "$python" bench/isolated_peers.py --peer "$peer" "$@" ;;
+	esac
 }
 
 start=$SECONDS
@@ -129,6 +167,18 @@ for ((rep = 1; rep <= reps; rep++)); do
 		done
 		printf '  (%ds)\n' $((SECONDS - start)) >&2
 	done
+	ni=${#iso_peers[@]}
+	for c in "${iso_configs[@]}"; do
+		label=${c%%|*}
+		read -r -a args <<<"${c#*|}"
+		printf 'bench: rep %d/%d isolated %-16s' "$rep" "$reps" "$label" >&2
+		for ((k = 0; k < ni; k++)); do
+			peer=${iso_peers[(k + rep - 1) % ni]}
+			printf ' %s' "$peer" >&2
+			run_iso "$peer" "${args[@]}"
+		done
+		printf '  (%ds)\n' $((SECONDS - start)) >&2
+	done
 done
 
 # ---- report ------------------------------------------------------------------
@@ -137,6 +187,8 @@ machine="$(nproc) CPUs, ${model:-unknown CPU}, Linux $(uname -r)"
 awk -f bench/report.awk -v csv="$out/latest.csv" -v md="$out/table.md" \
 	-v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v machine="$machine" \
 	-v command="$command_line" -v reps="$reps" "$raw"
+"$python" bench/isolated_peers.py report "$isoraw" --csv "$out/latest.csv" \
+	--md "$out/table.md" --reps "$reps" || failures+=("isolated report failed")
 echo "bench: wrote $out/latest.csv and $out/table.md ($((SECONDS - start)) s of runs)"
 
 if command -v gnuplot >/dev/null; then

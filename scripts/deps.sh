@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what ctpool needs to build and test, from Debian packages, if it is
 # missing, and the packages named as arguments (scripts/bench.sh adds the
-# libraries it compares with). Safe to run again: it installs nothing when
-# everything is there.
+# libraries it compares with, and python3-pebble, Debian's build of pebble
+# for /usr/bin/python3, for the isolated-task comparison). Safe to run
+# again: it installs nothing when everything is there.
 # Usage: scripts/deps.sh [EXTRA-PACKAGE ...]
 set -euo pipefail
 
