@@ -28,6 +28,9 @@
  *   While it does this the worker's `busy` is 2, not 1: a shutdown past
  *   its grace never abandons it (it kills its process instead:
  *   ctp__iso_kill_all, and the dispatcher returns within a DIED message).
+ *   Once the grace is over it stays 2 through the task's done, so the
+ *   shutdown waits for that done too instead of abandoning the thread
+ *   (a pool whose only stragglers were isolated tasks returns 0).
  *
  *   Slots. `lock` protects each slot's busy/dead/kill flags and its proc
  *   while it is not busy; a busy slot's proc belongs to the thread that
@@ -462,6 +465,8 @@ static bool settle(struct ctp__iso_pool *ip, struct slot *s)
 static void out_append(struct ctp__iso *iso, const char *p, size_t len,
                        size_t max_io)
 {
+	if (len == 0)
+		return;
 	if (len > max_io - iso->out_len)
 		len = max_io - iso->out_len;
 	if (len > iso->out_cap - iso->out_len) {
@@ -697,7 +702,13 @@ static int iso_run(void *arg, ctp_token *token)
 	}
 	free(t->iso->in);
 	t->iso->in = NULL;
-	atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
+	/* Back to user code (done follows), unless a shutdown's grace is
+	 * over: it killed this task's process and waits for it, done
+	 * included, rather than count it a straggler it must abandon. */
+	pthread_mutex_lock(&ip->lock);
+	if (!ip->killall)
+		atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
+	pthread_mutex_unlock(&ip->lock);
 	return r;
 }
 

@@ -1097,6 +1097,10 @@ static void test_isolated_output_einprogress_and_einval(void **state)
 	job_fini(&plain);
 }
 
+/* No input, no output. Under UBSan this is the first test to fail today:
+ * out_append (src/isolated.c) calls memcpy(iso->out + 0, p, 0) with
+ * iso->out still NULL when a task ends without output ("null pointer
+ * passed as argument 1"), and with halt_on_error=1 the run stops here. */
 static void test_isolated_empty_input_is_null(void **state)
 {
 	ctp_pool *pool = iso_pool(1, 1, 0);
@@ -1365,7 +1369,16 @@ static void test_isolated_killed_deadline(void **state)
 }
 
 /* kill_after CTP_FOREVER: a shutdown still kills at the end of its grace,
- * and returns 0 (nothing abandoned). */
+ * and returns 0 (nothing abandoned).
+ *
+ * Fails now and then (about half the runs under TSan, not seen plain):
+ * ctp_pool_shutdown returns -ETIMEDOUT. Suspected cause: iso_run
+ * (src/isolated.c, its last busy store) sets the worker's busy back to 1
+ * as soon as the dispatch ends, so while the killed task finishes (its
+ * done runs) the shutdown's late loop (src/pool.c wait_quiet, `v <=
+ * in_user_code(pool)`) counts it as user code that outlived the grace and
+ * abandons it. On failure the test settles the pool with a second
+ * shutdown before it reports, so that nothing of it outlives the test. */
 static void test_isolated_killed_shutdown_grace_forever(void **state)
 {
 	struct census c;
@@ -1374,7 +1387,7 @@ static void test_isolated_killed_shutdown_grace_forever(void **state)
 	struct job j;
 	ctp_task *t;
 	int64_t t0, dt;
-	int left;
+	int left, r, again = 0;
 
 	(void)state;
 	say_open();
@@ -1386,8 +1399,11 @@ static void test_isolated_killed_shutdown_grace_forever(void **state)
 	                 0);
 	heard_started();
 	t0 = tu_now_ns();
-	assert_int_equal(ctp_pool_shutdown(pool, 0, CTP_MSEC(100)), 0);
+	r = ctp_pool_shutdown(pool, 0, CTP_MSEC(100));
 	dt = tu_now_ns() - t0;
+	if (r != 0) /* a later call returns 0 once the straggler is gone */
+		again = ctp_pool_shutdown(pool, 0, BOUND);
+	assert_int_equal(again, 0);
 	assert_true(dt >= CTP_MSEC(100));
 	assert_true(dt < CTP_MSEC(100) + WOKE);
 	assert_int_equal(finish(t, &j), -ESHUTDOWN);
@@ -1404,6 +1420,10 @@ static void test_isolated_killed_shutdown_grace_forever(void **state)
 	assert_int_equal(ctp_pool_destroy(pool), 0);
 	say_close();
 	job_fini(&j);
+	if (r != 0)
+		fail_msg("ctp_pool_shutdown returned %d (%s) with a killed "
+		         "isolated task as its only straggler", r,
+		         ctp_strerror(r));
 }
 
 /* ---- cooperative: the token wakes the function in its process ----------- */
@@ -1829,15 +1849,15 @@ static void test_isolated_worker_killed_from_outside(void **state)
 /* An idle worker process killed from outside (the OOM killer's way) is
  * replaced before the next task needs it: that task runs normally.
  *
- * Fails today (src/isolated.c, dispatch): settle() looks for the fork
- * server's DIED without waiting, so the next task's RUN goes to the dead
- * process and the task ends -EOWNERDEAD (counted crashed) without having
- * run. When the fork server then closes the dead worker's socket with
- * that RUN still unread, recvmsg on ours fails with ECONNRESET before the
- * DIED can be read: the dispatcher takes it for EOF (exit signal 0), marks
- * the slot dead (stats.processes drops) and, because ctp__msg_recv
- * (src/proc.c) returns before setting *nfds, closes four uninitialised
- * "descriptors" (seen: 0 and 1, the program's stdin and stdout). */
+ * Regression (fixed in a1481fd): settle() looks for the fork server's DIED
+ * without waiting, so the next task's RUN went to the dead process and
+ * the task ended -EOWNERDEAD (counted crashed) without having run. When
+ * the fork server then closed the dead worker's socket with that RUN
+ * still unread, recvmsg on ours failed with ECONNRESET before the DIED
+ * could be read: the dispatcher took it for EOF (exit signal 0), marked
+ * the slot dead (stats.processes dropped) and, as ctp__msg_recv returned
+ * before setting *nfds, closed four uninitialised "descriptors" (seen: 0
+ * and 1, the program's stdin and stdout). */
 #define IDLE_ROUNDS 10
 
 static void test_isolated_idle_worker_killed_from_outside(void **state)
@@ -1976,9 +1996,9 @@ static bool proc_state_is(pid_t pid, char state)
  * before the next task has been sent to it (its RUN waits, unread, on the
  * dead worker's socket); then the fork server goes on. The task must still
  * run (in the replacement), the pool keep its process, and the program's
- * own descriptors stay open. Fails today, as above: the status always;
- * the process count and the descriptors whenever the ECONNRESET comes
- * first (most runs). */
+ * own descriptors stay open. Before a1481fd, as above: the status always
+ * wrong; the process count and the descriptors whenever the ECONNRESET
+ * came first (most runs). */
 static void test_isolated_idle_worker_death_reported_late(void **state)
 {
 	struct std_fds std;
@@ -2042,9 +2062,9 @@ static void test_isolated_idle_worker_death_reported_late(void **state)
 /* A task cancelled before its process read it (a process slow to start
  * on a loaded machine; here it is held with SIGSTOP) is killed kill_after
  * later like any other: its reason, SIGKILL, a fresh process in its place,
- * and nothing of the program touched. Fails today in most runs: the pool's
- * own kill leaves the RUN unread, so the same ECONNRESET as above loses
- * the slot's process and closes descriptors of the program. */
+ * and nothing of the program touched. Before a1481fd most runs failed:
+ * the pool's own kill left the RUN unread, so the same ECONNRESET as above
+ * lost the slot's process and closed descriptors of the program. */
 static void test_isolated_killed_before_it_read_its_task(void **state)
 {
 	struct std_fds std;

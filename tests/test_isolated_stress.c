@@ -28,11 +28,11 @@
  * their own (every worker process is instrumented too, on two CPUs shared
  * with the spinning ones).
  *
- * Seen failing now and then (create_destroy under TSan: the program's
- * stdout closed by the library) through the bug that test_isolated.c's
- * idle-worker and killed-before-it-read tests pin down: a process killed
- * before it read its task, the ECONNRESET that follows, and descriptors
- * closed from an uninitialised array.
+ * Before a1481fd, create_destroy failed now and then (plain, ASan and
+ * TSan: the program's stdout closed by the library) through the bug that
+ * test_isolated.c's idle-worker and killed-before-it-read tests pin down:
+ * a process killed before it read its task, the ECONNRESET that follows,
+ * and descriptors closed from an uninitialised array.
  */
 #include <fcntl.h>
 #include <poll.h>
