@@ -31,7 +31,8 @@ ck_libs=$(pkg-config --libs ck)
 # FUZZ_CFLAGS: extra compiler flags for both builds.
 common=(-std=gnu11 -g -O1 -fno-omit-frame-pointer -D_GNU_SOURCE
 	-DCTP_BUILDING_LIBRARY -Iinclude -Isrc $ck_cflags ${FUZZ_CFLAGS:-})
-lib_srcs=(src/platform.c src/queue.c src/token.c src/task.c src/timer.c src/pool.c)
+lib_srcs=(src/platform.c src/queue.c src/token.c src/task.c src/timer.c src/pool.c
+	src/proc.c src/isolated.c)
 for f in "${lib_srcs[@]}" src/ring.c; do
 	[[ -f $f ]] || { echo "fuzz.sh: missing $f" >&2; exit 2; }
 done
