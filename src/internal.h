@@ -715,7 +715,10 @@ struct ctp__worker {
 	_Atomic uint32_t busy;      /* 1 while it runs user code (a task from
 	                               its start until its done returned, or
 	                               on_thread_stop): what a shutdown past
-	                               its grace may abandon; single writer,
+	                               its grace may abandon; 2 while it
+	                               dispatches an isolated task (killed,
+	                               never abandoned: isolated.c); single
+	                               writer,
 	                               relaxed; its clear is ordered by the
 	                               release of `finished` that follows */
 	_Atomic uint64_t finished;  /* tasks this worker finished (pool.c,

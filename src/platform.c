@@ -50,17 +50,23 @@ bool ctp__deadline(int64_t ns, struct timespec *abs)
 	return true;
 }
 
-int ctp__futex_wait(_Atomic uint32_t *word, uint32_t expected,
-                    const struct timespec *abs)
+/* op: FUTEX_PRIVATE_FLAG for a word of this process, 0 for a shared one */
+static int futex_wait_op(_Atomic uint32_t *word, uint32_t expected,
+                         const struct timespec *abs, int op)
 {
 	long r;
 
-	r = syscall(SYS_futex, (uint32_t *)word,
-	    FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected, abs, NULL,
-	    FUTEX_BITSET_MATCH_ANY);
+	r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET | op,
+	    expected, abs, NULL, FUTEX_BITSET_MATCH_ANY);
 	if (r == 0 || errno == EAGAIN)
 		return 0;
 	return errno == ETIMEDOUT ? -ETIMEDOUT : -EINTR;
+}
+
+int ctp__futex_wait(_Atomic uint32_t *word, uint32_t expected,
+                    const struct timespec *abs)
+{
+	return futex_wait_op(word, expected, abs, FUTEX_PRIVATE_FLAG);
 }
 
 void ctp__futex_wake(_Atomic uint32_t *word, int count)
@@ -74,13 +80,7 @@ void ctp__futex_wake(_Atomic uint32_t *word, int count)
 int ctp__futex_wait_shared(_Atomic uint32_t *word, uint32_t expected,
                            const struct timespec *abs)
 {
-	long r;
-
-	r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected,
-	    abs, NULL, FUTEX_BITSET_MATCH_ANY);
-	if (r == 0 || errno == EAGAIN)
-		return 0;
-	return errno == ETIMEDOUT ? -ETIMEDOUT : -EINTR;
+	return futex_wait_op(word, expected, abs, 0);
 }
 
 void ctp__futex_wake_shared(_Atomic uint32_t *word, int count)

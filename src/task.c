@@ -320,10 +320,16 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 	ctp_pool *pool = t->pool;
 	uint32_t s = atomic_load_explicit(&t->token.state,
 	    memory_order_relaxed);
-	enum ctp__iso_outcome o = ctp__iso_outcome(t);
-	/* an isolated task that never reached a process never ran */
-	uint32_t end = o == CTP__ISO_UNRUN || o == CTP__ISO_NOPROC ?
-	    CTP__PHASE_CANCELLED : CTP__PHASE_DONE;
+	uint32_t end = CTP__PHASE_DONE;
+
+	/* an isolated task that never reached a process never ran (the
+	 * outcome is asked only of isolated tasks: no call per task) */
+	if (t->iso != NULL) {
+		enum ctp__iso_outcome o = ctp__iso_outcome(t);
+
+		if (o == CTP__ISO_UNRUN || o == CTP__ISO_NOPROC)
+			end = CTP__PHASE_CANCELLED;
+	}
 
 	/* RUNNING -> DONE, keeping a reason that fired meanwhile */
 	while (!atomic_compare_exchange_weak_explicit(&t->token.state, &s,
