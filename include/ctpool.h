@@ -280,10 +280,9 @@ CTP_EXPORT void ctp_pool_stats(ctp_pool *pool, ctp_stats *stats);
  * task that is not accepted never runs and its done is not called. Blocks
  * only while waiting for room (queue_wait); if opts->parent fires during that
  * wait, the call returns the parent's reason. The task's deadline counts from
- * the moment it is accepted. Tasks start in submission order, except after a
- * submitter finds the queue's slots full of cancelled tasks while every worker
- * is busy: it then compacts the queue, and tasks other threads submit
- * meanwhile may start before the older ones it puts back. */
+ * the moment it is accepted. Tasks start in the order they were accepted
+ * (FIFO); a task cancelled while queued leaves the queue at once (its place
+ * and its memory). */
 CTP_EXPORT int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
                                const ctp_task_opts *opts, ctp_task **task);
 

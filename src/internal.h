@@ -2,29 +2,32 @@
  * ctpool internals shared by the source files.
  *
  * Map of the sources
- *   ring.c      the ck_ring calls (the only file built without TSan)
+ *   ring.c      the ck_ring calls of ctp_queue (the only file built
+ *               without TSan)
  *   platform.c  futex, clocks, ck_ec ops, thread names, ctp_strerror
- *   queue.c     ctp_queue and the event-count waits that everything uses
+ *   queue.c     ctp_queue (public) and the event-count waits that
+ *               everything uses
  *   token.c     tokens: the state word, sleepers, fd, watchers, trees
  *   task.c      the task state machine, completion, handles, free list
  *   timer.c     the per-pool deadline heap and its thread
- *   pool.c      pool lifetime, the worker loop, submit, shutdown
+ *   pool.c      pool lifetime, the run queue, the worker loop, submit,
+ *               shutdown
  *   proc.c      worker processes: the fork server, the worker process's
  *               loop, the messages (knows nothing of pools)
  *   isolated.c  isolated tasks: the pool's side (slots, dispatch, kill)
  *
  * Lock order (a lock may be taken while holding only locks above it):
  *   pool->lock            shutdown / join bookkeeping
- *   pool->compact_lock    a submitter compacting the ring (rare)
- *   worker->lock          one worker's current task
- *   pool->park_lock       the list of parked workers (never held while
- *                         another lock is taken)
  *   token->lock           one at a time (firing walks a tree holding only
  *                         the lock of the token whose children it marks;
  *                         unlinking a child takes only its parent's); a
  *                         task's retire, under its parent's lock, takes
  *                         the timer lock below
  *   timer->lock
+ *   pool->runq.lock       the run queue: queued tasks, admission count,
+ *                         idle workers, each worker's current (taken
+ *                         under a token lock by a fire's retire; no
+ *                         other lock is taken while it is held)
  *   pool->alloc_lock      the submitters' part of the task free list
  *   iso->lock             the worker-process slots (isolated.c; never
  *                         held while another lock is taken)
@@ -59,24 +62,23 @@
  *  task.fin (task.c)          waiter CAS bit 1, finisher   release/acquire;
  *                             exchange bit 0               wake if bit 1 seen
  *  queue.count|full_waiters   producer: full_waiters++,    releaser: count -=,
- *    (queue.c)                load count                   load full_waiters,
+ *    (queue.c, ctp_queue)     load count                   load full_waiters,
  *                                                          bump not_full
  *  queue.count CLOSED bit     close: fetch_or; admission   no CAS admits after
  *                             CAS fails on it              the bit
  *  ck_ec32 not_empty/not_full waiter: snapshot, look,      changer: change,
- *    (queue.c)                wait while equal             bump
- *  ring push|spinning,parked  submit: push+fence, load     parker: list, fence,
- *    (pool.c)                 spinning, parked             load ring, stopping
- *  pool.spinning|ring         scout: spinning=0, fence,    submit as above
- *                             load ring (pass_baton)
+ *    (queue.c), and runq's    wait while equal (runq: the  bump (runq: after
+ *    not_full/drained         snapshot under runq.lock)    the lock)
+ *  runq (pool.c)              everything under runq.lock; the scout's poll
+ *                             of `head` is a relaxed hint, then the lock
  *  finished,accepted|         finisher: count, load        waiter: waiters++,
  *    idle_waiters (pool.c)    idle_waiters, bump idle_seq  snapshot idle_seq,
  *                                                          pool_idle, wait
- *  queue.count, finished,     pool_idle reads count, then  a task holds its
- *    accepted (pool.c)        finished, then accepted      slot from admission
- *                                                          to start or retire
- *  pool.stopping (pool.c)     shutdown: store, then each   worker reads it
- *                             worker's lock                under its lock
+ *  finished, accepted         pool_idle reads finished,    submit counts
+ *    (pool.c)                 then accepted                accepted before it
+ *                                                          asks for a slot
+ *  pool.stopping (pool.c)     shutdown: store under        worker reads it
+ *                             runq.lock                    under runq.lock
  *  pool.alive (pool.c)        threads (exit)               shutdown: futex wait
  *                                                          for 0 (grace)
  *  pool.finishing (pool.c)    fire-call segments: +1       shutdown after the
@@ -88,9 +90,6 @@
  *                                                          -> abandon
  *  pool.stopped (pool.c)      first shutdown after its     later shutdowns:
  *                             cancel step; wake            futex wait for 1
- *  pool.destroyed|ring        destroy: store, drain ring   submit: push+fence,
- *                                                          load destroyed,
- *                                                          drain
  *  pool.freed (task.c)        pushers CAS release;         allocator exchange
  *                             DEAD under alloc_lock        acquire, DEAD check
  *                                                          under alloc_lock
@@ -368,6 +367,11 @@ struct ctp_watch {
 
 CTP__HIDDEN void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state);
 CTP__HIDDEN void ctp__token_fini(ctp_token *t);
+/* A task object's token between uses (task.c): its mutex is made once,
+ * when the object is, and destroyed with it; free closes the fd only,
+ * reuse resets the rest. */
+CTP__HIDDEN void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state);
+CTP__HIDDEN void ctp__token_release_fd(ctp_token *t);
 /* One fire call in progress (token.c). On the firer's stack, or for the
  * timer's fires in the task's `dfire`, carried from the timer thread
  * (begin) to the timer-callback thread (end). */
@@ -418,6 +422,7 @@ CTP__HIDDEN int  ctp__token_link(ctp_token *parent, ctp_token *child);
 CTP__HIDDEN void ctp__token_ref(ctp_token *t);
 CTP__HIDDEN bool ctp__token_tryref(ctp_token *t);
 CTP__HIDDEN void ctp__token_put(ctp_token *t);
+CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
 /* Registers an internal watch living on the caller's stack; returns false
  * when the token had already fired (fn is then not called). */
 CTP__HIDDEN bool ctp__token_watch_internal(ctp_token *t, struct ctp_watch *w,
@@ -453,8 +458,19 @@ struct ctp_task {
 	                               the timer thread, then read by the
 	                               timer-callback thread after the queue's
 	                               lock */
-	ctp_task        *free_next; /* in pool->freed (owned by the pusher
-	                               until its CAS) or pool->spare */
+	union {
+		ctp_task *free_next; /* in pool->freed (owned by the pusher
+		                        until its CAS) or pool->spare */
+		ctp_task *qnext;     /* in the run queue (pool.c): runq.lock;
+		                        a task leaves the queue before it can be
+		                        freed */
+	};
+	ctp_task        *qprev;     /* runq.lock */
+	uint8_t          qstate;    /* enum ctp__qstate; runq.lock */
+	bool             qref_owed; /* a fire unlinked it (runq.lock): that
+	                               fire's complete pass drops the queue's
+	                               reference with the pool's (read by the
+	                               fire's own threads, in order) */
 	struct ctp__iso *iso;       /* an isolated task's record, else NULL;
 	                               set before publication, freed with the
 	                               object */
@@ -495,7 +511,10 @@ struct ctp__batch {
 	ctp_task *held;   /* complete: the segment's last task, its borrowed
 	                     reference dropped only at the segment's end (the
 	                     object holds the pool meanwhile) */
-	uint64_t  finished, slots, cancelled, timed_out, dropped;
+	uint64_t  finished, cancelled, timed_out, dropped;
+	/* retire: tasks to take out of the run queue, in one lock */
+	size_t    nout;
+	ctp_task *out[32];
 };
 CTP__HIDDEN void ctp__task_retire(ctp_task *t, int reason,
                                   struct ctp__batch *b);
@@ -705,12 +724,11 @@ CTP__HIDDEN void ctp__iso_count(ctp_pool *pool, const ctp_task *t,
 /* ---- pool.c ------------------------------------------------------------- */
 
 struct ctp__worker {
-	CTP__LINE pthread_mutex_t lock; /* taken by this worker once per task
-	                               and by shutdown's cancel step */
-	ctp_task       *current;    /* started task, ring ref held; lock */
+	ctp_task       *current;    /* started task, the queue's ref held;
+	                               pool->runq.lock */
 	/* statistics written only by this worker (single writer: a relaxed
 	 * load and store, no read-modify-write); summed by ctp_pool_stats */
-	_Atomic uint64_t st_completed;
+	CTP__LINE _Atomic uint64_t st_completed;
 	_Atomic uint32_t st_running; /* 0 or 1 */
 	_Atomic uint32_t busy;      /* 1 while it runs user code (a task from
 	                               its start until its done returned, or
@@ -728,14 +746,54 @@ struct ctp__worker {
 	ctp_task       *cache, *cache_tail;
 	unsigned        ncache;
 	_Atomic uint32_t park;      /* futex word: 1 while it sleeps unclaimed;
-	                               a waker that took it off the list
-	                               stores 0 and wakes it */
-	struct ctp__worker *park_next; /* pool->park_lock */
+	                               a waker that took it off the idle list
+	                               (under runq.lock) stores 0 and wakes it */
+	struct ctp__worker *park_next; /* runq.idle; runq.lock */
 	/* immutable after create */
 	ctp_pool       *pool;
 	unsigned        index;
 	pthread_t       thread;
 	bool            started;    /* pthread_create succeeded */
+};
+
+/* Where a task is with respect to its pool's run queue (runq.lock). */
+enum ctp__qstate {
+	CTP__Q_OUT = 0,   /* holds no slot: not admitted yet, or left */
+	CTP__Q_RESERVED,  /* admitted (holds a slot), not yet linked */
+	CTP__Q_LINKED,    /* holds a slot and waits in the list */
+};
+
+/*
+ * The pool's run queue (pool.c, "Queue"): one lock over a FIFO of tasks,
+ * the admission count and the idle workers. Whoever moves a task to
+ * CTP__Q_OUT gives its slot back: the worker that pops it, or the fire
+ * that catches it queued (which unlinks it at once).
+ */
+struct ctp__runq {
+	CTP__LINE pthread_mutex_t lock;
+	ctp_task          *tail;    /* lock */
+	_Atomic size_t     count;   /* admitted tasks (RESERVED or LINKED);
+	                               written under lock, read without it
+	                               only by stats (relaxed) */
+	size_t             linked;  /* tasks in the list; lock */
+	size_t             capacity; /* immutable: a power of two */
+	_Atomic bool       closed;  /* written under lock (the close); read
+	                               without it only as a hint */
+	bool               scout;   /* a worker polls `head` before it parks;
+	                               lock */
+	uint32_t           waking;  /* workers claimed but not yet back under
+	                               the lock; lock */
+	uint32_t           full_waiters; /* submitters waiting for room; lock */
+	struct ctp__worker *idle;   /* parked workers not yet claimed; lock */
+	/* on its own line: the scout polls it, and must not pull the lock's
+	 * line away from its holder while it does */
+	CTP__LINE _Atomic(ctp_task *) head; /* lock; peeked without it
+	                               (relaxed) by the scout, which then
+	                               takes the lock */
+	/* bumped after the lock is dropped: */
+	CTP__LINE ck_ec32_t not_full; /* a slot released while full_waiters */
+	ck_ec32_t          drained;  /* once closed: a slot released or a task
+	                               linked (shutdown's drop step waits) */
 };
 
 /*
@@ -744,13 +802,13 @@ struct ctp__worker {
  * the other side never touches.
  */
 struct ctp_pool {
-	struct ctp_queue   queue;      /* admission + ring of ctp_task * */
+	struct ctp__runq   runq;       /* admission + the queued tasks */
 
 	/* written by submitters */
 	CTP__LINE _Atomic uint64_t accepted; /* tasks accepted, ever (a submit
 	                                  that backs out after admission takes
 	                                  its increment back) */
-	_Atomic uint64_t   st_submitted, st_rejected; /* relaxed */
+	_Atomic uint64_t   st_rejected; /* relaxed */
 
 	/* written by whoever finishes a task (workers, cancellers, timer) */
 	CTP__LINE _Atomic uint64_t finished; /* tasks whose done has returned,
@@ -768,27 +826,17 @@ struct ctp_pool {
 	CTP__LINE _Atomic uint32_t idle_waiters; /* threads in wait_idle or the
 	                                  drain: finishers then bump idle_seq */
 	_Atomic uint32_t   idle_seq;   /* futex word for them */
-	/* idle workers (pool.c, "Parking"); seq_cst, Dekker pairs with submit */
-	_Atomic uint32_t   spinning;   /* 1 while a worker (the scout) will look
-	                                  at the ring before it runs user code
-	                                  or parks (taken by CAS: at most one) */
-	_Atomic uint32_t   parked;     /* length of park_list (a hint for
-	                                  submitters: read without the lock) */
-	_Atomic bool       stopping;   /* cancel step reached: workers exit */
+	_Atomic bool       stopping;   /* cancel step reached: workers exit;
+	                                  written under runq.lock, read under
+	                                  it by workers (and as a hint by the
+	                                  scout) */
 	_Atomic uint32_t   stopped;    /* 1 once the first shutdown call has
 	                                  ended its cancel step (futex: later
 	                                  calls wait for it) */
-	_Atomic bool       destroyed;  /* ctp_pool_destroy has emptied the ring:
-	                                  a submit that pushes after it empties
-	                                  it again (seq_cst; Dekker with the
-	                                  push's fence) */
 	_Atomic uint32_t   refs;       /* owner + threads + task objects */
 	_Atomic uint32_t   alive;      /* threads not yet exited (futex) */
 	_Atomic uint32_t   started;    /* workers past on_thread_start (futex) */
 	_Atomic uint32_t   st_threads;
-	pthread_mutex_t    park_lock;  /* protects park_list and each listed
-	                                  worker's park_next */
-	struct ctp__worker *park_list; /* parked workers not yet claimed */
 	/* shutdown bookkeeping */
 	pthread_mutex_t    lock;
 	bool               shutdown_called; /* lock */
@@ -811,9 +859,7 @@ struct ctp_pool {
 	struct ctp__worker *workers;
 	ctp_task          **scan;           /* nthreads slots: cancel step only,
 	                                       run by the first shutdown caller */
-	ctp_task          **scratch;        /* capacity slots; compact_lock */
 	struct ctp__iso_pool *iso;          /* worker processes, or NULL */
-	pthread_mutex_t    compact_lock;    /* one submitter compacts at a time */
 };
 
 CTP__HIDDEN void ctp__pool_ref(ctp_pool *pool);
@@ -833,5 +879,12 @@ CTP__HIDDEN void ctp__pool_worker_finished(ctp_pool *pool);
  * (task.c). The shutdown waits for it as for a thread of the pool. */
 CTP__HIDDEN void ctp__pool_finishing_begin(ctp_pool *pool);
 CTP__HIDDEN void ctp__pool_finishing_done(ctp_pool *pool);
+/* Tasks a fire caught queued leave the run queue: each one still in it
+ * (linked, or admitted and not yet linked) gives its slot back now, and a
+ * linked one is unlinked; its queue reference is then owed (qref_owed)
+ * and dropped with the pool's by the fire's complete pass. One taking of
+ * runq.lock for all n. */
+CTP__HIDDEN void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks,
+                                   size_t n);
 
 #endif /* CTP_INTERNAL_H */

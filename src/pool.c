@@ -2,66 +2,78 @@
  * pool.c: the pool, its workers, submit and shutdown.
  *
  * Design notes
- *   Queue. Tasks wait in pool->queue (queue.c): admission is a CAS on
- *   queue.count (<= capacity: the "queued" figure), the pointers travel
- *   through a ck_ring of twice the capacity. A task cancelled while queued
- *   leaves `count` at once but its pointer stays in the ring (a tombstone)
- *   until someone dequeues it and drops the ring's reference. If tombstones
- *   ever fill the ring while every worker is busy, the submitter compacts
- *   it (compact()): it takes every pointer out, drops the tombstones and
- *   puts the live ones back in order.
+ *   Queue (struct ctp__runq). One lock, runq.lock, over a FIFO of the
+ *   queued tasks (intrusive: task->qnext/qprev), the admission count
+ *   (<= capacity: the "queued" figure), `closed`, the idle workers and
+ *   each worker's `current`. Each task's qstate says where it is:
  *
- *   Worker loop (worker_main / next_task / run_task). Per task, under its
- *   own uncontended lock, a worker: takes the previous task out of
- *   `current`, checks `stopping`, dequeues, and starts the task with the
- *   CAS QUEUED -> RUNNING (which fails for a cancelled task: its ring
- *   reference is dropped there), records it as `current`, and gives its
- *   admission slot back. After the unlock it drops the previous task's ring
- *   reference, then runs fn; `busy` is 1 from just before fn until its
- *   done has returned (ctp__pool_worker_finished).
+ *       OUT --admit--> RESERVED --link--> LINKED --pop/unlink--> OUT
+ *                          \____________________________________/^
+ *                              retired by a fire before its link
  *
- *   Parking (idle_wait / park / wake_for_push / pass_baton). A worker with
- *   nothing to do either becomes the scout (pool->spinning, taken by CAS, at
- *   most one) and polls the ring for SPIN_NS, or parks: it puts itself on
- *   park_list, looks at the ring and `stopping` once more, and sleeps on its
- *   own futex word until a waker takes it off the list. A submit, after its
- *   push, wakes one parked worker unless there is a scout, which sees the
- *   task before it runs user code or parks. Every worker that takes a task
- *   passes the baton before fn: tasks still in the ring while workers are
- *   parked wake one more. So a stream of tiny tasks costs no wake-up per
- *   submit (the scout takes them), a waker claims one specific worker (the
- *   submits that follow while it wakes up do not wake it again), and no
- *   queued task waits for a busy worker while another sleeps. The Dekker
- *   pairs: push, fence, read spinning/parked (submit) against listing, fence,
- *   read ring/stopping (park) and releasing spinning, fence, read ring
- *   (scout_leave then pass_baton). The shutdown sets `stopping`, then wakes
- *   every parked worker (unpark_all).
-
- *   Shutdown. (1) The queue's CLOSED bit is set in its count word (so no
- *   admission CAS can succeed after it) and blocked submitters wake.
- *   (2) Drain: wait until no accepted task is unfinished (pool_idle) for up
- *   to `drain`; a task admitted before the close holds its slot until it
- *   starts, so the drain never ends before it has run. (3) Cancel step: set
- *   `stopping`, wake every parked worker (idle workers exit at once), then
- *   take and release each worker's lock: after that no worker starts a
- *   task, and every started one is in some worker's `current`, which we
- *   reference and fire with -ESHUTDOWN. Then empty the ring, firing each
- *   queued task with -ESHUTDOWN (their done runs here), until queue.count
- *   is 0: a submit admitted just before the close may still be pushing,
- *   and its bump wakes us. Stop the timer. Set `stopped`: later shutdown
- *   calls wait for it. (4) Grace (wait_quiet): wait on `finishing` for every
- *   fire call's segment of this pool (a group cancel on another thread
- *   running the done of a task it caught queued) to complete, and on
- *   `alive` for every thread to exit, up to `grace`; past it, go on
- *   waiting for what runs no user code (idle workers leaving) and abandon
- *   only what does. Then join.
+ *   A submit with no parent and no deadline is admitted and linked in one
+ *   taking of the lock. One with a parent or a deadline is admitted
+ *   first (so it can wait for room before anyone sees it), then linked to
+ *   its parent and the timer, then linked in the queue (enqueue): a fire
+ *   may catch it between the two, in which case enqueue finds it OUT and
+ *   drops the queue's reference itself. Whoever moves a task to OUT gives
+ *   its slot back, under the lock: the worker that pops it, the fire that
+ *   catches it queued (ctp__pool_unqueue, from task.c's retire: it unlinks
+ *   the task at once, so a cancelled task frees its place and its memory
+ *   at once, and no tombstone is left behind), a submit backing out, the
+ *   shutdown's drop step. Wake-ups (a claimed worker, not_full, drained)
+ *   are decided under the lock and made after it (struct after), so no
+ *   futex call is made under it. The lock is adaptive (it spins briefly
+ *   before sleeping: its holders keep it for a few dozen nanoseconds).
+ *
+ *   Worker loop (worker_main / next_task / run_task). Under runq.lock a
+ *   worker drops its previous task from `current`, checks `stopping`,
+ *   pops tasks until one starts (the CAS QUEUED -> RUNNING, which fails
+ *   for a task whose token fired first: its queue reference is dropped
+ *   after the lock) and records it as `current`. After the unlock it
+ *   drops the previous task's queue reference, then runs fn; `busy` is 1
+ *   from just before fn until its done has returned
+ *   (ctp__pool_worker_finished).
+ *
+ *   Idle workers (next_task). A worker that finds the queue empty either
+ *   becomes the scout (runq.scout: at most one), which polls `head` (on a
+ *   line of its own, without the lock) for SPIN_NS before it parks, or
+ *   parks: under the lock it lists itself on runq.idle and sleeps on its
+ *   own futex word until a waker takes it off the list (a claim) and
+ *   wakes it. A submit that links a task claims one idle worker unless
+ *   there is a scout (which will see the task) or enough workers are
+ *   already on their way (runq.waking >= linked tasks); a worker that
+ *   takes a task with more left claims the next one in the same way. So a
+ *   stream of tiny tasks costs no wake-up per submit while the scout
+ *   polls, a claimed worker is woken once, and no queued task waits for a
+ *   busy worker while another sleeps. Every decision is made under the
+ *   lock: there is no announce-then-look protocol between submitters and
+ *   idle workers.
+ *
+ *   Shutdown. (1) close_queue sets `closed` under the lock (no admission
+ *   after it) and wakes blocked submitters. (2) Drain: wait until no
+ *   accepted task is unfinished (pool_idle) for up to `drain`. (3) Cancel
+ *   step: under the lock, set `stopping`, claim and wake every idle
+ *   worker (they exit), and take a reference on every worker's `current`:
+ *   a worker starts a task only under the lock, so after it no task
+ *   starts, and every started one was seen. Fire those with -ESHUTDOWN.
+ *   Then drop_queued pops every queued task and fires it with -ESHUTDOWN
+ *   (their done runs here), until no slot is held: a submit admitted
+ *   before the close may still link its task, a canceller may still give
+ *   a slot back; either bumps `drained` after a snapshot taken under the
+ *   lock. Stop the timer. Set `stopped`: later shutdown calls wait for
+ *   it. (4) Grace (wait_quiet): wait on `finishing` for every fire call's
+ *   segment of this pool (a group cancel on another thread running the
+ *   done of a task it caught queued) to complete, and on `alive` for
+ *   every thread to exit, up to `grace`; past it, go on waiting for what
+ *   runs no user code (idle workers leaving) and abandon only what does.
+ *   Then join.
  *
  *   Lifetime. pool->refs counts the owner, every thread, and every task
  *   object (in use or on the free list). Abandoned threads keep the pool
  *   alive after ctp_pool_destroy; the last reference frees it. Such a
  *   thread may still call the pool: submit meets the closed queue, or the
- *   DEAD free list (-ESHUTDOWN), and a task it pushed after destroy's drain
- *   is dropped by its own enqueue (`destroyed`).
+ *   DEAD free list (-ESHUTDOWN).
  *
  *   Idle. `accepted` (submitters' cache line) counts accepted tasks; the
  *   finished ones are counted by each worker in its own struct (one writer,
@@ -74,10 +86,13 @@
 
  *   Memory order. Statistics are relaxed counters (snapshots); a worker's
  *   own (completed, running) have one writer and are summed when read.
- *   `stopping`, `stopped`, `destroyed`, `alive`, `finishing`, `busy`,
- *   `accepted`, `finished`, `idle_waiters`, `spinning`, `parked` and
- *   `started` use seq_cst: each pairs a state change with a sleeper's
- *   announce-then-look (the table in internal.h).
+ *   `stopped`, `alive`, `finishing`, `busy`, `accepted`, `finished`,
+ *   `idle_waiters` and `started` use seq_cst: each pairs a state change
+ *   with a sleeper's announce-then-look (the table in internal.h). The
+ *   run queue's fields are under its lock; the few read without it
+ *   (`head` by the scout, `count` by stats, `closed` by submit's early
+ *   check, `stopping` by the scout) are hints, relaxed, acted on only
+ *   after the lock is taken.
  */
 #include <assert.h>
 #include <errno.h>
@@ -106,20 +121,13 @@ void ctp__pool_ref(ctp_pool *pool)
 
 static void pool_free(ctp_pool *pool)
 {
-	unsigned i;
-
-	for (i = 0; i < pool->nthreads; i++)
-		pthread_mutex_destroy(&pool->workers[i].lock);
 	free(pool->workers);
 	free(pool->scan);
-	free(pool->scratch);
 	ctp__iso_free(pool);
 	ctp__timer_fini(&pool->timer);
-	ctp__queue_fini(&pool->queue);
+	pthread_mutex_destroy(&pool->runq.lock);
 	pthread_mutex_destroy(&pool->lock);
 	pthread_mutex_destroy(&pool->alloc_lock);
-	pthread_mutex_destroy(&pool->park_lock);
-	pthread_mutex_destroy(&pool->compact_lock);
 	free(pool);
 }
 
@@ -166,24 +174,19 @@ static void own_add64(_Atomic uint64_t *c, uint64_t d, memory_order order)
 }
 
 /* True when no accepted task is unfinished (queued, running, or its done
- * not yet returned). Read in this order, each seq_cst:
- *   1. the queue's count: an admitted task holds its slot from its
- *      admission CAS until a worker starts it or a firer retires it, so a
- *      task admitted before this read and not yet counted in `accepted`
- *      (a submit between the two steps) makes it non-zero;
- *   2. the finished counts, then 3. `accepted`. The finished total never
- *      exceeds `accepted` (a task is counted accepted before it can
- *      finish; `accepted` goes down only for a submit backing out, whose
- *      task never finishes), so a sum read before `accepted` that equals
- *      it was the total, and equal to it, when `accepted` was read.
- * So a task admitted before the call is never missed; one admitted during
- * it may be (as if it came after). */
+ * not yet returned). A submit counts its task in `accepted` before it
+ * even asks for a slot (and takes it back if it fails), so every task in
+ * the pool is counted there. Read in this order, each seq_cst: the
+ * finished counts, then `accepted`. The finished total never exceeds
+ * `accepted` (a task is counted accepted before it can finish; `accepted`
+ * goes down only for a submit backing out, whose task never finishes), so
+ * a sum read before `accepted` that equals it was the total, and equal to
+ * it, when `accepted` was read. So a task submitted before the call is
+ * never missed; one submitted during it may be (as if it came after). */
 static bool pool_idle(ctp_pool *pool)
 {
 	uint64_t f;
 
-	if (ctp__queue_count(&pool->queue) != 0)
-		return false;
 	f = atomic_load(&pool->finished);
 	for (unsigned i = 0; i < pool->nthreads; i++)
 		f += atomic_load(&pool->workers[i].finished);
@@ -257,206 +260,282 @@ static int wait_idle_for(ctp_pool *pool, int64_t timeout)
 	return r;
 }
 
-/* ---- parking ------------------------------------------------------------ */
+/* ---- the run queue ------------------------------------------------------ */
 
-/* How long a worker that ran out of work polls the ring before it parks. */
-#define SPIN_NS 20000
+/* What a holder of runq.lock decided to do once it has dropped it: no
+ * futex call is made under the lock. */
+struct after {
+	struct ctp__worker *wake;     /* a worker it claimed off the idle list */
+	bool                not_full; /* bump not_full */
+	bool                drained;  /* bump drained */
+};
 
-static bool work_or_stop(ctp_pool *pool)
+static void q_lock(struct ctp__runq *q)
 {
-	return !ctp__ring_empty(&pool->queue.ring) ||
-	    atomic_load(&pool->stopping);
+	pthread_mutex_lock(&q->lock);
 }
 
-/* Claims one parked worker (takes it off the list) and wakes it. A claimed
- * worker is no longer counted, so the submits that follow while it wakes
- * up do not wake it again: at most one wake-up per parked worker. */
-static void unpark_one(ctp_pool *pool)
+static void q_unlock(struct ctp__runq *q, struct after *a)
+{
+	struct ctp__worker *w = a->wake;
+
+	pthread_mutex_unlock(&q->lock);
+	if (w != NULL) {
+		/* the claimed worker loops until it sees 0: it cannot leave
+		 * (and the pool outlives this call: the caller holds it) */
+		atomic_store_explicit(&w->park, 0, memory_order_release);
+		ctp__futex_wake(&w->park, 1);
+	}
+	if (a->not_full)
+		ctp__ec_bump(&q->not_full);
+	if (a->drained)
+		ctp__ec_bump(&q->drained);
+}
+
+/* lock held: a slot is given back */
+static void q_release(struct ctp__runq *q, struct after *a)
+{
+	CTP__ASSERT_HELD(&q->lock);
+	/* relaxed: written under the lock, read without it only by stats */
+	atomic_store_explicit(&q->count, atomic_load_explicit(&q->count,
+	    memory_order_relaxed) - 1, memory_order_relaxed);
+	if (q->full_waiters != 0)
+		a->not_full = true;
+	if (atomic_load_explicit(&q->closed, memory_order_relaxed))
+		a->drained = true; /* shutdown's drop step waits for 0 */
+}
+
+/* lock held: appends t (RESERVED -> LINKED) */
+static void q_link(struct ctp__runq *q, ctp_task *t)
+{
+	CTP__ASSERT_HELD(&q->lock);
+	t->qstate = CTP__Q_LINKED;
+	t->qnext = NULL;
+	t->qprev = q->tail;
+	if (q->tail != NULL)
+		q->tail->qnext = t;
+	else
+		atomic_store_explicit(&q->head, t, memory_order_relaxed);
+	q->tail = t;
+	q->linked++;
+}
+
+/* lock held: takes t out of the list (LINKED -> OUT) and gives its slot
+ * back; the caller now owns the queue's reference */
+static void q_unlink(struct ctp__runq *q, ctp_task *t, struct after *a)
+{
+	CTP__ASSERT_HELD(&q->lock);
+	if (t->qprev != NULL)
+		t->qprev->qnext = t->qnext;
+	else
+		atomic_store_explicit(&q->head, t->qnext, memory_order_relaxed);
+	if (t->qnext != NULL)
+		t->qnext->qprev = t->qprev;
+	else
+		q->tail = t->qprev;
+	t->qstate = CTP__Q_OUT;
+	q->linked--;
+	q_release(q, a);
+}
+
+/* lock held: claims one idle worker to wake when queued tasks outnumber
+ * the workers already on their way, unless the scout will see them */
+static void q_wake_for_work(struct ctp__runq *q, struct after *a)
+{
+	struct ctp__worker *w = q->idle;
+
+	CTP__ASSERT_HELD(&q->lock);
+	if (w == NULL || q->scout || a->wake != NULL ||
+	    q->linked <= q->waking)
+		return;
+	q->idle = w->park_next;
+	q->waking++;
+	a->wake = w;
+}
+
+/* lock held: claims every idle worker (stopping is set) and wakes them */
+static void q_wake_all(struct ctp__runq *q)
 {
 	struct ctp__worker *w;
 
-	pthread_mutex_lock(&pool->park_lock);
-	w = pool->park_list;
-	if (w != NULL) {
-		pool->park_list = w->park_next;
-		atomic_fetch_sub(&pool->parked, 1);
-	}
-	pthread_mutex_unlock(&pool->park_lock);
-	if (w != NULL) {
-		atomic_store(&w->park, 0);
-		ctp__futex_wake(&w->park, 1);
+	CTP__ASSERT_HELD(&q->lock);
+	while ((w = q->idle) != NULL) {
+		q->idle = w->park_next;
+		q->waking++;
+		atomic_store_explicit(&w->park, 0, memory_order_release);
+		ctp__futex_wake(&w->park, 1); /* rare: create's failure, the
+		                                 cancel step */
 	}
 }
 
-/* Wakes every parked worker; `stopping` is set first. */
-static void unpark_all(ctp_pool *pool)
+void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
 {
-	struct ctp__worker *list, *w;
+	struct ctp__runq *q = &pool->runq;
+	struct after a = { 0 };
+	ctp_task *t;
 
-	pthread_mutex_lock(&pool->park_lock);
-	list = pool->park_list;
-	pool->park_list = NULL;
-	atomic_store(&pool->parked, 0);
-	pthread_mutex_unlock(&pool->park_lock);
-	while ((w = list) != NULL) {
-		list = w->park_next;
-		atomic_store(&w->park, 0);
-		ctp__futex_wake(&w->park, 1);
-	}
-}
-
-/* Parks worker w until a waker claims it, unless there is work or
- * `stopping` once it is listed. */
-static void park(ctp_pool *pool, struct ctp__worker *w)
-{
-	struct ctp__worker **pp;
-	bool claimed = true;
-
-	ctp__task_cache_flush(w); /* submitters may need them meanwhile */
-	atomic_store(&w->park, 1);
-	pthread_mutex_lock(&pool->park_lock);
-	w->park_next = pool->park_list;
-	pool->park_list = w;
-	atomic_fetch_add(&pool->parked, 1);
-	pthread_mutex_unlock(&pool->park_lock);
-	/* listed before we look (pairs with wake_for_push's loads after the
-	 * push, and with cancel_step's stopping-then-unpark_all) */
-	atomic_thread_fence(memory_order_seq_cst);
-	if (work_or_stop(pool)) {
-		/* take ourselves off, unless a waker already claimed us */
-		pthread_mutex_lock(&pool->park_lock);
-		for (pp = &pool->park_list; *pp != NULL; pp = &(*pp)->park_next) {
-			if (*pp == w) {
-				*pp = w->park_next;
-				atomic_fetch_sub(&pool->parked, 1);
-				claimed = false;
-				break;
-			}
+	q_lock(q);
+	for (size_t i = 0; i < n; i++) {
+		t = tasks[i];
+		switch (t->qstate) {
+		case CTP__Q_LINKED:
+			q_unlink(q, t, &a);
+			/* its queue reference goes with the pool's, in the
+			 * fire's complete pass: one atomic, not two */
+			t->qref_owed = true;
+			break;
+		case CTP__Q_RESERVED:
+			/* its submit has not linked it yet: it sees OUT and
+			 * drops the queue's reference itself */
+			t->qstate = CTP__Q_OUT;
+			q_release(q, &a);
+			break;
+		default:
+			break; /* a worker or the drop step took it out */
 		}
-		pthread_mutex_unlock(&pool->park_lock);
-		if (!claimed)
-			return;
 	}
-	while (atomic_load(&w->park) != 0)
-		ctp__futex_wait(&w->park, 1, NULL);
-}
-
-/* Called by a submitter after its push (ctp__ring_push ends with a full
- * fence after the commit: the push is visible before these loads). The
- * scout, if any, sees the task before it runs user code. */
-static void wake_for_push(ctp_pool *pool)
-{
-	if (atomic_load(&pool->spinning) == 0 && atomic_load(&pool->parked) != 0)
-		unpark_one(pool);
-}
-
-/* Takes the scout role if it is free (a plain load first, so busy workers
- * do not write the shared line when someone holds it). */
-static bool scout_take(ctp_pool *pool)
-{
-	uint32_t expected = 0;
-
-	return atomic_load_explicit(&pool->spinning, memory_order_relaxed) == 0 &&
-	    atomic_compare_exchange_strong(&pool->spinning, &expected, 1);
-}
-
-/* The scout gives up its role (it is about to run user code or to park):
- * submits from now on wake parked workers themselves. */
-static void scout_leave(ctp_pool *pool)
-{
-	atomic_store(&pool->spinning, 0);
-	atomic_thread_fence(memory_order_seq_cst); /* pairs with wake_for_push */
-}
-
-/* A worker that took a task passes the baton before it runs user code:
- * tasks left in the ring while workers are parked get one of them. The
- * submits that saw the scout did not wake anyone, the worker the scout
- * wakes here wakes the next, and so on: no queued task waits for a busy
- * worker while another sleeps. */
-static void pass_baton(ctp_pool *pool)
-{
-	if (atomic_load(&pool->parked) != 0 &&
-	    !ctp__ring_empty(&pool->queue.ring))
-		unpark_one(pool);
-}
-
-/* A worker found no task: returns when there may be one, or `stopping`.
- * The scout polls the ring for SPIN_NS first, so a stream of submits keeps
- * it awake without a wake-up per submit; the others park at once. A
- * spurious return is fine: the caller looks again. */
-static void idle_wait(ctp_pool *pool, struct ctp__worker *w, bool *scout)
-{
-	if (!*scout)
-		*scout = scout_take(pool);
-	if (*scout) {
-		int64_t end = ctp__now_ns() + SPIN_NS;
-
-		for (unsigned i = 1; !work_or_stop(pool); i++) {
-			ck_pr_stall();
-			if (i % 64 == 0 && ctp__now_ns() > end) {
-				*scout = false;
-				scout_leave(pool); /* then park() looks */
-				break;
-			}
-		}
-		if (*scout)
-			return;
-	}
-	park(pool, w);
+	q_unlock(q, &a);
 }
 
 /* ---- the worker loop ---------------------------------------------------- */
 
-/* Returns the next task to run, started and recorded as current, or NULL
- * when the worker must exit. */
-static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w,
-                           bool *scout)
+/* How long the scout polls the queue before it parks. */
+#define SPIN_NS 5000
+
+/* lock held: pops tasks until one starts (QUEUED -> RUNNING); the ones
+ * whose token fired first go to *drop (their queue reference is the
+ * caller's to drop, after the lock). Returns the started task or NULL. */
+static ctp_task *q_take(struct ctp__runq *q, struct after *a, ctp_task **drop)
 {
-	struct ctp_queue *q = &pool->queue;
+	ctp_task *t;
 
-	for (;;) {
-		ctp_task *prev, *t = NULL;
-		bool stopping;
-		void *item;
-
-		pthread_mutex_lock(&w->lock);
-		prev = w->current;
-		w->current = NULL;
-		stopping = atomic_load(&pool->stopping);
-		while (!stopping && ctp__ring_pop(&q->ring, &item)) {
-			CTP__PERTURB(); /* popped, not started */
-			if (ctp__task_start(item)) {
-				t = item;
-				w->current = t;
-				/* it leaves the queue inside the lock, so the
-				 * cancel step never waits for its slot */
-				ctp__queue_unreserve(q);
-				break;
-			}
-			ctp__token_put(item); /* a tombstone: the ring's ref */
-		}
-		pthread_mutex_unlock(&w->lock);
-		CTP__PERTURB();
-		if (prev != NULL)
-			ctp__token_put(&prev->token); /* the ring's ref */
-		if (t != NULL)
+	while ((t = atomic_load_explicit(&q->head,
+	    memory_order_relaxed)) != NULL) {
+		q_unlink(q, t, a);
+		CTP__PERTURB(); /* popped, not started */
+		if (ctp__task_start(t))
 			return t;
-		if (stopping)
-			return NULL;
-		idle_wait(pool, w, scout);
+		t->qnext = *drop;
+		*drop = t;
+	}
+	return NULL;
+}
+
+static void drop_list(ctp_task *list)
+{
+	ctp_task *t;
+
+	while ((t = list) != NULL) {
+		list = t->qnext;
+		ctp__token_put(&t->token); /* the queue's */
 	}
 }
 
-static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
+static void put_task(ctp_task *t)
+{
+	if (t != NULL)
+		ctp__token_put(&t->token);
+}
+
+/* The scout polls `head` (no lock, no write) until a task is there or the
+ * pool stops (true), or `end` passes (false). */
+static bool scout_poll(ctp_pool *pool, int64_t end)
+{
+	struct ctp__runq *q = &pool->runq;
+
+	for (unsigned i = 1;; i++) {
+		if (atomic_load_explicit(&q->head, memory_order_relaxed) !=
+		    NULL || atomic_load_explicit(&pool->stopping,
+		    memory_order_relaxed))
+			return true;
+		ck_pr_stall();
+		if (i % 64 == 0 && ctp__now_ns() > end)
+			return false;
+	}
+}
+
+/* Returns the next task to run, started and recorded as current, or NULL
+ * when the worker must exit. The previous task's queue reference, and
+ * those of tasks found cancelled, are dropped after the lock. */
+static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
+{
+	struct ctp__runq *q = &pool->runq;
+	ctp_task *prev, *drop = NULL, *t = NULL;
+	bool scout = false;   /* this worker holds q->scout */
+	bool spun = false;    /* its polling ran out of time: park next */
+	int64_t end = 0;
+
+	q_lock(q);
+	prev = w->current;
+	w->current = NULL;
+	for (;;) {
+		struct after a = { 0 };
+
+		if (atomic_load_explicit(&pool->stopping,
+		    memory_order_relaxed)) {
+			if (scout)
+				q->scout = false;
+			q_unlock(q, &a);
+			break;
+		}
+		t = q_take(q, &a, &drop);
+		if (t != NULL) {
+			w->current = t;
+			if (scout)
+				q->scout = false;
+			/* tasks left while workers sleep: wake one (which
+			 * wakes the next when it takes one, and so on) */
+			q_wake_for_work(q, &a);
+			q_unlock(q, &a);
+			break;
+		}
+		if (!spun && (scout || !q->scout)) {
+			/* the scout polls before it parks, so a stream of
+			 * submits needs no wake-up per task (they see
+			 * q->scout and wake nobody) */
+			if (!scout) {
+				q->scout = scout = true;
+				end = ctp__now_ns() + SPIN_NS;
+			}
+			q_unlock(q, &a);
+			put_task(prev);
+			prev = NULL;
+			drop_list(drop);
+			drop = NULL;
+			spun = !scout_poll(pool, end);
+			q_lock(q);
+			if (spun)
+				q->scout = scout = false; /* looks once more */
+			continue;
+		}
+		/* park: listed under the lock, so a submit that links after
+		 * this sees us; it claims us (takes us off) and wakes us */
+		atomic_store_explicit(&w->park, 1, memory_order_relaxed);
+		w->park_next = q->idle;
+		q->idle = w;
+		q_unlock(q, &a);
+		put_task(prev);
+		prev = NULL;
+		drop_list(drop);
+		drop = NULL;
+		ctp__task_cache_flush(w); /* submitters may need them */
+		while (atomic_load_explicit(&w->park, memory_order_acquire) != 0)
+			ctp__futex_wait(&w->park, 1, NULL);
+		q_lock(q);
+		q->waking--; /* the claimer counted us */
+		spun = false;
+	}
+	CTP__PERTURB();
+	put_task(prev);
+	drop_list(drop);
+	return t;
+}
+
+static void run_task(struct ctp__worker *w, ctp_task *t)
 {
 	ctp_pool *pool = w->pool;
 	int status;
 
-	if (*scout) {
-		*scout = false;
-		scout_leave(pool);
-	}
-	pass_baton(pool);
 	/* relaxed: read only by a shutdown past its grace, after `stopping`
 	 * and the lock pass (which ordered this store before it) */
 	atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
@@ -470,15 +549,7 @@ static void run_task(struct ctp__worker *w, ctp_task *t, bool *scout)
 		own_add64(&w->st_completed, 1, memory_order_relaxed);
 	else
 		ctp__iso_count(pool, t, status); /* killed, crashed, unrun */
-	/* Heading back to an empty ring: scout, so that the submits that
-	 * come meanwhile need not wake a parked worker. With tasks waiting in
-	 * the ring there is no need, and busy workers would pass the role's
-	 * cache line back and forth for nothing. */
-	if (t->done == NULL && ctp__ring_empty(&pool->queue.ring))
-		*scout = scout_take(pool);
 	ctp__task_finish_ran(t, status); /* clears w->busy */
-	if (!*scout && ctp__ring_empty(&pool->queue.ring))
-		*scout = scout_take(pool);
 }
 
 static void *worker_main(void *arg)
@@ -486,7 +557,6 @@ static void *worker_main(void *arg)
 	struct ctp__worker *w = arg;
 	ctp_pool *pool = w->pool;
 	char index[12];
-	bool scout = false; /* this worker holds pool->spinning */
 	ctp_task *t;
 
 	ctp__tls.pool = pool;
@@ -498,10 +568,8 @@ static void *worker_main(void *arg)
 	atomic_fetch_add(&pool->started, 1);
 	ctp__futex_wake(&pool->started, INT_MAX);
 
-	while ((t = next_task(pool, w, &scout)) != NULL)
-		run_task(w, t, &scout);
-	if (scout)
-		atomic_store(&pool->spinning, 0);
+	while ((t = next_task(pool, w)) != NULL)
+		run_task(w, t);
 	ctp__task_cache_flush(w);
 	ctp__tls.worker = NULL;
 
@@ -538,19 +606,26 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	if (pool->workers != NULL)
 		memset(pool->workers, 0, n * sizeof(*pool->workers));
 	pool->scan = calloc(n, sizeof(*pool->scan));
-	pool->scratch = calloc(cap, sizeof(*pool->scratch));
-	if (pool->workers == NULL || pool->scan == NULL ||
-	    pool->scratch == NULL || (r = ctp__queue_init(&pool->queue, cap)))
+	if (pool->workers == NULL || pool->scan == NULL)
 		goto fail;
 	r = ctp__timer_init(&pool->timer);
-	if (r != 0) {
-		ctp__queue_fini(&pool->queue);
+	if (r != 0)
 		goto fail;
+	{
+		/* adaptive: a contended lock spins a little before it
+		 * sleeps (the holder keeps it for a few dozen ns) */
+		pthread_mutexattr_t ma;
+
+		pthread_mutexattr_init(&ma);
+		pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+		pthread_mutex_init(&pool->runq.lock, &ma);
+		pthread_mutexattr_destroy(&ma);
 	}
+	pool->runq.capacity = cap;
+	ck_ec32_init(&pool->runq.not_full, 0);
+	ck_ec32_init(&pool->runq.drained, 0);
 	pthread_mutex_init(&pool->lock, NULL);
 	pthread_mutex_init(&pool->alloc_lock, NULL);
-	pthread_mutex_init(&pool->park_lock, NULL);
-	pthread_mutex_init(&pool->compact_lock, NULL);
 	pool->opts = *o;
 	snprintf(pool->name, sizeof(pool->name), "%s",
 	    o->name != NULL ? o->name : "ctp");
@@ -559,7 +634,6 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	pool->gen = ctp__gen();
 	atomic_init(&pool->refs, 1); /* the owner's */
 	for (unsigned i = 0; i < n; i++) {
-		pthread_mutex_init(&pool->workers[i].lock, NULL);
 		pool->workers[i].pool = pool;
 		pool->workers[i].index = i;
 	}
@@ -568,7 +642,6 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 fail:
 	free(pool->workers);
 	free(pool->scan);
-	free(pool->scratch);
 	free(pool);
 	return r;
 }
@@ -631,8 +704,12 @@ int ctp_pool_create(ctp_pool **out, const ctp_pool_opts *opts)
 	}
 	if (r != 0) {
 		/* the started workers see `stopping`, run on_thread_stop, exit */
+		struct after a = { 0 };
+
+		q_lock(&pool->runq);
 		atomic_store(&pool->stopping, true);
-		unpark_all(pool);
+		q_wake_all(&pool->runq);
+		q_unlock(&pool->runq, &a);
 		join_all(pool);
 		ctp__pool_put(pool);
 		return r;
@@ -646,82 +723,6 @@ int ctp_pool_create(ctp_pool **out, const ctp_pool_opts *opts)
 
 /* ---- submit ------------------------------------------------------------- */
 
-/* The live tasks compact() holds out of the ring: scratch used as a FIFO
- * of `len` items from `head` (mod capacity). */
-struct held {
-	size_t head, len;
-};
-
-/* A pointer compact() took out of the ring: a live task is held, a
- * tombstone loses the ring's reference. Fewer than `capacity` live tasks
- * exist outside other submitters' hands at any moment (the compacting
- * submitter's own admitted task is not in the ring), and a held task is
- * not in the ring, so `len` stays below capacity. */
-static void compact_take(ctp_pool *pool, void *item, struct held *h)
-{
-	size_t cap = pool->queue.capacity;
-
-	CTP__ASSERT_HELD(&pool->compact_lock);
-	if (ctp_task_state(item) == CTP_TASK_QUEUED) {
-		assert(h->len < cap);
-		pool->scratch[(h->head + h->len++) % cap] = item;
-	} else {
-		ctp__token_put(item);
-	}
-}
-
-/* Takes every pointer out of the ring, drops tombstones, puts the live ones
- * back in order. Only when tombstones have filled the ring. Other producers
- * may refill the ring meanwhile: then it takes the oldest pointer out to
- * make room, which may be a task it has just put back; it is held again,
- * at the end, never counted twice. */
-static void compact(ctp_pool *pool)
-{
-	struct ctp__ring *ring = &pool->queue.ring;
-	size_t cap = pool->queue.capacity;
-	struct held h = { 0, 0 };
-	void *item;
-
-	pthread_mutex_lock(&pool->compact_lock);
-	while (ctp__ring_pop(ring, &item))
-		compact_take(pool, item, &h);
-	while (h.len > 0) {
-		if (ctp__ring_push(ring, pool->scratch[h.head])) {
-			h.head = (h.head + 1) % cap;
-			h.len--;
-		} else if (ctp__ring_pop(ring, &item)) {
-			compact_take(pool, item, &h);
-		}
-	}
-	pthread_mutex_unlock(&pool->compact_lock);
-}
-
-/* Drops the ring's reference of every pointer left in the ring. */
-static void drain_ring(ctp_pool *pool)
-{
-	void *item;
-
-	while (ctp__ring_pop(&pool->queue.ring, &item))
-		ctp__token_put(item);
-}
-
-static void enqueue(ctp_pool *pool, ctp_task *t)
-{
-	while (!ctp__ring_push(&pool->queue.ring, t))
-		compact(pool);
-	/* The push ends with a full fence. A submit admitted before the
-	 * close whose task a cascade or its deadline finished meanwhile may
-	 * push after ctp_pool_destroy emptied the ring (only a thread of the
-	 * pool can still be here then): it empties the ring itself, or
-	 * destroy's drain, which comes after `destroyed`, sees the push. */
-	if (atomic_load(&pool->destroyed)) {
-		drain_ring(pool);
-		return;
-	}
-	ctp__ec_bump(&pool->queue.not_empty); /* shutdown's drop step */
-	wake_for_push(pool);
-}
-
 /* Undoes a submit whose task was never visible to anyone else. */
 static void discard(ctp_task *t)
 {
@@ -729,22 +730,116 @@ static void discard(ctp_task *t)
 	ctp__token_put(&t->token);
 }
 
-/* Takes a queue slot, waiting up to queue_wait; a parent that fires while we
- * wait ends the wait with its reason. */
-static int admit(ctp_pool *pool, int64_t queue_wait, ctp_token *parent)
+/*
+ * Admission: takes a slot for t (RESERVED), waiting up to queue_wait for
+ * room; with `link`, also links it in the same lock (the common submit:
+ * no parent, no deadline, so nothing else can see it before). A parent
+ * that fires while we wait ends the wait with its reason; a fired parent
+ * wins over a free slot and a closed queue.
+ */
+static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
+                 ctp_token *parent, bool link)
 {
+	struct ctp__runq *q = &pool->runq;
 	struct timespec abs;
 	bool timed = ctp__deadline(queue_wait, &abs);
+	bool counted = false; /* we are in full_waiters */
 	int r;
 
-	r = ctp__queue_reserve(&pool->queue, parent, queue_wait == 0,
-	    timed ? &abs : NULL);
+	q_lock(q);
+	for (;;) {
+		struct after a = { 0 };
+		uint32_t snap;
+
+		if (parent != NULL && ctp_token_cancelled(parent)) {
+			r = ctp_token_reason(parent);
+			break;
+		}
+		if (atomic_load_explicit(&q->closed, memory_order_relaxed)) {
+			r = -ESHUTDOWN;
+			break;
+		}
+		if (atomic_load_explicit(&q->count, memory_order_relaxed) <
+		    q->capacity) {
+			atomic_store_explicit(&q->count,
+			    atomic_load_explicit(&q->count,
+			    memory_order_relaxed) + 1, memory_order_relaxed);
+			t->qstate = CTP__Q_RESERVED;
+			r = 0;
+			break;
+		}
+		if (queue_wait == 0) {
+			r = -EAGAIN;
+			break;
+		}
+		/* full: wait for a release (it bumps not_full after the
+		 * lock, so a snapshot taken under it cannot miss it) */
+		if (!counted) {
+			q->full_waiters++;
+			counted = true;
+		}
+		snap = ctp__ec_value(&q->not_full);
+		q_unlock(q, &a);
+		CTP__PERTURB();
+		r = ctp__ec_wait(&q->not_full, snap, parent,
+		    timed ? &abs : NULL);
+		q_lock(q);
+		if (r != 0)
+			break;
+	}
+	if (counted)
+		q->full_waiters--;
+	{
+		struct after a = { 0 };
+
+		if (r == 0 && link) {
+			q_link(q, t);
+			q_wake_for_work(q, &a);
+		}
+		q_unlock(q, &a);
+	}
 	if (r == -EAGAIN || r == -ETIMEDOUT) {
 		atomic_fetch_add_explicit(&pool->st_rejected, 1,
 		    memory_order_relaxed);
 		return -EAGAIN;
 	}
 	return r;
+}
+
+/* Links an admitted task, unless a fire (its parent's cascade, or its
+ * deadline) retired it meanwhile: it then drops the queue's reference. */
+static void enqueue(ctp_pool *pool, ctp_task *t)
+{
+	struct ctp__runq *q = &pool->runq;
+	struct after a = { 0 };
+	bool retired;
+
+	q_lock(q);
+	retired = t->qstate != CTP__Q_RESERVED;
+	if (!retired) {
+		q_link(q, t);
+		q_wake_for_work(q, &a);
+		if (atomic_load_explicit(&q->closed, memory_order_relaxed))
+			a.drained = true; /* shutdown's drop step takes it */
+	}
+	q_unlock(q, &a);
+	if (retired)
+		ctp__token_put(&t->token);
+}
+
+/* Gives back the slot of an admitted task that is not linked (a submit
+ * backing out). */
+static void unreserve(ctp_pool *pool, ctp_task *t)
+{
+	struct ctp__runq *q = &pool->runq;
+	struct after a = { 0 };
+
+	q_lock(q);
+	if (t->qstate == CTP__Q_RESERVED) {
+		t->qstate = CTP__Q_OUT;
+		q_release(q, &a);
+	}
+	q_unlock(q, &a);
 }
 
 /* Submits fn; iso (may be NULL) is the isolated record, owned by the task
@@ -754,7 +849,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
                   struct ctp__iso *iso)
 {
 	ctp_task_opts o = { 0 };
-	bool deadline;
+	bool deadline, fast;
 	ctp_task *t;
 	int r;
 
@@ -766,8 +861,9 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	else if (!ctp__duration_ok(o.timeout) ||
 	    !ctp__duration_ok(o.queue_wait))
 		r = -EINVAL;
-	else if (ctp__queue_closed(&pool->queue))
-		r = -ESHUTDOWN;
+	else if (atomic_load_explicit(&pool->runq.closed,
+	    memory_order_relaxed))
+		r = -ESHUTDOWN; /* a hint: admission checks under the lock */
 	else if (o.parent != NULL && ctp_token_cancelled(o.parent))
 		r = ctp_token_reason(o.parent);
 	else
@@ -778,11 +874,14 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		return r;
 	}
 	deadline = o.timeout > 0;
+	fast = !deadline && o.parent == NULL;
 	t->iso = iso;
 	t->fn = fn;
 	t->arg = arg;
 	t->done = o.done;
 	t->handle = task != NULL;
+	t->qstate = CTP__Q_OUT;
+	t->qref_owed = false;
 	/* Everything that can fail comes before the task becomes visible:
 	 * for a deadline, the timer's fire record (kept with the object) and
 	 * a heap slot. */
@@ -795,16 +894,19 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		discard(t);
 		return r;
 	}
-	r = admit(pool, o.queue_wait, o.parent);
-	if (r != 0)
-		goto undo_timer;
-	/* the pool's reference, the ring's, and the handle's */
+	/* the pool's reference, the queue's, and the handle's: set before
+	 * the fast path's link publishes it */
 	atomic_store_explicit(&t->token.refs, task != NULL ? 3 : 2,
 	    memory_order_relaxed);
-	atomic_fetch_add(&pool->accepted, 1);
-	/* counted before anyone can finish it (a cascade, below), so a
-	 * wait_idle that returns sees it (the statistics identity) */
-	atomic_fetch_add_explicit(&pool->st_submitted, 1, memory_order_relaxed);
+	/* Counted accepted before it is admitted, so it is never seen
+	 * finished before it is counted (pool_idle; the statistics
+	 * identity); a failed admission takes it back. */
+	atomic_fetch_add(&pool->accepted, 1); /* also stats.submitted */
+	r = admit(pool, t, o.queue_wait, o.parent, fast);
+	if (r != 0)
+		goto undo_count;
+	if (fast)
+		goto out;
 	/* The deadline is written before the link makes the task visible: a
 	 * cascade that finishes it at once must see it to take it out of the
 	 * heap (ctp__timer_add then refuses the finished task). */
@@ -815,13 +917,8 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		    now + o.timeout;
 	}
 	if (o.parent != NULL && (r = ctp__token_link(o.parent, &t->token))) {
-		/* slot first: idle_check looks only at an empty queue */
-		ctp__queue_unreserve(&pool->queue);
-		atomic_fetch_sub_explicit(&pool->st_submitted, 1,
-		    memory_order_relaxed);
-		atomic_fetch_sub(&pool->accepted, 1);
-		idle_check(pool);
-		goto undo_timer;
+		unreserve(pool, t);
+		goto undo_count;
 	}
 	CTP__PERTURB();
 	/* Accepted. From here a cascade from the parent may finish it. */
@@ -829,11 +926,14 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		ctp__timer_add(pool, t);
 	CTP__PERTURB();
 	enqueue(pool, t);
+out:
 	if (task != NULL)
 		*task = t;
 	return 0;
 
-undo_timer:
+undo_count:
+	atomic_fetch_sub(&pool->accepted, 1);
+	idle_check(pool);
 	if (deadline)
 		ctp__timer_unreserve(pool);
 	discard(t);
@@ -857,47 +957,64 @@ int ctp__pool_submit_iso(ctp_pool *pool, ctp_task_fn fn, void *arg,
 
 /* ---- shutdown ----------------------------------------------------------- */
 
+/* Takes every queued task out and drops it (done(-ESHUTDOWN) runs here),
+ * until no slot is held: a submit admitted before the close may still
+ * link its task, and a canceller or a backing-out submitter may still
+ * have to give its slot back; either bumps `drained` (the queue is
+ * closed), after a snapshot we took under the lock. */
 static void drop_queued(ctp_pool *pool)
 {
-	struct ctp_queue *q = &pool->queue;
-	void *item;
+	struct ctp__runq *q = &pool->runq;
 
 	for (;;) {
-		uint32_t snap = ctp__ec_value(&q->not_empty);
+		struct after a = { 0 };
+		uint32_t snap;
+		ctp_task *t;
+		size_t count;
 
-		while (ctp__ring_pop(&q->ring, &item)) {
-			/* live: dropped, done(-ESHUTDOWN) runs here;
-			 * tombstone: -EALREADY, nothing to do */
-			ctp__token_fire(item, -ESHUTDOWN);
-			ctp__token_put(item);
+		q_lock(q);
+		snap = ctp__ec_value(&q->drained);
+		t = atomic_load_explicit(&q->head, memory_order_relaxed);
+		if (t != NULL)
+			q_unlink(q, t, &a);
+		count = atomic_load_explicit(&q->count, memory_order_relaxed);
+		a.drained = false; /* only we wait on it */
+		q_unlock(q, &a);
+		if (t != NULL) {
+			/* live: dropped, its done runs here; already fired
+			 * (its canceller is finishing it): -EALREADY */
+			ctp__token_fire(&t->token, -ESHUTDOWN);
+			ctp__token_put(&t->token); /* the queue's */
+			continue;
 		}
-		if (ctp__queue_count(q) == 0)
+		if (count == 0)
 			return;
-		/* an admitted submit is still pushing, or a canceller or a
-		 * backing-out submitter still has to release its slot: the
-		 * push's bump, or the release's (the queue is closed), wakes
-		 * us */
-		ctp__ec_wait(&q->not_empty, snap, NULL, NULL);
+		ctp__ec_wait(&q->drained, snap, NULL, NULL);
 	}
 }
 
 static void cancel_step(ctp_pool *pool)
 {
+	struct ctp__runq *q = &pool->runq;
+	struct after a = { 0 };
 	unsigned i, n = 0;
 
+	/* Under the lock: a worker decides to start a task under it, so
+	 * after this no task starts, and every started one is some
+	 * worker's `current` (whose queue reference it drops only under
+	 * the lock: ours is taken first). */
+	q_lock(q);
 	atomic_store(&pool->stopping, true);
-	unpark_all(pool); /* idle workers exit now */
-	CTP__PERTURB();
+	q_wake_all(q); /* idle workers exit now */
 	for (i = 0; i < pool->nthreads; i++) {
 		struct ctp__worker *w = &pool->workers[i];
 
-		pthread_mutex_lock(&w->lock);
 		if (w->current != NULL) {
 			ctp__token_ref(&w->current->token);
 			pool->scan[n++] = w->current;
 		}
-		pthread_mutex_unlock(&w->lock);
 	}
+	q_unlock(q, &a);
 	CTP__PERTURB();
 	/* running tasks first: the sooner they hear, the sooner they stop */
 	for (i = 0; i < n; i++) {
@@ -906,6 +1023,17 @@ static void cancel_step(ctp_pool *pool)
 	}
 	drop_queued(pool);
 	ctp__timer_stop(pool);
+}
+
+/* Closes admission: blocked submitters wake (they see `closed`). */
+static void close_queue(ctp_pool *pool)
+{
+	struct ctp__runq *q = &pool->runq;
+	struct after a = { .not_full = true, .drained = true };
+
+	q_lock(q);
+	atomic_store(&q->closed, true);
+	q_unlock(q, &a);
 }
 
 /* Joins every thread once they have all exited. */
@@ -1001,7 +1129,7 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 
 	if (first) {
 		/* no admission after this; blocked submitters wake */
-		ctp__queue_shut(&pool->queue);
+		close_queue(pool);
 		(void)wait_idle_for(pool, drain);
 		CTP__PERTURB();
 		cancel_step(pool);
@@ -1043,11 +1171,6 @@ int ctp_pool_destroy(ctp_pool *pool)
 	/* after a shutdown that abandoned threads too (none of them is an
 	 * isolated task's dispatcher: those are killed, never abandoned) */
 	ctp__iso_stop(pool);
-
-	/* tombstones left in the ring still hold the ring's reference; a
-	 * submit that pushes after this empties the ring itself (enqueue) */
-	atomic_store(&pool->destroyed, true);
-	drain_ring(pool);
 
 	pthread_mutex_lock(&pool->lock);
 	if (!pool->joined) {
@@ -1097,7 +1220,7 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 	if (pool == NULL || s == NULL)
 		return;
 #define LOAD(x) atomic_load_explicit(&pool->x, memory_order_relaxed)
-	s->submitted = LOAD(st_submitted);
+	s->submitted = LOAD(accepted);
 	s->completed = 0;
 	s->running = 0;
 	for (unsigned i = 0; i < pool->nthreads; i++) {
@@ -1112,7 +1235,8 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 	s->timed_out = LOAD(st_timed_out);
 	s->rejected = LOAD(st_rejected);
 	s->dropped = LOAD(st_dropped);
-	s->queued = ctp__queue_count(&pool->queue);
+	s->queued = atomic_load_explicit(&pool->runq.count,
+	    memory_order_relaxed);
 	s->threads = LOAD(st_threads);
 #undef LOAD
 	ctp__iso_stats(pool, s);

@@ -32,9 +32,11 @@
  *   of one pool costs a few shared read-modify-writes on the pool, not 3n.
  *
  *   References (token.refs): the pool's (dropped after done returns), the
- *   ring's (dropped by whoever takes the pointer out of the ring: a worker
- *   when it takes its next task, or anyone who finds it cancelled), the
- *   handle's (if the caller asked for one), and temporary ones (timer,
+ *   queue's (dropped by whoever takes the task out of the run queue: the
+ *   worker that popped it, when it takes its next task or finds it
+ *   cancelled; the fire that caught it linked, which unlinks it at once;
+ *   the shutdown's drop step; or its own submit, if a fire retired it
+ *   before it was linked), the handle's (if the caller asked for one), and temporary ones (timer,
  *   fire calls, shutdown).
  *   The object goes back to the pool's free list when the last one goes, or
  *   is freed if the pool has been destroyed (`freed` is DEAD). A worker
@@ -116,8 +118,11 @@ int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
 		t->pool = pool;
 		t->dfire = NULL;
 		ctp__pool_ref(pool);
+		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
+	} else {
+		/* its mutex lives as long as the object (unlocked) */
+		ctp__token_reset(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
 	}
-	ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
 	t->fn = NULL;
 	t->arg = NULL;
 	t->done = NULL;
@@ -138,6 +143,7 @@ void ctp__task_dealloc(ctp_task *t)
 	free(t->dfire);
 	if (t->iso != NULL)
 		ctp__iso_task_free(t->iso);
+	pthread_mutex_destroy(&t->token.lock);
 	free(t);
 	ctp__pool_put(pool);
 }
@@ -186,7 +192,8 @@ void ctp__task_free(ctp_task *t)
 	ctp_pool *pool = t->pool;
 	struct ctp__worker *w = ctp__tls.worker;
 
-	ctp__token_fini(&t->token); /* ctp__token_put unlinked it */
+	/* ctp__token_put unlinked it; the mutex stays for the next use */
+	ctp__token_release_fd(&t->token);
 	if (t->iso != NULL) {
 		ctp__iso_task_free(t->iso);
 		t->iso = NULL;
@@ -210,7 +217,8 @@ bool ctp__task_start(ctp_task *t)
 	uint32_t expected = CTP__PHASE_QUEUED;
 
 	/* acquire: pairs with the submitter's publication of fn/arg (also
-	 * carried by the ring); fails if the token fired first */
+	 * carried by the run queue's lock); fails if the token fired
+	 * first */
 	return atomic_compare_exchange_strong_explicit(&t->token.state,
 	    &expected, CTP__PHASE_RUNNING, memory_order_acquire,
 	    memory_order_relaxed);
@@ -242,6 +250,28 @@ static void publish(ctp_task *t, int status)
 	CTP__PERTURB();
 }
 
+/* Statistics first: once a slot is free a submit can follow, and a done
+ * (which comes later) sees them counted. Then the tasks leave the run
+ * queue (their slots, one lock for the lot). */
+static void flush_out(struct ctp__batch *b)
+{
+	ctp_pool *pool = b->pool;
+
+	if (b->cancelled != 0)
+		atomic_fetch_add_explicit(&pool->st_cancelled, b->cancelled,
+		    memory_order_relaxed);
+	if (b->timed_out != 0)
+		atomic_fetch_add_explicit(&pool->st_timed_out, b->timed_out,
+		    memory_order_relaxed);
+	if (b->dropped != 0)
+		atomic_fetch_add_explicit(&pool->st_dropped, b->dropped,
+		    memory_order_relaxed);
+	b->cancelled = b->timed_out = b->dropped = 0;
+	if (b->nout != 0)
+		ctp__pool_unqueue(pool, b->out, b->nout);
+	b->nout = 0;
+}
+
 void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 {
 	ctp_pool *pool = t->pool;
@@ -254,7 +284,9 @@ void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 	}
 	if (t->deadline != 0)
 		ctp__timer_remove(pool, t);
-	b->slots++;
+	if (b->nout == sizeof(b->out) / sizeof(b->out[0]))
+		flush_out(b);
+	b->out[b->nout++] = t;
 	switch (reason) {
 	case -ETIMEDOUT:
 		b->timed_out++;
@@ -270,20 +302,7 @@ void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 
 void ctp__batch_end_retire(struct ctp__batch *b)
 {
-	ctp_pool *pool = b->pool;
-
-	/* statistics first: once a slot is free a submit can follow, and
-	 * a done (which comes later) sees them counted */
-	if (b->cancelled != 0)
-		atomic_fetch_add_explicit(&pool->st_cancelled, b->cancelled,
-		    memory_order_relaxed);
-	if (b->timed_out != 0)
-		atomic_fetch_add_explicit(&pool->st_timed_out, b->timed_out,
-		    memory_order_relaxed);
-	if (b->dropped != 0)
-		atomic_fetch_add_explicit(&pool->st_dropped, b->dropped,
-		    memory_order_relaxed);
-	ctp__queue_unreserve_n(&pool->queue, b->slots);
+	flush_out(b);
 	*b = (struct ctp__batch){ 0 };
 }
 
@@ -298,7 +317,7 @@ void ctp__task_complete_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 	/* the pool's reference, lent to the fire; the segment's last task is
 	 * held until its end, so the pool outlives the segment */
 	if (b->held != NULL)
-		ctp__token_put(&b->held->token);
+		ctp__token_put_n(&b->held->token, b->held->qref_owed ? 2 : 1);
 	b->held = t;
 }
 
@@ -312,7 +331,7 @@ void ctp__batch_end_complete(struct ctp__batch *b)
 	ctp__pool_tasks_finished(pool, b->finished);
 	ctp__pool_finishing_done(pool);
 	*b = (struct ctp__batch){ 0 };
-	ctp__token_put(&held->token);
+	ctp__token_put_n(&held->token, held->qref_owed ? 2 : 1);
 }
 
 void ctp__task_finish_ran(ctp_task *t, int status)

@@ -137,6 +137,12 @@ static void unlock(ctp_token *t)
 
 void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state)
 {
+	pthread_mutex_init(&t->lock, NULL); /* default mutex: cannot fail */
+	ctp__token_reset(t, kind, state);
+}
+
+void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state)
+{
 	atomic_init(&t->state, state);
 	atomic_init(&t->sleepers, 0);
 	atomic_init(&t->refs, 1);
@@ -144,7 +150,6 @@ void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state)
 	t->kind = kind;
 	t->gen = ctp__gen();
 	t->parent = NULL;
-	pthread_mutex_init(&t->lock, NULL); /* default mutex: cannot fail */
 	t->children = NULL;
 	t->sib_prev = t->sib_next = NULL;
 	t->watches = t->watches_tail = NULL;
@@ -153,11 +158,16 @@ void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state)
 	t->fd = -1;
 }
 
-void ctp__token_fini(ctp_token *t)
+void ctp__token_release_fd(ctp_token *t)
 {
 	if (t->fd >= 0)
 		close(t->fd);
 	t->fd = -1;
+}
+
+void ctp__token_fini(ctp_token *t)
+{
+	ctp__token_release_fd(t);
 	pthread_mutex_destroy(&t->lock);
 }
 
@@ -209,18 +219,24 @@ static ctp_token *detach(ctp_token *child)
 
 void ctp__token_put(ctp_token *t)
 {
+	ctp__token_put_n(t, 1);
+}
+
+void ctp__token_put_n(ctp_token *t, uint32_t n)
+{
 	/* Freeing a token drops its reference on its parent, which may free
 	 * the parent, and so on up a chain of any length: a loop, never a
 	 * recursion per level. acq_rel: every use of an object happens
 	 * before its free. */
 	while (t != NULL) {
-		uint32_t old = atomic_fetch_sub_explicit(&t->refs, 1,
+		uint32_t old = atomic_fetch_sub_explicit(&t->refs, n,
 		    memory_order_acq_rel);
 		ctp_token *parent;
 
-		assert(old != 0);
-		if (old != 1)
+		assert(old >= n);
+		if (old != n)
 			return;
+		n = 1; /* the parent's reference held by the child */
 		parent = detach(t);
 
 		if (t->kind == CTP__TOKEN_TASK) {
