@@ -28,12 +28,14 @@
  *
  *   Worker loop (worker_main / next_task / run_task). Under runq.lock a
  *   worker drops its previous task from `current`, checks `stopping`,
- *   pops tasks until one starts (the CAS QUEUED -> RUNNING, which fails
- *   for a task whose token fired first: its queue reference is dropped
- *   after the lock) and records it as `current`. After the unlock it
- *   drops the previous task's queue reference, then runs fn; `busy` is 1
- *   from just before fn until its done has returned
- *   (ctp__pool_worker_finished).
+ *   pops the first task and records it as `current`. After the unlock it
+ *   drops the previous task's queue reference and starts the task (the
+ *   CAS QUEUED -> RUNNING, which fails for a task whose token fired
+ *   first: it then loops, and the next lock drops it), then runs fn;
+ *   `busy` is 1 from just before fn until its done has returned
+ *   (ctp__pool_worker_finished). The CAS is outside the lock because
+ *   the task's line is usually in its submitter's cache: the miss is not
+ *   paid while others wait for the lock.
  *
  *   Idle workers (next_task). A worker that finds the queue empty either
  *   becomes the scout (runq.scout: at most one), which polls `head` (on a
@@ -402,33 +404,14 @@ void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
 /* How long the scout polls the queue before it parks. */
 #define SPIN_NS 5000
 
-/* lock held: pops tasks until one starts (QUEUED -> RUNNING); the ones
- * whose token fired first go to *drop (their queue reference is the
- * caller's to drop, after the lock). Returns the started task or NULL. */
-static ctp_task *q_take(struct ctp__runq *q, struct after *a, ctp_task **drop)
+/* lock held: pops the first task, or NULL */
+static ctp_task *q_take(struct ctp__runq *q, struct after *a)
 {
-	ctp_task *t;
+	ctp_task *t = atomic_load_explicit(&q->head, memory_order_relaxed);
 
-	while ((t = atomic_load_explicit(&q->head,
-	    memory_order_relaxed)) != NULL) {
+	if (t != NULL)
 		q_unlink(q, t, a);
-		CTP__PERTURB(); /* popped, not started */
-		if (ctp__task_start(t))
-			return t;
-		t->qnext = *drop;
-		*drop = t;
-	}
-	return NULL;
-}
-
-static void drop_list(ctp_task *list)
-{
-	ctp_task *t;
-
-	while ((t = list) != NULL) {
-		list = t->qnext;
-		ctp__token_put(&t->token); /* the queue's */
-	}
+	return t;
 }
 
 static void put_task(ctp_task *t)
@@ -454,13 +437,13 @@ static bool scout_poll(ctp_pool *pool, int64_t end)
 	}
 }
 
-/* Returns the next task to run, started and recorded as current, or NULL
- * when the worker must exit. The previous task's queue reference, and
- * those of tasks found cancelled, are dropped after the lock. */
-static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
+/* Returns the next task popped and recorded as `current` (not yet
+ * started), or NULL when the worker must exit. The previous task's queue
+ * reference is dropped after the lock. */
+static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 {
 	struct ctp__runq *q = &pool->runq;
-	ctp_task *prev, *drop = NULL, *t = NULL;
+	ctp_task *prev, *t = NULL;
 	bool scout = false;   /* this worker holds q->scout */
 	bool spun = false;    /* its polling ran out of time: park next */
 	int64_t end = 0;
@@ -478,7 +461,7 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 			q_unlock(q, &a);
 			break;
 		}
-		t = q_take(q, &a, &drop);
+		t = q_take(q, &a);
 		if (t != NULL) {
 			w->current = t;
 			if (scout)
@@ -500,8 +483,6 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 			q_unlock(q, &a);
 			put_task(prev);
 			prev = NULL;
-			drop_list(drop);
-			drop = NULL;
 			spun = !scout_poll(pool, end);
 			q_lock(q);
 			if (spun)
@@ -516,8 +497,6 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 		q_unlock(q, &a);
 		put_task(prev);
 		prev = NULL;
-		drop_list(drop);
-		drop = NULL;
 		ctp__task_cache_flush(w); /* submitters may need them */
 		while (atomic_load_explicit(&w->park, memory_order_acquire) != 0)
 			ctp__futex_wait(&w->park, 1, NULL);
@@ -525,10 +504,26 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 		q->waking--; /* the claimer counted us */
 		spun = false;
 	}
-	CTP__PERTURB();
 	put_task(prev);
-	drop_list(drop);
 	return t;
+}
+
+/* Returns the next task, started (QUEUED -> RUNNING), or NULL when the
+ * worker must exit. The start CAS is made after the lock: a task whose
+ * token fired first (a cancel racing the pop, or the cancel step, which
+ * fires every `current`) stays `current` until the next lock, which drops
+ * its queue reference. After the cancel step no task starts: every
+ * popped one was seen and fired. */
+static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
+{
+	ctp_task *t;
+
+	while ((t = next_popped(pool, w)) != NULL) {
+		CTP__PERTURB(); /* popped, not started */
+		if (ctp__task_start(t))
+			return t;
+	}
+	return NULL;
 }
 
 static void run_task(struct ctp__worker *w, ctp_task *t)
@@ -999,10 +994,12 @@ static void cancel_step(ctp_pool *pool)
 	struct after a = { 0 };
 	unsigned i, n = 0;
 
-	/* Under the lock: a worker decides to start a task under it, so
-	 * after this no task starts, and every started one is some
-	 * worker's `current` (whose queue reference it drops only under
-	 * the lock: ours is taken first). */
+	/* Under the lock: a worker pops a task only under it, and records
+	 * it as `current` there before it tries to start it, so after this
+	 * no task is popped, and every popped one (started or about to try)
+	 * is some worker's `current`, which we fire: a task not yet started
+	 * then never starts. A worker drops its current's queue reference
+	 * only under the lock: ours is taken first. */
 	q_lock(q);
 	atomic_store(&pool->stopping, true);
 	q_wake_all(q); /* idle workers exit now */

@@ -1095,8 +1095,17 @@ static struct {
 	atomic_int last_bad;
 	atomic_int timed_out;   /* a looper never saw -ESHUTDOWN */
 	sem_t      started;
-	sem_t      go;          /* all three run: start submitting */
 } loop10;
+
+/* One per round: a looper abandoned by an earlier round's shutdown may
+ * still wait for its round's `go`; with one semaphore for all rounds it
+ * could take a post meant for a later round's looper, which would then
+ * start flooding its pool before the test has submitted all three. */
+#define LOOP10_ROUNDS 500
+static struct round10 {
+	ctp_pool *pool;
+	sem_t     go;           /* all three run: start submitting */
+} round10[LOOP10_ROUNDS];
 
 static bool loop10_ok(int r)
 {
@@ -1121,13 +1130,14 @@ static int follow10_fn(void *arg, ctp_token *tok)
 
 static int looper10_fn(void *arg, ctp_token *tok)
 {
-	ctp_pool *pool = arg;
+	struct round10 *rd = arg;
+	ctp_pool *pool = rd->pool;
 	int64_t end = tu_now_ns() + 2 * BOUND;
 
 	(void)tok;
 	atomic_fetch_add(&loop10.in_fn, 1);
 	tu_sem_post(&loop10.started);
-	tu_sem_wait(&loop10.go);
+	tu_sem_wait(&rd->go);
 	for (;;) {
 		int r = ctp_pool_submit(pool, follow10_fn, pool, NULL, NULL);
 
@@ -1163,18 +1173,21 @@ static void test_regress_10_submitters_during_shutdown0_destroy_loop(
 	failures = 0;
 	memset(&loop10, 0, sizeof(loop10));
 	tu_sem_init(&loop10.started, 0);
-	tu_sem_init(&loop10.go, 0);
+	assert_true(rounds <= LOOP10_ROUNDS);
 	for (int i = 0; i < rounds; i++) {
 		ctp_pool *pool = pool_new(4, 64);
+		struct round10 *rd = &round10[i];
 
+		rd->pool = pool;
+		tu_sem_init(&rd->go, 0);
 		for (int k = 0; k < 3; k++)
 			assert_int_equal(ctp_pool_submit(pool, looper10_fn,
-			                 pool, NULL, NULL), 0);
+			                 rd, NULL, NULL), 0);
 		for (int k = 0; k < 3; k++)
 			tu_sem_wait(&loop10.started);
 		int base = atomic_load(&loop10.submits);
 		for (int k = 0; k < 3; k++)
-			tu_sem_post(&loop10.go);
+			tu_sem_post(&rd->go);
 		/* let them get going (bounded): the shutdown lands mid-submit */
 		int64_t until = tu_now_ns() + BOUND;
 		while (atomic_load(&loop10.submits) - base < 32 &&
@@ -1193,7 +1206,8 @@ static void test_regress_10_submitters_during_shutdown0_destroy_loop(
 	int in_fn = atomic_load(&loop10.in_fn);
 	int left = threads_gone(&base);
 	sem_destroy(&loop10.started);
-	sem_destroy(&loop10.go);
+	for (int i = 0; i < rounds; i++)
+		sem_destroy(&round10[i].go);
 	assert_int_equal(failures, 0);
 	assert_int_equal(in_fn, 0);
 	assert_int_equal(left, 0);
