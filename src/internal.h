@@ -520,6 +520,27 @@ struct ctp__batch {
 };
 CTP__HIDDEN void ctp__task_retire(ctp_task *t, int reason,
                                   struct ctp__batch *b);
+/*
+ * Fire guards. Before its CAS on a task's token a fire raises the task's
+ * pool's `finishing` (a shutdown waits for it to come down), and lowers it
+ * once its retire pass is over (the retire's own segment then holds it
+ * until the dones have run). Without it, a worker or the shutdown's drop
+ * step that pops the task between the firer's CAS and its retire would
+ * give the last slot back, and a shutdown could return before the task's
+ * done ran (found by the spin model, tests/model/ctpool.pml). One guard
+ * per pool per fire call (a few pools); past that, one per task.
+ */
+struct ctp__guards {
+	ctp_pool *pool[4];
+	unsigned  n;
+};
+/* Guards t's pool for this fire call; true when it took a guard for t
+ * alone, which the caller drops with ctp__task_unguard_one after t's CAS
+ * (and retire). */
+CTP__HIDDEN bool ctp__task_guard(struct ctp__guards *g, const ctp_task *t);
+CTP__HIDDEN void ctp__task_unguard_one(const ctp_task *t);
+/* After the retire pass: drops every pool guard of the fire call. */
+CTP__HIDDEN void ctp__guards_drop(struct ctp__guards *g);
 CTP__HIDDEN void ctp__task_complete_unrun(ctp_task *t, int reason,
                                           struct ctp__batch *b);
 /* Ends the batch's segment (of either pass); the batch is then empty. */

@@ -1073,8 +1073,11 @@ static int wait_quiet(ctp_pool *pool, const struct timespec *abs)
 	bool late = false;
 
 	for (;;) {
-		uint32_t f = atomic_load(&pool->finishing);
+		/* alive first: a worker that exits after popping a task whose
+		 * firer won (and raised `finishing` before its CAS) is seen
+		 * gone only together with that guard */
 		uint32_t v = atomic_load(&pool->alive);
+		uint32_t f = atomic_load(&pool->finishing);
 		const struct timespec *lim = abs;
 		struct timespec ms;
 		int r;

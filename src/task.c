@@ -218,10 +218,13 @@ bool ctp__task_start(ctp_task *t)
 
 	/* acquire: pairs with the submitter's publication of fn/arg (also
 	 * carried by the run queue's lock); fails if the token fired
-	 * first */
+	 * first, and then also acquires: the firer's guard (raised before
+	 * its CAS) happens before whatever this worker does next, such as
+	 * its exit, which a shutdown reads before `finishing` (pool.c,
+	 * wait_quiet) */
 	return atomic_compare_exchange_strong_explicit(&t->token.state,
 	    &expected, CTP__PHASE_RUNNING, memory_order_acquire,
-	    memory_order_relaxed);
+	    memory_order_acquire);
 }
 
 static void call_done(ctp_task *t, int status)
@@ -270,6 +273,36 @@ static void flush_out(struct ctp__batch *b)
 	if (b->nout != 0)
 		ctp__pool_unqueue(pool, b->out, b->nout);
 	b->nout = 0;
+}
+
+bool ctp__task_guard(struct ctp__guards *g, const ctp_task *t)
+{
+	ctp_pool *pool = t->pool;
+
+	for (unsigned i = 0; i < g->n; i++) {
+		if (g->pool[i] == pool)
+			return false;
+	}
+	/* seq_cst, before the CAS: a shutdown that sees the slot given back
+	 * by whoever pops the task next sees this */
+	ctp__pool_finishing_begin(pool);
+	if (g->n < sizeof(g->pool) / sizeof(g->pool[0])) {
+		g->pool[g->n++] = pool;
+		return false;
+	}
+	return true;
+}
+
+void ctp__task_unguard_one(const ctp_task *t)
+{
+	ctp__pool_finishing_done(t->pool);
+}
+
+void ctp__guards_drop(struct ctp__guards *g)
+{
+	for (unsigned i = 0; i < g->n; i++)
+		ctp__pool_finishing_done(g->pool[i]);
+	g->n = 0;
 }
 
 void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)

@@ -527,7 +527,7 @@ static void append(ctp_token *t, ctp_token ***tail)
  * (it unlinks itself under that lock before it is freed). */
 static void mark_children(ctp_token *t, struct ctp__fire *f,
                           ctp_token ***walk, ctp_token ***caught,
-                          struct ctp__batch *b)
+                          struct ctp__batch *b, struct ctp__guards *g)
 {
 	ctp_token *c;
 	uint32_t phase;
@@ -538,16 +538,22 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 	t->fire = f;
 	for (c = t->children; c != NULL; c = c->sib_next) {
 		uint32_t s;
+		bool one = false; /* a guard for c alone (task.c) */
+		bool won;
 
-		if (fire_cas(c, f->reason, 0, &phase)) {
-			if (phase == CTP__PHASE_QUEUED) {
-				append(c, caught);
-				ctp__task_retire((ctp_task *)c, f->reason, b);
-			} else if (ctp__token_tryref(c)) {
-				append(c, walk);
-			} /* else dying: no sleeper, watch or child left */
+		if (c->kind == CTP__TOKEN_TASK)
+			one = ctp__task_guard(g, (ctp_task *)c);
+		won = fire_cas(c, f->reason, 0, &phase);
+		if (won && phase == CTP__PHASE_QUEUED) {
+			append(c, caught);
+			ctp__task_retire((ctp_task *)c, f->reason, b);
+		} else if (won && ctp__token_tryref(c)) {
+			append(c, walk);
+		} /* else dying: no sleeper, watch or child left */
+		if (one)
+			ctp__task_unguard_one((ctp_task *)c);
+		if (won)
 			continue;
-		}
 		s = atomic_load(&c->state);
 		if (!fired(s) && (s & CTP__PHASE_MASK) == CTP__PHASE_DONE) {
 			/* A task that finished unfired: its token does not
@@ -625,6 +631,7 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
                       struct ctp__fire *f)
 {
 	struct ctp__batch batch = { 0 };
+	struct ctp__guards guards = { .n = 0 };
 	ctp_token **walk = &f->list, **caught = &f->caught, *c;
 
 	CTP__PERTURB();
@@ -642,9 +649,11 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	/* Phase 1: mark, breadth first (the walk list grows as it is
 	 * walked); the tasks caught queued leave their queues at once */
 	for (c = f->list; c != NULL; c = c->fire_next)
-		mark_children(c, f, &walk, &caught, &batch);
+		mark_children(c, f, &walk, &caught, &batch, &guards);
 	if (batch.pool != NULL)
 		ctp__batch_end_retire(&batch);
+	/* the retire segments now hold their pools' `finishing` */
+	ctp__guards_drop(&guards);
 	CTP__PERTURB();
 	/* Phase 2a: wake: it is what makes running work stop */
 	for (c = f->list; c != NULL; c = c->fire_next)
@@ -653,13 +662,21 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 
 int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
 {
+	struct ctp__guards guard = { .n = 0 };
 	uint32_t phase;
 
+	/* a task's pool is guarded before the CAS (task.c, fire guards) */
+	if (t->kind == CTP__TOKEN_TASK)
+		(void)ctp__task_guard(&guard, (ctp_task *)t);
 	/* Only a firer of an ancestor can wait for this call: a token with
 	 * no parent (immutable while referenced) needs no CTP__FIRING */
-	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0, &phase))
+	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0,
+	    &phase)) {
+		ctp__guards_drop(&guard);
 		return -EALREADY;
+	}
 	fire_walk(t, reason, phase, f);
+	ctp__guards_drop(&guard);
 	return (int)(phase >> CTP__PHASE_SHIFT);
 }
 
