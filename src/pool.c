@@ -739,6 +739,7 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 	struct timespec abs;
 	bool timed = ctp__deadline(queue_wait, &abs);
 	bool counted = false; /* we are in full_waiters */
+	bool fired = false;   /* r is the parent's reason */
 	int r;
 
 	q_lock(q);
@@ -748,6 +749,7 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 
 		if (parent != NULL && ctp_token_cancelled(parent)) {
 			r = ctp_token_reason(parent);
+			fired = true;
 			break;
 		}
 		if (atomic_load_explicit(&q->closed, memory_order_relaxed)) {
@@ -779,8 +781,15 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 		r = ctp__ec_wait(&q->not_full, snap, parent,
 		    timed ? &abs : NULL);
 		q_lock(q);
-		if (r != 0)
+		if (r != 0) {
+			/* the parent's reason (which may be -ETIMEDOUT, its
+			 * own deadline) or our queue_wait's -ETIMEDOUT */
+			if (parent != NULL && ctp_token_cancelled(parent)) {
+				r = ctp_token_reason(parent);
+				fired = true;
+			}
 			break;
+		}
 	}
 	if (counted)
 		q->full_waiters--;
@@ -793,7 +802,7 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 		}
 		q_unlock(q, &a);
 	}
-	if (r == -EAGAIN || r == -ETIMEDOUT) {
+	if (!fired && (r == -EAGAIN || r == -ETIMEDOUT)) {
 		atomic_fetch_add_explicit(&pool->st_rejected, 1,
 		    memory_order_relaxed);
 		return -EAGAIN;

@@ -955,6 +955,83 @@ static void test_pool_submit_from_task(void **state)
 	rec_fini(&s.kid[1]);
 }
 
+/*
+ * A submit waiting for room whose parent fires with -ETIMEDOUT (the parent
+ * task's own deadline) returns the parent's reason, as for any other
+ * reason, and is not a rejection (before: -EAGAIN, counted rejected).
+ */
+struct parent_to {
+	ctp_pool *pool;
+	sem_t     blocker_go;  /* the blocker waits here */
+	sem_t     in;          /* posted by the blocker and the parent task */
+	sem_t     submit_go;   /* the parent submits once the queue is full */
+	int       submit_ret;
+};
+
+static int pto_blocker_fn(void *arg, ctp_token *token)
+{
+	struct parent_to *p = arg;
+
+	(void)token;
+	tu_sem_post(&p->in);
+	tu_sem_wait(&p->blocker_go);
+	return 0;
+}
+
+static int pto_noop_fn(void *arg, ctp_token *token)
+{
+	(void)arg;
+	(void)token;
+	return 0;
+}
+
+static int pto_parent_fn(void *arg, ctp_token *token)
+{
+	struct parent_to *p = arg;
+	ctp_task_opts o = { .parent = token, .queue_wait = CTP_FOREVER };
+
+	tu_sem_post(&p->in);
+	tu_sem_wait(&p->submit_go);
+	/* the queue is full: this waits until our own deadline fires */
+	p->submit_ret = ctp_pool_submit(p->pool, pto_noop_fn, NULL, &o, NULL);
+	return 0;
+}
+
+static void test_pool_submit_parent_timed_out_while_waiting(void **state)
+{
+	(void)state;
+	ctp_pool *pool = pool_new(2, 1);
+	struct parent_to p = { .pool = pool, .submit_ret = 1 };
+	ctp_task_opts timed = { .timeout = CTP_MSEC(300) };
+	ctp_task *parent;
+	int status = 1;
+
+	tu_sem_init(&p.blocker_go, 0);
+	tu_sem_init(&p.in, 0);
+	tu_sem_init(&p.submit_go, 0);
+	/* one at a time: the queue has one place */
+	assert_int_equal(ctp_pool_submit(pool, pto_blocker_fn, &p, NULL,
+	                 NULL), 0);
+	tu_sem_wait(&p.in);
+	assert_int_equal(ctp_pool_submit(pool, pto_parent_fn, &p, &timed,
+	                 &parent), 0);
+	tu_sem_wait(&p.in); /* both workers busy */
+	assert_int_equal(ctp_pool_submit(pool, pto_noop_fn, NULL, NULL, NULL),
+	                 0); /* the one place of the queue */
+	tu_sem_post(&p.submit_go);
+	assert_int_equal(ctp_task_wait(parent, BOUND, &status), 0);
+	assert_int_equal(p.submit_ret, -ETIMEDOUT);
+	assert_int_equal(status, 0); /* it ran: its own return value */
+	assert_int_equal(stats_of(pool).rejected, 0);
+	tu_sem_post(&p.blocker_go);
+	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	ctp_task_release(parent);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	sem_destroy(&p.blocker_go);
+	sem_destroy(&p.in);
+	sem_destroy(&p.submit_go);
+}
+
 /* ---- idle workers ------------------------------------------------------- */
 
 struct rendezvous {
@@ -1059,6 +1136,7 @@ int main(void)
 		cmocka_unit_test(test_pool_calls_from_timer_done_edeadlk),
 		cmocka_unit_test(test_pool_calls_into_other_pool_from_task),
 		cmocka_unit_test(test_pool_submit_from_task),
+		cmocka_unit_test(test_pool_submit_parent_timed_out_while_waiting),
 		cmocka_unit_test(test_pool_idle_workers_all_start),
 		cmocka_unit_test(test_pool_strerror_names_every_code),
 	};
