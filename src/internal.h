@@ -85,6 +85,15 @@
  *                             before their first slot is   drop step: flags
  *                             given back, -1 after dones;  WAITER, futex wait
  *                             the last wakes if WAITER     for 0 (grace)
+ *  fire guard: finishing|     firer: finishing +1 (its     popper (worker, drop
+ *    task.state, and          task's pool), then the CAS   step): slot back,
+ *    alive|finishing          on the task (task.c "Fire    its start CAS or
+ *    (task.c, pool.c)         guards"); -1 after its       fire fails on the
+ *                             retire pass                  fired state
+ *                                                          (acquire); exit;
+ *                                                          shutdown reads
+ *                                                          alive, then
+ *                                                          finishing
  *  worker.busy, timer.cb_busy worker (clear, then the      shutdown past grace:
  *                             finished count's release)    alive <= their sum
  *                                                          -> abandon
