@@ -274,8 +274,10 @@ CTP__HIDDEN size_t ctp__round_capacity(size_t capacity);
 CTP__HIDDEN int  ctp__queue_reserve(struct ctp_queue *q, ctp_token *token,
                                     bool nowait, const struct timespec *abs);
 /* Gives back a slot taken by reserve (an item that left, or a reservation
- * that was not used) and wakes waiting producers. */
+ * that was not used) and wakes waiting producers; once the queue is closed
+ * also not_empty's waiters (a pool's shutdown waits there for count 0). */
 CTP__HIDDEN void ctp__queue_unreserve(struct ctp_queue *q);
+CTP__HIDDEN void ctp__queue_unreserve_n(struct ctp_queue *q, size_t n);
 
 /* Waits until the event count moves away from snap, token fires, or abs
  * passes. Returns 0 (moved, or a spurious wake: re-check), -ETIMEDOUT, or the

@@ -8,8 +8,8 @@
  *     pop dequeues, then gives the slot back. So the ring holds at most
  *     `count` <= capacity < 2 * capacity - 1 items and its enqueue never
  *     fails, and the queue holds exactly `capacity` items, as the contract
- *     asks (a ck_ring alone holds size - 1). (The pool's run queue is not
- *     this queue: it is one lock over a list, pool.c.)
+ *     asks (a ck_ring alone holds size - 1). The pool uses the same split to
+ *     retire a cancelled task at once while its pointer stays in the ring.
  *   - Blocking uses two ck_ec32 event counts: not_empty (bumped after each
  *     enqueue and on close) and not_full (bumped on close, and after a slot
  *     release while `full_waiters` is non-zero: a producer announces itself
@@ -35,10 +35,12 @@
  *     bit, so none can succeed once the bit is set. (With `closed` apart, a
  *     submitter could read "open", be preempted, and then admit a task after
  *     the pool's shutdown had already emptied the queue and returned: the
- *     spin model found it, when the pool still queued its tasks here.)
- *   - Slot releases bump not_full only while a producer waits. Nobody waits
- *     for the count to reach 0 (the pool's shutdown did, when it queued its
- *     tasks here), so a release after the close wakes no one else.
+ *     spin model found it.)
+ *   - Slot releases bump not_full, and also not_empty once the queue is
+ *     closed: a pool's shutdown sleeps on not_empty until the count reaches
+ *     0, and a release by a canceller or a backing-out submitter must wake it
+ *     (the spin model and the fuzzer found that hang). The bit comes free
+ *     with the fetch_sub's old value.
  *   - Memory order: `count` uses seq_cst (on x86 its RMWs are full barriers
  *     anyway). The items themselves are published by the ring.
  */
@@ -192,13 +194,21 @@ int ctp__queue_reserve(struct ctp_queue *q, ctp_token *token, bool nowait,
 	return r;
 }
 
-void ctp__queue_unreserve(struct ctp_queue *q)
+void ctp__queue_unreserve_n(struct ctp_queue *q, size_t n)
 {
-	atomic_fetch_sub(&q->count, 1);
+	size_t old = atomic_fetch_sub(&q->count, n);
+
 	/* seq_cst RMW, then the load: pairs with reserve's announce-then-look
 	 * (whoever announced after our load sees the slot we freed) */
 	if (atomic_load(&q->full_waiters) != 0)
 		ctp__ec_bump(&q->not_full);
+	if (old & CTP__QUEUE_CLOSED) /* shutdown may wait for count 0 */
+		ctp__ec_bump(&q->not_empty);
+}
+
+void ctp__queue_unreserve(struct ctp_queue *q)
+{
+	ctp__queue_unreserve_n(q, 1);
 }
 
 void ctp__queue_shut(struct ctp_queue *q)
