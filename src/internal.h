@@ -275,7 +275,8 @@ CTP__HIDDEN int  ctp__queue_reserve(struct ctp_queue *q, ctp_token *token,
                                     bool nowait, const struct timespec *abs);
 /* Gives back a slot taken by reserve (an item that left, or a reservation
  * that was not used) and wakes waiting producers; once the queue is closed
- * also not_empty's waiters (a pool's shutdown waits there for count 0). */
+ * also not_empty's waiters (a pop of a closed queue waits there for the
+ * slots still held). */
 CTP__HIDDEN void ctp__queue_unreserve(struct ctp_queue *q);
 CTP__HIDDEN void ctp__queue_unreserve_n(struct ctp_queue *q, size_t n);
 

@@ -8,8 +8,8 @@
  *     pop dequeues, then gives the slot back. So the ring holds at most
  *     `count` <= capacity < 2 * capacity - 1 items and its enqueue never
  *     fails, and the queue holds exactly `capacity` items, as the contract
- *     asks (a ck_ring alone holds size - 1). The pool uses the same split to
- *     retire a cancelled task at once while its pointer stays in the ring.
+ *     asks (a ck_ring alone holds size - 1). (The pool's run queue is not
+ *     this queue: it is one lock over a list, pool.c.)
  *   - Blocking uses two ck_ec32 event counts: not_empty (bumped after each
  *     enqueue and on close) and not_full (bumped on close, and after a slot
  *     release while `full_waiters` is non-zero: a producer announces itself
@@ -37,10 +37,11 @@
  *     the pool's shutdown had already emptied the queue and returned: the
  *     spin model found it.)
  *   - Slot releases bump not_full, and also not_empty once the queue is
- *     closed: a pool's shutdown sleeps on not_empty until the count reaches
- *     0, and a release by a canceller or a backing-out submitter must wake it
- *     (the spin model and the fuzzer found that hang). The bit comes free
- *     with the fetch_sub's old value.
+ *     closed: ctp_queue_pop on a closed queue whose slots are still held (a
+ *     pop that took the last item and has not given its slot back) sleeps
+ *     on not_empty until the release (test_regress_stress,
+ *     queue_closed_pop). The bit comes free with the fetch_sub's old
+ *     value.
  *   - Memory order: `count` uses seq_cst (on x86 its RMWs are full barriers
  *     anyway). The items themselves are published by the ring.
  */

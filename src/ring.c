@@ -11,7 +11,7 @@
  *   - A producer preempted between its CAS and its commit makes consumers see
  *     "empty" for a while. That is safe because every caller takes an event
  *     count snapshot before it looks at the ring, and every producer bumps the
- *     event count after its commit (queue.c, pool.c): the late commit always
+ *     event count after its commit (queue.c): the late commit always
  *     wakes whoever saw the false "empty".
  *   - Producer commits are ordered: a producer that reserved slot n must wait
  *     until slot n-1 is committed (ck's p_tail). ck's own enqueue waits with a
