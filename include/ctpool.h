@@ -181,7 +181,24 @@ typedef struct ctp_task_opts {
 	                            full queue; 0 = fail with -EAGAIN at once;
 	                            CTP_FOREVER = wait for room */
 	ctp_token  *parent;      /* the task's token fires when this one does */
+	/* scheduling (see "scheduling" below); all zero = at once, once,
+	 * normal priority */
+	int64_t     delay;       /* ns after submission before the task may
+	                            start; 0 = at once; negative = -EINVAL */
+	int64_t     period;      /* > 0: a periodic task, due again every
+	                            period ns; 0 = runs once; negative =
+	                            -EINVAL */
+	int         priority;    /* CTP_PRIORITY_LOW, _NORMAL (0), _HIGH;
+	                            anything else = -EINVAL */
+	unsigned    flags;       /* 0; reserved for later options (any bit
+	                            set = -EINVAL) */
 } ctp_task_opts;
+
+/* ctp_task_opts.priority: a free worker starts the due task of the highest
+ * priority first, FIFO within one priority. */
+#define CTP_PRIORITY_LOW    (-1)
+#define CTP_PRIORITY_NORMAL 0
+#define CTP_PRIORITY_HIGH   1
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -280,9 +297,11 @@ CTP_EXPORT void ctp_pool_stats(ctp_pool *pool, ctp_stats *stats);
  * task that is not accepted never runs and its done is not called. Blocks
  * only while waiting for room (queue_wait); if opts->parent fires during that
  * wait, the call returns the parent's reason. The task's deadline counts from
- * the moment it is accepted. Tasks start in the order they were accepted
- * (FIFO); a task cancelled while queued leaves the queue at once (its place
- * and its memory). */
+ * the moment it is accepted. Tasks of one priority start in the order they
+ * became due (FIFO: for tasks without a delay, the order they were
+ * accepted); a task cancelled while queued leaves the queue at once (its
+ * place and its memory). -EINVAL also for a negative delay or period, an
+ * unknown priority or flags bit; see "scheduling" below. */
 CTP_EXPORT int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
                                const ctp_task_opts *opts, ctp_task **task);
 
@@ -306,6 +325,58 @@ CTP_EXPORT int ctp_task_state(const ctp_task *task);
 /* Gives back a handle. Allowed at any time (queued, running, after the pool
  * is destroyed); the task goes on. NULL is a no-op. */
 CTP_EXPORT void ctp_task_release(ctp_task *task);
+
+/* ---- scheduling: delays, priorities, periodic tasks --------------------- */
+
+/*
+ * These are options of ctp_pool_submit (ctp_task_opts.delay, .period,
+ * .priority); handles, tokens, deadlines, done, cancel and shutdown behave
+ * as for any task.
+ *
+ * Delay. A delayed task is accepted at once: it counts in `submitted`, is
+ * CTP_TASK_QUEUED and holds a place of queue_capacity from submission. No
+ * worker starts it before `delay` has passed: the pool's timer thread (the
+ * one deadlines use; no polling) makes it due, and it starts within the
+ * scheduler's wake-up time when a worker is free. Its deadline still
+ * counts from submission: a timeout not longer than the delay means it
+ * times out without running. Cancelling it removes it at once (O(log n)).
+ *
+ * Priority. A free worker starts the due task of the highest priority
+ * first, and within one priority the one that became due first (FIFO). A
+ * running task is never pre-empted; low-priority tasks can wait without
+ * limit while higher-priority work keeps every worker busy (stats.queued
+ * shows them).
+ *
+ * Periodic tasks (period > 0). First due after `delay`, then at delay +
+ * k * period after submission (fixed rate). Runs never overlap: a run that
+ * ends after the next due time makes the next run due at once, and the
+ * missed ones are skipped. Whatever a run returns, the series goes on; it
+ * ends only when the task's token fires (ctp_task_cancel, a parent, its
+ * timeout, a shutdown); a run may end its own series with ctp_token_cancel
+ * on its own token. Between runs the task is CTP_TASK_QUEUED and
+ * ctp_task_cancel returns 0; during a run -EINPROGRESS; after the end
+ * -EALREADY. done is called once, at the end of the series: with the last
+ * run's status if it was running when the token fired, else with the
+ * token's reason. The series keeps its place of queue_capacity from
+ * submission to its end (a run never waits for room to be queued again),
+ * but counts in stats.queued only while it waits. It counts once in the
+ * stats: `completed` if it ran at least once, else by why it never ran;
+ * its final state is CTP_TASK_DONE if it ran, else CTP_TASK_CANCELLED.
+ * ctp_task_wait waits for the end of the series. A shutdown ends every
+ * series at its start: one waiting between runs (or for its first run) is
+ * ended then, as if its token had fired with -ESHUTDOWN, and one running
+ * is not started again. An isolated task cannot be periodic (-ENOTSUP).
+ */
+
+/* Sets a task that has not started yet (or a periodic task between runs) to
+ * become due `delay` ns from now (0: now, at the end of its priority's
+ * queue), as the kernel's mod_delayed_work does; its deadline does not
+ * move. Returns 0 when it took effect; -EINPROGRESS when the task is
+ * running or a worker has already taken it (for a periodic task, its next
+ * run is then due `delay` after this call); -EALREADY when it has finished
+ * or its token has fired; -EINVAL for NULL or a negative delay; -ENOMEM
+ * when the timer cannot hold one more delayed task. */
+CTP_EXPORT int ctp_task_reschedule(ctp_task *task, int64_t delay);
 
 /* ---- tokens ------------------------------------------------------------- */
 

@@ -486,6 +486,27 @@ struct ctp_task {
 	                               the timer thread, then read by the
 	                               timer-callback thread after the queue's
 	                               lock */
+	/* scheduling (pool.c, "Scheduling") */
+	int64_t          due;       /* when it is (or was last) due, ns; the
+	                               due heap's key; timer->lock and
+	                               runq.lock to write (while the task can
+	                               be seen), either to read */
+	int64_t          period;    /* > 0: periodic; set before publication */
+	int64_t          resched;   /* a reschedule made while a periodic run
+	                               went on: its next due time; -1 = none;
+	                               runq.lock */
+	size_t           due_idx;   /* due heap slot; timer->lock */
+	uint8_t          prio;      /* list index (CTP__NPRIO); set before
+	                               publication */
+	bool             ran;       /* a periodic task ran once: written by its
+	                               worker before the CAS that queues it
+	                               again, read by a fire that catches it
+	                               queued (after its CAS) */
+	bool             dres;      /* holds a due heap reservation (the heap
+	                               can always take it); timer->lock, set
+	                               before publication or under runq.lock
+	                               while it waits (a worker reads it after
+	                               its pop) */
 };
 
 #define CTP__HEAP_NONE ((size_t)-1)
@@ -524,6 +545,7 @@ struct ctp__batch {
 	                     reference dropped only at the segment's end (the
 	                     object holds the pool meanwhile) */
 	uint64_t  finished, cancelled, timed_out, dropped;
+	uint64_t  completed; /* periodic series that ran (t->ran) */
 	/* retire: tasks to take out of the run queue, in one lock */
 	size_t    nout;
 	ctp_task *out[32];
@@ -595,6 +617,16 @@ struct ctp__timer {
 	size_t          len;        /* lock */
 	size_t          cap;        /* lock */
 	size_t          reserved;   /* slots promised to submits; lock */
+	/* the due heap: delayed tasks (and periodic ones between runs) in
+	 * CTP__Q_DELAYED, min-heap on task->due; each task that may wait in
+	 * it holds a reservation (task->dres), so an insert never fails */
+	ctp_task      **dues;       /* lock */
+	size_t          dlen, dcap, dres; /* lock */
+	_Atomic bool    armed;      /* set once, under lock, before the first
+	                               reservation: a fire that reads it false
+	                               (seq_cst, after its CAS) caught no task
+	                               that can be in the due heap (pool.c,
+	                               ctp__pool_unqueue) */
 	bool            started;    /* both threads created; lock */
 	bool            running;    /* the timer thread has not exited; lock */
 	bool            stop;       /* lock */
@@ -619,6 +651,20 @@ CTP__HIDDEN void ctp__timer_unreserve(ctp_pool *pool);
 /* Uses a promised slot: the task's token fires at t->deadline. */
 CTP__HIDDEN void ctp__timer_add(ctp_pool *pool, ctp_task *t);
 CTP__HIDDEN void ctp__timer_remove(ctp_pool *pool, ctp_task *t);
+/* The due heap (timer->lock held): a reservation for one more task (starts
+ * the threads, sets `armed`; 0, -ENOMEM, -ESHUTDOWN), its release, and the
+ * heap operations; pool.c decides what goes in and comes out (the timer
+ * thread calls ctp__pool_promote when the first task is due). */
+CTP__HIDDEN int  ctp__timer_dreserve(ctp_pool *pool);
+CTP__HIDDEN void ctp__timer_dunreserve(ctp_pool *pool);
+CTP__HIDDEN void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t);
+CTP__HIDDEN void ctp__timer_ddelete(ctp_pool *pool, ctp_task *t);
+/* t->due changed: moves it in the heap */
+CTP__HIDDEN void ctp__timer_dfix(ctp_pool *pool, ctp_task *t);
+/* After a heap change that may make t's due time the earliest. */
+CTP__HIDDEN void ctp__timer_dkick(ctp_pool *pool, ctp_task *t);
+/* Rebuilds the heap after its array was compacted (dues[0..dlen)). */
+CTP__HIDDEN void ctp__timer_dheapify(ctp_pool *pool);
 /* No more deadlines fire; the callback thread ends what is queued, then
  * both threads exit. */
 CTP__HIDDEN void ctp__timer_stop(ctp_pool *pool);
@@ -793,8 +839,15 @@ struct ctp__worker {
 enum ctp__qstate {
 	CTP__Q_OUT = 0,   /* holds no slot: not admitted yet, or left */
 	CTP__Q_RESERVED,  /* admitted (holds a slot), not yet linked */
-	CTP__Q_LINKED,    /* holds a slot and waits in the list */
+	CTP__Q_LINKED,    /* holds a slot and waits in its priority's list */
+	CTP__Q_DELAYED,   /* holds a slot and waits in the timer's due heap
+	                     (changed only under timer->lock and runq.lock) */
+	CTP__Q_HELD,      /* a periodic task a worker took: it keeps its slot
+	                     while it runs (runq.held counts these) */
 };
+
+/* Priority lists: index = priority - CTP_PRIORITY_LOW; the highest first. */
+#define CTP__NPRIO 3
 
 /*
  * The pool's run queue (pool.c, "Queue"): one lock over a FIFO of tasks,
@@ -804,11 +857,16 @@ enum ctp__qstate {
  */
 struct ctp__runq {
 	CTP__LINE pthread_mutex_t lock;
-	ctp_task          *tail;    /* lock */
+	ctp_task          *tail[CTP__NPRIO]; /* lock */
 	_Atomic size_t     count;   /* admitted tasks (RESERVED or LINKED);
 	                               written under lock, read without it
 	                               only by stats (relaxed) */
-	size_t             linked;  /* tasks in the list; lock */
+	size_t             linked;  /* tasks in the lists; lock */
+	_Atomic size_t     held;    /* periodic tasks in CTP__Q_HELD: they
+	                               count in `count` but are not waiting
+	                               (stats.queued, the drop step);
+	                               written under lock, read without it
+	                               only by stats (relaxed) */
 	size_t             capacity; /* immutable: a power of two */
 	_Atomic bool       closed;  /* written under lock (the close); read
 	                               without it only as a hint */
@@ -820,9 +878,9 @@ struct ctp__runq {
 	struct ctp__worker *idle;   /* parked workers not yet claimed; lock */
 	/* on its own line: the scout polls it, and must not pull the lock's
 	 * line away from its holder while it does */
-	CTP__LINE _Atomic(ctp_task *) head; /* lock; peeked without it
-	                               (relaxed) by the scout, which then
-	                               takes the lock */
+	CTP__LINE _Atomic(ctp_task *) head[CTP__NPRIO]; /* lock; peeked
+	                               without it (relaxed) by the scout,
+	                               which then takes the lock */
 	/* bumped after the lock is dropped: */
 	CTP__LINE ck_ec32_t not_full; /* a slot released while full_waiters */
 	ck_ec32_t          drained;  /* once closed: a slot released or a task
@@ -849,6 +907,8 @@ struct ctp_pool {
 	                                  workers (each worker counts its own);
 	                                  unfinished = accepted - all of them */
 	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped; /* relaxed */
+	_Atomic uint64_t   st_completed; /* periodic series that ran and were
+	                                  ended between runs (relaxed) */
 	_Atomic uint32_t   finishing;  /* fire calls' segments of this pool's
 	                                  tasks caught queued whose done has
 	                                  not returned (task.c), and
@@ -919,5 +979,8 @@ CTP__HIDDEN void ctp__pool_finishing_done(ctp_pool *pool);
  * runq.lock for all n. */
 CTP__HIDDEN void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks,
                                    size_t n);
+/* Timer thread, timer->lock held: moves the tasks due by `now` from the
+ * due heap to their priority lists (at most a batch per call). */
+CTP__HIDDEN void ctp__pool_promote(ctp_pool *pool, int64_t now);
 
 #endif /* CTP_INTERNAL_H */

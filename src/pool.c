@@ -307,37 +307,71 @@ static void q_release(struct ctp__runq *q, struct after *a)
 		a->drained = true; /* shutdown's drop step waits for 0 */
 }
 
-/* lock held: appends t (RESERVED -> LINKED) */
+/* lock held: appends t to its priority's list (-> LINKED); the caller
+ * also sees to the wake-ups (q_wake_for_work, q_linked_closed) */
 static void q_link(struct ctp__runq *q, ctp_task *t)
 {
+	unsigned p = t->prio;
+
 	CTP__ASSERT_HELD(&q->lock);
 	t->qstate = CTP__Q_LINKED;
 	t->qnext = NULL;
-	t->qprev = q->tail;
-	if (q->tail != NULL)
-		q->tail->qnext = t;
+	t->qprev = q->tail[p];
+	if (q->tail[p] != NULL)
+		q->tail[p]->qnext = t;
 	else
-		atomic_store_explicit(&q->head, t, memory_order_relaxed);
-	q->tail = t;
+		atomic_store_explicit(&q->head[p], t, memory_order_relaxed);
+	q->tail[p] = t;
 	q->linked++;
+}
+
+/* lock held: once the queue is closed, a newly linked task is for the
+ * shutdown's drop step */
+static void q_linked_closed(struct ctp__runq *q, struct after *a)
+{
+	if (atomic_load_explicit(&q->closed, memory_order_relaxed))
+		a->drained = true;
+}
+
+/* lock held: takes t out of its list, keeping its slot (the state is the
+ * caller's to set) */
+static void q_unhook(struct ctp__runq *q, ctp_task *t)
+{
+	unsigned p = t->prio;
+
+	CTP__ASSERT_HELD(&q->lock);
+	if (t->qprev != NULL)
+		t->qprev->qnext = t->qnext;
+	else
+		atomic_store_explicit(&q->head[p], t->qnext,
+		    memory_order_relaxed);
+	if (t->qnext != NULL)
+		t->qnext->qprev = t->qprev;
+	else
+		q->tail[p] = t->qprev;
+	q->linked--;
 }
 
 /* lock held: takes t out of the list (LINKED -> OUT) and gives its slot
  * back; the caller now owns the queue's reference */
 static void q_unlink(struct ctp__runq *q, ctp_task *t, struct after *a)
 {
-	CTP__ASSERT_HELD(&q->lock);
-	if (t->qprev != NULL)
-		t->qprev->qnext = t->qnext;
-	else
-		atomic_store_explicit(&q->head, t->qnext, memory_order_relaxed);
-	if (t->qnext != NULL)
-		t->qnext->qprev = t->qprev;
-	else
-		q->tail = t->qprev;
+	q_unhook(q, t);
 	t->qstate = CTP__Q_OUT;
-	q->linked--;
 	q_release(q, a);
+}
+
+/* lock held: the first task of the highest priority, or NULL */
+static ctp_task *q_first(struct ctp__runq *q)
+{
+	for (unsigned p = CTP__NPRIO; p-- > 0;) {
+		ctp_task *t = atomic_load_explicit(&q->head[p],
+		    memory_order_relaxed);
+
+		if (t != NULL)
+			return t;
+	}
+	return NULL;
 }
 
 /* lock held: claims one idle worker to wake when queued tasks outnumber
@@ -374,8 +408,16 @@ void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
 {
 	struct ctp__runq *q = &pool->runq;
 	struct after a = { 0 };
+	/* seq_cst, after the fire's CAS on every task here: a task can be
+	 * in the due heap (or hold a reservation) only if `armed` was set
+	 * before the CAS of whoever put it there read the token unfired
+	 * (submit: before the task could be caught; reschedule: before its
+	 * look), so reading it false means none of these is there */
+	bool timed = atomic_load(&pool->timer.armed);
 	ctp_task *t;
 
+	if (timed)
+		pthread_mutex_lock(&pool->timer.lock);
 	q_lock(q);
 	for (size_t i = 0; i < n; i++) {
 		t = tasks[i];
@@ -386,6 +428,21 @@ void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
 			 * fire's complete pass: one atomic, not two */
 			t->qref_owed = true;
 			break;
+		case CTP__Q_DELAYED:
+			assert(timed);
+			ctp__timer_ddelete(pool, t);
+			t->qstate = CTP__Q_OUT;
+			q_release(q, &a);
+			t->qref_owed = true;
+			break;
+		case CTP__Q_HELD:
+			/* a periodic task a worker took and has not started
+			 * (its start CAS fails), or is queueing again: the
+			 * worker drops the reference it holds */
+			t->qstate = CTP__Q_OUT;
+			q->held--;
+			q_release(q, &a);
+			break;
 		case CTP__Q_RESERVED:
 			/* its submit has not linked it yet: it sees OUT and
 			 * drops the queue's reference itself */
@@ -395,8 +452,199 @@ void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
 		default:
 			break; /* a worker or the drop step took it out */
 		}
+		if (t->dres) {
+			assert(timed);
+			t->dres = false;
+			ctp__timer_dunreserve(pool);
+		}
 	}
 	q_unlock(q, &a);
+	if (timed)
+		pthread_mutex_unlock(&pool->timer.lock);
+}
+
+/* ---- scheduling --------------------------------------------------------- */
+
+static int64_t add_sat(int64_t a, int64_t b) /* a, b >= 0 */
+{
+	return b > INT64_MAX - a ? INT64_MAX : a + b;
+}
+
+/* timer->lock and runq.lock held: t holds a slot and is in no list and not
+ * in the due heap; it waits for t->due: linked at once if that has come,
+ * else in the due heap (t->dres then holds its place there) */
+static void place(ctp_pool *pool, ctp_task *t, int64_t now, struct after *a)
+{
+	struct ctp__runq *q = &pool->runq;
+
+	CTP__ASSERT_HELD(&pool->timer.lock);
+	if (t->due <= now) {
+		q_link(q, t);
+		q_wake_for_work(q, a);
+		q_linked_closed(q, a);
+	} else {
+		t->qstate = CTP__Q_DELAYED;
+		ctp__timer_dinsert(pool, t);
+	}
+}
+
+void ctp__pool_promote(ctp_pool *pool, int64_t now)
+{
+	struct ctp__timer *tm = &pool->timer;
+	struct ctp__runq *q = &pool->runq;
+	struct after a = { 0 };
+
+	q_lock(q);
+	/* a batch per lock: workers and submitters get their turn */
+	for (unsigned i = 0; i < 64 && tm->dlen != 0; i++) {
+		ctp_task *t = tm->dues[0];
+
+		if (t->due > now)
+			break;
+		ctp__timer_ddelete(pool, t);
+		q_link(q, t);
+		q_wake_for_work(q, &a);
+		q_linked_closed(q, &a);
+	}
+	q_unlock(q, &a);
+}
+
+/* runq.lock held: when a periodic task that just ran is due next: a
+ * reschedule made during the run, else the next point of its fixed-rate
+ * grid; if that has passed, at once, and the missed runs are skipped */
+static int64_t next_due(ctp_task *t, int64_t now)
+{
+	int64_t next;
+
+	if (t->resched >= 0) {
+		next = t->resched;
+		t->resched = -1;
+		return next;
+	}
+	next = add_sat(t->due, t->period);
+	if (next > now)
+		return next;
+	return t->due + (now - t->due) / t->period * t->period;
+}
+
+/* A periodic run is over (ran) or was skipped because a shutdown has
+ * begun: the task is queued again for its next run. False when its token
+ * fired meanwhile: the series ends, and the caller finishes it. Once a
+ * shutdown has begun the series ends here, as if its token had fired
+ * with -ESHUTDOWN between runs (its done runs on this worker). */
+static bool requeue(ctp_pool *pool, ctp_task *t, bool ran)
+{
+	struct ctp__runq *q = &pool->runq;
+	uint32_t s = CTP__PHASE_RUNNING;
+	struct after a = { 0 };
+	bool shut = false;
+
+	if (ran)
+		t->ran = true;
+	/* seq_cst (a release of `ran`): RUNNING -> QUEUED unless it fired;
+	 * from here a fire may catch it queued, and then finishes the
+	 * series (its unqueue finds it HELD, or OUT once placed) */
+	if (!atomic_compare_exchange_strong(&t->token.state, &s,
+	    CTP__PHASE_QUEUED))
+		return false;
+	CTP__PERTURB();
+	pthread_mutex_lock(&pool->timer.lock);
+	q_lock(q);
+	if (t->qstate == CTP__Q_HELD) {
+		if (atomic_load_explicit(&q->closed, memory_order_relaxed)) {
+			shut = true;
+		} else {
+			int64_t now = ctp__now_ns();
+
+			q->held--;
+			/* the queue's reference for the next run (the one we
+			 * popped goes at this worker's next lock) */
+			ctp__token_ref(&t->token);
+			t->due = next_due(t, now);
+			place(pool, t, now, &a);
+		}
+	} /* else a fire caught it queued: that fire finishes the series */
+	q_unlock(q, &a);
+	pthread_mutex_unlock(&pool->timer.lock);
+	if (shut)
+		(void)ctp__token_fire(&t->token, -ESHUTDOWN);
+	return true;
+}
+
+/* A periodic series ended during its run: its slot comes back. */
+static void release_held(ctp_pool *pool, ctp_task *t)
+{
+	struct ctp__runq *q = &pool->runq;
+	struct after a = { 0 };
+
+	q_lock(q);
+	/* a fire catches only a queued task: a running one stays HELD */
+	assert(t->qstate == CTP__Q_HELD);
+	t->qstate = CTP__Q_OUT;
+	q->held--;
+	q_release(q, &a);
+	q_unlock(q, &a);
+}
+
+int ctp_task_reschedule(ctp_task *t, int64_t delay)
+{
+	struct ctp__runq *q;
+	struct after a = { 0 };
+	bool reserved = false;
+	ctp_pool *pool;
+	int64_t now, due;
+	uint32_t s, phase;
+	int r = 0;
+
+	if (t == NULL || delay < 0)
+		return -EINVAL;
+	if (ctp__forked(t->token.gen))
+		return -ECHILD;
+	pool = t->pool;
+	q = &pool->runq;
+	pthread_mutex_lock(&pool->timer.lock);
+	/* a place in the due heap first (it arms the fire's side before
+	 * the look at the token below: ctp__pool_unqueue); a failure only
+	 * matters if the task turns out to wait */
+	if (delay > 0 && !t->dres) {
+		r = ctp__timer_dreserve(pool);
+		reserved = r == 0;
+	}
+	now = ctp__now_ns();
+	due = add_sat(now, delay);
+	q_lock(q);
+	s = atomic_load(&t->token.state);
+	phase = s & CTP__PHASE_MASK;
+	if ((s & CTP__REASON_MASK) != 0 || phase == CTP__PHASE_DONE ||
+	    phase == CTP__PHASE_CANCELLED) {
+		r = -EALREADY;
+	} else if (phase == CTP__PHASE_RUNNING ||
+	    (t->qstate != CTP__Q_LINKED && t->qstate != CTP__Q_DELAYED)) {
+		/* running, or a worker has taken it (a periodic one's next
+		 * run is then due `delay` from now) */
+		if (t->period > 0)
+			t->resched = due;
+		r = -EINPROGRESS;
+	} else if (delay > 0 && !t->dres && !reserved) {
+		/* r: why the due heap could not take it */
+	} else {
+		if (t->qstate == CTP__Q_LINKED)
+			q_unhook(q, t);
+		else
+			ctp__timer_ddelete(pool, t);
+		if (delay > 0 && !t->dres) {
+			t->dres = true; /* our reservation is the task's now */
+			reserved = false;
+		}
+		t->due = due;
+		place(pool, t, now, &a);
+		r = 0;
+	}
+	q_unlock(q, &a);
+	if (reserved)
+		ctp__timer_dunreserve(pool);
+	pthread_mutex_unlock(&pool->timer.lock);
+	return r;
 }
 
 /* ---- the worker loop ---------------------------------------------------- */
@@ -404,13 +652,21 @@ void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
 /* How long the scout polls the queue before it parks. */
 #define SPIN_NS 5000
 
-/* lock held: pops the first task, or NULL */
+/* lock held: pops the first task of the highest priority, or NULL; a
+ * periodic one keeps its slot (HELD) for its next run */
 static ctp_task *q_take(struct ctp__runq *q, struct after *a)
 {
-	ctp_task *t = atomic_load_explicit(&q->head, memory_order_relaxed);
+	ctp_task *t = q_first(q);
 
-	if (t != NULL)
+	if (t == NULL)
+		return NULL;
+	if (t->period > 0) {
+		q_unhook(q, t);
+		t->qstate = CTP__Q_HELD;
+		q->held++;
+	} else {
 		q_unlink(q, t, a);
+	}
 	return t;
 }
 
@@ -427,8 +683,12 @@ static bool scout_poll(ctp_pool *pool, int64_t end)
 	struct ctp__runq *q = &pool->runq;
 
 	for (unsigned i = 1;; i++) {
-		if (atomic_load_explicit(&q->head, memory_order_relaxed) !=
-		    NULL || atomic_load_explicit(&pool->stopping,
+		for (unsigned p = 0; p < CTP__NPRIO; p++) {
+			if (atomic_load_explicit(&q->head[p],
+			    memory_order_relaxed) != NULL)
+				return true;
+		}
+		if (atomic_load_explicit(&pool->stopping,
 		    memory_order_relaxed))
 			return true;
 		ck_pr_stall();
@@ -526,14 +786,45 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 	return NULL;
 }
 
+static bool requeue(ctp_pool *pool, ctp_task *t, bool ran);
+static void release_held(ctp_pool *pool, ctp_task *t);
+
 static void run_task(struct ctp__worker *w, ctp_task *t)
 {
 	ctp_pool *pool = w->pool;
-	int status;
+	int status = 0;
 
 	/* relaxed: read only by a shutdown past its grace, after `stopping`
 	 * and the lock pass (which ordered this store before it) */
 	atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
+	if (t->period > 0) {
+		/* a shutdown has begun: a series is not started again (a
+		 * close racing this look may still let one run through) */
+		bool skip = atomic_load_explicit(&pool->runq.closed,
+		    memory_order_relaxed);
+
+		if (!skip) {
+			atomic_store_explicit(&w->st_running, 1,
+			    memory_order_relaxed);
+			ctp__tls.task = t;
+			status = t->fn(t->arg, &t->token);
+			ctp__tls.task = NULL;
+			atomic_store_explicit(&w->st_running, 0,
+			    memory_order_relaxed);
+		} else {
+			status = ctp_token_reason(&t->token);
+		}
+		if (requeue(pool, t, !skip)) {
+			atomic_store_explicit(&w->busy, 0,
+			    memory_order_relaxed);
+			return;
+		}
+		/* its token fired during the run: the series ends here */
+		release_held(pool, t);
+		own_add64(&w->st_completed, 1, memory_order_relaxed);
+		ctp__task_finish_ran(t, status);
+		return;
+	}
 	atomic_store_explicit(&w->st_running, 1, memory_order_relaxed);
 	ctp__tls.task = t;
 	status = t->fn(t->arg, &t->token);
@@ -810,24 +1101,39 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 	return r;
 }
 
-/* Links an admitted task, unless a fire (its parent's cascade, or its
- * deadline) retired it meanwhile: it then drops the queue's reference. */
+/* Links an admitted task (or puts a delayed one in the due heap), unless
+ * a fire (its parent's cascade, or its deadline) retired it meanwhile: it
+ * then drops the queue's reference. A periodic task admitted before a
+ * shutdown began and queued after it ends here (-ESHUTDOWN). */
 static void enqueue(ctp_pool *pool, ctp_task *t)
 {
 	struct ctp__runq *q = &pool->runq;
 	struct after a = { 0 };
-	bool retired;
+	bool timed = t->dres; /* it may wait in the due heap */
+	bool retired, shut = false;
 
+	if (timed)
+		pthread_mutex_lock(&pool->timer.lock);
 	q_lock(q);
 	retired = t->qstate != CTP__Q_RESERVED;
-	if (!retired) {
+	if (retired) {
+		/* a fire took it out */
+	} else if (t->period > 0 &&
+	    atomic_load_explicit(&q->closed, memory_order_relaxed)) {
+		shut = true;
+	} else if (timed) {
+		place(pool, t, ctp__now_ns(), &a);
+	} else {
 		q_link(q, t);
 		q_wake_for_work(q, &a);
-		if (atomic_load_explicit(&q->closed, memory_order_relaxed))
-			a.drained = true; /* shutdown's drop step takes it */
+		q_linked_closed(q, &a); /* shutdown's drop step takes it */
 	}
 	q_unlock(q, &a);
-	if (retired)
+	if (timed)
+		pthread_mutex_unlock(&pool->timer.lock);
+	if (shut)
+		(void)ctp__token_fire(&t->token, -ESHUTDOWN);
+	if (retired || shut)
 		ctp__token_put(&t->token);
 }
 
@@ -853,7 +1159,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
                   struct ctp__iso *iso)
 {
 	ctp_task_opts o = { 0 };
-	bool deadline, fast;
+	bool deadline, fast, sched;
 	ctp_task *t;
 	int r;
 
@@ -863,8 +1169,12 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	    (o.parent != NULL && ctp__forked(o.parent->gen)))
 		r = -ECHILD;
 	else if (!ctp__duration_ok(o.timeout) ||
-	    !ctp__duration_ok(o.queue_wait))
+	    !ctp__duration_ok(o.queue_wait) || o.delay < 0 || o.period < 0 ||
+	    o.priority < CTP_PRIORITY_LOW || o.priority > CTP_PRIORITY_HIGH ||
+	    o.flags != 0)
 		r = -EINVAL;
+	else if (iso != NULL && o.period > 0)
+		r = -ENOTSUP; /* a run's output and outcome are per task */
 	else if (atomic_load_explicit(&pool->runq.closed,
 	    memory_order_relaxed))
 		r = -ESHUTDOWN; /* a hint: admission checks under the lock */
@@ -878,8 +1188,11 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		return r;
 	}
 	deadline = o.timeout > 0;
-	fast = !deadline && o.parent == NULL;
+	sched = o.delay > 0 || o.period > 0;
+	fast = !deadline && o.parent == NULL && o.delay == 0;
 	t->iso = iso;
+	t->prio = (uint8_t)(o.priority - CTP_PRIORITY_LOW);
+	t->period = o.period;
 	t->fn = fn;
 	t->arg = arg;
 	t->done = o.done;
@@ -898,6 +1211,24 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		discard(t);
 		return r;
 	}
+	/* a delayed or periodic task: a place in the due heap (it may wait
+	 * there, now or between runs) */
+	if (sched) {
+		pthread_mutex_lock(&pool->timer.lock);
+		r = ctp__timer_dreserve(pool);
+		pthread_mutex_unlock(&pool->timer.lock);
+		if (r != 0) {
+			if (deadline)
+				ctp__timer_unreserve(pool);
+			discard(t);
+			return r;
+		}
+		t->dres = true;
+		/* a delay-0 periodic task's grid starts now (it may be
+		 * linked at its admission); a delayed one's due time is set
+		 * below, from its acceptance, like its deadline */
+		t->due = ctp__now_ns();
+	}
 	/* the pool's reference, the queue's, and the handle's: set before
 	 * the fast path's link publishes it */
 	atomic_store_explicit(&t->token.refs, task != NULL ? 3 : 2,
@@ -914,11 +1245,14 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	/* The deadline is written before the link makes the task visible: a
 	 * cascade that finishes it at once must see it to take it out of the
 	 * heap (ctp__timer_add then refuses the finished task). */
-	if (deadline) {
+	if (deadline || o.delay > 0) {
+		/* one instant for both: a timeout not longer than the delay
+		 * fires first (the timer takes a deadline first on a tie) */
 		int64_t now = ctp__now_ns();
 
-		t->deadline = o.timeout > INT64_MAX - now ? INT64_MAX :
-		    now + o.timeout;
+		if (deadline)
+			t->deadline = add_sat(now, o.timeout);
+		t->due = add_sat(now, o.delay);
 	}
 	if (o.parent != NULL && (r = ctp__token_link(o.parent, &t->token))) {
 		unreserve(pool, t);
@@ -940,6 +1274,12 @@ undo_count:
 	idle_check(pool);
 	if (deadline)
 		ctp__timer_unreserve(pool);
+	if (t->dres) {
+		pthread_mutex_lock(&pool->timer.lock);
+		ctp__timer_dunreserve(pool);
+		pthread_mutex_unlock(&pool->timer.lock);
+		t->dres = false;
+	}
 	discard(t);
 	return r;
 }
@@ -969,6 +1309,7 @@ int ctp__pool_submit_iso(ctp_pool *pool, ctp_task_fn fn, void *arg,
 static void drop_queued(ctp_pool *pool)
 {
 	struct ctp__runq *q = &pool->runq;
+	struct ctp__timer *tm = &pool->timer;
 
 	for (;;) {
 		struct after a = { 0 };
@@ -976,14 +1317,26 @@ static void drop_queued(ctp_pool *pool)
 		ctp_task *t;
 		size_t count;
 
+		pthread_mutex_lock(&tm->lock);
 		q_lock(q);
 		snap = ctp__ec_value(&q->drained);
-		t = atomic_load_explicit(&q->head, memory_order_relaxed);
-		if (t != NULL)
+		t = q_first(q);
+		if (t != NULL) {
 			q_unlink(q, t, &a);
-		count = atomic_load_explicit(&q->count, memory_order_relaxed);
+		} else if (tm->dlen != 0) {
+			/* a delayed task (or a periodic one between runs) */
+			t = tm->dues[0];
+			ctp__timer_ddelete(pool, t);
+			t->qstate = CTP__Q_OUT;
+			q_release(q, &a);
+		}
+		/* periodic tasks running (HELD) are not waited for: their
+		 * worker ends the series after the run (requeue) */
+		count = atomic_load_explicit(&q->count, memory_order_relaxed) -
+		    q->held;
 		a.drained = false; /* only we wait on it */
 		q_unlock(q, &a);
+		pthread_mutex_unlock(&tm->lock);
 		if (t != NULL) {
 			/* live: dropped, its done runs here; already fired
 			 * (its canceller is finishing it): -EALREADY */
@@ -1031,15 +1384,57 @@ static void cancel_step(ctp_pool *pool)
 	ctp__timer_stop(pool);
 }
 
-/* Closes admission: blocked submitters wake (they see `closed`). */
+/* Closes admission: blocked submitters wake (they see `closed`). Every
+ * periodic series waiting between runs (or for its first run) ends now,
+ * as if its token had fired with -ESHUTDOWN (its done runs here); one
+ * that runs ends after its run (requeue), one being submitted in its
+ * enqueue. */
 static void close_queue(ctp_pool *pool)
 {
 	struct ctp__runq *q = &pool->runq;
+	struct ctp__timer *tm = &pool->timer;
 	struct after a = { .not_full = true, .drained = true };
+	ctp_task *ended = NULL, *t, *next;
+	size_t k = 0;
 
+	pthread_mutex_lock(&tm->lock);
 	q_lock(q);
 	atomic_store(&q->closed, true);
+	for (unsigned p = 0; p < CTP__NPRIO; p++) {
+		for (t = atomic_load_explicit(&q->head[p],
+		    memory_order_relaxed); t != NULL; t = next) {
+			next = t->qnext;
+			if (t->period > 0) {
+				q_unlink(q, t, &a);
+				t->qnext = ended;
+				ended = t;
+			}
+		}
+	}
+	for (size_t i = 0; i < tm->dlen; i++) {
+		t = tm->dues[i];
+		if (t->period > 0) {
+			t->due_idx = CTP__HEAP_NONE;
+			t->qstate = CTP__Q_OUT;
+			q_release(q, &a);
+			t->qnext = ended;
+			ended = t;
+		} else {
+			tm->dues[k++] = t;
+		}
+	}
+	if (k != tm->dlen) {
+		tm->dlen = k;
+		ctp__timer_dheapify(pool);
+	}
 	q_unlock(q, &a);
+	pthread_mutex_unlock(&tm->lock);
+	/* out of the queue, the queue's reference ours: like the drop step */
+	for (t = ended; t != NULL; t = next) {
+		next = t->qnext;
+		(void)ctp__token_fire(&t->token, -ESHUTDOWN);
+		ctp__token_put(&t->token);
+	}
 }
 
 /* Joins every thread once they have all exited. */
@@ -1244,8 +1639,16 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 	s->timed_out = LOAD(st_timed_out);
 	s->rejected = LOAD(st_rejected);
 	s->dropped = LOAD(st_dropped);
-	s->queued = atomic_load_explicit(&pool->runq.count,
-	    memory_order_relaxed);
+	{
+		/* two snapshots: the held ones are among the counted */
+		size_t count = atomic_load_explicit(&pool->runq.count,
+		    memory_order_relaxed);
+		size_t held = atomic_load_explicit(&pool->runq.held,
+		    memory_order_relaxed);
+
+		s->queued = count > held ? count - held : 0;
+	}
+	s->completed += LOAD(st_completed);
 	s->threads = LOAD(st_threads);
 #undef LOAD
 	ctp__iso_stats(pool, s);

@@ -132,6 +132,13 @@ int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
 	atomic_init(&t->fin, 0);
 	t->free_next = NULL;
 	t->iso = NULL;
+	t->due = 0;
+	t->period = 0;
+	t->resched = -1;
+	t->due_idx = CTP__HEAP_NONE;
+	t->prio = (uint8_t)(CTP_PRIORITY_NORMAL - CTP_PRIORITY_LOW);
+	t->ran = false;
+	t->dres = false;
 	*out = t;
 	return 0;
 }
@@ -269,7 +276,10 @@ static void flush_out(struct ctp__batch *b)
 	if (b->dropped != 0)
 		atomic_fetch_add_explicit(&pool->st_dropped, b->dropped,
 		    memory_order_relaxed);
-	b->cancelled = b->timed_out = b->dropped = 0;
+	if (b->completed != 0)
+		atomic_fetch_add_explicit(&pool->st_completed, b->completed,
+		    memory_order_relaxed);
+	b->cancelled = b->timed_out = b->dropped = b->completed = 0;
 	if (b->nout != 0)
 		ctp__pool_unqueue(pool, b->out, b->nout);
 	b->nout = 0;
@@ -320,6 +330,18 @@ void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 	if (b->nout == sizeof(b->out) / sizeof(b->out[0]))
 		flush_out(b);
 	b->out[b->nout++] = t;
+	if (t->ran) {
+		/* a periodic series that ran, ended between runs: it counts
+		 * as completed, and its state is DONE (the fire's CAS made it
+		 * CANCELLED; nobody else changes the phase now) */
+		uint32_t s = atomic_load(&t->token.state);
+
+		while (!atomic_compare_exchange_weak(&t->token.state, &s,
+		    (s & ~CTP__PHASE_MASK) | CTP__PHASE_DONE))
+			;
+		b->completed++;
+		return;
+	}
 	switch (reason) {
 	case -ETIMEDOUT:
 		b->timed_out++;
@@ -392,6 +414,13 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 	CTP__PERTURB();
 	if (t->deadline != 0)
 		ctp__timer_remove(pool, t);
+	if (t->dres) {
+		/* a delayed or periodic task: its place in the due heap */
+		pthread_mutex_lock(&pool->timer.lock);
+		t->dres = false;
+		ctp__timer_dunreserve(pool);
+		pthread_mutex_unlock(&pool->timer.lock);
+	}
 	call_done(t, status);
 	publish(t, status);
 	ctp__pool_worker_finished(pool);

@@ -35,6 +35,7 @@
  *     pool's threads for the grace wait; the callback thread is abandoned
  *     past grace only while it runs user code (cb_busy).
  */
+#include <assert.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -68,6 +69,9 @@ int ctp__timer_init(struct ctp__timer *tm)
 	}
 	tm->heap = NULL;
 	tm->len = tm->cap = tm->reserved = 0;
+	tm->dues = NULL;
+	tm->dlen = tm->dcap = tm->dres = 0;
+	atomic_init(&tm->armed, false);
 	tm->started = tm->running = tm->stop = false;
 	tm->cb_head = tm->cb_tail = NULL;
 	tm->cb_started = false;
@@ -78,65 +82,86 @@ int ctp__timer_init(struct ctp__timer *tm)
 void ctp__timer_fini(struct ctp__timer *tm)
 {
 	free(tm->heap);
+	free(tm->dues);
 	pthread_mutex_destroy(&tm->lock);
 	pthread_cond_destroy(&tm->cond);
 	pthread_cond_destroy(&tm->cb_cond);
 }
 
-/* ---- heap --------------------------------------------------------------- */
+/* ---- heaps ------------------------------------------------------------- */
 
-static void heap_set(struct ctp__timer *tm, size_t i, ctp_task *t)
+/* Both heaps are binary min-heaps of tasks: the deadline heap (`heap`, on
+ * task->deadline, slot in task->heap_idx) and the due heap (`dues`, on
+ * task->due, slot in task->due_idx). `due` picks which. */
+static inline int64_t key(const ctp_task *t, bool due)
 {
-	CTP__ASSERT_HELD(&tm->lock);
-	tm->heap[i] = t;
-	t->heap_idx = i;
+	return due ? t->due : t->deadline;
 }
 
-static void sift_up(struct ctp__timer *tm, size_t i)
+static void heap_set(struct ctp__timer *tm, bool due, size_t i, ctp_task *t)
 {
-	ctp_task *t = tm->heap[i];
+	CTP__ASSERT_HELD(&tm->lock);
+	if (due) {
+		tm->dues[i] = t;
+		t->due_idx = i;
+	} else {
+		tm->heap[i] = t;
+		t->heap_idx = i;
+	}
+}
+
+static void sift_up(struct ctp__timer *tm, bool due, size_t i)
+{
+	ctp_task **a = due ? tm->dues : tm->heap;
+	ctp_task *t = a[i];
 
 	while (i > 0) {
 		size_t parent = (i - 1) / 2;
 
-		if (tm->heap[parent]->deadline <= t->deadline)
+		if (key(a[parent], due) <= key(t, due))
 			break;
-		heap_set(tm, i, tm->heap[parent]);
+		heap_set(tm, due, i, a[parent]);
 		i = parent;
 	}
-	heap_set(tm, i, t);
+	heap_set(tm, due, i, t);
 }
 
-static void sift_down(struct ctp__timer *tm, size_t i)
+static void sift_down(struct ctp__timer *tm, bool due, size_t i)
 {
-	ctp_task *t = tm->heap[i];
+	ctp_task **a = due ? tm->dues : tm->heap;
+	size_t len = due ? tm->dlen : tm->len;
+	ctp_task *t = a[i];
 
 	for (;;) {
 		size_t c = 2 * i + 1;
 
-		if (c >= tm->len)
+		if (c >= len)
 			break;
-		if (c + 1 < tm->len &&
-		    tm->heap[c + 1]->deadline < tm->heap[c]->deadline)
+		if (c + 1 < len && key(a[c + 1], due) < key(a[c], due))
 			c++;
-		if (t->deadline <= tm->heap[c]->deadline)
+		if (key(t, due) <= key(a[c], due))
 			break;
-		heap_set(tm, i, tm->heap[c]);
+		heap_set(tm, due, i, a[c]);
 		i = c;
 	}
-	heap_set(tm, i, t);
+	heap_set(tm, due, i, t);
 }
 
-static void heap_delete(struct ctp__timer *tm, size_t i)
+static void heap_delete(struct ctp__timer *tm, bool due, size_t i)
 {
-	ctp_task *last = tm->heap[--tm->len];
+	ctp_task **a = due ? tm->dues : tm->heap;
+	size_t *len = due ? &tm->dlen : &tm->len;
+	ctp_task *last = a[--*len];
 
-	tm->heap[i]->heap_idx = CTP__HEAP_NONE;
-	if (i == tm->len)
+	if (due)
+		a[i]->due_idx = CTP__HEAP_NONE;
+	else
+		a[i]->heap_idx = CTP__HEAP_NONE;
+	if (i == *len)
 		return;
-	heap_set(tm, i, last);
-	sift_down(tm, i);
-	sift_up(tm, last->heap_idx);
+	heap_set(tm, due, i, last);
+	sift_down(tm, due, i);
+	sift_up(tm, due, due ? last->due_idx : last->heap_idx);
 }
 
 /* ---- threads ----------------------------------------------------------- */
@@ -150,24 +175,34 @@ static void *timer_main(void *arg)
 	ctp__set_thread_name(pool->name, "timer");
 	pthread_mutex_lock(&tm->lock);
 	while (!tm->stop) {
+		int64_t now = ctp__now_ns();
+		int64_t dl = tm->len != 0 ? tm->heap[0]->deadline : INT64_MAX;
+		int64_t due = tm->dlen != 0 ? tm->dues[0]->due : INT64_MAX;
+		int64_t next = dl < due ? dl : due;
 		ctp_task *t;
 		int r;
 
-		if (tm->len == 0) {
-			pthread_cond_wait(&tm->cond, &tm->lock);
+		/* a deadline first on a tie: a task whose timeout is not
+		 * longer than its delay times out without running */
+		if (due <= now && due < dl) {
+			ctp__pool_promote(pool, now);
+			continue;
+		}
+		if (dl > now) {
+			struct timespec abs = {
+				.tv_sec = next / 1000000000,
+				.tv_nsec = next % 1000000000,
+			};
+
+			if (next == INT64_MAX)
+				pthread_cond_wait(&tm->cond, &tm->lock);
+			else
+				pthread_cond_timedwait(&tm->cond, &tm->lock,
+				    &abs);
 			continue;
 		}
 		t = tm->heap[0];
-		if (t->deadline > ctp__now_ns()) {
-			struct timespec abs = {
-				.tv_sec = t->deadline / 1000000000,
-				.tv_nsec = t->deadline % 1000000000,
-			};
-
-			pthread_cond_timedwait(&tm->cond, &tm->lock, &abs);
-			continue;
-		}
-		heap_delete(tm, 0);
+		heap_delete(tm, false, 0);
 		ctp__token_ref(&t->token);
 		pthread_mutex_unlock(&tm->lock);
 		CTP__PERTURB();
@@ -329,7 +364,7 @@ void ctp__timer_add(ctp_pool *pool, ctp_task *t)
 	}
 	tm->heap[tm->len] = t;
 	t->heap_idx = tm->len++;
-	sift_up(tm, t->heap_idx);
+	sift_up(tm, false, t->heap_idx);
 	if (tm->heap[0] == t) /* a new earliest deadline: re-arm the wait */
 		pthread_cond_signal(&tm->cond);
 	pthread_mutex_unlock(&tm->lock);
@@ -341,8 +376,91 @@ void ctp__timer_remove(ctp_pool *pool, ctp_task *t)
 
 	pthread_mutex_lock(&tm->lock);
 	if (t->heap_idx != CTP__HEAP_NONE)
-		heap_delete(tm, t->heap_idx);
+		heap_delete(tm, false, t->heap_idx);
 	pthread_mutex_unlock(&tm->lock);
+}
+
+/* ---- the due heap (pool.c decides what goes in and out) ----------------- */
+
+int ctp__timer_dreserve(ctp_pool *pool)
+{
+	struct ctp__timer *tm = &pool->timer;
+	int r;
+
+	CTP__ASSERT_HELD(&tm->lock);
+	if (tm->stop)
+		return -ESHUTDOWN;
+	if (!tm->started && (r = start_threads(pool)) != 0)
+		return r;
+	if (tm->dres == tm->dcap) {
+		size_t cap = tm->dcap != 0 ? tm->dcap * 2 : 64;
+		ctp_task **a = realloc(tm->dues, cap * sizeof(*a));
+
+		if (a == NULL)
+			return -ENOMEM;
+		tm->dues = a;
+		tm->dcap = cap;
+	}
+	tm->dres++;
+	/* seq_cst, before any task can be in the heap (ctp__pool_unqueue) */
+	atomic_store(&tm->armed, true);
+	return 0;
+}
+
+void ctp__timer_dunreserve(ctp_pool *pool)
+{
+	CTP__ASSERT_HELD(&pool->timer.lock);
+	pool->timer.dres--;
+}
+
+void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t)
+{
+	struct ctp__timer *tm = &pool->timer;
+
+	CTP__ASSERT_HELD(&tm->lock);
+	assert(tm->dlen < tm->dres && t->dres);
+	tm->dues[tm->dlen] = t;
+	t->due_idx = tm->dlen++;
+	sift_up(tm, true, t->due_idx);
+	ctp__timer_dkick(pool, t);
+}
+
+void ctp__timer_ddelete(ctp_pool *pool, ctp_task *t)
+{
+	CTP__ASSERT_HELD(&pool->timer.lock);
+	if (t->due_idx != CTP__HEAP_NONE)
+		heap_delete(&pool->timer, true, t->due_idx);
+}
+
+void ctp__timer_dfix(ctp_pool *pool, ctp_task *t)
+{
+	struct ctp__timer *tm = &pool->timer;
+
+	CTP__ASSERT_HELD(&tm->lock);
+	sift_down(tm, true, t->due_idx);
+	sift_up(tm, true, t->due_idx);
+	ctp__timer_dkick(pool, t);
+}
+
+void ctp__timer_dkick(ctp_pool *pool, ctp_task *t)
+{
+	struct ctp__timer *tm = &pool->timer;
+
+	/* a new earliest due time: re-arm the timer thread's wait */
+	if (tm->dlen != 0 && tm->dues[0] == t)
+		pthread_cond_signal(&tm->cond);
+}
+
+void ctp__timer_dheapify(ctp_pool *pool)
+{
+	struct ctp__timer *tm = &pool->timer;
+
+	CTP__ASSERT_HELD(&tm->lock);
+	for (size_t i = 0; i < tm->dlen; i++)
+		tm->dues[i]->due_idx = i;
+	for (size_t i = tm->dlen / 2; i-- > 0;)
+		sift_down(tm, true, i);
+	pthread_cond_signal(&tm->cond);
 }
 
 void ctp__timer_stop(ctp_pool *pool)
