@@ -366,6 +366,9 @@ CTP_EXPORT void ctp_task_release(ctp_task *task);
  * series at its start: one waiting between runs (or for its first run) is
  * ended then, as if its token had fired with -ESHUTDOWN, and one running
  * is not started again. An isolated task cannot be periodic (-ENOTSUP).
+ * A run's token is the same token in every run: tokens a run creates under
+ * it and tasks it submits with it as parent stay its children after the
+ * run, and fire when the series ends (between runs too).
  */
 
 /* Sets a task that has not started yet (or a periodic task between runs) to

@@ -9,8 +9,9 @@
  *               everything uses
  *   token.c     tokens: the state word, sleepers, fd, watchers, trees
  *   task.c      the task state machine, completion, handles, free list
- *   timer.c     the per-pool deadline heap and its thread
- *   pool.c      pool lifetime, the run queue, the worker loop, submit,
+ *   timer.c     the per-pool deadline and due heaps and their thread
+ *   pool.c      pool lifetime, the run queue, scheduling (delays,
+ *               priorities, periodic tasks), the worker loop, submit,
  *               shutdown
  *   proc.c      worker processes: the fork server, the worker process's
  *               loop, the messages (knows nothing of pools)
@@ -77,6 +78,13 @@
  *  finished, accepted         pool_idle reads finished,    submit counts
  *    (pool.c)                 then accepted                accepted before it
  *                                                          asks for a slot
+ *  timer.armed|token.state    arm (first due-heap          fire: CAS the token,
+ *    (pool.c, timer.c)        reservation), then look at   then load armed; true
+ *                             the token (reschedule,       -> take timer->lock
+ *                             under the locks; submit:     to take the task out
+ *                             before the task is visible)  of the due heap
+ *  task.ran (pool.c)          worker, before its CAS       fire that caught it
+ *                             RUNNING -> QUEUED (release)  queued (after its CAS)
  *  pool.stopping (pool.c)     shutdown: store under        worker reads it
  *                             runq.lock                    under runq.lock
  *  pool.alive (pool.c)        threads (exit)               shutdown: futex wait
@@ -342,6 +350,8 @@ struct ctp_token {
 	ctp_token       *sib_prev;  /*   parent->lock, not by this lock */
 	ctp_token       *fire_next; /* list of one fire call; written only by
 	                               the thread whose CAS fired this token */
+	ctp_token       *caught_next; /* the caught list of that fire call (a
+	                               periodic task between runs is on both) */
 	ctp_token       *wait_next; /* list of the subtrees one fire call waits
 	                               for; written only by the firer of this
 	                               token's parent (the one thread that walks
@@ -388,13 +398,15 @@ CTP__HIDDEN void ctp__token_release_fd(ctp_token *t);
 struct ctp__fire {
 	ctp_token        *root;    /* the token this call fired first */
 	ctp_token        *list;    /* the walk list: every token it fired but
-	                              the tasks it caught queued (and finished
-	                              tasks it walked through), root first,
+	                              the tasks it caught queued (except
+	                              periodic ones with something linked),
+	                              and finished tasks it walked through,
+	                              root first,
 	                              breadth first, by fire_next; each with a
 	                              reference of this call, but the root,
 	                              which lives on the caller's */
 	ctp_token        *caught;  /* the tasks it caught queued, in the order
-	                              it caught them, by fire_next, each on the
+	                              it caught them, by caught_next, each on the
 	                              pool's reference (borrowed until its
 	                              done has run) */
 	ctp_token        *waits;   /* subtrees other fire calls are firing

@@ -2,14 +2,21 @@
  * pool.c: the pool, its workers, submit and shutdown.
  *
  * Design notes
- *   Queue (struct ctp__runq). One lock, runq.lock, over a FIFO of the
- *   queued tasks (intrusive: task->qnext/qprev), the admission count
- *   (<= capacity: the "queued" figure), `closed`, the idle workers and
- *   each worker's `current`. Each task's qstate says where it is:
+ *   Queue (struct ctp__runq). One lock, runq.lock, over three FIFOs of
+ *   the queued tasks, one per priority (intrusive: task->qnext/qprev; a
+ *   worker pops the first task of the highest non-empty one), the
+ *   admission count (<= capacity: the "queued" figure, less the `held`
+ *   ones), `closed`, the idle workers and each worker's `current`. Each
+ *   task's qstate says where it is:
  *
  *       OUT --admit--> RESERVED --link--> LINKED --pop/unlink--> OUT
- *                          \____________________________________/^
- *                              retired by a fire before its link
+ *                        |   \_____________^_|__________________/^
+ *                        |   retired by a fire before its link     |
+ *                        `--> DELAYED --due (timer) / reschedule-->'
+ *                                 `----- fire / drop step -------> OUT
+ *     periodic:  LINKED --pop--> HELD --run ends, re-placed--> LINKED or
+ *                DELAYED; HELD --series ends (fire during the run, or a
+ *                fire between the requeue CAS and the re-place)--> OUT
  *
  *   A submit with no parent and no deadline is admitted and linked in one
  *   taking of the lock. One with a parent or a deadline is admitted
@@ -70,6 +77,35 @@
  *   every thread to exit, up to `grace`; past it, go on waiting for what
  *   runs no user code (idle workers leaving) and abandon only what does.
  *   Then join.
+ *
+ *   Scheduling. A delayed task is admitted (it holds its slot) and then,
+ *   instead of being linked, waits in the timer's due heap (DELAYED,
+ *   keyed on task->due); the timer thread moves it to its priority's list
+ *   when due (ctp__pool_promote, under timer->lock then runq.lock), so a
+ *   due task is FIFO behind the tasks already due. Moves in and out of
+ *   the due heap take both locks (timer first), so DELAYED always means
+ *   "in the heap". Each task that may wait there (delayed, periodic, or
+ *   rescheduled with a delay) holds a reservation of a heap place
+ *   (task->dres) from its submit (or reschedule) until it finishes, so an
+ *   insert after acceptance never fails. A fire that catches a task
+ *   queued takes it out of the heap in ctp__pool_unqueue, which takes the
+ *   timer lock only when `timer.armed` (set before the first reservation)
+ *   is: whoever puts a task in the heap arms first and looks at the token
+ *   after, the fire CASes the token first and reads `armed` after, both
+ *   seq_cst, so a fire that reads it false caught no task that can be in
+ *   the heap (internal.h, protocol table). A periodic task keeps its slot
+ *   for the whole series: a worker's pop makes it HELD (not counted in
+ *   stats.queued nor waited for by the drop step); after a run the worker
+ *   CASes RUNNING -> QUEUED (failing if the token fired during the run:
+ *   the series ends, done gets the run's status) and re-places it for
+ *   next_due (fixed rate; late runs skipped) under both locks, unless a
+ *   fire caught it meanwhile (it is then OUT) or the queue is closed (it
+ *   fires it with -ESHUTDOWN itself). close_queue ends every periodic
+ *   series waiting in a list or the heap (it takes them out, like the
+ *   drop step, and fires them); the drop step also takes the delayed
+ *   tasks. ctp_task_reschedule moves a LINKED or DELAYED task under both
+ *   locks; a running or taken (HELD, popped) periodic task gets `resched`,
+ *   which its requeue uses.
  *
  *   Lifetime. pool->refs counts the owner, every thread, and every task
  *   object (in use or on the free list). Abandoned threads keep the pool

@@ -5,8 +5,15 @@
  *   States live in the task token's state word (token.c):
  *
  *       QUEUED --start (worker CAS)--> RUNNING --fn returns--> DONE
- *          \
- *           `--token fires (firer CAS)--> CANCELLED   (fn never runs)
+ *        ^ \                               |
+ *        |  `--token fires (firer CAS)--> CANCELLED   (fn never runs)
+ *        `--- periodic: run over, unfired (worker CAS; pool.c requeue)
+ *
+ *   A periodic series that ran and is caught queued between runs is
+ *   retired like any queued task, but counted completed and set DONE
+ *   (its fire's CAS made it CANCELLED; the retire fixes the phase before
+ *   any done runs). A series whose token fires during a run ends like a
+ *   one-shot task (ctp__task_finish_ran) with that run's status.
  *
  *   Start and fire are CASes on the same word, so a cancel racing a start
  *   has one winner. Completion happens exactly once, by the one thread that

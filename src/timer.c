@@ -1,11 +1,20 @@
 /*
- * timer.c: task deadlines. Two threads per pool, started on the first task
- * with a timeout: the timer thread sleeps on a CLOCK_MONOTONIC condition
- * variable until the earliest deadline in a binary min-heap (never a
- * polling loop) and fires it; the timer-callback thread ("<name>-tcb") runs
- * the user code of those fires, so no done or watcher delays a deadline.
+ * timer.c: task deadlines and due times. Two threads per pool, started on
+ * the first task with a timeout or a delay (or period): the timer thread
+ * sleeps on a CLOCK_MONOTONIC condition variable until the earliest
+ * deadline or due time in two binary min-heaps (never a polling loop); it
+ * fires a deadline, and hands due tasks to the pool (ctp__pool_promote,
+ * which links them in their priority's list); the timer-callback thread
+ * ("<name>-tcb") runs the user code of the deadline fires, so no done or
+ * watcher delays a deadline.
  *
  * Design notes
+ *   - The due heap (dues) holds the tasks in CTP__Q_DELAYED; pool.c
+ *     decides what goes in and out, under timer->lock and then runq.lock
+ *     (pool.c, "Scheduling"); here are only the heap operations and the
+ *     reservations (dres: every task that may wait in the heap holds one,
+ *     so the array always has room). On a tie a deadline is handled
+ *     before a due time, so a timeout not longer than a delay fires first.
  *   - Everything here is protected by timer->lock. A task is in the heap
  *     from its acceptance until it finishes or its deadline fires; its slot
  *     index lives in task->heap_idx so finishing removes it in O(log n).
@@ -81,6 +90,8 @@ int ctp__timer_init(struct ctp__timer *tm)
 
 void ctp__timer_fini(struct ctp__timer *tm)
 {
+	/* every task that held a place has finished */
+	assert(tm->dres == 0 && tm->dlen == 0);
 	free(tm->heap);
 	free(tm->dues);
 	pthread_mutex_destroy(&tm->lock);

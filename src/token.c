@@ -513,6 +513,15 @@ static void append(ctp_token *t, ctp_token ***tail)
 	*tail = &t->fire_next;
 }
 
+/* Appends a task caught queued to the caught list (caught_next: a task
+ * may also be on the walk list, below). */
+static void append_caught(ctp_token *t, ctp_token ***tail)
+{
+	t->caught_next = NULL;
+	**tail = t;
+	*tail = &t->caught_next;
+}
+
 /* Phase 1 for one token t of f's walk list (t has fired, or is a finished
  * task walked through): under t's lock (the only lock held), fires each
  * child. A task caught queued goes to f's caught list on the pool's
@@ -545,8 +554,13 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 			one = ctp__task_guard(g, (ctp_task *)c);
 		won = fire_cas(c, f->reason, 0, &phase);
 		if (won && phase == CTP__PHASE_QUEUED) {
-			append(c, caught);
+			append_caught(c, caught);
 			ctp__task_retire((ctp_task *)c, f->reason, b);
+			/* a periodic task between runs may have children,
+			 * watches or an fd from its runs: walk it too */
+			if (atomic_load(&c->linked) != 0 &&
+			    ctp__token_tryref(c))
+				append(c, walk);
 		} else if (won && ctp__token_tryref(c)) {
 			append(c, walk);
 		} /* else dying: no sleeper, watch or child left */
@@ -640,9 +654,13 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	f->list = f->caught = f->waits = NULL;
 	f->reason = reason;
 	if (phase == CTP__PHASE_QUEUED) {
-		/* a queued task: nothing below it, nothing waits on it */
-		append(t, &caught);
+		/* a queued task: nothing below it, nothing waits on it,
+		 * unless it is a periodic task between runs (its runs may
+		 * have left children, watches or an fd): walk it too */
+		append_caught(t, &caught);
 		ctp__task_retire((ctp_task *)t, reason, &batch);
+		if (atomic_load(&t->linked) != 0)
+			append(t, &walk);
 	} else {
 		append(t, &walk);
 	}
@@ -705,7 +723,7 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	/* Phase 2b: finish every task caught queued (done runs here); each
 	 * drops the pool's reference it lent us (the batch holds the pool) */
 	for (c = f->caught; c != NULL; c = next) {
-		next = c->fire_next;
+		next = c->caught_next;
 		ctp__task_complete_unrun((ctp_task *)c, f->reason, &batch);
 	}
 	if (batch.pool != NULL)
