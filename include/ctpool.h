@@ -56,7 +56,7 @@ extern "C" {
  * (libctpool.so.N), so a program built against an older header never runs
  * against an incompatible library by accident. See README.md, "Versions". */
 #define CTP_VERSION_MAJOR 0
-#define CTP_VERSION_MINOR 3
+#define CTP_VERSION_MINOR 4
 #define CTP_VERSION_PATCH 0
 #define CTP_VERSION_NUM \
 	((CTP_VERSION_MAJOR << 16) | (CTP_VERSION_MINOR << 8) | CTP_VERSION_PATCH)
@@ -365,7 +365,11 @@ CTP_EXPORT void ctp_task_release(ctp_task *task);
  * ctp_task_wait waits for the end of the series. A shutdown ends every
  * series at its start: one waiting between runs (or for its first run) is
  * ended then, as if its token had fired with -ESHUTDOWN, and one running
- * is not started again. An isolated task cannot be periodic (-ENOTSUP).
+ * is not started again. A delayed one-shot task is queued like any other:
+ * a drain waits out its delay (and it runs), the cancel step after the
+ * drain drops it. ctp_pool_wait_idle does not return while a series goes
+ * on (it is queued or running). An isolated task cannot be periodic
+ * (-ENOTSUP).
  * A run's token is the same token in every run: tokens a run creates under
  * it and tasks it submits with it as parent stay its children after the
  * run, and fire when the series ends (between runs too).

@@ -48,6 +48,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 
 #include "internal.h"
 
@@ -184,6 +185,10 @@ static void *timer_main(void *arg)
 
 	ctp__tls.pool = pool;
 	ctp__set_thread_name(pool->name, "timer");
+	/* the kernel may otherwise wake this thread's timed waits up to
+	 * 50 us late (the default timer slack): deadlines and due times are
+	 * what it exists for */
+	(void)prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
 	pthread_mutex_lock(&tm->lock);
 	while (!tm->stop) {
 		int64_t now = ctp__now_ns();
