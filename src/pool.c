@@ -1194,28 +1194,27 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
                   const ctp_task_opts *opts, ctp_task **task,
                   struct ctp__iso *iso)
 {
-	ctp_task_opts o = { 0 };
+	static const ctp_task_opts defaults; /* all zero */
+	const ctp_task_opts *o = opts != NULL ? opts : &defaults;
 	bool deadline, fast, sched;
 	ctp_task *t;
 	int r;
 
-	if (opts != NULL)
-		o = *opts;
 	if (ctp__forked(pool->gen) ||
-	    (o.parent != NULL && ctp__forked(o.parent->gen)))
+	    (o->parent != NULL && ctp__forked(o->parent->gen)))
 		r = -ECHILD;
-	else if (!ctp__duration_ok(o.timeout) ||
-	    !ctp__duration_ok(o.queue_wait) || o.delay < 0 || o.period < 0 ||
-	    o.priority < CTP_PRIORITY_LOW || o.priority > CTP_PRIORITY_HIGH ||
-	    o.flags != 0)
+	else if (!ctp__duration_ok(o->timeout) ||
+	    !ctp__duration_ok(o->queue_wait) || (o->delay | o->period) < 0 ||
+	    (unsigned)(o->priority - CTP_PRIORITY_LOW) >
+	    (unsigned)(CTP_PRIORITY_HIGH - CTP_PRIORITY_LOW) || o->flags != 0)
 		r = -EINVAL;
-	else if (iso != NULL && o.period > 0)
+	else if (iso != NULL && o->period > 0)
 		r = -ENOTSUP; /* a run's output and outcome are per task */
 	else if (atomic_load_explicit(&pool->runq.closed,
 	    memory_order_relaxed))
 		r = -ESHUTDOWN; /* a hint: admission checks under the lock */
-	else if (o.parent != NULL && ctp_token_cancelled(o.parent))
-		r = ctp_token_reason(o.parent);
+	else if (o->parent != NULL && ctp_token_cancelled(o->parent))
+		r = ctp_token_reason(o->parent);
 	else
 		r = ctp__task_alloc(pool, &t);
 	if (r != 0) {
@@ -1223,15 +1222,15 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 			ctp__iso_task_free(iso);
 		return r;
 	}
-	deadline = o.timeout > 0;
-	sched = o.delay > 0 || o.period > 0;
-	fast = !deadline && o.parent == NULL && o.delay == 0;
+	deadline = o->timeout > 0;
+	sched = (o->delay | o->period) != 0; /* both >= 0 here */
+	fast = !deadline && o->parent == NULL && o->delay == 0;
 	t->iso = iso;
-	t->prio = (uint8_t)(o.priority - CTP_PRIORITY_LOW);
-	t->period = o.period;
+	t->prio = (uint8_t)(o->priority - CTP_PRIORITY_LOW);
+	t->period = o->period;
 	t->fn = fn;
 	t->arg = arg;
-	t->done = o.done;
+	t->done = o->done;
 	t->handle = task != NULL;
 	t->qstate = CTP__Q_OUT;
 	t->qref_owed = false;
@@ -1273,7 +1272,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	 * finished before it is counted (pool_idle; the statistics
 	 * identity); a failed admission takes it back. */
 	atomic_fetch_add(&pool->accepted, 1); /* also stats.submitted */
-	r = admit(pool, t, o.queue_wait, o.parent, fast);
+	r = admit(pool, t, o->queue_wait, o->parent, fast);
 	if (r != 0)
 		goto undo_count;
 	if (fast)
@@ -1281,16 +1280,16 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	/* The deadline is written before the link makes the task visible: a
 	 * cascade that finishes it at once must see it to take it out of the
 	 * heap (ctp__timer_add then refuses the finished task). */
-	if (deadline || o.delay > 0) {
+	if (deadline || o->delay > 0) {
 		/* one instant for both: a timeout not longer than the delay
 		 * fires first (the timer takes a deadline first on a tie) */
 		int64_t now = ctp__now_ns();
 
 		if (deadline)
-			t->deadline = add_sat(now, o.timeout);
-		t->due = add_sat(now, o.delay);
+			t->deadline = add_sat(now, o->timeout);
+		t->due = add_sat(now, o->delay);
 	}
-	if (o.parent != NULL && (r = ctp__token_link(o.parent, &t->token))) {
+	if (o->parent != NULL && (r = ctp__token_link(o->parent, &t->token))) {
 		unreserve(pool, t);
 		goto undo_count;
 	}
