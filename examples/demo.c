@@ -6,12 +6,16 @@
  * The story: one job runs to completion; two long jobs take both workers;
  * while they hold them, one queued job is cancelled by its handle, another
  * misses its deadline, and a group of jobs is cancelled through a parent
- * token; then a running job is cancelled by its handle; then a job stuck in
- * an endless loop that no token can reach (`for (;;);`) runs as an isolated
- * task in a worker process of a second pool and is killed on its deadline,
- * and that pool goes on at full strength; finally the first pool is shut
- * down with a 200 ms drain while more work is pending. It ends with what
- * happened to every job and the pool's statistics.
+ * token; then a running job is cancelled by its handle; then jobs are
+ * scheduled: one delayed by 250 ms, one periodic (every 100 ms, cancelled
+ * by its handle between two runs), one delayed by an hour and cancelled
+ * before it starts, and a high-priority job that overtakes a normal one
+ * queued before it; then a job stuck in an endless loop that no token can
+ * reach (`for (;;);`) runs as an isolated task in a worker process of a
+ * second pool and is killed on its deadline, and that pool goes on at full
+ * strength; finally the first pool is shut down with a 200 ms drain while
+ * more work is pending. It ends with what happened to every job and the
+ * pool's statistics.
  *
  * The pool with worker processes is created first, while main is the only
  * thread: its fork server is a copy of the program taken at that moment,
@@ -37,6 +41,8 @@
 
 #include "ctpool.h"
 
+#define MAX_RUNS 16 /* start times a job keeps (a periodic job runs often) */
+
 struct job {
 	const char *name;
 	int         work_ms;      /* how long the job works (sleeps) */
@@ -45,6 +51,9 @@ struct job {
 	sem_t       started;      /* posted by the job when it starts */
 	int         ran;          /* written by the job ... */
 	int64_t     stop_ns;      /* ... when it stopped working */
+	int         runs;         /* ... how many times it started ... */
+	int64_t     run_ns[MAX_RUNS]; /* ... and when (the first MAX_RUNS) */
+	int64_t     submit_ns;    /* when we submitted it */
 	int         status;       /* written by done */
 	int         done_calls;
 	ctp_task   *task;         /* our handle */
@@ -62,6 +71,14 @@ static struct job jobs[] = {
 	JOB("thumbnail",   10,      0,   -ETIMEDOUT),  /* deadline, queued */
 	JOB("batch-2",     10,      0,   -ECANCELED),  /* group, queued */
 	JOB("batch-3",     10,      0,   -ECANCELED),  /* group, queued */
+	JOB("reminder",    20,      1,   0),           /* delayed 250 ms */
+	JOB("metrics",     5,       1,   -ECANCELED),  /* every 100 ms, until
+	                                                  cancelled */
+	JOB("audit",       10,      0,   -ECANCELED),  /* delayed 1 h, cancelled */
+	JOB("import-1",    100,     1,   0),           /* hold both workers */
+	JOB("import-2",    200,     1,   0),
+	JOB("bulk-export", 20,      1,   0),           /* normal priority */
+	JOB("alert",       20,      1,   0),           /* high: starts first */
 	JOB("report-1",    120,     1,   0),           /* done in the drain */
 	JOB("report-2",    120,     1,   0),
 	JOB("report-3",    120,     1,   -ESHUTDOWN),  /* running at its end */
@@ -69,7 +86,8 @@ static struct job jobs[] = {
 	JOB("report-5",    120,     0,   -ESHUTDOWN),  /* queued: dropped */
 	JOB("report-6",    120,     0,   -ESHUTDOWN),
 };
-enum { WARM, NEWS, BATCH1, EMAIL, THUMB, BATCH2, BATCH3, REPORT1,
+enum { WARM, NEWS, BATCH1, EMAIL, THUMB, BATCH2, BATCH3, REMIND, METRICS,
+       AUDIT, IMPORT1, IMPORT2, BULK, ALERT, REPORT1,
        NJOBS = sizeof(jobs) / sizeof(jobs[0]) };
 
 static int unexpected; /* count of surprises; makes the exit status 1 */
@@ -106,12 +124,17 @@ static void check(const char *what, int rc, int want)
 }
 
 /* The job: works for work_ms unless its token fires first. Its status is 0
- * when the work was done, else the reason the token fired. */
+ * when the work was done, else the reason the token fired. A periodic job
+ * comes here once per run (runs never overlap, so only one run at a time
+ * writes the job). */
 static int job_fn(void *arg, ctp_token *token)
 {
 	struct job *j = arg;
 	int         rc;
 
+	if (j->runs < MAX_RUNS)
+		j->run_ns[j->runs] = now_ns();
+	j->runs++;
 	j->ran = 1;
 	if (sem_post(&j->started) != 0)
 		abort(); /* cannot fail on a valid semaphore */
@@ -135,6 +158,7 @@ static void submit(struct job *j, int64_t timeout, ctp_token *parent,
 	ctp_task_opts o = { .done = job_done, .timeout = timeout,
 	                    .parent = parent, .queue_wait = CTP_FOREVER };
 
+	j->submit_ns = now_ns();
 	check("ctp_pool_submit", ctp_pool_submit(pool, job_fn, j, &o, &j->task),
 	      0);
 }
@@ -248,6 +272,108 @@ static void step_cancel_running(void)
 	       (long long)(j->stop_ns - t0) / 1000, code_name(j->status));
 }
 
+/* ---- scheduling: delays, periods, priorities ------------------------------ */
+
+static void surprise(const char *what)
+{
+	printf("   UNEXPECTED: %s\n", what);
+	unexpected++;
+}
+
+#define REMIND_DELAY_MS 250 /* reminder: opts.delay */
+#define METRICS_MS      100 /* metrics: opts.period */
+#define METRICS_RUNS    4   /* runs of metrics the story watches */
+
+static void submit_sched(struct job *j, int64_t delay, int64_t period,
+                         int priority, ctp_pool *pool)
+{
+	ctp_task_opts o = { .done = job_done, .queue_wait = CTP_FOREVER,
+	                    .delay = delay, .period = period,
+	                    .priority = priority };
+
+	j->submit_ns = now_ns();
+	check("ctp_pool_submit", ctp_pool_submit(pool, job_fn, j, &o, &j->task),
+	      0);
+}
+
+/* ms from the job's submission to its run k's start */
+static long long run_ms(const struct job *j, int k)
+{
+	return (long long)(j->run_ns[k] - j->submit_ns) / 1000000;
+}
+
+static void step_schedule(ctp_pool *pool)
+{
+	struct job *rem = &jobs[REMIND], *met = &jobs[METRICS];
+	struct job *aud = &jobs[AUDIT], *bulk = &jobs[BULK];
+	struct job *alert = &jobs[ALERT];
+
+	printf("7. Later, again and again, and urgently: delays, periods, "
+	       "priorities\n");
+	submit_sched(rem, CTP_MSEC(REMIND_DELAY_MS), 0, CTP_PRIORITY_NORMAL,
+	             pool);
+	submit_sched(met, 0, CTP_MSEC(METRICS_MS), CTP_PRIORITY_NORMAL, pool);
+	submit_sched(aud, CTP_SEC(3600), 0, CTP_PRIORITY_NORMAL, pool);
+	printf("   reminder is queued with opts.delay = %d ms, metrics with "
+	       "opts.period = %d ms,\n   audit with opts.delay = 1 hour\n",
+	       REMIND_DELAY_MS, METRICS_MS);
+	check("ctp_task_cancel(audit)", ctp_task_cancel(aud->task), 0);
+	printf("   ctp_task_cancel(audit) = 0 long before its hour: it will "
+	       "never run; its done got %s\n", code_name(aud->status));
+
+	/* metrics runs at +0, +100, +200, +300 ms; the reminder at +250 */
+	for (int k = 0; k < METRICS_RUNS; k++) {
+		if (k == 3) {
+			wait_done(rem);
+			printf("   reminder started %lld ms after submission "
+			       "(opts.delay %d ms) and finished: status %s\n",
+			       run_ms(rem, 0), REMIND_DELAY_MS,
+			       code_name(rem->status));
+			if (rem->run_ns[0] - rem->submit_ns <
+			    CTP_MSEC(REMIND_DELAY_MS))
+				surprise("the reminder started before its delay");
+		}
+		wait_started(met);
+		printf("   metrics run %d started at +%lld ms\n", k + 1,
+		       run_ms(met, k));
+	}
+
+	/* Both workers busy: metrics cannot start again, so it is between
+	 * two runs (queued) for sure when it is cancelled. */
+	submit(&jobs[IMPORT1], 0, NULL, pool);
+	submit(&jobs[IMPORT2], 0, NULL, pool);
+	wait_started(&jobs[IMPORT1]);
+	wait_started(&jobs[IMPORT2]);
+	printf("   import-1 (100 ms) and import-2 (200 ms) take both workers\n");
+	expect_state(met, CTP_TASK_QUEUED, "queued between two runs");
+	check("ctp_task_cancel(metrics)", ctp_task_cancel(met->task), 0);
+	wait_done(met);
+	printf("   ctp_task_cancel(metrics) = 0 between two runs: after %d "
+	       "runs it will not run again;\n   its done was called once, "
+	       "at the end of the series, with %s\n", met->runs,
+	       code_name(met->status));
+	if (met->runs < METRICS_RUNS)
+		surprise("metrics ran fewer times than the story saw");
+
+	/* bulk-export is queued first, alert second but with a higher
+	 * priority: the worker import-1 frees takes alert first. */
+	submit_sched(bulk, 0, 0, CTP_PRIORITY_NORMAL, pool);
+	submit_sched(alert, 0, 0, CTP_PRIORITY_HIGH, pool);
+	printf("   queued behind them: bulk-export (normal priority), then "
+	       "alert (CTP_PRIORITY_HIGH)\n");
+	wait_done(alert);
+	wait_done(bulk);
+	printf("   the first free worker took alert first: it started %lld ms "
+	       "after it was queued,\n   bulk-export %lld ms after "
+	       "(statuses %s, %s)\n", run_ms(alert, 0), run_ms(bulk, 0),
+	       code_name(alert->status), code_name(bulk->status));
+	if (alert->run_ns[0] >= bulk->run_ns[0])
+		surprise("alert did not start before bulk-export");
+	wait_done(&jobs[IMPORT1]);
+	wait_done(&jobs[IMPORT2]);
+	printf("\n");
+}
+
 /* ---- isolated tasks (the pool with worker processes) --------------------- */
 
 #define ISO_PROCESSES  2   /* its worker processes */
@@ -286,12 +412,6 @@ static int shout_fn(const void *in, size_t in_len, ctp_output *out,
 	n = snprintf(buf + in_len, sizeof(buf) - in_len, " (pid %d)",
 	             (int)getpid());
 	return ctp_output_write(out, buf, in_len + (size_t)n);
-}
-
-static void surprise(const char *what)
-{
-	printf("   UNEXPECTED: %s\n", what);
-	unexpected++;
 }
 
 /* Polls (every 1 ms, up to 5 s) until the pool has `want` worker processes
@@ -375,7 +495,7 @@ static void step_isolated(ctp_pool *ipool)
 	int64_t   us;
 	pid_t     left;
 
-	printf("7. A job stuck in an endless loop, killed on its deadline "
+	printf("8. A job stuck in an endless loop, killed on its deadline "
 	       "(an isolated task)\n");
 	spin_until_killed(ipool);
 	us = wait_processes(ipool, ISO_PROCESSES, &s);
@@ -407,7 +527,7 @@ static void step_shutdown(ctp_pool *pool)
 	int64_t t0, t1;
 	int     rc;
 
-	printf("8. Shut down with a 200 ms drain while 6 reports of 120 ms "
+	printf("9. Shut down with a 200 ms drain while 6 reports of 120 ms "
 	       "are pending\n");
 	for (int i = REPORT1; i < NJOBS; i++)
 		submit(&jobs[i], 0, NULL, pool);
@@ -423,6 +543,13 @@ static void step_shutdown(ctp_pool *pool)
 
 static const char *outcome(const struct job *j)
 {
+	static char buf[40]; /* only main calls it */
+
+	if (j->runs > 1) {
+		snprintf(buf, sizeof buf, "ran %d times, then cancelled",
+		         j->runs);
+		return buf;
+	}
 	if (j->ran)
 		return j->status == 0 ? "ran to completion"
 		                      : "ran, stopped when its token fired";
@@ -462,9 +589,9 @@ static void print_stats(ctp_pool *pool)
 	       (unsigned long long)s.completed, (unsigned long long)s.cancelled,
 	       (unsigned long long)s.timed_out, (unsigned long long)s.dropped,
 	       (unsigned long long)s.rejected, s.threads);
-	if (s.submitted != NJOBS || s.completed != 7 || s.cancelled != 3 ||
+	if (s.submitted != NJOBS || s.completed != 13 || s.cancelled != 4 ||
 	    s.timed_out != 1 || s.dropped != 2 || s.rejected != 0) {
-		printf("UNEXPECTED: the story expects 13 = 7 + 3 + 1 + 2\n");
+		printf("UNEXPECTED: the story expects 20 = 13 + 4 + 1 + 2\n");
 		unexpected++;
 	}
 }
@@ -501,6 +628,7 @@ int main(void)
 	step_cancel_group(pool, batch);
 	ctp_token_release(batch);
 	step_cancel_running();
+	step_schedule(pool);
 	step_isolated(ipool);
 	step_shutdown(pool);
 	report();

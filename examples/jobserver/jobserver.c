@@ -15,7 +15,8 @@
  *
  * Locking rule
  *   One mutex (server.lock) guards the map and the mutable fields of every
- *   record (id, started_ms, finished_ms, status, dones_left, queue). A task's
+ *   record (id, started_ms, finished_ms, status, runs, last_status,
+ *   dones_left, queue). A task's
  *   done callback takes it, and ctpool may run done on the thread that
  *   cancels: the DELETE handler (ctp_task_cancel, ctp_token_cancel), the
  *   shutdown thread (ctp_pool_shutdown) or the pool's timer. So nothing ever
@@ -24,7 +25,8 @@
  *
  * Who writes what
  *   The HTTP thread fills a record before submitting it; those fields are
- *   read-only afterwards. The task stamps started_ms when fn begins. done
+ *   read-only afterwards. The task stamps started_ms when fn first begins,
+ *   and counts each of its runs (runs, last_status) as it returns. done
  *   stores status and finished_ms, whether or not fn ran.
  *
  * Pipelines
@@ -53,6 +55,18 @@
  *   SIGINT, so a Ctrl-C sent to the whole process group reaches only the
  *   signal thread, and the shutdown stops them (ctp_pool_shutdown reaps
  *   every one of them and the fork server).
+ *
+ * Scheduling (delay_ms, period_ms, priority)
+ *   Optional on every POST, they map onto ctp_task_opts.delay, .period and
+ *   .priority; ctpool's timer makes a delayed job due, and its priority
+ *   queues pick the next job. A job's task function is one wrapper
+ *   (thread_task) around the kind's work, so that every run of a periodic
+ *   job is counted and its status kept in the record (runs, last_status)
+ *   before the run returns; done is called once, at the end of the series.
+ *   The ms values are bounded so that ms -> ns cannot overflow int64_t.
+ *   A pipeline takes a delay and a priority (both tasks get them) but not a
+ *   period, and neither does a spin job (ctpool: an isolated task cannot
+ *   be periodic): those are 400s, checked before anything is submitted.
  *
  * Signals and shutdown
  *   main blocks SIGTERM and SIGINT before any thread exists (so every thread
@@ -93,17 +107,23 @@
 #define PIPE_CAPACITY  16           /* items in a pipeline's queue */
 #define MAX_SECONDS    1000000.0    /* upper bound of --drain, --grace and
                                        --kill-after */
-#define REPLY_MAX      512          /* bytes of any JSON reply */
+#define REPLY_MAX      1024         /* bytes of any JSON reply */
 #define OUTPUT_SHOWN   64           /* bytes of a job's output in its JSON */
+#define SCHED_MS_MAX   (INT64_MAX / 1000000) /* largest delay_ms/period_ms:
+                                       its ns still fit in int64_t */
 
 /* ---- job kinds and parameters ------------------------------------------ */
 
 enum kind { K_SLEEP, K_CPU, K_FETCH, K_PIPELINE, K_SPIN, NKINDS };
 
 enum param { P_KIND, P_MS, P_ITERATIONS, P_HOST, P_PORT, P_ITEMS, P_TIMEOUT,
-             NPARAMS };
+             P_DELAY, P_PERIOD, P_PRIORITY, NPARAMS };
 
 #define BIT(p) (1u << (p))
+
+/* Parameters every kind accepts (period_ms: not pipeline or spin). */
+#define OPTIONAL_PARAMS (BIT(P_TIMEOUT) | BIT(P_DELAY) | BIT(P_PERIOD) | \
+                         BIT(P_PRIORITY))
 
 static const struct {
 	const char *name;
@@ -116,7 +136,8 @@ static const struct {
 	[K_SPIN]     = { "spin",     BIT(P_MS) },
 };
 
-/* Name and range of every numeric parameter (host and kind are not). */
+/* Name and range of every numeric parameter (host, kind and priority are
+ * not). */
 static const struct {
 	const char *name;
 	int64_t     min, max;
@@ -128,7 +149,21 @@ static const struct {
 	[P_PORT]       = { "port",       1, 65535 },
 	[P_ITEMS]      = { "items",      1, 1000000000 },
 	[P_TIMEOUT]    = { "timeout_ms", 1, 3600000 },
+	[P_DELAY]      = { "delay_ms",   0, SCHED_MS_MAX },
+	[P_PERIOD]     = { "period_ms",  0, SCHED_MS_MAX },
+	[P_PRIORITY]   = { "priority",   0, 0 },
 };
+
+/* ctp_task_opts.priority by name; the numbers -1, 0, 1 are accepted too. */
+static const struct {
+	const char *name, *number;
+	int         value;
+} priorities[] = {
+	{ "low",    "-1", CTP_PRIORITY_LOW },
+	{ "normal", "0",  CTP_PRIORITY_NORMAL },
+	{ "high",   "1",  CTP_PRIORITY_HIGH },
+};
+#define NPRIORITIES (sizeof priorities / sizeof priorities[0])
 
 /* ---- records ------------------------------------------------------------ */
 
@@ -138,6 +173,9 @@ struct job {
 	int64_t            n;            /* ms, iterations or items */
 	struct sockaddr_in addr;         /* fetch: where to connect */
 	int64_t            timeout_ms;   /* 0 = no deadline */
+	int64_t            delay_ms;     /* 0 = due at once */
+	int64_t            period_ms;    /* 0 = runs once */
+	int                priority;     /* CTP_PRIORITY_* */
 	int64_t            submitted_ms;
 	ctp_task          *task;         /* the task; pipeline: the consumer */
 	ctp_task          *producer;     /* pipeline only */
@@ -146,9 +184,12 @@ struct job {
 
 	/* Protected by server.lock. */
 	uint64_t           id;           /* set when put in the map */
-	int64_t            started_ms;   /* -1 until fn starts */
+	int64_t            started_ms;   /* -1 until fn first starts */
 	int64_t            finished_ms;  /* -1 until done */
 	int                status;       /* valid once finished_ms >= 0 */
+	uint64_t           runs;         /* runs of fn that have returned */
+	int                last_status;  /* the last of them's; valid once
+	                                    runs > 0 */
 	int                dones_left;   /* done callbacks still to come */
 	ctp_queue         *queue;        /* pipeline; NULL once destroyed */
 };
@@ -159,8 +200,12 @@ struct job_view {
 	enum kind  kind;
 	ctp_task  *task, *producer;
 	ctp_token *group;
+	int64_t    delay_ms, period_ms;
+	int        priority;
 	int64_t    submitted_ms, started_ms, finished_ms;
 	int        status;
+	uint64_t   runs;
+	int        last_status;
 	bool       all_done;             /* every done callback has run */
 };
 
@@ -269,10 +314,15 @@ static void job_view(const struct job *job, struct job_view *v)
 	v->task = job->task;
 	v->producer = job->producer;
 	v->group = job->group;
+	v->delay_ms = job->delay_ms;
+	v->period_ms = job->period_ms;
+	v->priority = job->priority;
 	v->submitted_ms = job->submitted_ms;
 	v->started_ms = job->started_ms;
 	v->finished_ms = job->finished_ms;
 	v->status = job->status;
+	v->runs = job->runs;
+	v->last_status = job->last_status;
 	v->all_done = job->dones_left == 0;
 }
 
@@ -297,12 +347,26 @@ static void map_free(void)
 
 /* ---- tasks --------------------------------------------------------------- */
 
+/* Stamps the start of the job's first run (a periodic job starts again
+ * and again: started_ms keeps the first). */
 static void job_started(struct job *job)
 {
 	int64_t t = now_ms();
 
 	lock();
-	job->started_ms = t;
+	if (job->started_ms < 0)
+		job->started_ms = t;
+	unlock();
+}
+
+/* Counts a run that has returned status, before it returns it to ctpool:
+ * so a client that sees the series end (status set by done) also sees
+ * every run in runs. */
+static void job_ran(struct job *job, int status)
+{
+	lock();
+	job->runs++;
+	job->last_status = status;
 	unlock();
 }
 
@@ -332,20 +396,17 @@ static void job_done(void *arg, int status)
 	job_finish(arg, true, status);
 }
 
-static int sleep_task(void *arg, ctp_token *token)
+/* The work of one run of each kind that runs on a pool thread (pipeline
+ * aside); thread_task wraps it. */
+static int sleep_run(struct job *job, ctp_token *token)
 {
-	struct job *job = arg;
-
-	job_started(job);
 	return ctp_token_sleep(token, CTP_MSEC(job->n));
 }
 
-static int cpu_task(void *arg, ctp_token *token)
+static int cpu_run(struct job *job, ctp_token *token)
 {
-	struct job *job = arg;
 	uint64_t x = 1;
 
-	job_started(job);
 	for (int64_t i = 0; i < job->n; i++) {
 		/* One atomic load per 4096 steps keeps the check off the profile
 		 * while a cancel still stops the loop within microseconds. */
@@ -442,12 +503,10 @@ static int fetch_read(int sock, ctp_token *token, int tfd)
 	}
 }
 
-static int fetch_task(void *arg, ctp_token *token)
+static int fetch_run(struct job *job, ctp_token *token)
 {
-	struct job *job = arg;
 	int tfd, sock, rc;
 
-	job_started(job);
 	tfd = ctp_token_fd(token);
 	if (tfd < 0)
 		return tfd;
@@ -460,6 +519,22 @@ static int fetch_task(void *arg, ctp_token *token)
 	/* Nothing was written, so close cannot lose data: its result does not
 	 * change the job's. */
 	(void)close(sock);
+	return rc;
+}
+
+/* The task function of sleep, cpu and fetch jobs: one call per run (many
+ * for a periodic job), each one counted in the record. */
+static int thread_task(void *arg, ctp_token *token)
+{
+	static int (*const work[NKINDS])(struct job *, ctp_token *) = {
+		[K_SLEEP] = sleep_run, [K_CPU] = cpu_run, [K_FETCH] = fetch_run,
+	};
+	struct job *job = arg;
+	int rc;
+
+	job_started(job);
+	rc = work[job->kind](job, token);
+	job_ran(job, rc);
 	return rc;
 }
 
@@ -518,7 +593,11 @@ static void consumer_done(void *arg, int status)
 
 static int pipeline_submit(struct job *job, ctp_task_opts *opts)
 {
-	ctp_task_opts popts = { .done = producer_done, .queue_wait = 0 };
+	/* The producer is scheduled like the consumer (period excepted: a
+	 * pipeline has none), so neither waits long for the other. */
+	ctp_task_opts popts = { .done = producer_done, .queue_wait = 0,
+	                        .delay = opts->delay,
+	                        .priority = opts->priority };
 	int rc;
 
 	rc = ctp_queue_create(&job->queue, PIPE_CAPACITY);
@@ -543,13 +622,14 @@ static int pipeline_submit(struct job *job, ctp_task_opts *opts)
  * the caller then uses job_abort. */
 static int job_submit(struct job *job)
 {
-	static const ctp_task_fn fns[NKINDS] = {
-		[K_SLEEP] = sleep_task, [K_CPU] = cpu_task, [K_FETCH] = fetch_task,
-	};
 	ctp_task_opts opts = {
 		.done = job_done,
 		.timeout = CTP_MSEC(job->timeout_ms),
 		.queue_wait = 0, /* a full queue is the client's 503, not a wait */
+		/* ms <= SCHED_MS_MAX: the products fit in int64_t */
+		.delay = CTP_MSEC(job->delay_ms),
+		.period = CTP_MSEC(job->period_ms),
+		.priority = job->priority,
 	};
 
 	job->submitted_ms = now_ms();
@@ -559,7 +639,7 @@ static int job_submit(struct job *job)
 		return ctp_pool_submit_isolated(server.pool, spin_task, &job->n,
 		                                sizeof job->n, job, &opts,
 		                                &job->task);
-	return ctp_pool_submit(server.pool, fns[job->kind], job, &opts, &job->task);
+	return ctp_pool_submit(server.pool, thread_task, job, &opts, &job->task);
 }
 
 /* Takes back a job that is not in the map: cancels whatever was accepted,
@@ -665,6 +745,28 @@ static bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
 	return true;
 }
 
+/* A priority by name or number (priorities[]), exactly as written. */
+static bool parse_priority(const char *s, int *out)
+{
+	for (size_t i = 0; i < NPRIORITIES; i++) {
+		if (strcmp(s, priorities[i].name) == 0 ||
+		    strcmp(s, priorities[i].number) == 0) {
+			*out = priorities[i].value;
+			return true;
+		}
+	}
+	return false;
+}
+
+static const char *priority_name(int priority)
+{
+	for (size_t i = 0; i < NPRIORITIES; i++) {
+		if (priorities[i].value == priority)
+			return priorities[i].name;
+	}
+	return "unknown";
+}
+
 /* Fills job from the parsed values. Returns NULL or a message in err. */
 static const char *job_from_form(struct job *job, const char *values[NPARAMS],
                                  char *err, size_t errlen)
@@ -688,7 +790,7 @@ static const char *job_from_form(struct job *job, const char *values[NPARAMS],
 		}
 		if (values[p] == NULL)
 			continue;
-		if (!wanted && p != P_TIMEOUT) {
+		if (!wanted && !(OPTIONAL_PARAMS & BIT(p))) {
 			snprintf(err, errlen, "parameter %s does not apply to kind %s",
 			         params[p].name, kinds[k].name);
 			return err;
@@ -696,6 +798,11 @@ static const char *job_from_form(struct job *job, const char *values[NPARAMS],
 		if (p == P_HOST) {
 			if (inet_pton(AF_INET, values[p], &job->addr.sin_addr) != 1)
 				return "host must be an IPv4 address";
+			continue;
+		}
+		if (p == P_PRIORITY) {
+			if (!parse_priority(values[p], &job->priority))
+				return "priority must be low, normal, high, -1, 0 or 1";
 			continue;
 		}
 		if (!parse_int(values[p], params[p].min, params[p].max, &v)) {
@@ -708,8 +815,19 @@ static const char *job_from_form(struct job *job, const char *values[NPARAMS],
 			job->addr.sin_port = htons((uint16_t)v);
 		else if (p == P_TIMEOUT)
 			job->timeout_ms = v;
+		else if (p == P_DELAY)
+			job->delay_ms = v;
+		else if (p == P_PERIOD)
+			job->period_ms = v;
 		else
 			job->n = v;
+	}
+	/* ctpool refuses a periodic isolated task (-ENOTSUP), and a pipeline
+	 * has no single function to repeat. */
+	if (job->period_ms > 0 && (k == K_PIPELINE || k == K_SPIN)) {
+		snprintf(err, errlen, "period_ms does not apply to kind %s",
+		         kinds[k].name);
+		return err;
 	}
 	return NULL;
 }
@@ -982,6 +1100,17 @@ static enum MHD_Result get_job(struct MHD_Connection *c, const char *text)
 	out_ms(&o, "started_ms", v.started_ms);
 	out_ms(&o, "finished_ms", v.finished_ms);
 	out_isolated(&o, &v, has_status);
+	out_add(&o, ",\"priority\":\"%s\",\"delay_ms\":%" PRId64
+	        ",\"period_ms\":%" PRId64, priority_name(v.priority), v.delay_ms,
+	        v.period_ms);
+	/* runs and last_status: a periodic job's series so far */
+	if (v.period_ms == 0)
+		out_add(&o, ",\"runs\":null,\"last_status\":null");
+	else if (v.runs == 0)
+		out_add(&o, ",\"runs\":0,\"last_status\":null");
+	else
+		out_add(&o, ",\"runs\":%" PRIu64 ",\"last_status\":%d", v.runs,
+		        v.last_status);
 	out_add(&o, "}\n");
 	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
 }
