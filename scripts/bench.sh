@@ -4,12 +4,18 @@
 # that was built, and writes the report. Then the same for isolated tasks:
 # bench_isolated against Python's process pools (bench/isolated_peers.py,
 # run by Debian's /usr/bin/python3: pebble and ProcessPoolExecutor) and
-# the physical floors (bench_isolated --floor).
+# the physical floors (bench_isolated --floor). Then scheduling (delayed
+# tasks, their cancellation, priorities): bench_sched_<peer> against
+# libuv, GLib, asio, a textbook heap pool and the kernel's floor.
 #
-# Usage: scripts/bench.sh [--quick] [--reps R]
+# Usage: scripts/bench.sh [--quick] [--reps R] [--builddir DIR] [PART ...]
 #   --quick   tiny sizes, one rep (a smoke test, under a minute of runs);
 #             results go to bench/results/quick/
 #   --reps R  repetitions of every run (default 5)
+#   --builddir DIR  build and run there (default build-bench)
+#   PART      peers (the pool scenarios and isolated tasks: raw.txt ...
+#             table.md below) and/or sched (sched-raw.txt, sched.csv,
+#             sched.md); default both
 #
 # Every run is one process (build-bench/bench/bench_<peer> <scenario> ...);
 # for rep in 1..R, for each scenario config, the peers run one after another
@@ -23,6 +29,9 @@
 #                     (isolated rows: scenario isolated-*)
 #   table.md          the side-by-side tables
 #   stop-latency.png  CDF of the stop latencies
+#   sched-raw.txt     every line of the scheduling runs
+#   sched.csv         median/min/max per (scenario, config, figure, peer)
+#   sched.md          the scheduling table: median [min-max] per peer
 # Exits non-zero (after the report) if any run failed or printed an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +39,9 @@ cd "$(dirname "$0")/.."
 command_line="$0${*:+ $*}"
 reps=5
 quick=0
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+builddir=build-bench
+do_peers=0 do_sched=0
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
 	case $1 in
 	--quick) quick=1 ;;
@@ -39,11 +50,19 @@ while (($#)); do
 		reps=$2
 		shift
 		;;
+	--builddir)
+		[[ $# -ge 2 && -n $2 ]] || { usage >&2; exit 2; }
+		builddir=$2
+		shift
+		;;
+	peers) do_peers=1 ;;
+	sched) do_sched=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
 	shift
 done
+((do_peers || do_sched)) || do_peers=1 do_sched=1
 
 # ---- dependencies --------------------------------------------------------
 scripts/deps.sh g++ libglib2.0-dev libuv1-dev libtbb-dev libboost-dev \
@@ -53,7 +72,6 @@ scripts/deps.sh g++ libglib2.0-dev libuv1-dev libtbb-dev libboost-dev \
 python=/usr/bin/python3
 
 # ---- build -----------------------------------------------------------------
-builddir=build-bench
 setup=(--buildtype=release -Db_sanitize=none -Dtests=disabled -Dexamples=disabled)
 if [[ -f $builddir/build.ninja ]]; then
 	# --reconfigure: the set of peers depends on what is installed now
@@ -71,7 +89,12 @@ peers=()
 for p in ctpool textbook glib libuv tbb asio; do
 	[[ -x $builddir/bench/bench_$p ]] && peers+=("$p")
 done
-echo "bench: peers: ${peers[*]}"
+sched_peers=()
+for p in ctpool textbook glib libuv asio floor; do
+	[[ -x $builddir/bench/bench_sched_$p ]] && sched_peers+=("$p")
+done
+((do_peers)) && echo "bench: peers: ${peers[*]}"
+((do_sched)) && echo "bench: sched peers: ${sched_peers[*]}"
 
 # ---- runs --------------------------------------------------------------------
 if ((quick)); then
@@ -79,18 +102,29 @@ if ((quick)); then
 	reps=1
 	tput=20000 wake=50 idle=50 busy=20 ntask=20000
 	iso_rt=300 iso_kill=3 iso_coop=20 iso_tput=1000
+	s_delays=300 s_max_ms=20 s_inflight=50 s_pending=20000 s_ops=20000
+	s_samples=100 s_wake=50 s_depth=32
 else
 	out=bench/results
 	tput=1000000 wake=2000 idle=200 busy=100 ntask=100000
 	iso_rt=20000 iso_kill=200 iso_coop=1000 iso_tput=20000
+	s_delays=10000 s_max_ms=100 s_inflight=100 s_pending=1000000
+	s_ops=200000 s_samples=1000 s_wake=200 s_depth=256
 fi
 mkdir -p "$out"
 raw=$out/raw.txt samples=$out/stop-samples.txt errlog=$out/stderr.txt
-isoraw=$out/isolated-raw.txt
-: >"$raw"
-: >"$isoraw"
-: >"$samples"
-: >"$errlog"
+isoraw=$out/isolated-raw.txt schedraw=$out/sched-raw.txt
+if ((do_peers)); then
+	: >"$raw"
+	: >"$isoraw"
+	: >"$samples"
+	: >"$errlog"
+fi
+if ((do_sched)); then
+	: >"$schedraw"
+	((do_peers)) || errlog=$out/sched-stderr.txt
+	((do_peers)) || : >"$errlog"
+fi
 
 # scenario configs: "label|driver arguments"
 configs=(
@@ -120,6 +154,16 @@ iso_configs=(
 	"throughput t4p4|throughput --procs 4 --n $iso_tput"
 )
 iso_peers=(ctpool pebble ProcessPoolExecutor floor)
+
+# scheduling: "label|bench_sched_<peer> arguments" (2 workers throughout)
+sched_sizes="timer: $s_delays delays uniform 1-$s_max_ms ms, $s_inflight in flight; cancel: 1000 and $s_pending pending, $s_ops pairs; priority: $s_samples samples, $s_depth low tasks waiting, $s_wake wake samples"
+sched_configs=(
+	"timer idle|timer --mode idle --delays $s_delays --max-ms $s_max_ms --inflight $s_inflight"
+	"timer busy|timer --mode busy --delays $s_delays --max-ms $s_max_ms --inflight $s_inflight"
+	"cancel 1k|cancel --pending 1000 --ops $s_ops"
+	"cancel|cancel --pending $s_pending --ops $s_ops"
+	"priority|priority --samples $s_samples --wake-samples $s_wake --depth $s_depth"
+)
 
 failures=()
 run_cmd() { # peer, raw file, command...
@@ -155,7 +199,7 @@ run_iso() { # peer, arguments...
 
 start=$SECONDS
 np=${#peers[@]}
-for ((rep = 1; rep <= reps; rep++)); do
+for ((rep = 1; do_peers && rep <= reps; rep++)); do
 	for c in "${configs[@]}"; do
 		label=${c%%|*}
 		read -r -a args <<<"${c#*|}"
@@ -181,38 +225,63 @@ for ((rep = 1; rep <= reps; rep++)); do
 	done
 done
 
+ns=${#sched_peers[@]}
+for ((rep = 1; do_sched && rep <= reps; rep++)); do
+	for c in "${sched_configs[@]}"; do
+		label=${c%%|*}
+		read -r -a args <<<"${c#*|}"
+		printf 'bench: rep %d/%d sched %-16s' "$rep" "$reps" "$label" >&2
+		for ((k = 0; k < ns; k++)); do
+			peer=${sched_peers[(k + rep - 1) % ns]}
+			printf ' %s' "$peer" >&2
+			run_cmd "$peer" "$schedraw" "$builddir/bench/bench_sched_$peer" \
+				"${args[@]}"
+		done
+		printf '  (%ds)\n' $((SECONDS - start)) >&2
+	done
+done
+
 # ---- report ------------------------------------------------------------------
 model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 machine="$(nproc) CPUs, ${model:-unknown CPU}, Linux $(uname -r)"
-awk -f bench/report.awk -v csv="$out/latest.csv" -v md="$out/table.md" \
-	-v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v machine="$machine" \
-	-v command="$command_line" -v reps="$reps" "$raw"
-"$python" bench/isolated_peers.py report "$isoraw" --csv "$out/latest.csv" \
-	--md "$out/table.md" --reps "$reps" || failures+=("isolated report failed")
-echo "bench: wrote $out/latest.csv and $out/table.md ($((SECONDS - start)) s of runs)"
-
-if command -v gnuplot >/dev/null; then
-	tmp=$(mktemp -d)
-	sort -k1,1 -k2,2 -k3,3g "$samples" >"$tmp/sorted"
-	awk -f bench/ecdf.awk -v want=idle-stop -v raw="$raw" "$tmp/sorted" >"$tmp/idle.dat"
-	awk -f bench/ecdf.awk -v want=busy-stop -v raw="$raw" "$tmp/sorted" >"$tmp/busy.dat"
-	nidle=$(grep -c '^"' "$tmp/idle.dat" || true)
-	nbusy=$(grep -c '^"' "$tmp/busy.dat" || true)
-	term=png
-	gnuplot -e 'set terminal' 2>&1 | grep -qw pngcairo && term=pngcairo
-	if gnuplot -e "term='$term'; out='$out/stop-latency.png'; idle='$tmp/idle.dat'; nidle=$nidle; busy='$tmp/busy.dat'; nbusy=$nbusy" \
-		bench/plot.gp 2>"$tmp/gnuplot.err"; then
-		echo "bench: wrote $out/stop-latency.png"
-	else
-		cat "$tmp/gnuplot.err" >&2
-		failures+=("gnuplot failed")
-	fi
-	rm -rf "$tmp"
-else
-	echo "bench: gnuplot not found: no plot" >&2
+if ((do_sched)); then
+	awk -f bench/sched_report.awk -v csv="$out/sched.csv" \
+		-v md="$out/sched.md" -v sizes="$sched_sizes" \
+		-v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v machine="$machine" \
+		-v command="$command_line" -v reps="$reps" "$schedraw"
+	echo "bench: wrote $out/sched.csv and $out/sched.md"
 fi
+if ((do_peers)); then
+	awk -f bench/report.awk -v csv="$out/latest.csv" -v md="$out/table.md" \
+		-v date="$(date -u '+%Y-%m-%d %H:%M:%S UTC')" -v machine="$machine" \
+		-v command="$command_line" -v reps="$reps" "$raw"
+	"$python" bench/isolated_peers.py report "$isoraw" --csv "$out/latest.csv" \
+		--md "$out/table.md" --reps "$reps" || failures+=("isolated report failed")
+	echo "bench: wrote $out/latest.csv and $out/table.md ($((SECONDS - start)) s of runs)"
 
-cat "$out/table.md"
+	if command -v gnuplot >/dev/null; then
+		tmp=$(mktemp -d)
+		sort -k1,1 -k2,2 -k3,3g "$samples" >"$tmp/sorted"
+		awk -f bench/ecdf.awk -v want=idle-stop -v raw="$raw" "$tmp/sorted" >"$tmp/idle.dat"
+		awk -f bench/ecdf.awk -v want=busy-stop -v raw="$raw" "$tmp/sorted" >"$tmp/busy.dat"
+		nidle=$(grep -c '^"' "$tmp/idle.dat" || true)
+		nbusy=$(grep -c '^"' "$tmp/busy.dat" || true)
+		term=png
+		gnuplot -e 'set terminal' 2>&1 | grep -qw pngcairo && term=pngcairo
+		if gnuplot -e "term='$term'; out='$out/stop-latency.png'; idle='$tmp/idle.dat'; nidle=$nidle; busy='$tmp/busy.dat'; nbusy=$nbusy" \
+			bench/plot.gp 2>"$tmp/gnuplot.err"; then
+			echo "bench: wrote $out/stop-latency.png"
+		else
+			cat "$tmp/gnuplot.err" >&2
+			failures+=("gnuplot failed")
+		fi
+		rm -rf "$tmp"
+	else
+		echo "bench: gnuplot not found: no plot" >&2
+	fi
+	cat "$out/table.md"
+fi
+((do_sched)) && cat "$out/sched.md"
 if ((${#failures[@]})); then
 	echo >&2
 	echo "bench: ${#failures[@]} run(s) failed:" >&2
