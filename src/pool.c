@@ -517,11 +517,14 @@ static void place(ctp_pool *pool, ctp_task *t, int64_t now, struct after *a)
 	if (t->due <= now) {
 		q_link(q, t);
 		q_wake_for_work(q, a);
-		q_linked_closed(q, a);
 	} else {
 		t->qstate = CTP__Q_DELAYED;
 		ctp__timer_dinsert(pool, t);
 	}
+	/* either way, once closed: the drop step may be waiting for this
+	 * slot's task to show up (found by the spin model: a delayed task
+	 * enqueued after its look made shutdown(0) wait out the delay) */
+	q_linked_closed(q, a);
 }
 
 void ctp__pool_promote(ctp_pool *pool, int64_t now)
@@ -847,16 +850,19 @@ static void run_task(struct ctp__worker *w, ctp_task *t)
 			ctp__tls.task = NULL;
 			atomic_store_explicit(&w->st_running, 0,
 			    memory_order_relaxed);
-		} else {
-			status = ctp_token_reason(&t->token);
 		}
 		if (requeue(pool, t, !skip)) {
 			atomic_store_explicit(&w->busy, 0,
 			    memory_order_relaxed);
 			return;
 		}
-		/* its token fired during the run: the series ends here */
+		/* its token fired during the run (or, for a skipped run,
+		 * since the start): the series ends here */
 		release_held(pool, t);
+		if (skip) {
+			ctp__task_finish_skipped(t);
+			return;
+		}
 		own_add64(&w->st_completed, 1, memory_order_relaxed);
 		ctp__task_finish_ran(t, status);
 		return;

@@ -396,23 +396,14 @@ void ctp__batch_end_complete(struct ctp__batch *b)
 	ctp__token_put_n(&held->token, held->qref_owed ? 2 : 1);
 }
 
-void ctp__task_finish_ran(ctp_task *t, int status)
+/* A worker's end of task t: RUNNING -> end (keeping a reason that fired
+ * meanwhile), off the timer's heaps, done(status), publish, finished. */
+static void finish_worker(ctp_task *t, int status, uint32_t end)
 {
 	ctp_pool *pool = t->pool;
 	uint32_t s = atomic_load_explicit(&t->token.state,
 	    memory_order_relaxed);
-	uint32_t end = CTP__PHASE_DONE;
 
-	/* an isolated task that never reached a process never ran (the
-	 * outcome is asked only of isolated tasks: no call per task) */
-	if (t->iso != NULL) {
-		enum ctp__iso_outcome o = ctp__iso_outcome(t);
-
-		if (o == CTP__ISO_UNRUN || o == CTP__ISO_NOPROC)
-			end = CTP__PHASE_CANCELLED;
-	}
-
-	/* RUNNING -> DONE, keeping a reason that fired meanwhile */
 	while (!atomic_compare_exchange_weak_explicit(&t->token.state, &s,
 	    (s & (CTP__REASON_MASK | CTP__FIRING)) | end,
 	    memory_order_release,
@@ -432,6 +423,39 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 	publish(t, status);
 	ctp__pool_worker_finished(pool);
 	ctp__token_put(&t->token); /* the pool's reference */
+}
+
+void ctp__task_finish_ran(ctp_task *t, int status)
+{
+	uint32_t end = CTP__PHASE_DONE;
+
+	/* an isolated task that never reached a process never ran (the
+	 * outcome is asked only of isolated tasks: no call per task) */
+	if (t->iso != NULL) {
+		enum ctp__iso_outcome o = ctp__iso_outcome(t);
+
+		if (o == CTP__ISO_UNRUN || o == CTP__ISO_NOPROC)
+			end = CTP__PHASE_CANCELLED;
+	}
+	finish_worker(t, status, end);
+}
+
+void ctp__task_finish_skipped(ctp_task *t)
+{
+	ctp_pool *pool = t->pool;
+	int reason = ctp__reason_of(atomic_load(&t->token.state));
+
+	/* counted like a series caught between runs (ctp__task_retire) */
+	if (t->ran) {
+		atomic_fetch_add_explicit(&pool->st_completed, 1,
+		    memory_order_relaxed);
+		finish_worker(t, reason, CTP__PHASE_DONE);
+		return;
+	}
+	atomic_fetch_add_explicit(reason == -ETIMEDOUT ? &pool->st_timed_out :
+	    reason == -ESHUTDOWN ? &pool->st_dropped : &pool->st_cancelled, 1,
+	    memory_order_relaxed);
+	finish_worker(t, reason, CTP__PHASE_CANCELLED);
 }
 
 /* ---- public API --------------------------------------------------------- */

@@ -872,6 +872,96 @@ static void test_shutdown_waits_for_racing_cancel(void **state)
 	assert_int_equal(early, 0);
 }
 
+/* ---- a delayed task enqueued after the drop step's look --------------------
+ * Found by the spin model (tests/model/sched.pml): a submit admitted before
+ * the close whose enqueue put its delayed task in the due heap after the
+ * shutdown's drop step had looked (lists and heap empty, a slot held) did
+ * not bump `drained`, so ctp_pool_shutdown(pool, 0, ...) slept until the
+ * delay passed. Two submitters of delayed tasks (admission, then the
+ * enqueue) race the shutdown; with a delay of twice the bound a lost bump
+ * makes the shutdown outlast the bound. */
+
+static struct {
+	ctp_pool        *pool;
+	_Atomic int      go, stop;
+	_Atomic unsigned long accepted, dones, bad;
+} dq;
+
+static void dq_done(void *arg, int status)
+{
+	(void)arg;
+	if (status != -ESHUTDOWN)
+		atomic_fetch_add(&dq.bad, 1);
+	atomic_fetch_add(&dq.dones, 1);
+}
+
+/* Submits delayed tasks (admission, then the enqueue) until the close. */
+static void *dq_submitter(void *arg)
+{
+	/* twice the bound: a lost bump fails the round, it does not hang */
+	ctp_task_opts o = { .done = dq_done, .delay = 2 * BOUND };
+	int r;
+
+	(void)arg;
+	while (!atomic_load(&dq.go))
+		;
+	while (!atomic_load(&dq.stop)) {
+		r = ctp_pool_submit(dq.pool, rc_noop_fn, NULL, &o, NULL);
+		if (r == 0)
+			atomic_fetch_add(&dq.accepted, 1);
+		else if (r == -ESHUTDOWN)
+			break;
+		else if (r != -EAGAIN)
+			atomic_fetch_add(&dq.bad, 1);
+	}
+	return NULL;
+}
+
+static void test_shutdown_zero_drain_with_delayed_submit(void **state)
+{
+	unsigned long rounds = tu_scaled(2000, 100), i;
+	int64_t t0 = tu_now_ns(), worst = 0;
+
+	(void)state;
+	for (i = 0; i < rounds; i++) {
+		ctp_pool_opts po = { .threads = 2, .queue_capacity = 64 };
+		pthread_t th[2];
+		int64_t s0, d;
+
+		assert_int_equal(ctp_pool_create(&dq.pool, &po), 0);
+		atomic_store(&dq.go, 0);
+		atomic_store(&dq.stop, 0);
+		atomic_store(&dq.accepted, 0);
+		atomic_store(&dq.dones, 0);
+		for (int k = 0; k < 2; k++)
+			assert_int_equal(pthread_create(&th[k], NULL,
+			                 dq_submitter, NULL), 0);
+		atomic_store(&dq.go, 1);
+		/* a different point of the submitters' loop each round */
+		for (volatile unsigned long spin = 0; spin < (i % 50) * 100;
+		     spin++)
+			;
+		s0 = tu_now_ns();
+		assert_int_equal(ctp_pool_shutdown(dq.pool, 0, CTP_FOREVER), 0);
+		d = tu_now_ns() - s0;
+		if (d > worst)
+			worst = d;
+		atomic_store(&dq.stop, 1);
+		for (int k = 0; k < 2; k++)
+			pthread_join(th[k], NULL);
+		/* woken, not waited out: the delay is twice the bound */
+		assert_true(d < BOUND);
+		/* every accepted task dropped, its done run by the shutdown */
+		assert_int_equal(atomic_load(&dq.dones),
+		                 atomic_load(&dq.accepted));
+		assert_int_equal(atomic_load(&dq.bad), 0);
+		assert_int_equal(ctp_pool_destroy(dq.pool), 0);
+	}
+	print_message("shutdown_zero_drain_with_delayed_submit: %lu rounds, "
+	              "%.2f s, slowest shutdown %.1f ms\n", i, secs_since(t0),
+	              (double)worst / 1e6);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -881,6 +971,7 @@ int main(void)
 		cmocka_unit_test(test_two_firers),
 		cmocka_unit_test(test_abandoned_submitters),
 		cmocka_unit_test(test_shutdown_waits_for_racing_cancel),
+		cmocka_unit_test(test_shutdown_zero_drain_with_delayed_submit),
 	};
 
 	/* CTP_TEST_FILTER=<pattern>: run only the matching tests */
