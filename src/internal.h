@@ -522,6 +522,14 @@ struct ctp_task {
 };
 
 #define CTP__HEAP_NONE ((size_t)-1)
+
+/* False for a task whose deadline comes no later than its due time: it is
+ * never made due (linked) by its due time; its deadline ends it (pool.c
+ * place and ctp__pool_promote, timer.c). Read under timer->lock. */
+static inline bool ctp__task_due_first(const ctp_task *t)
+{
+	return t->deadline == 0 || t->deadline > t->due;
+}
 /* pool->freed after ctp_pool_destroy: a freed task object goes to free() */
 #define CTP__FREED_DEAD ((ctp_task *)(uintptr_t)1)
 

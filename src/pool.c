@@ -506,6 +506,15 @@ static int64_t add_sat(int64_t a, int64_t b) /* a, b >= 0 */
 	return b > INT64_MAX - a ? INT64_MAX : a + b;
 }
 
+/* A task whose deadline comes no later than its due time must time out
+ * without running: it is never linked by its due time, only its deadline
+ * ends it (found by the fuzzer: linked at once because its due time had
+ * passed, it could start before the late timer fired its deadline);
+ * internal.h, ctp__task_due_first. */
+#define due_first ctp__task_due_first
+_Static_assert(CTP_PRIORITY_LOW == -1 && CTP_PRIORITY_HIGH == 1,
+    "submit's priority check and the list index assume -1..1");
+
 /* timer->lock and runq.lock held: t holds a slot and is in no list and not
  * in the due heap; it waits for t->due: linked at once if that has come,
  * else in the due heap (t->dres then holds its place there) */
@@ -514,7 +523,7 @@ static void place(ctp_pool *pool, ctp_task *t, int64_t now, struct after *a)
 	struct ctp__runq *q = &pool->runq;
 
 	CTP__ASSERT_HELD(&pool->timer.lock);
-	if (t->due <= now) {
+	if (t->due <= now && due_first(t)) {
 		q_link(q, t);
 		q_wake_for_work(q, a);
 	} else {
@@ -538,7 +547,9 @@ void ctp__pool_promote(ctp_pool *pool, int64_t now)
 	for (unsigned i = 0; i < 64 && tm->dlen != 0; i++) {
 		ctp_task *t = tm->dues[0];
 
-		if (t->due > now)
+		/* one whose deadline is not later waits for that (the
+		 * timer handles a deadline before a due time on a tie) */
+		if (t->due > now || !due_first(t))
 			break;
 		ctp__timer_ddelete(pool, t);
 		q_link(q, t);
@@ -1143,15 +1154,15 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 	return r;
 }
 
-/* Links an admitted task (or puts a delayed one in the due heap), unless
+/* Links an admitted task (or, `timed`: a delayed or periodic one, which
+ * holds a due-heap reservation, places it by its due time), unless
  * a fire (its parent's cascade, or its deadline) retired it meanwhile: it
  * then drops the queue's reference. A periodic task admitted before a
  * shutdown began and queued after it ends here (-ESHUTDOWN). */
-static void enqueue(ctp_pool *pool, ctp_task *t)
+static void enqueue(ctp_pool *pool, ctp_task *t, bool timed)
 {
 	struct ctp__runq *q = &pool->runq;
 	struct after a = { 0 };
-	bool timed = t->dres; /* it may wait in the due heap */
 	bool retired, shut = false;
 
 	if (timed)
@@ -1211,8 +1222,8 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		r = -ECHILD;
 	else if (!ctp__duration_ok(o->timeout) ||
 	    !ctp__duration_ok(o->queue_wait) || (o->delay | o->period) < 0 ||
-	    (unsigned)(o->priority - CTP_PRIORITY_LOW) >
-	    (unsigned)(CTP_PRIORITY_HIGH - CTP_PRIORITY_LOW) || o->flags != 0)
+	    (unsigned)o->priority + 1u > 2u /* LOW (-1) .. HIGH (1) */ ||
+	    o->flags != 0)
 		r = -EINVAL;
 	else if (iso != NULL && o->period > 0)
 		r = -ENOTSUP; /* a run's output and outcome are per task */
@@ -1304,7 +1315,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	if (deadline)
 		ctp__timer_add(pool, t);
 	CTP__PERTURB();
-	enqueue(pool, t);
+	enqueue(pool, t, sched);
 out:
 	if (task != NULL)
 		*task = t;

@@ -193,7 +193,12 @@ static void *timer_main(void *arg)
 	while (!tm->stop) {
 		int64_t now = ctp__now_ns();
 		int64_t dl = tm->len != 0 ? tm->heap[0]->deadline : INT64_MAX;
-		int64_t due = tm->dlen != 0 ? tm->dues[0]->due : INT64_MAX;
+		/* a first due task whose deadline is not later waits for
+		 * that deadline (here, or a fire in progress elsewhere,
+		 * whose unqueue takes it out of the heap and signals us) */
+		int64_t due = tm->dlen != 0 &&
+		    ctp__task_due_first(tm->dues[0]) ? tm->dues[0]->due :
+		    INT64_MAX;
 		int64_t next = dl < due ? dl : due;
 		ctp_task *t;
 		int r;
@@ -444,8 +449,14 @@ void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t)
 void ctp__timer_ddelete(ctp_pool *pool, ctp_task *t)
 {
 	CTP__ASSERT_HELD(&pool->timer.lock);
-	if (t->due_idx != CTP__HEAP_NONE)
-		heap_delete(&pool->timer, true, t->due_idx);
+	if (t->due_idx == CTP__HEAP_NONE)
+		return;
+	/* the first one leaves: the timer thread may be waiting for a
+	 * later time than the next one's (it skips a first task that
+	 * waits for its deadline) */
+	if (t->due_idx == 0)
+		pthread_cond_signal(&pool->timer.cond);
+	heap_delete(&pool->timer, true, t->due_idx);
 }
 
 void ctp__timer_dfix(ctp_pool *pool, ctp_task *t)

@@ -27,6 +27,23 @@
  *   callback runs, and, at the very end, every thread this input started is
  *   gone (tu_threads_back_to).
  *
+ *   Scheduling. Op 20 is a submit with scheduling options (some nested
+ *   submits too; submit_ex says which bits pick what): a delay (0 to 2 ms,
+ *   or "never", INT64_MAX), a priority (low, normal, high), a period (1 us
+ *   to 1 ms), or one invalid field (priority out of range, a flags bit, a
+ *   negative delay or period: -EINVAL, nothing accepted). Op 21 calls
+ *   ctp_task_reschedule on a held handle (0 to 2 ms, "never", or negative:
+ *   -EINVAL), and a task may reschedule itself while it runs. Every task
+ *   that could otherwise live on, one with a delay of "never" or a
+ *   periodic one with no end of its own, gets a lease: a token made under
+ *   its drawn parent and given as its parent, which the reaper thread
+ *   (one per input, from before the callers start until every pool has
+ *   shut down) cancels 0.3 to 6 ms after the submit, unless its deadline
+ *   (<= 1 ms) ends it anyway. A periodic task's own ends: its fn cancels
+ *   its own token on its first, second or third run; besides, ops cancel
+ *   it by handle, its parent fires, its deadline, a shutdown (which ends a
+ *   series at its start), or a run of it cancels itself.
+ *
  *   Objects live in slots (tasks, tokens, watches) shared by every thread, and
  *   by task functions, done callbacks and watchers. A slot is published once
  *   and never reused. Using a handle or a token pins its slot (a count); the
@@ -35,26 +52,54 @@
  *   on the harness's own bookkeeping (watchers and done callbacks may run on
  *   any thread, also inside a library call of another thread).
  *
- *   No input may hang. Durations are clamped to <= 1 ms. CTP_FOREVER (and
- *   INT64_MAX) are used only where a wake-up is guaranteed: caller threads
- *   waiting for a task, a submit waiting for room, wait_idle and shutdown
- *   (every task returns within a few ms), and a task sleeping or popping on
- *   its own token when the task has a deadline of <= 1 ms. Task functions and
- *   done callbacks never wait without a short limit.
+ *   No input may hang. Durations are clamped to <= 1 ms (delays and
+ *   reschedules to <= 2 ms). CTP_FOREVER (and INT64_MAX) are used only
+ *   where a wake-up is guaranteed: caller threads waiting for a task, a
+ *   submit waiting for room, wait_idle and shutdown (every task returns
+ *   within a few ms; a series ends by its third run or by its lease, and
+ *   a task delayed "never" by its lease or deadline, within 6 ms of its
+ *   submit or a few runs: a drain and wait_idle wait for them),
+ *   and a task sleeping or popping on its own token when the task has a
+ *   deadline of <= 1 ms. A delay or reschedule of "never" is used only on
+ *   a task with a lease or such a deadline. Task functions and done
+ *   callbacks never wait without a short limit.
  *
  *   Invariants (abort() with a message, so libFuzzer reports a crash):
  *     - done runs at most once, only after fn returned, never for a refused
- *       submit, and exactly once for every accepted task (checked at the end);
- *       its status is fn's return value or, if fn never ran, a reason that
- *       could have fired the task's token;
- *     - fn runs at most once; never after ctp_task_cancel answered 0; surely
- *       after it answered -EINPROGRESS; never for a refused submit;
+ *       submit, and exactly once for every accepted task (checked at the end;
+ *       a periodic series: once, at its end, never during a run); its status
+ *       is fn's return value or, if fn never ran, a reason that could have
+ *       fired the task's token (a series that ran: its last run's value, or
+ *       such a reason when it ended between runs);
+ *     - fn of a one-shot task runs at most once; never after ctp_task_cancel
+ *       answered 0 (a periodic task: no run starts after it, it was not
+ *       answered during a run, and the state is DONE if the series ran,
+ *       else CANCELLED); surely after it answered -EINPROGRESS; never for a
+ *       refused submit;
+ *     - scheduling: the runs of a periodic task never overlap (an in-run
+ *       flag); no run starts before its due time: for a task with a delay,
+ *       submit time (CLOCK_MONOTONIC before the call) + delay, run k of a
+ *       series not before that + k * period; after a reschedule that
+ *       answered 0, the next run not before the call's start + its delay
+ *       (and the grid from there); a task whose timeout is not longer than
+ *       its delay never runs (unless rescheduled); ctp_task_reschedule
+ *       answers 0, -EINPROGRESS, -EALREADY or -ENOMEM (-EINVAL exactly for a
+ *       negative delay or NULL), never 0 once done was called, for a
+ *       one-shot task that started, or while one run of a series lasted
+ *       from before the call to after it; a running task's reschedule of
+ *       itself answers -EINPROGRESS, or -EALREADY once its token fired;
+ *       invalid scheduling options (priority, flags, negative delay or
+ *       period) are -EINVAL;
  *     - ctp_task_wait's status equals done's; after every pool has shut down,
  *       every held handle waits with timeout 0 successfully;
- *     - after ctp_pool_shutdown returned 0: submitted == completed +
+ *     - after ctp_pool_shutdown returned 0 (the final ones: once every pool
+ *       has shut down, so that no task is inside a submit to it that waited
+ *       for room and is being refused, which `submitted` counts for that
+ *       while; or the endgame's): submitted == completed +
  *       cancelled + timed_out + dropped, queued == running == threads == 0,
  *       and each figure matches what the harness saw (accepted submits, fns
- *       run, -EAGAIN refusals, reasons given to done);
+ *       run, -EAGAIN refusals, reasons given to done), a periodic series
+ *       counted once: completed if it ran, else by its done's reason;
  *     - every returned code is one the contract lists for that call; bad
  *       arguments give -EINVAL; calls that wait for the pool give -EDEADLK
  *       from its tasks and done callbacks;
@@ -92,6 +137,7 @@
 #include <string.h>
 #include <time.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include "ctpool.h"
 #include "../testutil.h"
@@ -111,13 +157,46 @@
 
 #define FAIL(...) fail(__LINE__, __VA_ARGS__)
 
+/* -DCTP_FUZZ_DEBUG (FUZZ_CFLAGS): counts of what the scheduling ops did,
+ * printed after each input, to see that seeds reach them. */
+#if defined(CTP_FUZZ_DEBUG)
+enum { DBG_RUN0, DBG_RUNN, DBG_RS0, DBG_RSINP, DBG_RSALR, DBG_RSNOMEM,
+	DBG_RSINV, DBG_REAP, DBG_BAD, DBG_SELFEND, DBG_N };
+static atomic_ulong dbg[DBG_N];
+#define DBG(k) atomic_fetch_add(&dbg[k], 1)
+#else
+#define DBG(k) ((void)0)
+#endif
+
 static void fail(int line, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3), noreturn));
+
+/* The input under test, saved by fail(): a sanitizer's crash path (TSan's
+ * report of libFuzzer's signal handler) can hang before libFuzzer writes
+ * the crash-* file. */
+static const uint8_t *cur_data;
+static size_t cur_size;
+
+static void save_input(void)
+{
+	char name[64];
+	FILE *f;
+
+	snprintf(name, sizeof(name), "invariant-%d.input", (int)getpid());
+	f = fopen(name, "wb");
+	if (f == NULL)
+		return;
+	if (cur_data != NULL)
+		(void)fwrite(cur_data, 1, cur_size, f);
+	fclose(f);
+	fprintf(stderr, "fuzz_api.c: input saved in %s\n", name);
+}
 
 static void fail(int line, const char *fmt, ...)
 {
 	va_list ap;
 
+	save_input();
 	fprintf(stderr, "fuzz_api.c:%d: invariant violated: ", line);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
@@ -216,6 +295,25 @@ typedef struct trec {           /* one submit attempt */
 	atomic_ulong accept_seq; /* ctx->seq after submit returned 0 */
 	void       *cookie;     /* arg, when done does not free it */
 	slot        h;          /* the handle, when kept */
+	/* scheduling (op 20 and nested scheduled submits; op 21) */
+	int64_t     period;     /* opts.period given (> 0: a periodic series) */
+	int64_t     delay;      /* opts.delay given */
+	int64_t     t0;         /* CLOCK_MONOTONIC before the submit */
+	int         self_end;   /* periodic: fn cancels its own token from
+	                           run self_end on (0: never) */
+	bool        self_resched; /* fn reschedules itself on its first run */
+	bool        to_first;   /* 0 < timeout <= delay: times out unrun */
+	atomic_bool resched_tried; /* a reschedule of it was called */
+	atomic_int  in_run;     /* a run of fn is under way */
+	atomic_int  runs_at_cancel0; /* fn runs when cancel answered 0, -1 */
+	pthread_mutex_t lb_mu;  /* guards lb*, held across a reschedule */
+	int64_t     lb;         /* run lb_run may not start before lb, */
+	int         lb_run;     /* run lb_run + k not before lb + k * period */
+	bool        lb_ok;      /* false: no bound known (being changed) */
+	ctp_token  *lease;      /* a parent the reaper cancels at reap_at */
+	int64_t     reap_at;
+	atomic_bool lease_set;  /* lease and reap_at published */
+	atomic_bool reaped;
 } trec;
 
 typedef struct cookie {
@@ -272,6 +370,11 @@ typedef struct ctx {
 	bool             stats_ok[2];
 	ctp_stats        fstats[2]; /* taken when the pool's shutdown returned 0 */
 	tu_threads       base;    /* the process's threads before this input */
+	pthread_t        reaper;  /* cancels leases when due (reaper_main) */
+	pthread_mutex_t  rp_mu;   /* rp_kick, reaper_stop's wake-up */
+	pthread_cond_t   rp_cv;
+	bool             rp_kick; /* a lease was published */
+	atomic_bool      reaper_stop;
 } ctx;
 
 /* Callbacks (done, watcher) this thread is inside: a ctp_token_cancel from
@@ -300,6 +403,47 @@ static int64_t dur(uint8_t x, bool forever_ok)
 	if (!forever_ok && (d == CTP_FOREVER || d == INT64_MAX))
 		d = CTP_USEC(200);
 	return d;
+}
+
+static int64_t add_sat(int64_t a, int64_t b) /* a, b >= 0 */
+{
+	return b > INT64_MAX - a ? INT64_MAX : a + b;
+}
+
+/* A task's delay (opts.delay or a reschedule's): small ones, or "never"
+ * (INT64_MAX), which the harness allows only with a guaranteed end (a
+ * lease or a deadline of <= 1 ms; huge_ok). */
+static int64_t sdelay(uint8_t x, bool huge_ok)
+{
+	static const int64_t t[8] = {
+		0, CTP_USEC(1), CTP_USEC(20), CTP_USEC(100), CTP_USEC(500),
+		CTP_MSEC(1), CTP_MSEC(2), INT64_MAX,
+	};
+	int64_t d = t[x & 7];
+
+	if (!huge_ok && d == INT64_MAX)
+		d = CTP_MSEC(2);
+	return d;
+}
+
+/* A periodic task's period. */
+static int64_t speriod(uint8_t x)
+{
+	static const int64_t t[4] = {
+		CTP_USEC(1), CTP_USEC(20), CTP_USEC(200), CTP_MSEC(1),
+	};
+
+	return t[x & 3];
+}
+
+/* When the reaper cancels a lease, after the submit. */
+static int64_t sreap(uint8_t x)
+{
+	static const int64_t t[4] = {
+		CTP_USEC(300), CTP_MSEC(1), CTP_MSEC(3), CTP_MSEC(6),
+	};
+
+	return t[x & 3];
 }
 
 static unsigned pick(atomic_uint *count, unsigned max, uint8_t b)
@@ -664,17 +808,26 @@ static void task_cancel_checked(ctx *c, unsigned i, bool self)
 	if (self && rc == 0)
 		FAIL("a running task's cancel of itself answered 0");
 	if (rc == 0) {
+		/* a periodic series: 0 between runs, and no run after it */
+		int runs = atomic_load(&r->fn_started), none = -1;
+
 		atomic_store(&r->must_not_run, true);
-		if (atomic_load(&r->fn_started))
+		if (r->period == 0 && runs != 0)
 			FAIL("cancel answered 0 but fn had started");
+		if (r->period > 0 && atomic_load(&r->in_run))
+			FAIL("cancel of a periodic task answered 0 during a run");
+		if (!atomic_compare_exchange_strong(&r->runs_at_cancel0, &none,
+		    runs))
+			FAIL("ctp_task_cancel answered 0 twice for one task");
 		if (r->has_done && atomic_load(&r->done_calls) != 1)
 			FAIL("cancel answered 0 before done returned");
 		if (r->has_done && atomic_load(&r->status) != -ECANCELED)
 			FAIL("cancel answered 0, done got %d",
 			    atomic_load(&r->status));
 		st = ctp_task_state(h);
-		if (st != CTP_TASK_CANCELLED)
-			FAIL("state %d after cancel answered 0", st);
+		if (st != (runs != 0 ? CTP_TASK_DONE : CTP_TASK_CANCELLED))
+			FAIL("state %d after cancel answered 0 (%d runs, "
+			    "period %lld)", st, runs, (long long)r->period);
 	} else if (rc == -EINPROGRESS) {
 		atomic_store(&r->must_run, true);
 		st = ctp_task_state(h);
@@ -716,6 +869,87 @@ static void task_wait_checked(ctx *c, unsigned i, int64_t to, bool self)
 	task_unpin(c, i);
 }
 
+/* Reschedules task slot i by d (negative: expects -EINVAL). self: the
+ * caller is that task's fn (it runs: -EINPROGRESS, or -EALREADY once its
+ * token fired). The due-time bound (lb) is invalid while the call runs
+ * and the lock is held across it, so a run that starts meanwhile checks
+ * against what the call did; reschedules of one task are serialised. */
+static int resched_checked(ctx *c, unsigned i, int64_t d, bool self,
+                           ctp_token *tok)
+{
+	trec *r = &c->tasks[i];
+	ctp_task *h = task_pin(c, i);
+	int64_t lb, t0;
+	int lb_run, dc0, fs0, fs1, ir0, ir1, rc;
+	bool lb_ok;
+
+	if (h == NULL)
+		return 1;
+	/* "never" only where something ends the task: its lease (the
+	 * reaper) or a deadline of <= 1 ms */
+	if (d == INT64_MAX && r->lease == NULL &&
+	    (r->deadline <= 0 || r->deadline > CTP_MSEC(1)))
+		d = CTP_MSEC(2);
+	pthread_mutex_lock(&r->lb_mu);
+	lb = r->lb;
+	lb_run = r->lb_run;
+	lb_ok = r->lb_ok;
+	r->lb_ok = false;
+	atomic_store(&r->resched_tried, true);
+	dc0 = atomic_load(&r->done_calls);
+	fs0 = atomic_load(&r->fn_started);
+	ir0 = atomic_load(&r->in_run);
+	t0 = now_ns();
+	rc = ctp_task_reschedule(h, d);
+	ir1 = atomic_load(&r->in_run); /* before fs1: a new run counts first */
+	fs1 = atomic_load(&r->fn_started);
+	if (d < 0) {
+		if (rc != -EINVAL)
+			FAIL("ctp_task_reschedule(%lld) returned %d, expected "
+			    "-EINVAL", (long long)d, rc);
+	} else {
+		EXPECT("ctp_task_reschedule", rc, -EINPROGRESS, -EALREADY,
+		    -ENOMEM);
+	}
+	if (rc == 0) {
+		/* the next run (fs1 or, if it started before we looked,
+		 * later: a weaker bound) is due d from the call */
+		r->lb = add_sat(t0, d);
+		r->lb_run = fs1;
+		r->lb_ok = true;
+	} else if (!(rc == -EINPROGRESS && r->period > 0)) {
+		/* no effect; a periodic task's next run is due d after
+		 * the call, from a run that may have started or not: no
+		 * bound until the next reschedule that answers 0 */
+		r->lb = lb;
+		r->lb_run = lb_run;
+		r->lb_ok = lb_ok;
+	}
+	pthread_mutex_unlock(&r->lb_mu);
+	switch (rc) {
+	case 0: DBG(DBG_RS0); break;
+	case -EINPROGRESS: DBG(DBG_RSINP); break;
+	case -EALREADY: DBG(DBG_RSALR); break;
+	case -ENOMEM: DBG(DBG_RSNOMEM); break;
+	default: DBG(DBG_RSINV); break;
+	}
+	if (self) {
+		if (rc != -EINPROGRESS && rc != -EALREADY)
+			FAIL("a running task's reschedule of itself returned %d",
+			    rc);
+		if (rc == -EALREADY && !ctp_token_cancelled(tok))
+			FAIL("reschedule of itself -EALREADY, token not fired");
+	}
+	if (rc == 0 && dc0 != 0)
+		FAIL("reschedule answered 0 after done was called");
+	if (rc == 0 && r->period == 0 && fs0 != 0)
+		FAIL("reschedule answered 0 for a one-shot task that had run");
+	if (rc == 0 && ir0 && ir1 && fs0 == fs1)
+		FAIL("reschedule answered 0 while a run was under way");
+	task_unpin(c, i);
+	return rc;
+}
+
 static int task_fn(void *arg, ctp_token *token);
 static void task_done(void *arg, int status);
 
@@ -729,19 +963,56 @@ typedef struct forced {
 	uint8_t  dyield;
 } forced;
 
+static void reaper_kick(ctx *c, bool stop);
+
+/* One invalid field of a scheduled submit (the others as drawn). */
+static void bad_sched(ctp_task_opts *o, uint8_t v)
+{
+	switch (v & 15) {
+	case 0: o->priority = 2; break;
+	case 1: o->priority = -2; break;
+	case 2: o->priority = INT_MAX; break; /* was UB in submit's check */
+	case 3: o->priority = INT_MIN; break;
+	case 4: o->flags = 1; break;
+	case 5: o->flags = 0x80000000u; break;
+	case 6: o->flags = ~0u; break;
+	case 7: o->delay = -1; break;
+	case 8: o->delay = INT64_MIN; break;
+	case 9: o->period = -1; break;
+	case 10: o->period = INT64_MIN; break;
+	case 11: o->delay = -1; o->period = CTP_MSEC(1); break;
+	case 12: o->priority = 3; o->delay = CTP_USEC(1); break;
+	case 13: o->flags = 2; o->period = CTP_USEC(1); break;
+	case 14: o->period = -2; o->delay = CTP_USEC(1); break;
+	default: o->delay = CTP_USEC(1); o->period = -CTP_USEC(1); break;
+	}
+}
+
 /* Submits a task described by the bytes (f: with what it fixes); from a
  * caller thread (self NULL) or from a task (self = its record, tok = its
- * token). Returns the submit's answer, 1 when no slot was left. */
+ * token). With sched (op 20, some nested submits) the spare bits pick the
+ * scheduling options: sb = b[0] >> 1: delay (sb & 7, sdelay), priority
+ * ((sb >> 3) & 3: normal, low, high, normal; 3 with delay index 7: one
+ * invalid field, bad_sched(sc), expecting -EINVAL), periodic (sb & 0x40);
+ * sc = b[4] >> 4: the period (sc & 3), and (sc >> 2) & 3: for a periodic
+ * task its end (0: a lease, 1: fn cancels its token on its first run and
+ * a lease, 2: on its third run, 3: reschedules itself on its first run,
+ * cancels on its second), for a one-shot one a lease when 3; a one-shot
+ * one with sc & 3 == 3 reschedules itself when it runs. The lease's reap
+ * time is sreap(b[2] >> 6). Every task with a huge delay or periodic
+ * without an end of its own gets a lease unless its deadline is <= 1 ms.
+ * Returns the submit's answer, 1 when no slot was left. */
 static int submit_ex(ctx *c, trec *self, ctp_token *tok, const uint8_t *b,
-                     const forced *f)
+                     const forced *f, bool sched)
 {
 	unsigned i = atomic_fetch_add(&c->ntasks, 1);
 	unsigned pi = (b[0] & 1) % c->npools;
 	ctp_task_opts o = {0};
 	ctp_task *h = NULL;
 	bool keep = !(b[4] & 1), use_opts = (b[4] & 6) != 6;
-	bool from_task = self != NULL, shut;
-	int ptoken = -1, pre = 0, rc;
+	bool from_task = self != NULL, shut, lease = false;
+	int ptoken = -1, pre = 0, bad = -1, rc;
+	int64_t t0;
 	cookie *ck;
 	trec *r;
 
@@ -809,9 +1080,80 @@ static int submit_ex(ctx *c, trec *self, ctp_token *tok, const uint8_t *b,
 	    (ptoken >= 0 && c->tokens[ptoken].task_anc);
 	r->cookie = r->has_done ? NULL : ck;
 	r->ptoken = ptoken;
+	if (sched && f == NULL && use_opts) {
+		uint8_t sb = b[0] >> 1, sc = b[4] >> 4, end = (sc >> 2) & 3;
+		bool finite = o.timeout > 0 && o.timeout <= CTP_MSEC(1);
+		unsigned pidx = (sb >> 3) & 3;
+
+		if (pidx == 3 && (sb & 7) == 7) {
+			bad = sc;
+		} else {
+			o.delay = sdelay(sb, true);
+			o.priority = pidx == 1 ? CTP_PRIORITY_LOW :
+			    pidx == 2 ? CTP_PRIORITY_HIGH : CTP_PRIORITY_NORMAL;
+			if (sb & 0x40) {
+				o.period = speriod(sc);
+				r->self_end = end == 1 ? 1 : end == 2 ? 3 :
+				    end == 3 ? 2 : 0;
+				r->self_resched = end == 3;
+				lease = end <= 1;
+			} else {
+				r->self_resched = (sc & 3) == 3;
+				lease = end == 3;
+			}
+			if (!finite && (o.delay == INT64_MAX ||
+			    (o.period > 0 && r->self_end == 0)))
+				lease = true;
+		}
+	}
+	if (lease) {
+		/* a parent the reaper cancels (under the drawn parent, so
+		 * that one's cascade still reaches the task) */
+		ctp_token *lt = NULL;
+
+		rc = ctp_token_create(&lt, o.parent);
+		EXPECT("ctp_token_create (lease)", rc, -ENOMEM);
+		if (rc == 0) {
+			r->lease = lt;
+			o.parent = lt;
+			r->may_cancel = true;
+		} else if (o.timeout <= 0 || o.timeout > CTP_MSEC(1)) {
+			/* nothing would end it: an ordinary task */
+			lease = false;
+			o.period = 0;
+			r->self_end = 0;
+			o.delay = sdelay((uint8_t)(b[0] >> 1), false);
+		}
+	}
+	r->period = o.period;
+	r->delay = o.delay;
+	r->to_first = o.timeout > 0 && o.timeout <= o.delay;
 	if (o.parent != NULL)
 		pre = ctp_token_reason(o.parent);
 	shut = atomic_load(&c->shut_returned[pi]);
+	if (bad >= 0) {
+		bad_sched(&o, (uint8_t)bad);
+		rc = ctp_pool_submit(c->pools[pi], task_fn, ck, &o,
+		    keep ? &h : NULL);
+		if (rc != -EINVAL)
+			FAIL("a submit with delay %lld period %lld priority %d "
+			    "flags %#x returned %d, expected -EINVAL",
+			    (long long)o.delay, (long long)o.period, o.priority,
+			    o.flags, rc);
+		DBG(DBG_BAD);
+		atomic_store(&r->accepted, -1);
+		r->cookie = NULL;
+		free(ck);
+		if (ptoken >= 0)
+			token_unpin(c, (unsigned)ptoken);
+		return rc;
+	}
+	/* no run before this + delay (fn checks; a reschedule moves it) */
+	t0 = now_ns();
+	r->t0 = t0;
+	r->lb = add_sat(t0, o.delay);
+	r->lb_run = 0;
+	r->lb_ok = true;
 	rc = ctp_pool_submit(c->pools[pi], task_fn, ck, use_opts ? &o : NULL,
 	    keep ? &h : NULL);
 	EXPECT("ctp_pool_submit", rc, -EAGAIN, -ESHUTDOWN, -ENOMEM,
@@ -832,19 +1174,29 @@ static int submit_ex(ctx *c, trec *self, ctp_token *tok, const uint8_t *b,
 		atomic_store(&r->accept_seq, atomic_fetch_add(&c->seq, 1));
 		if (keep)
 			slot_publish(&r->h, h);
+		if (r->lease != NULL) {
+			r->reap_at = add_sat(t0, sreap((uint8_t)(b[2] >> 6)));
+			atomic_store(&r->lease_set, true);
+			reaper_kick(c, false);
+		}
 	} else {
 		atomic_store(&r->accepted, -1);
 		r->cookie = NULL;
 		free(ck); /* not accepted: the caller still owns arg */
+		if (r->lease != NULL) {
+			ctp_token_release(r->lease);
+			r->lease = NULL;
+		}
 	}
 	if (ptoken >= 0)
 		token_unpin(c, (unsigned)ptoken);
 	return rc;
 }
 
-static void submit(ctx *c, trec *self, ctp_token *tok, const uint8_t *b)
+static void submit(ctx *c, trec *self, ctp_token *tok, const uint8_t *b,
+                   bool sched)
 {
-	(void)submit_ex(c, self, tok, b, NULL);
+	(void)submit_ex(c, self, tok, b, NULL, sched);
 }
 
 /* After a ctp_token_cancel(tok) that began at seq s returned, with nothing
@@ -915,7 +1267,7 @@ static int relay(ctx *c, trec *r, ctp_token *tok)
 		    .dyield = r->dyield };
 		struct timespec nap = { 0, 20000 };
 
-		rc = submit_ex(c, r, tok, b, &f);
+		rc = submit_ex(c, r, tok, b, &f, false);
 		if (rc != 0)
 			break;
 		nanosleep(&nap, NULL);
@@ -958,7 +1310,7 @@ static int task_act(ctx *c, trec *r, unsigned self, ctp_token *tok)
 			uint8_t b[6] = { r->p2, (uint8_t)(r->beh / 13), r->p1,
 			    r->p3, (uint8_t)(r->p2 >> 1), (uint8_t)(r->p1 >> 2) };
 
-			submit(c, r, tok, b);
+			submit(c, r, tok, b, ((r->p1 ^ r->p2) & 0x40) != 0);
 		}
 		break;
 	case 5:
@@ -1048,22 +1400,69 @@ static int task_fn(void *arg, ctp_token *token)
 	cookie *ck = arg;
 	trec *r;
 	ctx *c;
-	int rc, ret;
+	int rc, ret, n;
+	int64_t t, bound = 0;
+	unsigned self;
 
 	if (ck->magic != COOKIE_MAGIC)
 		FAIL("fn got a bad arg");
 	r = ck->rec;
 	c = r->ctx;
+	self = (unsigned)(r - c->tasks);
 	atomic_fetch_add(&c->active_cb, 1);
-	if (atomic_fetch_add(&r->fn_started, 1) != 0)
+	n = atomic_fetch_add(&r->fn_started, 1);
+	t = now_ns();
+	if (r->period == 0 && n != 0)
 		FAIL("fn ran twice");
+	if (r->period > 0 && atomic_exchange(&r->in_run, 1) != 0)
+		FAIL("runs of periodic task %u overlap (run %d)", self, n);
 	if (atomic_load(&r->done_calls) != 0)
 		FAIL("fn started after done");
 	if (atomic_load(&r->must_not_run))
 		FAIL("fn ran after cancel answered 0");
 	if (token == NULL)
 		FAIL("fn got a NULL token");
-	rc = task_act(c, r, (unsigned)(r - c->tasks), token);
+	/* never before its due time (the lock: not while a reschedule of
+	 * it runs, which may move it) */
+	pthread_mutex_lock(&r->lb_mu);
+	if (r->lb_ok && n >= r->lb_run) {
+		int64_t k = n - r->lb_run; /* runs since the bound's run */
+
+		bound = r->lb;
+		if (k > 0 && r->period > 0)
+			bound = r->period > (INT64_MAX - bound) / k ? INT64_MAX :
+			    bound + k * r->period;
+	}
+	pthread_mutex_unlock(&r->lb_mu);
+	if (t < bound)
+		FAIL("task %u (delay %lld, period %lld) run %d started %lld ns "
+		    "before its due time", self, (long long)r->delay,
+		    (long long)r->period, n, (long long)(bound - t));
+	if (r->to_first && !atomic_load(&r->resched_tried))
+		FAIL("task %u ran although its timeout %lld <= its delay %lld "
+		    "(started %lld ns after the submit began, period %lld, "
+		    "token reason %d)", self, (long long)r->deadline,
+		    (long long)r->delay, (long long)(t - r->t0),
+		    (long long)r->period, ctp_token_reason(token));
+	if (r->period > 0)
+		DBG(n == 0 ? DBG_RUN0 : DBG_RUNN);
+	rc = task_act(c, r, self, token);
+	if (r->self_resched && n == 0)
+		(void)resched_checked(c, self, sdelay(r->p2, false), true,
+		    token);
+	if (r->self_end != 0 && n + 1 >= r->self_end) {
+		/* the series ends after this run */
+		int e;
+
+		atomic_store(&r->cancel_tried, true);
+		atomic_fetch_add(&c->fire_epoch, 1);
+		atomic_fetch_add(&c->firing, 1);
+		e = ctp_token_cancel(token);
+		atomic_fetch_sub(&c->firing, 1);
+		if (e == 0)
+			DBG(DBG_SELFEND);
+		EXPECT("ctp_token_cancel (periodic, own)", e, -EALREADY);
+	}
 	switch ((r->p3 >> 4) & 3) {
 	case 0: ret = 0; break;
 	case 1: ret = 7; break;
@@ -1072,6 +1471,8 @@ static int task_fn(void *arg, ctp_token *token)
 	}
 	atomic_store(&r->ret, ret);
 	atomic_store(&r->fn_returned, 1);
+	if (r->period > 0)
+		atomic_store(&r->in_run, 0);
 	atomic_fetch_sub(&c->active_cb, 1);
 	return ret;
 }
@@ -1093,11 +1494,17 @@ static void task_done(void *arg, int status)
 	if (atomic_fetch_add(&r->done_calls, 1) != 0)
 		FAIL("done called twice");
 	atomic_store(&r->status, status);
+	if (r->period > 0 && atomic_load(&r->in_run))
+		FAIL("done of periodic task %u called during a run", self);
 	if (atomic_load(&r->fn_started)) {
 		if (!atomic_load(&r->fn_returned))
 			FAIL("done called while fn runs");
-		if (status != atomic_load(&r->ret))
-			FAIL("done got %d, fn returned %d", status,
+		/* a series that ran: the last run's status if its token
+		 * fired during it, else the token's reason */
+		if (status != atomic_load(&r->ret) &&
+		    !(r->period > 0 && is_reason(status)))
+			FAIL("done of task %u (period %lld) got %d, fn returned "
+			    "%d", self, (long long)r->period, status,
 			    atomic_load(&r->ret));
 	} else if (!is_reason(status)) {
 		FAIL("done got %d for a task that never ran", status);
@@ -1238,6 +1645,25 @@ static void bad_args(ctx *c, uint8_t a, uint8_t b)
 				FAIL("ctp_strerror(%d) is NULL", codes[i]);
 		break;
 	}
+	case 8: /* scheduling options: every invalid field, also with a handle */
+		for (uint8_t v = 0; v < 16; v++) {
+			ctp_task *nt = NULL;
+
+			memset(&o, 0, sizeof(o));
+			o.timeout = (v & 1) ? CTP_USEC(1) : 0;
+			bad_sched(&o, v);
+			EINVAL_OR_FAIL(ctp_pool_submit(p, dummy_fn, NULL, &o,
+			    (v & 2) ? &nt : NULL));
+		}
+		break;
+	case 9: /* ctp_task_reschedule: NULL, a negative delay */
+		EINVAL_OR_FAIL(ctp_task_reschedule(NULL, 0));
+		EINVAL_OR_FAIL(ctp_task_reschedule(NULL, -1));
+		if (h != NULL) {
+			EINVAL_OR_FAIL(ctp_task_reschedule(h, bad));
+			EINVAL_OR_FAIL(ctp_task_reschedule(h, -1));
+		}
+		break;
 	default:
 		break;
 	}
@@ -1376,7 +1802,7 @@ static bool grow_tree(ctx *c, unsigned pi, bool deep, bool blockers,
 		uint8_t b[6] = { 0, 1, 5, 0, (uint8_t)k, 0 };
 		forced f = { .pool = pi, .parent = under[0] };
 
-		(void)submit_ex(c, NULL, NULL, b, &f);
+		(void)submit_ex(c, NULL, NULL, b, &f, false);
 	}
 	for (unsigned k = 0; k < n; k++) {
 		unsigned lvl = (bits + k) % 3;
@@ -1386,7 +1812,7 @@ static bool grow_tree(ctx *c, unsigned pi, bool deep, bool blockers,
 		forced f = { .pool = pi, .relay = relay, .dyield = dyield };
 
 		f.parent = under[lvl] >= 0 ? under[lvl] : under[lvl - 1];
-		(void)submit_ex(c, NULL, NULL, b, &f);
+		(void)submit_ex(c, NULL, NULL, b, &f, false);
 	}
 	return true;
 }
@@ -1525,6 +1951,69 @@ static void endgame(ctx *c, const uint8_t *hdr)
 	}
 }
 
+/* ---- the reaper ----------------------------------------------------------- */
+
+/* Cancels each task's lease (a parent token only the harness holds) once
+ * its reap time has come, so that every task with a huge delay or a
+ * periodic one without an end of its own ends within a few ms: the
+ * callers' waits without limit (ctp_task_wait, wait_idle, a drain, a
+ * submit waiting for room) and the endgame's quiesce rely on it. Runs
+ * from before the callers start until every pool has shut down. */
+static void *reaper_main(void *arg)
+{
+	ctx *c = arg;
+
+	while (!atomic_load(&c->reaper_stop)) {
+		unsigned n = atomic_load(&c->ntasks);
+		int64_t now = now_ns(), next = now + CTP_MSEC(5);
+		struct timespec ts;
+
+		if (n > MAX_TASKS)
+			n = MAX_TASKS;
+		for (unsigned i = 0; i < n; i++) {
+			trec *r = &c->tasks[i];
+			int rc;
+
+			if (!atomic_load(&r->lease_set) ||
+			    atomic_load(&r->reaped))
+				continue;
+			if (now < r->reap_at) {
+				if (r->reap_at < next)
+					next = r->reap_at;
+				continue;
+			}
+			atomic_store(&r->reaped, true);
+			atomic_fetch_add(&c->fire_epoch, 1);
+			atomic_fetch_add(&c->firing, 1);
+			rc = ctp_token_cancel(r->lease);
+			atomic_fetch_sub(&c->firing, 1);
+			if (rc == 0)
+				DBG(DBG_REAP);
+			EXPECT("ctp_token_cancel (lease)", rc, -EALREADY);
+		}
+		/* sleep until the next reap time, a new lease or the stop
+		 * (no cancel under rp_mu: a done may publish a lease) */
+		ts.tv_sec = next / 1000000000;
+		ts.tv_nsec = next % 1000000000;
+		pthread_mutex_lock(&c->rp_mu);
+		if (!c->rp_kick && !atomic_load(&c->reaper_stop))
+			(void)pthread_cond_timedwait(&c->rp_cv, &c->rp_mu, &ts);
+		c->rp_kick = false;
+		pthread_mutex_unlock(&c->rp_mu);
+	}
+	return NULL;
+}
+
+static void reaper_kick(ctx *c, bool stop)
+{
+	pthread_mutex_lock(&c->rp_mu);
+	if (stop)
+		atomic_store(&c->reaper_stop, true);
+	c->rp_kick = true;
+	pthread_cond_signal(&c->rp_cv);
+	pthread_mutex_unlock(&c->rp_mu);
+}
+
 /* ---- caller threads ------------------------------------------------------- */
 
 static void run_op(ctx *c, const uint8_t *r)
@@ -1533,7 +2022,7 @@ static void run_op(ctx *c, const uint8_t *r)
 	unsigned pi = a % c->npools;
 	int rc;
 
-	switch (r[0] % 20) {
+	switch (r[0] % 22) {
 	case 0:
 		token_new(c, (b & 1) ? (int)pick(&c->ntokens, MAX_TOKENS, a) : -1,
 		    NULL);
@@ -1551,7 +2040,7 @@ static void run_op(ctx *c, const uint8_t *r)
 		watch_drop(c, pick(&c->nwatches, MAX_WATCHES, a));
 		break;
 	case 5: case 6: case 7:
-		submit(c, NULL, NULL, r + 1);
+		submit(c, NULL, NULL, r + 1, false);
 		break;
 	case 8:
 		task_cancel_checked(c, pick(&c->ntasks, MAX_TASKS, a), false);
@@ -1581,7 +2070,7 @@ static void run_op(ctx *c, const uint8_t *r)
 		ctp_token *t = (d & 1) ? token_pin(c, ti) : NULL;
 		int64_t to = dur(e, false);
 
-		if (r[0] % 20 == 12)
+		if (r[0] % 22 == 12)
 			q_push(c, a % NQUEUES, t, to);
 		else
 			q_pop(c, a % NQUEUES, t, to);
@@ -1634,6 +2123,18 @@ static void run_op(ctx *c, const uint8_t *r)
 	case 19:
 		bad_args(c, b, d);
 		break;
+	case 20: /* a scheduled submit (submit_ex) */
+		submit(c, NULL, NULL, r + 1, true);
+		break;
+	case 21: /* reschedule a held handle: b & 7 the delay, 7 negative */
+	{
+		int64_t dl = (b & 7) == 7 ? ((d & 1) ? -1 : INT64_MIN) :
+		    sdelay((uint8_t)((b & 7) == 6 ? 7 : b), true);
+
+		(void)resched_checked(c, pick(&c->ntasks, MAX_TASKS, a), dl,
+		    false, NULL);
+		break;
+	}
 	}
 }
 
@@ -1661,7 +2162,6 @@ static void final_shutdown(ctx *c, unsigned pi, int64_t drain, int64_t grace)
 		if (rc != 0)
 			FAIL("shutdown after -ETIMEDOUT returned %d", rc);
 	}
-	after_shutdown(c, pi);
 }
 
 static void check_pool_stats(ctx *c, unsigned pi)
@@ -1738,14 +2238,18 @@ static void check_task(ctx *c, unsigned i)
 	}
 	if (ran && !atomic_load(&r->fn_returned))
 		FAIL("task %u: fn started but never returned", i);
+	if (atomic_load(&r->in_run))
+		FAIL("task %u: a periodic run never ended", i);
 	if (r->has_done && dc != 1)
 		FAIL("task %u: done called %d times", i, dc);
 	if (r->has_done && !atomic_load(&r->done_returned))
 		FAIL("task %u: done has not returned", i);
 	if (atomic_load(&r->must_run) && !ran)
 		FAIL("task %u: cancel said -EINPROGRESS but fn never ran", i);
-	if (atomic_load(&r->must_not_run) && ran)
-		FAIL("task %u: cancel said 0 but fn ran", i);
+	if (atomic_load(&r->must_not_run) &&
+	    ran != atomic_load(&r->runs_at_cancel0))
+		FAIL("task %u: cancel said 0 after %d runs, fn ran %d times", i,
+		    atomic_load(&r->runs_at_cancel0), ran);
 	if (atomic_load(&r->suspect) && !ran)
 		FAIL("task %u: queued under a cancelled token, never ran, but "
 		    "its done had not returned when ctp_token_cancel did", i);
@@ -1766,18 +2270,22 @@ static void check_task(ctx *c, unsigned i)
 		st = ws;
 	if (st == INT32_MIN)
 		return; /* no done, no handle: nothing says what it got */
-	if (ran) {
+	if (ran && (r->period == 0 || st == atomic_load(&r->ret)))  {
 		if (st != atomic_load(&r->ret))
 			FAIL("task %u: status %d, fn returned %d", i, st,
 			    atomic_load(&r->ret));
 		return;
 	}
+	/* never ran, or a series that ended between runs: a reason that
+	 * could have fired its token */
 	if (st == -ECANCELED && !r->may_cancel && !atomic_load(&r->cancel_tried))
-		FAIL("task %u never ran: -ECANCELED but nothing cancelled it", i);
+		FAIL("task %u (%d runs): -ECANCELED but nothing cancelled it",
+		    i, ran);
 	if (st == -ETIMEDOUT && !r->may_timeout)
-		FAIL("task %u never ran: -ETIMEDOUT without a deadline", i);
+		FAIL("task %u (%d runs): -ETIMEDOUT without a deadline", i, ran);
 	if (!is_reason(st))
-		FAIL("task %u never ran, status %d", i, st);
+		FAIL("task %u (%d runs, period %lld) status %d", i, ran,
+		    (long long)r->period, st);
 }
 
 static void finish(ctx *c, const uint8_t *hdr)
@@ -1790,6 +2298,14 @@ static void finish(ctx *c, const uint8_t *hdr)
 	}
 	for (unsigned p = first; p < c->npools; p++)
 		final_shutdown(c, p, dur(hdr[3], false), dur(hdr[3] >> 3, true));
+	/* the statistics once no task runs anywhere: a task of the other
+	 * pool may still be inside a submit to this one that waited for room
+	 * and is being refused, which `submitted` counts until it backs out */
+	for (unsigned p = first; p < c->npools; p++)
+		after_shutdown(c, p);
+	/* every task has ended: the leases are the harness's to drop */
+	reaper_kick(c, true);
+	pthread_join(c->reaper, NULL);
 	nt = atomic_load(&c->ntasks);
 	nt = nt > MAX_TASKS ? MAX_TASKS : nt;
 	for (unsigned i = 0; i < nt; i++)
@@ -1811,6 +2327,8 @@ static void finish(ctx *c, const uint8_t *hdr)
 	for (unsigned i = 0; i < nt; i++) {
 		task_close(c, i);
 		free(c->tasks[i].cookie);
+		if (c->tasks[i].lease != NULL)
+			ctp_token_release(c->tasks[i].lease);
 	}
 	nk = atomic_load(&c->ntokens);
 	nk = nk > MAX_TOKENS ? MAX_TOKENS : nk;
@@ -1906,6 +2424,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < HDR)
 		return 0;
+	cur_data = data;
+	cur_size = size;
 	c = calloc(1, sizeof(*c));
 	if (c == NULL)
 		abort();
@@ -1924,7 +2444,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		atomic_init(&c->tasks[i].wait_status, INT32_MIN);
 		atomic_init(&c->tasks[i].status, INT32_MIN);
 		atomic_init(&c->tasks[i].accept_seq, ULONG_MAX);
+		atomic_init(&c->tasks[i].runs_at_cancel0, -1);
 		c->tasks[i].ptoken = -1;
+		if (pthread_mutex_init(&c->tasks[i].lb_mu, NULL) != 0)
+			abort();
 	}
 	for (unsigned i = 0; i < MAX_TOKENS; i++)
 		slot_init(&c->tokens[i].s);
@@ -1970,6 +2493,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (pthread_barrier_init(&c->barrier, NULL, c->nthreads) != 0)
 		abort();
+	{
+		pthread_condattr_t ca;
+
+		if (pthread_condattr_init(&ca) != 0 ||
+		    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
+		    pthread_cond_init(&c->rp_cv, &ca) != 0 ||
+		    pthread_mutex_init(&c->rp_mu, NULL) != 0)
+			abort();
+		pthread_condattr_destroy(&ca);
+	}
+	if (pthread_create(&c->reaper, NULL, reaper_main, c) != 0)
+		abort();
 	for (unsigned k = 0; k < c->nthreads; k++) {
 		targ[k][0] = c;
 		targ[k][1] = (void *)(uintptr_t)k;
@@ -1980,6 +2515,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		pthread_join(th[k], NULL);
 	pthread_barrier_destroy(&c->barrier);
 	finish(c, data);
+	for (unsigned i = 0; i < MAX_TASKS; i++)
+		pthread_mutex_destroy(&c->tasks[i].lb_mu);
+	pthread_cond_destroy(&c->rp_cv);
+	pthread_mutex_destroy(&c->rp_mu);
+#if defined(CTP_FUZZ_DEBUG)
+	fprintf(stderr, "dbg: periodic first runs %lu, later runs %lu; "
+	    "reschedule 0 %lu, -EINPROGRESS %lu, -EALREADY %lu, -ENOMEM %lu, "
+	    "-EINVAL %lu; reaped %lu; bad submits %lu; self-ended %lu\n",
+	    dbg[0], dbg[1], dbg[2], dbg[3], dbg[4], dbg[5], dbg[6], dbg[7],
+	    dbg[8], dbg[9]);
+#endif
 	free(c);
 	return 0;
 }
