@@ -339,7 +339,9 @@ CTP_EXPORT void ctp_task_release(ctp_task *task);
  * one deadlines use; no polling) makes it due, and it starts within the
  * scheduler's wake-up time when a worker is free. Its deadline still
  * counts from submission: a timeout not longer than the delay means it
- * times out without running. Cancelling it removes it at once (O(log n)).
+ * times out without running (so does any task whose deadline is not later
+ * than its due time, also after a reschedule). Cancelling it removes it at
+ * once (O(log n)).
  *
  * Priority. A free worker starts the due task of the highest priority
  * first, and within one priority the one that became due first (FIFO). A
