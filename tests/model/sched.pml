@@ -1,6 +1,6 @@
 /*
  * sched.pml: the scheduling states of the run queue (commit 5741428,
- * "Scheduling"): delayed tasks in the timer's due heap (CTP__Q_DELAYED),
+ * "Scheduling", with the fixes of 60cbd85): delayed tasks in the timer's due heap (CTP__Q_DELAYED),
  * periodic tasks (CTP__Q_HELD while a worker has them, re-placed by the
  * worker after each run), priority lists, ctp_task_reschedule, the timer's
  * promotion, the `timer.armed` flag of ctp__pool_unqueue, and what the
@@ -48,9 +48,10 @@
  * one task once it has the handle, or its deadline with -DDEADLINE, or
  * nothing); with -DRESCHED=t one ctp_task_reschedule(t, delay) call (delay
  * 0, SHORT, or LONG with -DLONG); one shutdown caller (drain 0, or
- * CTP_FOREVER unless -DLONG or -DLONG_DELAY: a LONG delay makes a forever
- * drain wait forever, by contract). A periodic run may cancel its own
- * token (unless -DNO_SELF).
+ * CTP_FOREVER; a LONG due time of a one-shot task makes a forever drain
+ * wait forever, by contract, so a run has one or the other: ghost
+ * drainfv/anylong). A periodic run may cancel its own token (unless
+ * -DNO_SELF).
  *
  * Planted bugs (each must make spin report an error):
  *   BUG_REQUEUE_NO_CLOSED_CHECK  requeue re-places a periodic task even when
@@ -66,17 +67,20 @@
  *                                broken.
  *   BUG_PROMOTE_NO_WAKE          ctp__pool_promote links without
  *                                q_wake_for_work: a lost wake-up.
- *
- * Open findings in src/ (README.md, "Findings of sched.pml"; model.sh
- * checks that they are still reported):
- *   - a periodic run that run_task skips (it saw `closed`) and whose token
- *     fires before requeue's CAS ends DONE, counted completed, with done(0)
- *     or done(reason), even if fn never ran. -DALLOW_SKIP_END accepts
- *     exactly that outcome (ghost skipend[]) so the other checks can run.
- *   - the drop step waits for a delayed task's delay when its submit
- *     enqueues it after the drop step's look (place() puts it in the due
- *     heap without the drained bump): with -DLONG_DELAY, an invalid end
- *     state. The other checks leave LONG out of enqueue.
+ * and the two bugs this model found in src/ (fixed in 60cbd85; README.md,
+ * "Findings of sched.pml"), kept as planted bugs:
+ *   BUG_PLACE_NO_DRAINED_BUMP    place() bumps `drained` (q_linked_closed)
+ *                                only when it links, not when it puts the
+ *                                task in the due heap: a delayed task
+ *                                enqueued after the drop step's look makes
+ *                                the drop step wait for its due time (with
+ *                                a LONG one, forever: invalid end state).
+ *   BUG_SKIP_END_AS_RAN          a periodic run that run_task skipped (it
+ *                                saw `closed`) and whose token fired before
+ *                                requeue's CAS ends like a run that ran:
+ *                                DONE, counted completed, done(the reason
+ *                                as read at the skip, maybe 0), even if fn
+ *                                never ran.
  */
 
 #ifndef NW
@@ -152,11 +156,15 @@ bool handle[NT + 1];      /* the submit returned it: reschedule may run */
 bool won_queued[NT + 1];  /* a fire CAS caught it QUEUED: never starts */
 bool started[NT + 1];     /* fn was called (at least once) */
 bool late[NT + 1];        /* started once the queue was closed */
-bool skipend[NT + 1];     /* finding: run_task skipped the run (closed)
-                             and requeue's CAS failed (its token fired) */
 bool dueok[NT + 1];       /* its due time has come: placed in a list at
                              once, or promoted */
 bool dlong[NT + 1];       /* in the due heap for a LONG due time */
+bool drainfv;             /* the shutdown is draining forever (CTP_FOREVER;
+                             cleared when that wait ends, which keeps the
+                             states after it shared with a drain of 0) */
+bool anylong;             /* a one-shot task was given a LONG due time: a
+                             forever drain would wait for it forever (the
+                             contract), so the two exclude each other */
 bool passed[NW];          /* the cancel step has read this worker's
                              current */
 bool collected[NT + 1];   /* the cancel step took it from a current */
@@ -313,6 +321,15 @@ inline place(t, d) {
 		qs[t] = Q_DEL;
 		dueok[t] = false;
 		dlong[t] = (d == D_LONG)
+#ifndef BUG_PLACE_NO_DRAINED_BUMP
+		;
+		/* q_linked_closed: the drop step takes from the due heap too
+		 * (60cbd85) */
+		if
+		:: closed -> adr = true
+		:: else -> skip
+		fi
+#endif
 	fi
 }
 
@@ -532,7 +549,12 @@ loop:
 				skp = closed;
 				if
 				:: !skp -> started[t] = true
-				:: else -> st = reason[t]  /* ctp_token_reason */
+#ifdef BUG_SKIP_END_AS_RAN
+				/* the old run_task: status = ctp_token_reason */
+				:: else -> st = reason[t]
+#else
+				:: else -> skip
+#endif
 				fi
 			}
 			if
@@ -602,8 +624,10 @@ loop:
 				fi;
 				d_step { ok = false; skp = false; st = 0; t = 0 }
 			:: else ->
-				/* its token fired during the run: release_held,
-				 * the worker's completed count, finish_ran */
+				/* its token fired during the run (or, for a
+				 * skipped run, since the start): release_held,
+				 * then finish_ran (the worker's completed count)
+				 * or, skipped, ctp__task_finish_skipped */
 				d_step {
 					qlock == 0 ->
 					assert(qs[t] == Q_HELD);
@@ -614,9 +638,39 @@ loop:
 				}
 				q_after();
 				d_step {
-					st_completed++;
-					phase[t] = DONE;
-					skipend[t] = skp;
+#ifndef BUG_SKIP_END_AS_RAN
+					if
+					:: skp ->
+						/* ctp__task_finish_skipped: the
+						 * token's reason; DONE and
+						 * completed if an earlier run
+						 * ran, else CANCELLED, counted by
+						 * the reason */
+						assert(reason[t] != 0);
+						st = reason[t];
+						if
+						:: ran[t] ->
+							phase[t] = DONE;
+							st_completed++
+						:: else ->
+							phase[t] = CANCELLED;
+							if
+							:: reason[t] == R_TIME ->
+								st_timed_out++
+							:: reason[t] == R_SHUT ->
+								st_dropped++
+							:: reason[t] == R_CANCEL ->
+								st_cancelled++
+							fi
+						fi
+					:: else ->
+#endif
+						st_completed++;
+						phase[t] = DONE
+#ifndef BUG_SKIP_END_AS_RAN
+					fi
+#endif
+					;
 					skp = false
 				}
 				finish_ran(t, st)
@@ -769,7 +823,9 @@ proctype submitter()
 						:: d = D_NOW
 						:: d = D_SHORT
 #ifdef LONG_DELAY
-						:: d = D_LONG
+						:: per[t] || !drainfv ->
+							d = D_LONG;
+							anylong = anylong || !per[t]
 #endif
 						fi;
 						place(t, d);
@@ -856,7 +912,11 @@ proctype rescheduler()
 	:: d = D_NOW
 	:: d = D_SHORT
 #ifdef LONG
-	:: d = D_LONG
+	:: atomic {
+		per[t] || !drainfv ->
+		d = D_LONG;
+		anylong = anylong || !per[t]
+	   }
 #endif
 	fi;
 	/* timer->lock, then a place in the due heap first (it arms the
@@ -950,7 +1010,7 @@ out:
 proctype shutdown()
 {
 	byte i, n, t, c, v, old, snap, item, aw;
-	bool anf, adr, drain, tm;
+	bool anf, adr, tm;
 	byte scan[NW];
 	bool ended[NT + 1];
 
@@ -995,16 +1055,14 @@ proctype shutdown()
 	od;
 	t = 0;
 	/* drain: CTP_FOREVER (until pool_idle), or 0 / elapsed */
-#if !defined(LONG) && !defined(LONG_DELAY)
 	if
-	:: drain = true
-	:: drain = false
+	:: atomic { !anylong -> drainfv = true }
+	:: skip
 	fi;
 	if
-	:: drain -> (unfinished == 0); drain = false
+	:: drainfv -> (unfinished == 0); drainfv = false
 	:: else -> skip
 	fi;
-#endif
 
 	/* cancel_step: under the lock: stopping, wake every idle worker,
 	 * collect every worker's current */
@@ -1189,14 +1247,7 @@ init
 			         (per[i] && status[i] == reason[i] &&
 			          reason[i] != 0))) ||
 			       (!started[i] && phase[i] == CANCELLED &&
-			        status[i] == reason[i] && reason[i] != 0)
-#ifdef ALLOW_SKIP_END
-			       /* the open finding, accepted: DONE, the reason
-			        * or 0 */
-			       || (skipend[i] && phase[i] == DONE &&
-			           (status[i] == reason[i] || status[i] == 0))
-#endif
-			       );
+			        status[i] == reason[i] && reason[i] != 0));
 			if
 			:: acc[i] -> n++
 			:: else -> skip
@@ -1215,9 +1266,6 @@ init
 		:: i <= NT ->
 			if
 			:: acc[i] && started[i] -> n++
-#ifdef ALLOW_SKIP_END
-			:: acc[i] && !started[i] && skipend[i] -> n++
-#endif
 			:: else -> skip
 			fi;
 			i++
