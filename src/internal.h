@@ -350,8 +350,6 @@ struct ctp_token {
 	ctp_token       *sib_prev;  /*   parent->lock, not by this lock */
 	ctp_token       *fire_next; /* list of one fire call; written only by
 	                               the thread whose CAS fired this token */
-	ctp_token       *caught_next; /* the caught list of that fire call (a
-	                               periodic task between runs is on both) */
 	ctp_token       *wait_next; /* list of the subtrees one fire call waits
 	                               for; written only by the firer of this
 	                               token's parent (the one thread that walks
@@ -368,6 +366,10 @@ struct ctp_token {
 	struct ctp_watch *watches;  /* pending watches, in registration order */
 	struct ctp_watch *watches_tail;
 	int              fd;        /* eventfd, -1 until ctp_token_fd */
+	ctp_token       *caught_next; /* the caught list of the fire call that
+	                               fired it (a periodic task between runs
+	                               is on its walk list too); written only
+	                               by that call's thread */
 };
 
 enum ctp__watch_state { CTP__WATCH_PENDING, CTP__WATCH_RUNNING,
@@ -484,9 +486,24 @@ struct ctp_task {
 	                               fire's own threads, in order) */
 	bool             handle;    /* submitted with a handle; set before
 	                               publication */
+	uint8_t          prio;      /* list index (CTP__NPRIO); set before
+	                               publication */
 	_Atomic uint32_t fin;       /* bit 0 finished, bit 1 waiters; futex;
 	                               kept only when `handle` (nobody else
 	                               can wait on it) */
+	/* scheduling flags, on the line the queue and the worker read (the
+	 * rest of the scheduling state is at the end: only scheduled tasks
+	 * touch it) */
+	bool             periodic;  /* period > 0; set before publication */
+	bool             ran;       /* a periodic task ran once: written by its
+	                               worker before the CAS that queues it
+	                               again, read by a fire that catches it
+	                               queued (after its CAS) */
+	bool             dres;      /* holds a due heap reservation (the heap
+	                               can always take it); timer->lock, set
+	                               before publication or under runq.lock
+	                               while it waits (a worker reads it after
+	                               its pop) */
 	ctp_task_fn      fn;
 	struct ctp__iso *iso;       /* an isolated task's record, else NULL;
 	                               set before publication, freed with the
@@ -508,17 +525,6 @@ struct ctp_task {
 	                               went on: its next due time; -1 = none;
 	                               runq.lock */
 	size_t           due_idx;   /* due heap slot; timer->lock */
-	uint8_t          prio;      /* list index (CTP__NPRIO); set before
-	                               publication */
-	bool             ran;       /* a periodic task ran once: written by its
-	                               worker before the CAS that queues it
-	                               again, read by a fire that catches it
-	                               queued (after its CAS) */
-	bool             dres;      /* holds a due heap reservation (the heap
-	                               can always take it); timer->lock, set
-	                               before publication or under runq.lock
-	                               while it waits (a worker reads it after
-	                               its pop) */
 };
 
 #define CTP__HEAP_NONE ((size_t)-1)

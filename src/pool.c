@@ -672,7 +672,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	    (t->qstate != CTP__Q_LINKED && t->qstate != CTP__Q_DELAYED)) {
 		/* running, or a worker has taken it (a periodic one's next
 		 * run is then due `delay` from now) */
-		if (t->period > 0)
+		if (t->periodic)
 			t->resched = due;
 		r = -EINPROGRESS;
 	} else if (delay > 0 && !t->dres && !reserved) {
@@ -710,7 +710,7 @@ static ctp_task *q_take(struct ctp__runq *q, struct after *a)
 
 	if (t == NULL)
 		return NULL;
-	if (t->period > 0) {
+	if (t->periodic) {
 		q_unhook(q, t);
 		t->qstate = CTP__Q_HELD;
 		q->held++;
@@ -847,7 +847,7 @@ static void run_task(struct ctp__worker *w, ctp_task *t)
 	/* relaxed: read only by a shutdown past its grace, after `stopping`
 	 * and the lock pass (which ordered this store before it) */
 	atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
-	if (t->period > 0) {
+	if (t->periodic) {
 		/* a shutdown has begun: a series is not started again (a
 		 * close racing this look may still let one run through) */
 		bool skip = atomic_load_explicit(&pool->runq.closed,
@@ -1171,7 +1171,7 @@ static void enqueue(ctp_pool *pool, ctp_task *t, bool timed)
 	retired = t->qstate != CTP__Q_RESERVED;
 	if (retired) {
 		/* a fire took it out */
-	} else if (t->period > 0 &&
+	} else if (t->periodic &&
 	    atomic_load_explicit(&q->closed, memory_order_relaxed)) {
 		shut = true;
 	} else if (timed) {
@@ -1244,7 +1244,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	fast = !deadline && o->parent == NULL && o->delay == 0;
 	t->iso = iso;
 	t->prio = (uint8_t)(o->priority - CTP_PRIORITY_LOW);
-	t->period = o->period;
+	t->periodic = o->period > 0;
 	t->fn = fn;
 	t->arg = arg;
 	t->done = o->done;
@@ -1276,6 +1276,9 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 			return r;
 		}
 		t->dres = true;
+		t->period = o->period;
+		t->resched = -1;
+		t->due_idx = CTP__HEAP_NONE;
 		/* a delay-0 periodic task's grid starts now (it may be
 		 * linked at its admission); a delayed one's due time is set
 		 * below, from its acceptance, like its deadline */
@@ -1456,7 +1459,7 @@ static void close_queue(ctp_pool *pool)
 		for (t = atomic_load_explicit(&q->head[p],
 		    memory_order_relaxed); t != NULL; t = next) {
 			next = t->qnext;
-			if (t->period > 0) {
+			if (t->periodic) {
 				q_unlink(q, t, &a);
 				t->qnext = ended;
 				ended = t;
@@ -1465,7 +1468,7 @@ static void close_queue(ctp_pool *pool)
 	}
 	for (size_t i = 0; i < tm->dlen; i++) {
 		t = tm->dues[i];
-		if (t->period > 0) {
+		if (t->periodic) {
 			t->due_idx = CTP__HEAP_NONE;
 			t->qstate = CTP__Q_OUT;
 			q_release(q, &a);

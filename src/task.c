@@ -139,10 +139,10 @@ int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
 	atomic_init(&t->fin, 0);
 	t->free_next = NULL;
 	t->iso = NULL;
-	t->due = 0;
-	t->period = 0;
-	t->resched = -1;
-	t->due_idx = CTP__HEAP_NONE;
+	/* due, period, resched and due_idx (the object's last line) are
+	 * written only for a scheduled task (submit, reschedule): a plain
+	 * task never touches that line */
+	t->periodic = false;
 	t->prio = (uint8_t)(CTP_PRIORITY_NORMAL - CTP_PRIORITY_LOW);
 	t->ran = false;
 	t->dres = false;
