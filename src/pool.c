@@ -640,7 +640,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 {
 	struct ctp__runq *q;
 	struct after a = { 0 };
-	bool reserved = false;
+	bool reserved = false, heap;
 	ctp_pool *pool;
 	int64_t now, due;
 	uint32_t s, phase;
@@ -653,15 +653,18 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	pool = t->pool;
 	q = &pool->runq;
 	pthread_mutex_lock(&pool->timer.lock);
+	now = ctp__now_ns();
+	due = add_sat(now, delay);
+	/* where place() will put it: the due heap unless it is due now and
+	 * its deadline is later (deadline: immutable since its submit) */
+	heap = due > now || (t->deadline != 0 && t->deadline <= due);
 	/* a place in the due heap first (it arms the fire's side before
 	 * the look at the token below: ctp__pool_unqueue); a failure only
 	 * matters if the task turns out to wait */
-	if (delay > 0 && !t->dres) {
+	if (heap && !t->dres) {
 		r = ctp__timer_dreserve(pool);
 		reserved = r == 0;
 	}
-	now = ctp__now_ns();
-	due = add_sat(now, delay);
 	q_lock(q);
 	s = atomic_load(&t->token.state);
 	phase = s & CTP__PHASE_MASK;
@@ -675,14 +678,14 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 		if (t->periodic)
 			t->resched = due;
 		r = -EINPROGRESS;
-	} else if (delay > 0 && !t->dres && !reserved) {
+	} else if (heap && !t->dres && !reserved) {
 		/* r: why the due heap could not take it */
 	} else {
 		if (t->qstate == CTP__Q_LINKED)
 			q_unhook(q, t);
 		else
 			ctp__timer_ddelete(pool, t);
-		if (delay > 0 && !t->dres) {
+		if (heap && !t->dres) {
 			t->dres = true; /* our reservation is the task's now */
 			reserved = false;
 		}
