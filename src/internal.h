@@ -690,10 +690,6 @@ CTP__HIDDEN int  ctp__timer_dreserve(ctp_pool *pool);
 CTP__HIDDEN void ctp__timer_dunreserve(ctp_pool *pool);
 CTP__HIDDEN void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t);
 CTP__HIDDEN void ctp__timer_ddelete(ctp_pool *pool, ctp_task *t);
-/* t->due changed: moves it in the heap */
-CTP__HIDDEN void ctp__timer_dfix(ctp_pool *pool, ctp_task *t);
-/* After a heap change that may make t's due time the earliest. */
-CTP__HIDDEN void ctp__timer_dkick(ctp_pool *pool, ctp_task *t);
 /* Rebuilds the heap after its array was compacted (dues[0..dlen)). */
 CTP__HIDDEN void ctp__timer_dheapify(ctp_pool *pool);
 /* No more deadlines fire; the callback thread ends what is queued, then

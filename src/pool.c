@@ -511,7 +511,6 @@ static int64_t add_sat(int64_t a, int64_t b) /* a, b >= 0 */
  * ends it (found by the fuzzer: linked at once because its due time had
  * passed, it could start before the late timer fired its deadline);
  * internal.h, ctp__task_due_first. */
-#define due_first ctp__task_due_first
 _Static_assert(CTP_PRIORITY_LOW == -1 && CTP_PRIORITY_HIGH == 1,
     "submit's priority check and the list index assume -1..1");
 
@@ -523,7 +522,7 @@ static void place(ctp_pool *pool, ctp_task *t, int64_t now, struct after *a)
 	struct ctp__runq *q = &pool->runq;
 
 	CTP__ASSERT_HELD(&pool->timer.lock);
-	if (t->due <= now && due_first(t)) {
+	if (t->due <= now && ctp__task_due_first(t)) {
 		q_link(q, t);
 		q_wake_for_work(q, a);
 	} else {
@@ -549,7 +548,7 @@ void ctp__pool_promote(ctp_pool *pool, int64_t now)
 
 		/* one whose deadline is not later waits for that (the
 		 * timer handles a deadline before a due time on a tie) */
-		if (t->due > now || !due_first(t))
+		if (t->due > now || !ctp__task_due_first(t))
 			break;
 		ctp__timer_ddelete(pool, t);
 		q_link(q, t);
@@ -591,29 +590,34 @@ static bool requeue(ctp_pool *pool, ctp_task *t, bool ran)
 
 	if (ran)
 		t->ran = true;
-	/* seq_cst (a release of `ran`): RUNNING -> QUEUED unless it fired;
-	 * from here a fire may catch it queued, and then finishes the
-	 * series (its unqueue finds it HELD, or OUT once placed) */
-	if (!atomic_compare_exchange_strong(&t->token.state, &s,
-	    CTP__PHASE_QUEUED))
-		return false;
 	CTP__PERTURB();
 	pthread_mutex_lock(&pool->timer.lock);
 	q_lock(q);
-	if (t->qstate == CTP__Q_HELD) {
-		if (atomic_load_explicit(&q->closed, memory_order_relaxed)) {
-			shut = true;
-		} else {
-			int64_t now = ctp__now_ns();
+	/* seq_cst (a release of `ran`): RUNNING -> QUEUED unless it fired.
+	 * Under the locks, so whoever looks under them (a reschedule) never
+	 * sees the task QUEUED between runs but not yet placed. From here
+	 * a fire may catch it queued, and then finishes the series (its
+	 * unqueue, after our unlock, finds it placed, or HELD when closed) */
+	if (!atomic_compare_exchange_strong(&t->token.state, &s,
+	    CTP__PHASE_QUEUED)) {
+		q_unlock(q, &a);
+		pthread_mutex_unlock(&pool->timer.lock);
+		return false;
+	}
+	/* a fire catches it queued only from here: it is still HELD */
+	assert(t->qstate == CTP__Q_HELD);
+	if (atomic_load_explicit(&q->closed, memory_order_relaxed)) {
+		shut = true;
+	} else {
+		int64_t now = ctp__now_ns();
 
-			q->held--;
-			/* the queue's reference for the next run (the one we
-			 * popped goes at this worker's next lock) */
-			ctp__token_ref(&t->token);
-			t->due = next_due(t, now);
-			place(pool, t, now, &a);
-		}
-	} /* else a fire caught it queued: that fire finishes the series */
+		q->held--;
+		/* the queue's reference for the next run (the one we popped
+		 * goes at this worker's next lock) */
+		ctp__token_ref(&t->token);
+		t->due = next_due(t, now);
+		place(pool, t, now, &a);
+	}
 	q_unlock(q, &a);
 	pthread_mutex_unlock(&pool->timer.lock);
 	if (shut)
@@ -839,32 +843,27 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 	return NULL;
 }
 
-static bool requeue(ctp_pool *pool, ctp_task *t, bool ran);
-static void release_held(ctp_pool *pool, ctp_task *t);
-
 static void run_task(struct ctp__worker *w, ctp_task *t)
 {
 	ctp_pool *pool = w->pool;
+	/* a periodic series is not started again once a shutdown has
+	 * begun (a close racing this look may still let one run through) */
+	bool skip = t->periodic && atomic_load_explicit(&pool->runq.closed,
+	    memory_order_relaxed);
 	int status = 0;
 
 	/* relaxed: read only by a shutdown past its grace, after `stopping`
 	 * and the lock pass (which ordered this store before it) */
 	atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
+	if (!skip) {
+		atomic_store_explicit(&w->st_running, 1, memory_order_relaxed);
+		ctp__tls.task = t;
+		status = t->fn(t->arg, &t->token);
+		ctp__tls.task = NULL;
+		/* counted before the task can be seen finished (wait_idle) */
+		atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
+	}
 	if (t->periodic) {
-		/* a shutdown has begun: a series is not started again (a
-		 * close racing this look may still let one run through) */
-		bool skip = atomic_load_explicit(&pool->runq.closed,
-		    memory_order_relaxed);
-
-		if (!skip) {
-			atomic_store_explicit(&w->st_running, 1,
-			    memory_order_relaxed);
-			ctp__tls.task = t;
-			status = t->fn(t->arg, &t->token);
-			ctp__tls.task = NULL;
-			atomic_store_explicit(&w->st_running, 0,
-			    memory_order_relaxed);
-		}
 		if (requeue(pool, t, !skip)) {
 			atomic_store_explicit(&w->busy, 0,
 			    memory_order_relaxed);
@@ -877,16 +876,7 @@ static void run_task(struct ctp__worker *w, ctp_task *t)
 			ctp__task_finish_skipped(t);
 			return;
 		}
-		own_add64(&w->st_completed, 1, memory_order_relaxed);
-		ctp__task_finish_ran(t, status);
-		return;
 	}
-	atomic_store_explicit(&w->st_running, 1, memory_order_relaxed);
-	ctp__tls.task = t;
-	status = t->fn(t->arg, &t->token);
-	ctp__tls.task = NULL;
-	/* counted before the task can be seen finished (wait_idle) */
-	atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
 	if (t->iso == NULL || ctp__iso_outcome(t) == CTP__ISO_RAN)
 		own_add64(&w->st_completed, 1, memory_order_relaxed);
 	else

@@ -443,7 +443,9 @@ void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t)
 	tm->dues[tm->dlen] = t;
 	t->due_idx = tm->dlen++;
 	sift_up(tm, true, t->due_idx);
-	ctp__timer_dkick(pool, t);
+	/* a new earliest due time: re-arm the timer thread's wait */
+	if (tm->dues[0] == t)
+		pthread_cond_signal(&tm->cond);
 }
 
 void ctp__timer_ddelete(ctp_pool *pool, ctp_task *t)
@@ -457,25 +459,6 @@ void ctp__timer_ddelete(ctp_pool *pool, ctp_task *t)
 	if (t->due_idx == 0)
 		pthread_cond_signal(&pool->timer.cond);
 	heap_delete(&pool->timer, true, t->due_idx);
-}
-
-void ctp__timer_dfix(ctp_pool *pool, ctp_task *t)
-{
-	struct ctp__timer *tm = &pool->timer;
-
-	CTP__ASSERT_HELD(&tm->lock);
-	sift_down(tm, true, t->due_idx);
-	sift_up(tm, true, t->due_idx);
-	ctp__timer_dkick(pool, t);
-}
-
-void ctp__timer_dkick(ctp_pool *pool, ctp_task *t)
-{
-	struct ctp__timer *tm = &pool->timer;
-
-	/* a new earliest due time: re-arm the timer thread's wait */
-	if (tm->dlen != 0 && tm->dues[0] == t)
-		pthread_cond_signal(&tm->cond);
 }
 
 void ctp__timer_dheapify(ctp_pool *pool)
