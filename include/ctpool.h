@@ -271,7 +271,11 @@ CTP_EXPORT int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace);
  * child of fork() (nothing is freed: the child's copy is left alone).
  * Must not race any other call on the same pool; after it returns the pool
  * must not be used. Task handles still held stay valid (ctp_task_state,
- * ctp_task_wait, ctp_task_cancel, ctp_task_release). */
+ * ctp_task_wait, ctp_task_cancel, ctp_task_release). Each thread that
+ * submits keeps a few spare task objects (at most 32) of the last pool it
+ * submitted to; those of another thread than the caller, and the pool's
+ * memory with them, are freed when that thread submits to another pool or
+ * exits. */
 CTP_EXPORT int ctp_pool_destroy(ctp_pool *pool);
 
 /* Waits until no task is queued or running and every done has returned.

@@ -29,7 +29,8 @@
  *                         idle workers, each worker's current (taken
  *                         under a token lock by a fire's retire; no
  *                         other lock is taken while it is held)
- *   pool->alloc_lock      the submitters' part of the task free list
+ *   pool->alloc_lock      the allocators' part of the task free list
+ *                         (taken once per batch of objects)
  *   iso->lock             the worker-process slots (isolated.c; never
  *                         held while another lock is taken)
  *   server->lock          the fork server's control socket (proc.c;
@@ -107,9 +108,9 @@
  *                                                          -> abandon
  *  pool.stopped (pool.c)      first shutdown after its     later shutdowns:
  *                             cancel step; wake            futex wait for 1
- *  pool.freed (task.c)        pushers CAS release;         allocator exchange
- *                             DEAD under alloc_lock        acquire, DEAD check
- *                                                          under alloc_lock
+ *  pool.freed (task.c)        pushers CAS release (a       allocator exchange
+ *                             batch); DEAD under           acquire, DEAD check
+ *                             alloc_lock                   under alloc_lock
  *  pool.started (pool.c)      worker after on_thread_start create waits for n
  *  pool.refs                  owner, threads, task objects acq_rel on the drop
  *                                                          that frees
@@ -468,13 +469,18 @@ struct ctp_task {
 	 * more lines cost a miss per task) */
 	ctp_pool        *pool;      /* immutable; the object holds a pool ref */
 	union {
-		ctp_task *free_next; /* in pool->freed (owned by the pusher
-		                        until its CAS) or pool->spare */
+		ctp_task *free_next; /* the next object of its free batch
+		                        (task.c), owned by whoever holds the
+		                        batch */
 		ctp_task *qnext;     /* in the run queue (pool.c): runq.lock;
 		                        a task leaves the queue before it can be
 		                        freed */
 	};
-	ctp_task        *qprev;     /* runq.lock */
+	union {
+		ctp_task *qprev;     /* runq.lock */
+		ctp_task *free_batch; /* a batch's first object: the next batch
+		                        in pool->freed or pool->spare */
+	};
 	ctp_done_fn      done;      /* set before publication */
 	void            *arg;
 	int64_t          deadline;  /* ns, CLOCK_MONOTONIC; 0 = none */
@@ -548,6 +554,9 @@ CTP__HIDDEN void ctp__task_dealloc(ctp_task *t);
 CTP__HIDDEN void ctp__task_free(ctp_task *t);
 /* Gives a worker's cached free task objects to the pool. */
 CTP__HIDDEN void ctp__task_cache_flush(struct ctp__worker *w);
+/* Gives this thread's allocation cache back to its pool if it is pool's
+ * (ctp_pool_destroy, before it frees the list). */
+CTP__HIDDEN void ctp__task_cache_return(ctp_pool *pool);
 /*
  * A fire call finishes the tasks it caught queued in two passes over its
  * list, one pool at a time (a run of the list's tasks of one pool is a
@@ -623,6 +632,15 @@ struct ctp__done_frame {
 	const ctp_task         *task;
 	struct ctp__done_frame *prev;
 };
+/* A thread's allocation cache (task.c): task objects of one pool, taken
+ * a batch at a time from the pool's free list or freed by this thread. */
+struct ctp__acache {
+	ctp_pool *pool;      /* whose objects `list` holds; NULL when empty */
+	ctp_task *list;      /* chained by free_next */
+	unsigned  n;
+	bool      keyed;     /* the exit destructor is registered */
+};
+
 struct ctp__tls {
 	const ctp_pool         *pool;   /* worker or timer thread of this pool */
 	struct ctp__worker     *worker; /* this thread's worker, if it is one */
@@ -630,6 +648,7 @@ struct ctp__tls {
 	struct ctp__done_frame *dones;  /* innermost done callback first */
 	struct ctp__fire       *fires;  /* fire calls in progress here,
 	                                   innermost first */
+	struct ctp__acache      alloc;  /* this thread's spare task objects */
 };
 /* initial-exec: one instruction per access instead of a __tls_get_addr
  * call (the library is linked, not dlopen'ed late: glibc keeps room for a
@@ -848,7 +867,8 @@ struct ctp__worker {
 	_Atomic uint64_t finished;  /* tasks this worker finished (pool.c,
 	                               "Idle"); single writer, seq_cst store */
 	/* task objects this worker freed, pushed to pool->freed in batches
-	 * (task.c); only this thread touches them */
+	 * (task.c) or taken by its own submits; only this thread touches
+	 * them */
 	ctp_task       *cache, *cache_tail;
 	unsigned        ncache;
 	_Atomic uint32_t park;      /* futex word: 1 while it sleeps unclaimed;
@@ -963,14 +983,19 @@ struct ctp_pool {
 	bool               joined;          /* lock: every thread joined or
 	                                       (abandoned, at destroy) detached */
 	struct ctp__timer  timer;
-	/* task free list, in two parts so that workers (which free) never
-	 * contend with submitters (which allocate) on a lock: */
+	/* task free list: a stack of batches (up to CACHE_BATCH objects
+	 * each, chained by free_next; batches by free_batch), in two parts
+	 * so that workers (which free) never contend with submitters (which
+	 * allocate) on a lock, and a submitter takes the lock once per
+	 * batch (task.c): */
 	CTP__LINE _Atomic(ctp_task *) freed; /* pushed by any thread with a CAS;
 	                                       taken whole by an allocator
 	                                       (exchange, so no ABA); once
 	                                       destroyed: CTP__FREED_DEAD */
-	CTP__LINE pthread_mutex_t alloc_lock; /* submitters among themselves */
-	ctp_task          *spare;           /* alloc_lock: the allocator's part */
+	CTP__LINE pthread_mutex_t alloc_lock; /* allocators refilling their
+	                                       caches among themselves */
+	ctp_task          *spare;           /* alloc_lock: the allocators'
+	                                       part, batches */
 	/* immutable after create */
 	CTP__LINE ctp_pool_opts opts;
 	char               name[16];

@@ -1636,9 +1636,13 @@ int ctp_pool_destroy(ctp_pool *pool)
 	}
 	pthread_mutex_unlock(&pool->lock);
 
-	/* Free both parts of the free list. An abandoned thread of the pool
-	 * may be allocating (its submit then fails with -ESHUTDOWN): the list
-	 * turns DEAD under alloc_lock, and objects freed later see DEAD. */
+	/* Free both parts of the free list, with this thread's cache. An
+	 * abandoned thread of the pool may be allocating (its submit then
+	 * fails with -ESHUTDOWN): the list turns DEAD under alloc_lock, and
+	 * objects freed later see DEAD. Another thread's cache keeps its
+	 * objects (at most 32) and with them the pool's memory
+	 * until that thread allocates from another pool or exits. */
+	ctp__task_cache_return(pool);
 	pthread_mutex_lock(&pool->alloc_lock);
 	list = atomic_exchange_explicit(&pool->freed, CTP__FREED_DEAD,
 	    memory_order_acquire);
@@ -1646,9 +1650,14 @@ int ctp_pool_destroy(ctp_pool *pool)
 	pool->spare = NULL;
 	pthread_mutex_unlock(&pool->alloc_lock);
 	for (int part = 0; part < 2; part++) {
-		while ((t = list) != NULL) {
-			list = t->free_next;
-			ctp__task_dealloc(t);
+		while (list != NULL) {
+			ctp_task *batch = list;
+
+			list = batch->free_batch;
+			while ((t = batch) != NULL) {
+				batch = t->free_next;
+				ctp__task_dealloc(t);
+			}
 		}
 		list = spare;
 	}

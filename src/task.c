@@ -46,13 +46,25 @@
  *   before it was linked), the handle's (if the caller asked for one), and temporary ones (timer,
  *   fire calls, shutdown).
  *   The object goes back to the pool's free list when the last one goes, or
- *   is freed if the pool has been destroyed (`freed` is DEAD). A worker
- *   keeps the objects it frees in its own cache and pushes them to the
- *   shared list 32 at a time (and before it parks or exits), so workers do
- *   not contend on the list per task. Each object holds a reference on its
- *   pool, so a handle can outlive ctp_pool_destroy. ctp__task_alloc checks
- *   DEAD under alloc_lock, which ctp_pool_destroy holds while it frees the
- *   list: an abandoned thread of the pool that submits gets -ESHUTDOWN.
+ *   is freed if the pool has been destroyed (`freed` is DEAD). Objects
+ *   travel in batches of up to 32, so no thread touches a shared word per
+ *   task: a worker keeps the objects it frees in its own cache (its own
+ *   submits take from it) and pushes them to the pool's list as one batch
+ *   (one CAS) when 32 are there, and before it parks or exits; a thread
+ *   that allocates takes one batch into its own cache (ctp__tls.alloc)
+ *   under alloc_lock and allocates from it without any lock until it is
+ *   empty; objects it frees itself (a cancel) go there too, and a full
+ *   cache (32) goes back to the pool as one batch.
+ *   A thread's cache holds one pool's objects: allocating from another
+ *   pool gives it back first, and so do the thread's exit (a
+ *   pthread_key destructor) and ctp_pool_destroy on that thread; another
+ *   thread's cache keeps the destroyed pool's memory (at most 32
+ *   objects) until one of those happens. Each object holds a reference
+ *   on its pool, so a handle or a cache can outlive ctp_pool_destroy.
+ *   The refill checks DEAD under alloc_lock, which ctp_pool_destroy
+ *   holds while it frees the list: an abandoned thread of the pool that
+ *   submits gets -ESHUTDOWN (from the refill, or from the closed queue if
+ *   its cache still had an object).
 
  *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
  *   in 1 (release, after writing status) and wakes only if bit 1 was set.
@@ -97,27 +109,140 @@ static bool in_own_task(const ctp_task *t)
 
 /* ---- allocation --------------------------------------------------------- */
 
-int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
-{
-	ctp_task *t;
+/* Objects move between threads in batches of up to this many: a worker
+ * pushes what it freed to the pool's list one batch per CAS, and an
+ * allocating thread takes one batch per alloc_lock. */
+#define CACHE_BATCH 32
 
+static pthread_key_t  cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+/* Pushes the batch first..last (chained by free_next, last->free_next
+ * NULL) onto pool->freed (release: the objects' last writes and links
+ * before an allocator takes them). Only whole-list exchanges take from
+ * it, so a head seen here cannot be popped and pushed back under us (no
+ * ABA). Once the pool is destroyed the head stays DEAD for good and no
+ * push can succeed: the objects are freed. */
+static void push_freed(ctp_pool *pool, ctp_task *first, ctp_task *last)
+{
+	ctp_task *head = atomic_load_explicit(&pool->freed,
+	    memory_order_relaxed);
+
+	last->free_next = NULL;
+	do {
+		if (head == CTP__FREED_DEAD) {
+			while (first != NULL) {
+				ctp_task *next = first->free_next;
+
+				ctp__task_dealloc(first);
+				first = next;
+			}
+			return;
+		}
+		first->free_batch = head;
+	} while (!atomic_compare_exchange_weak_explicit(&pool->freed, &head,
+	    first, memory_order_release, memory_order_relaxed));
+}
+
+/* Gives this thread's cache back to its pool as one batch. */
+static void acache_flush(struct ctp__acache *c)
+{
+	ctp_task *last;
+
+	if (c->list == NULL)
+		return;
+	for (last = c->list; last->free_next != NULL; last = last->free_next)
+		; /* at most CACHE_BATCH, lines this thread wrote or will */
+	push_freed(c->pool, c->list, last); /* may free the pool (DEAD) */
+	c->list = NULL;
+	c->pool = NULL;
+	c->n = 0;
+}
+
+static void acache_exit(void *arg)
+{
+	struct ctp__acache *c = arg;
+
+	acache_flush(c);
+	c->keyed = false; /* a later use on this thread registers again */
+}
+
+static void cache_key_create(void)
+{
+	if (pthread_key_create(&cache_key, acache_exit) != 0)
+		abort(); /* only EAGAIN (out of keys) at the first alloc */
+}
+
+void ctp__task_cache_return(ctp_pool *pool)
+{
+	if (ctp__tls.alloc.pool == pool)
+		acache_flush(&ctp__tls.alloc);
+}
+
+/* Takes one batch of pool's free objects into this thread's (empty)
+ * cache. Returns -ESHUTDOWN once the pool is destroyed (only an abandoned
+ * thread of the pool can get here then). */
+static int acache_refill(struct ctp__acache *c, ctp_pool *pool)
+{
+	ctp_task *b;
+	unsigned n = 0;
+
+	if (!c->keyed) {
+		/* the destructor gives the cache back when the thread exits */
+		pthread_once(&cache_once, cache_key_create);
+		pthread_setspecific(cache_key, c);
+		c->keyed = true;
+	}
 	pthread_mutex_lock(&pool->alloc_lock);
 	if (pool->spare == NULL) {
-		/* ctp_pool_destroy makes the list DEAD under this lock (after
-		 * it, only an abandoned thread of the pool can get here) */
+		/* ctp_pool_destroy makes the list DEAD under this lock */
 		if (atomic_load_explicit(&pool->freed, memory_order_relaxed) ==
 		    CTP__FREED_DEAD) {
 			pthread_mutex_unlock(&pool->alloc_lock);
 			return -ESHUTDOWN;
 		}
-		/* acquire: the pushers' writes to free_next */
+		/* acquire: the pushers' writes to the objects and links */
 		pool->spare = atomic_exchange_explicit(&pool->freed, NULL,
 		    memory_order_acquire);
 	}
-	t = pool->spare;
-	if (t != NULL)
-		pool->spare = t->free_next;
+	b = pool->spare;
+	if (b != NULL)
+		pool->spare = b->free_batch;
 	pthread_mutex_unlock(&pool->alloc_lock);
+	for (ctp_task *t = b; t != NULL; t = t->free_next)
+		n++;
+	c->list = b;
+	c->n = n;
+	c->pool = b != NULL ? pool : NULL;
+	return 0;
+}
+
+int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
+{
+	struct ctp__worker *w = ctp__tls.worker;
+	struct ctp__acache *c = &ctp__tls.alloc;
+	ctp_task *t = NULL;
+	int r;
+
+	if (w != NULL && w->pool == pool && w->cache != NULL) {
+		/* a task submitting from a worker: what the worker freed */
+		t = w->cache;
+		w->cache = t->free_next;
+		if (w->cache == NULL)
+			w->cache_tail = NULL;
+		w->ncache--;
+	} else {
+		if (c->list == NULL || c->pool != pool) {
+			acache_flush(c); /* another pool's objects */
+			if ((r = acache_refill(c, pool)) != 0)
+				return r;
+		}
+		if ((t = c->list) != NULL) {
+			c->list = t->free_next;
+			if (--c->n == 0)
+				c->pool = NULL;
+		}
+	}
 	if (t == NULL) {
 		t = malloc(sizeof(*t));
 		if (t == NULL)
@@ -162,36 +287,6 @@ void ctp__task_dealloc(ctp_task *t)
 	ctp__pool_put(pool);
 }
 
-/* Pushes the chain first..last onto pool->freed (release: the objects'
- * last writes and free_next before an allocator takes them). Only
- * whole-list exchanges take from it, so a head seen here cannot be popped
- * and pushed back under us (no ABA). Once the pool is destroyed the head
- * stays DEAD for good and no push can succeed: the objects are freed. */
-static void push_freed(ctp_pool *pool, ctp_task *first, ctp_task *last)
-{
-	ctp_task *head = atomic_load_explicit(&pool->freed,
-	    memory_order_relaxed);
-
-	do {
-		if (head == CTP__FREED_DEAD) {
-			while (first != NULL) {
-				ctp_task *next = first == last ? NULL :
-				    first->free_next;
-
-				ctp__task_dealloc(first);
-				first = next;
-			}
-			return;
-		}
-		last->free_next = head;
-	} while (!atomic_compare_exchange_weak_explicit(&pool->freed, &head,
-	    first, memory_order_release, memory_order_relaxed));
-}
-
-/* Objects a worker frees wait in its own cache and go to the pool this
- * many at a time: one CAS on the shared list per batch, not per task. */
-#define CACHE_BATCH 32
-
 void ctp__task_cache_flush(struct ctp__worker *w)
 {
 	if (w->cache == NULL)
@@ -205,6 +300,7 @@ void ctp__task_free(ctp_task *t)
 {
 	ctp_pool *pool = t->pool;
 	struct ctp__worker *w = ctp__tls.worker;
+	struct ctp__acache *c = &ctp__tls.alloc;
 
 	/* ctp__token_put unlinked it; the mutex stays for the next use */
 	ctp__token_release_fd(&t->token);
@@ -219,6 +315,17 @@ void ctp__task_free(ctp_task *t)
 			w->cache_tail = t;
 		if (++w->ncache >= CACHE_BATCH)
 			ctp__task_cache_flush(w);
+		return;
+	}
+	if (c->keyed && (c->pool == pool || c->pool == NULL)) {
+		/* a canceller's or submitter's own next allocation; a full
+		 * cache goes to the pool as one batch (a group cancel frees
+		 * many here) */
+		t->free_next = c->list;
+		c->list = t;
+		c->pool = pool;
+		if (++c->n >= CACHE_BATCH)
+			acache_flush(c);
 		return;
 	}
 	push_freed(pool, t, t);

@@ -9,7 +9,9 @@
  * mix of outcomes, ctp_pool_wait_idle (idle, busy, waiting for done, several
  * waiters), -EDEADLK for calls that would wait for the pool from its own
  * threads (task, worker done, done run by a canceller, timer done), calls
- * into another pool and submits from inside a task, ctp_strerror, and that
+ * into another pool and submits from inside a task, task objects cached by a
+ * thread across pools, its exit and a destroy on another thread,
+ * ctp_strerror, and that
  * ctpool.h pulls in no Concurrency Kit header.
  *
  * Determinism: workers are parked on semaphores; only the test's own thread
@@ -956,6 +958,93 @@ static void test_pool_submit_from_task(void **state)
 }
 
 /*
+ * Task objects travel in per-thread batches (task.c): a thread keeps a
+ * few spare objects of the last pool it allocated from. Nothing may leak
+ * or be touched after free (the ASan build checks) when that pool is
+ * destroyed by another thread while the cache still holds its objects, when
+ * the thread then allocates from another pool, when it cancels (its frees
+ * go to its cache) and when it exits with a full cache.
+ */
+struct hopper {
+	ctp_pool        *a, *b;
+	sem_t            a_done;  /* the hopper is through with pool a */
+	sem_t            a_gone;  /* main destroyed pool a */
+	_Atomic unsigned ran;
+	int              ret;     /* first failure, or 0 */
+};
+
+static int hop_fn(void *arg, ctp_token *token)
+{
+	struct hopper *h = arg;
+
+	(void)token;
+	atomic_fetch_add(&h->ran, 1);
+	return 0;
+}
+
+static void hop_note(struct hopper *h, int r)
+{
+	if (r != 0 && h->ret == 0)
+		h->ret = r;
+}
+
+static void *hopper_main(void *arg)
+{
+	struct hopper *h = arg;
+	ctp_task_opts o = { .queue_wait = CTP_FOREVER };
+
+	for (int i = 0; i < 200; i++)
+		hop_note(h, ctp_pool_submit(h->a, hop_fn, h, &o, NULL));
+	hop_note(h, ctp_pool_wait_idle(h->a, BOUND));
+	tu_sem_post(&h->a_done);
+	tu_sem_wait(&h->a_gone);
+	/* the cache still holds pool a's objects: this gives them back */
+	for (int i = 0; i < 200; i++)
+		hop_note(h, ctp_pool_submit(h->b, hop_fn, h, &o, NULL));
+	/* cancels free objects on this thread, into its cache */
+	for (int i = 0; i < 100; i++) {
+		ctp_task *t = NULL;
+		ctp_task_opts d = { .queue_wait = CTP_FOREVER,
+		                    .delay = CTP_SEC(3600) };
+
+		hop_note(h, ctp_pool_submit(h->b, hop_fn, h, &d, &t));
+		hop_note(h, ctp_task_cancel(t));
+		ctp_task_release(t);
+	}
+	hop_note(h, ctp_pool_wait_idle(h->b, BOUND));
+	return NULL; /* exits with pool b's objects in its cache */
+}
+
+static void test_pool_task_objects_follow_threads_and_pools(void **state)
+{
+	(void)state;
+	struct hopper h;
+	pthread_t th;
+
+	memset(&h, 0, sizeof(h));
+	h.a = pool_new(2, 0);
+	h.b = pool_new(2, 0);
+	tu_sem_init(&h.a_done, 0);
+	tu_sem_init(&h.a_gone, 0);
+	assert_int_equal(pthread_create(&th, NULL, hopper_main, &h), 0);
+	tu_sem_wait(&h.a_done);
+	assert_int_equal(ctp_pool_destroy(h.a), 0);
+	tu_sem_post(&h.a_gone);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(h.ret, 0);
+	assert_int_equal(atomic_load(&h.ran), 400);
+	assert_int_equal(stats_of(h.b).cancelled, 100);
+	/* and this thread's own cache, given back by the destroy */
+	for (int i = 0; i < 50; i++)
+		assert_int_equal(ctp_pool_submit(h.b, hop_fn, &h, NULL, NULL), 0);
+	assert_int_equal(ctp_pool_wait_idle(h.b, BOUND), 0);
+	assert_int_equal(ctp_pool_destroy(h.b), 0);
+	assert_int_equal(atomic_load(&h.ran), 450);
+	sem_destroy(&h.a_done);
+	sem_destroy(&h.a_gone);
+}
+
+/*
  * A submit waiting for room whose parent fires with -ETIMEDOUT (the parent
  * task's own deadline) returns the parent's reason, as for any other
  * reason, and is not a rejection (before: -EAGAIN, counted rejected).
@@ -1137,6 +1226,7 @@ int main(void)
 		cmocka_unit_test(test_pool_calls_into_other_pool_from_task),
 		cmocka_unit_test(test_pool_submit_from_task),
 		cmocka_unit_test(test_pool_submit_parent_timed_out_while_waiting),
+		cmocka_unit_test(test_pool_task_objects_follow_threads_and_pools),
 		cmocka_unit_test(test_pool_idle_workers_all_start),
 		cmocka_unit_test(test_pool_strerror_names_every_code),
 	};
