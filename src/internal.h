@@ -138,6 +138,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "ctpool.h"
@@ -838,9 +839,36 @@ CTP__HIDDEN void ctp__iso_kill_all(ctp_pool *pool);
 /* Stops the fork server and every worker (idempotent). */
 CTP__HIDDEN void ctp__iso_stop(ctp_pool *pool);
 CTP__HIDDEN void ctp__iso_free(ctp_pool *pool);
-CTP__HIDDEN void ctp__iso_task_free(struct ctp__iso *iso);
+/* One isolated task's record, kept with its task object (task->iso):
+ * written by isolated.c, freed with the object (task.c). */
+struct ctp__iso {
+	ctp_isolated_fn fn;
+	void           *in;       /* the input copy, freed once sent */
+	size_t          in_len;
+	char           *out;      /* output received; written by the
+	                             dispatcher, read after the task finished */
+	size_t          out_len, out_cap;
+	int             exit_signal;
+	enum ctp__iso_outcome outcome;
+};
+
+static inline void ctp__iso_task_free(struct ctp__iso *iso)
+{
+	free(iso->in);
+	free(iso->out);
+	free(iso);
+}
+/* Makes the record of an isolated task of pool (ctp_pool_submit_isolated
+ * checked the arguments): 0 with *out and the task function *run, or
+ * -ENOTSUP (no processes), -EMSGSIZE, -ENOMEM. */
+CTP__HIDDEN int  ctp__iso_new(ctp_pool *pool, ctp_isolated_fn fn,
+                              const void *in, size_t in_len,
+                              struct ctp__iso **out, ctp_task_fn *run);
 /* The outcome of a finished isolated task (RAN for others). */
-CTP__HIDDEN enum ctp__iso_outcome ctp__iso_outcome(const ctp_task *t);
+static inline enum ctp__iso_outcome ctp__iso_outcome(const ctp_task *t)
+{
+	return t->iso != NULL ? t->iso->outcome : CTP__ISO_RAN;
+}
 CTP__HIDDEN void ctp__iso_stats(ctp_pool *pool, ctp_stats *s);
 /* Counts a finished isolated task whose outcome is not RAN. */
 CTP__HIDDEN void ctp__iso_count(ctp_pool *pool, const ctp_task *t,
@@ -1008,10 +1036,6 @@ struct ctp_pool {
 };
 
 CTP__HIDDEN void ctp__pool_ref(ctp_pool *pool);
-/* ctp_pool_submit of an isolated task (fn = its trampoline); takes iso. */
-CTP__HIDDEN int  ctp__pool_submit_iso(ctp_pool *pool, ctp_task_fn fn,
-                                      void *arg, const ctp_task_opts *opts,
-                                      ctp_task **task, struct ctp__iso *iso);
 CTP__HIDDEN void ctp__pool_put(ctp_pool *pool);
 CTP__HIDDEN void ctp__pool_thread_exit(ctp_pool *pool);
 /* n tasks' done have returned: counts them finished, wakes idle waiters. */

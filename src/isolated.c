@@ -4,7 +4,10 @@
  * Design notes
  *   An isolated task is a task of the pool whose fn is iso_run, with its
  *   record in task->iso (the user's function, a copy of the input, the
- *   output as it arrives, the exit signal, the outcome). The worker thread
+ *   output as it arrives, the exit signal, the outcome; internal.h).
+ *   ctp_pool_submit_isolated (pool.c) makes it here (ctp__iso_new) and
+ *   submits it like any task, so this file calls no pool.c function: the
+ *   pool calls down into it. The worker thread
  *   that starts it:
  *     1. takes a free worker process ("slot"), waiting on `freed` (an event
  *        count, so the task's token ends the wait); a slot whose process
@@ -52,17 +55,6 @@
 
 #define DEFAULT_MAX_IO   ((size_t)64 << 20)
 #define DEFAULT_KILL     CTP_SEC(1)
-
-struct ctp__iso {
-	ctp_isolated_fn fn;
-	void           *in;       /* the input copy, freed once sent */
-	size_t          in_len;
-	char           *out;      /* output received; written by the
-	                             dispatcher, read after the task finished */
-	size_t          out_len, out_cap;
-	int             exit_signal;
-	enum ctp__iso_outcome outcome;
-};
 
 struct slot {
 	struct ctp__proc p;    /* lock while not busy; the taker's while busy */
@@ -231,18 +223,6 @@ void ctp__iso_stats(ctp_pool *pool, ctp_stats *s)
 }
 
 /* ---- one task ----------------------------------------------------------- */
-
-void ctp__iso_task_free(struct ctp__iso *iso)
-{
-	free(iso->in);
-	free(iso->out);
-	free(iso);
-}
-
-enum ctp__iso_outcome ctp__iso_outcome(const ctp_task *t)
-{
-	return t->iso != NULL ? t->iso->outcome : CTP__ISO_RAN;
-}
 
 void ctp__iso_count(ctp_pool *pool, const ctp_task *t, int status)
 {
@@ -714,16 +694,11 @@ static int iso_run(void *arg, ctp_token *token)
 
 /* ---- public API --------------------------------------------------------- */
 
-int ctp_pool_submit_isolated(ctp_pool *pool, ctp_isolated_fn fn,
-                             const void *in, size_t in_len, void *arg,
-                             const ctp_task_opts *opts, ctp_task **task)
+int ctp__iso_new(ctp_pool *pool, ctp_isolated_fn fn, const void *in,
+                size_t in_len, struct ctp__iso **out, ctp_task_fn *run)
 {
 	struct ctp__iso *iso;
 
-	if (pool == NULL || fn == NULL || (in == NULL && in_len > 0))
-		return -EINVAL;
-	if (ctp__forked(pool->gen))
-		return -ECHILD;
 	if (pool->iso == NULL)
 		return -ENOTSUP;
 	if (in_len > pool->iso->max_io)
@@ -741,7 +716,9 @@ int ctp_pool_submit_isolated(ctp_pool *pool, ctp_isolated_fn fn,
 	}
 	iso->in_len = in_len;
 	iso->fn = fn;
-	return ctp__pool_submit_iso(pool, iso_run, arg, opts, task, iso);
+	*out = iso;
+	*run = iso_run;
+	return 0;
 }
 
 int ctp_task_output(ctp_task *task, const void **data, size_t *len)

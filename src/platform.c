@@ -22,6 +22,10 @@
 
 #include "internal.h"
 
+/* The library's thread-local state (internal.h): defined here, the lowest
+ * layer, because every file above reads it. */
+__thread struct ctp__tls ctp__tls __attribute__((tls_model("initial-exec")));
+
 #define NSEC 1000000000LL
 
 int64_t ctp__now_ns(void)

@@ -1340,11 +1340,23 @@ int ctp_pool_submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	return submit(pool, fn, arg, opts, task, NULL);
 }
 
-int ctp__pool_submit_iso(ctp_pool *pool, ctp_task_fn fn, void *arg,
-                         const ctp_task_opts *opts, ctp_task **task,
-                         struct ctp__iso *iso)
+/* An isolated task is a task whose fn (isolated.c) dispatches it to a
+ * worker process; its record goes with the object. */
+int ctp_pool_submit_isolated(ctp_pool *pool, ctp_isolated_fn fn,
+                             const void *in, size_t in_len, void *arg,
+                             const ctp_task_opts *opts, ctp_task **task)
 {
-	return submit(pool, fn, arg, opts, task, iso);
+	struct ctp__iso *iso;
+	ctp_task_fn run;
+	int r;
+
+	if (pool == NULL || fn == NULL || (in == NULL && in_len > 0))
+		return -EINVAL;
+	if (ctp__forked(pool->gen))
+		return -ECHILD;
+	if ((r = ctp__iso_new(pool, fn, in, in_len, &iso, &run)) != 0)
+		return r;
+	return submit(pool, run, arg, opts, task, iso);
 }
 
 /* ---- shutdown ----------------------------------------------------------- */

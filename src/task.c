@@ -79,8 +79,6 @@
 #define FIN_DONE    1u
 #define FIN_WAITERS 2u
 
-__thread struct ctp__tls ctp__tls __attribute__((tls_model("initial-exec")));
-
 bool ctp__is_pool_context(const ctp_pool *pool)
 {
 	const struct ctp__done_frame *f;
