@@ -538,7 +538,7 @@ struct ctp_task {
 
 /* False for a task whose deadline comes no later than its due time: it is
  * never made due (linked) by its due time; its deadline ends it (pool.c
- * place and ctp__pool_promote, timer.c). Read under timer->lock. */
+ * place and pool_promote, timer.c). Read under timer->lock. */
 static inline bool ctp__task_due_first(const ctp_task *t)
 {
 	return t->deadline == 0 || t->deadline > t->due;
@@ -677,7 +677,7 @@ struct ctp__timer {
 	                               reservation: a fire that reads it false
 	                               (seq_cst, after its CAS) caught no task
 	                               that can be in the due heap (pool.c,
-	                               ctp__pool_unqueue) */
+	                               pool_unqueue) */
 	bool            started;    /* both threads created; lock */
 	bool            running;    /* the timer thread has not exited; lock */
 	bool            stop;       /* lock */
@@ -705,7 +705,7 @@ CTP__HIDDEN void ctp__timer_remove(ctp_pool *pool, ctp_task *t);
 /* The due heap (timer->lock held): a reservation for one more task (starts
  * the threads, sets `armed`; 0, -ENOMEM, -ESHUTDOWN), its release, and the
  * heap operations; pool.c decides what goes in and comes out (the timer
- * thread calls ctp__pool_promote when the first task is due). */
+ * thread calls pool_promote when the first task is due). */
 CTP__HIDDEN int  ctp__timer_dreserve(ctp_pool *pool);
 CTP__HIDDEN void ctp__timer_dunreserve(ctp_pool *pool);
 CTP__HIDDEN void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t);
@@ -963,6 +963,57 @@ struct ctp__runq {
 };
 
 /*
+ * The way up. Files call only the layers below them (platform, ring ->
+ * token -> queue, proc -> timer -> task -> isolated -> pool); what a lower
+ * file must have done above it goes through this one table, which pool.c
+ * (the top) fills and every pool points to (pool->up, immutable): a task
+ * telling its pool it finished, the timer making tasks due, and a token's
+ * fire retiring and completing the tasks it catches (reached through the
+ * task's pool).
+ */
+struct ctp__pool_up {
+	/* the last reference went (ctp__pool_put): free the pool */
+	void (*free)(ctp_pool *pool);
+	/* a thread of the pool (the timer's) exits; drops its reference */
+	void (*thread_exit)(ctp_pool *pool);
+	/* n tasks' done have returned: counts them finished, wakes idle
+	 * waiters (task.c, a fire's complete pass) */
+	void (*tasks_finished)(ctp_pool *pool, uint64_t n);
+	/* the calling worker's task is over (its done returned): it leaves
+	 * user code, then counts the task finished */
+	void (*worker_finished)(ctp_pool *pool);
+	/* a fire call's segment of this pool's tasks caught queued: begins
+	 * before any of their slots is given back, is done once their done
+	 * returned (task.c); the shutdown waits for it as for a thread */
+	void (*finishing_begin)(ctp_pool *pool);
+	void (*finishing_done)(ctp_pool *pool);
+	/* tasks a fire caught queued leave the run queue: each one still in
+	 * it (linked, or admitted and not yet linked) gives its slot back
+	 * now, and a linked one is unlinked; its queue reference is then owed
+	 * (qref_owed) and dropped with the pool's by the fire's complete
+	 * pass; one taking of runq.lock for all n */
+	void (*unqueue)(ctp_pool *pool, ctp_task *const *tasks, size_t n);
+	/* timer thread, timer->lock held: moves the tasks due by `now` from
+	 * the due heap to their priority lists (at most a batch per call) */
+	void (*promote)(ctp_pool *pool, int64_t now);
+	/* token.c, a fire's work on the task tokens of this pool it meets
+	 * (task.c, "transitions and completion"; a token knows no task):
+	 * guard the pool before the CAS, retire and complete a task caught
+	 * queued in two passes, free an object whose last reference went;
+	 * and a waiter ends a timer fire itself (timer.c) */
+	bool (*task_guard)(struct ctp__guards *g, const ctp_task *t);
+	void (*task_unguard_one)(const ctp_task *t);
+	void (*guards_drop)(struct ctp__guards *g);
+	void (*task_retire)(ctp_task *t, int reason, struct ctp__batch *b);
+	void (*batch_end_retire)(struct ctp__batch *b);
+	void (*task_complete_unrun)(ctp_task *t, int reason,
+	                            struct ctp__batch *b);
+	void (*batch_end_complete)(struct ctp__batch *b);
+	void (*task_free)(ctp_task *t);
+	struct ctp__fire *(*timer_claim)(ctp_task *t);
+};
+
+/*
  * Fields are grouped by who writes them, one cache line per group, so a
  * submitter and the workers do not pass lines back and forth for counters
  * the other side never touches.
@@ -1033,30 +1084,29 @@ struct ctp_pool {
 	ctp_task          **scan;           /* nthreads slots: cancel step only,
 	                                       run by the first shutdown caller */
 	struct ctp__iso_pool *iso;          /* worker processes, or NULL */
+	const struct ctp__pool_up *up;      /* pool.c's table */
 };
 
-CTP__HIDDEN void ctp__pool_ref(ctp_pool *pool);
-CTP__HIDDEN void ctp__pool_put(ctp_pool *pool);
-CTP__HIDDEN void ctp__pool_thread_exit(ctp_pool *pool);
-/* n tasks' done have returned: counts them finished, wakes idle waiters. */
-CTP__HIDDEN void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n);
-/* The calling worker's task is over (its done returned): it leaves user
- * code, then counts the task finished. */
-CTP__HIDDEN void ctp__pool_worker_finished(ctp_pool *pool);
-/* A fire call's segment of this pool's tasks caught queued: begins before
- * any of their slots is given back, is done once their done returned
- * (task.c). The shutdown waits for it as for a thread of the pool. */
-CTP__HIDDEN void ctp__pool_finishing_begin(ctp_pool *pool);
-CTP__HIDDEN void ctp__pool_finishing_done(ctp_pool *pool);
-/* Tasks a fire caught queued leave the run queue: each one still in it
- * (linked, or admitted and not yet linked) gives its slot back now, and a
- * linked one is unlinked; its queue reference is then owed (qref_owed)
- * and dropped with the pool's by the fire's complete pass. One taking of
- * runq.lock for all n. */
-CTP__HIDDEN void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks,
-                                   size_t n);
-/* Timer thread, timer->lock held: moves the tasks due by `now` from the
- * due heap to their priority lists (at most a batch per call). */
-CTP__HIDDEN void ctp__pool_promote(ctp_pool *pool, int64_t now);
+/* The pool's references (pool->refs): the owner, every thread, every task
+ * object. */
+static inline void ctp__pool_ref(ctp_pool *pool)
+{
+	/* the caller holds a reference: relaxed is enough */
+	uint32_t old = atomic_fetch_add_explicit(&pool->refs, 1,
+	    memory_order_relaxed);
+
+	assert(old != 0);
+	(void)old;
+}
+
+static inline void ctp__pool_put(ctp_pool *pool)
+{
+	uint32_t old = atomic_fetch_sub_explicit(&pool->refs, 1,
+	    memory_order_acq_rel);
+
+	assert(old != 0);
+	if (old == 1)
+		pool->up->free(pool);
+}
 
 #endif /* CTP_INTERNAL_H */

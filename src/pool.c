@@ -25,7 +25,7 @@
  *   may catch it between the two, in which case enqueue finds it OUT and
  *   drops the queue's reference itself. Whoever moves a task to OUT gives
  *   its slot back, under the lock: the worker that pops it, the fire that
- *   catches it queued (ctp__pool_unqueue, from task.c's retire: it unlinks
+ *   catches it queued (pool_unqueue, from task.c's retire: it unlinks
  *   the task at once, so a cancelled task frees its place and its memory
  *   at once, and no tombstone is left behind), a submit backing out, the
  *   shutdown's drop step. Wake-ups (a claimed worker, not_full, drained)
@@ -40,7 +40,7 @@
  *   CAS QUEUED -> RUNNING, which fails for a task whose token fired
  *   first: it then loops, and the next lock drops it), then runs fn;
  *   `busy` is 1 from just before fn until its done has returned
- *   (ctp__pool_worker_finished). The CAS is outside the lock because
+ *   (pool_worker_finished). The CAS is outside the lock because
  *   the task's line is usually in its submitter's cache: the miss is not
  *   paid while others wait for the lock.
  *
@@ -81,14 +81,14 @@
  *   Scheduling. A delayed task is admitted (it holds its slot) and then,
  *   instead of being linked, waits in the timer's due heap (DELAYED,
  *   keyed on task->due); the timer thread moves it to its priority's list
- *   when due (ctp__pool_promote, under timer->lock then runq.lock), so a
+ *   when due (pool_promote, under timer->lock then runq.lock), so a
  *   due task is FIFO behind the tasks already due. Moves in and out of
  *   the due heap take both locks (timer first), so DELAYED always means
  *   "in the heap". Each task that may wait there (delayed, periodic, or
  *   rescheduled with a delay) holds a reservation of a heap place
  *   (task->dres) from its submit (or reschedule) until it finishes, so an
  *   insert after acceptance never fails. A fire that catches a task
- *   queued takes it out of the heap in ctp__pool_unqueue, which takes the
+ *   queued takes it out of the heap in pool_unqueue, which takes the
  *   timer lock only when `timer.armed` (set before the first reservation)
  *   is: whoever puts a task in the heap arms first and looks at the token
  *   after, the fire CASes the token first and reads `armed` after, both
@@ -106,6 +106,15 @@
  *   tasks. ctp_task_reschedule moves a LINKED or DELAYED task under both
  *   locks; a running or taken (HELD, popped) periodic task gets `resched`,
  *   which its requeue uses.
+ *
+ *   Layers. This file is the top of the library: it calls every file
+ *   below it (task, isolated, timer, token, queue) and none of them calls
+ *   it by name. What they must have done up here goes through one table,
+ *   pool_up (pool->up, internal.h "The way up"): a task telling its pool it
+ *   finished, the timer making tasks due and ending its threads, the last
+ *   reference freeing the pool, and a token's fire retiring and completing
+ *   the tasks it catches (task.c's functions, which the token reaches
+ *   through the task's pool).
  *
  *   Lifetime. pool->refs counts the owner, every thread, and every task
  *   object (in use or on the free list). Abandoned threads keep the pool
@@ -147,16 +156,6 @@
 
 /* ---- lifetime ----------------------------------------------------------- */
 
-void ctp__pool_ref(ctp_pool *pool)
-{
-	/* the caller holds a reference: relaxed is enough */
-	uint32_t old = atomic_fetch_add_explicit(&pool->refs, 1,
-	    memory_order_relaxed);
-
-	assert(old != 0);
-	(void)old;
-}
-
 static void pool_free(ctp_pool *pool)
 {
 	free(pool->workers);
@@ -169,17 +168,7 @@ static void pool_free(ctp_pool *pool)
 	free(pool);
 }
 
-void ctp__pool_put(ctp_pool *pool)
-{
-	uint32_t old = atomic_fetch_sub_explicit(&pool->refs, 1,
-	    memory_order_acq_rel);
-
-	assert(old != 0);
-	if (old == 1)
-		pool_free(pool);
-}
-
-void ctp__pool_thread_exit(ctp_pool *pool)
+static void pool_thread_exit(ctp_pool *pool)
 {
 	if (atomic_fetch_sub(&pool->alive, 1) == 1)
 		ctp__futex_wake(&pool->alive, INT_MAX);
@@ -189,14 +178,14 @@ void ctp__pool_thread_exit(ctp_pool *pool)
 /* In pool->finishing, above any count: a shutdown waits for 0. */
 #define FINISHING_WAITER 0x80000000u
 
-void ctp__pool_finishing_begin(ctp_pool *pool)
+static void pool_finishing_begin(ctp_pool *pool)
 {
 	/* seq_cst, before any slot of the segment is given back: a shutdown
 	 * that then sees its queue empty sees this */
 	atomic_fetch_add(&pool->finishing, 1);
 }
 
-void ctp__pool_finishing_done(ctp_pool *pool)
+static void pool_finishing_done(ctp_pool *pool)
 {
 	/* the last segment wakes a shutdown that flagged itself */
 	if (atomic_fetch_sub(&pool->finishing, 1) == (FINISHING_WAITER | 1))
@@ -245,7 +234,7 @@ static void idle_check(ctp_pool *pool)
 	}
 }
 
-void ctp__pool_worker_finished(ctp_pool *pool)
+static void pool_worker_finished(ctp_pool *pool)
 {
 	struct ctp__worker *w = ctp__tls.worker;
 
@@ -258,7 +247,7 @@ void ctp__pool_worker_finished(ctp_pool *pool)
 	idle_check(pool);
 }
 
-void ctp__pool_tasks_finished(ctp_pool *pool, uint64_t n)
+static void pool_tasks_finished(ctp_pool *pool, uint64_t n)
 {
 	struct ctp__worker *w = ctp__tls.worker;
 
@@ -440,7 +429,7 @@ static void q_wake_all(struct ctp__runq *q)
 	}
 }
 
-void ctp__pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
+static void pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
 {
 	struct ctp__runq *q = &pool->runq;
 	struct after a = { 0 };
@@ -535,7 +524,7 @@ static void place(ctp_pool *pool, ctp_task *t, int64_t now, struct after *a)
 	q_linked_closed(q, a);
 }
 
-void ctp__pool_promote(ctp_pool *pool, int64_t now)
+static void pool_promote(ctp_pool *pool, int64_t now)
 {
 	struct ctp__timer *tm = &pool->timer;
 	struct ctp__runq *q = &pool->runq;
@@ -663,7 +652,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	 * its deadline is later (deadline: immutable since its submit) */
 	heap = due > now || (t->deadline != 0 && t->deadline <= due);
 	/* a place in the due heap first (it arms the fire's side before
-	 * the look at the token below: ctp__pool_unqueue); a failure only
+	 * the look at the token below: pool_unqueue); a failure only
 	 * matters if the task turns out to wait */
 	if (heap && !t->dres) {
 		r = ctp__timer_dreserve(pool);
@@ -910,9 +899,30 @@ static void *worker_main(void *arg)
 		pool->opts.on_thread_stop(w->index, pool->opts.user);
 	}
 	atomic_fetch_sub(&pool->st_threads, 1);
-	ctp__pool_thread_exit(pool);
+	pool_thread_exit(pool);
 	return NULL;
 }
+
+/* What the files below call up into (internal.h, "The way up"). */
+static const struct ctp__pool_up pool_up = {
+	.free            = pool_free,
+	.thread_exit     = pool_thread_exit,
+	.tasks_finished  = pool_tasks_finished,
+	.worker_finished = pool_worker_finished,
+	.finishing_begin = pool_finishing_begin,
+	.finishing_done  = pool_finishing_done,
+	.unqueue         = pool_unqueue,
+	.promote         = pool_promote,
+	.task_guard          = ctp__task_guard,
+	.task_unguard_one    = ctp__task_unguard_one,
+	.guards_drop         = ctp__guards_drop,
+	.task_retire         = ctp__task_retire,
+	.batch_end_retire    = ctp__batch_end_retire,
+	.task_complete_unrun = ctp__task_complete_unrun,
+	.batch_end_complete  = ctp__batch_end_complete,
+	.task_free           = ctp__task_free,
+	.timer_claim         = ctp__timer_claim,
+};
 
 /* ---- create ------------------------------------------------------------- */
 
@@ -965,6 +975,7 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	pool->nthreads = n;
 	pool->gen = ctp__gen();
 	atomic_init(&pool->refs, 1); /* the owner's */
+	pool->up = &pool_up;
 	for (unsigned i = 0; i < n; i++) {
 		pool->workers[i].pool = pool;
 		pool->workers[i].index = i;

@@ -393,7 +393,7 @@ static void flush_out(struct ctp__batch *b)
 		    memory_order_relaxed);
 	b->cancelled = b->timed_out = b->dropped = b->completed = 0;
 	if (b->nout != 0)
-		ctp__pool_unqueue(pool, b->out, b->nout);
+		pool->up->unqueue(pool, b->out, b->nout);
 	b->nout = 0;
 }
 
@@ -407,7 +407,7 @@ bool ctp__task_guard(struct ctp__guards *g, const ctp_task *t)
 	}
 	/* seq_cst, before the CAS: a shutdown that sees the slot given back
 	 * by whoever pops the task next sees this */
-	ctp__pool_finishing_begin(pool);
+	pool->up->finishing_begin(pool);
 	if (g->n < sizeof(g->pool) / sizeof(g->pool[0])) {
 		g->pool[g->n++] = pool;
 		return false;
@@ -417,13 +417,13 @@ bool ctp__task_guard(struct ctp__guards *g, const ctp_task *t)
 
 void ctp__task_unguard_one(const ctp_task *t)
 {
-	ctp__pool_finishing_done(t->pool);
+	t->pool->up->finishing_done(t->pool);
 }
 
 void ctp__guards_drop(struct ctp__guards *g)
 {
 	for (unsigned i = 0; i < g->n; i++)
-		ctp__pool_finishing_done(g->pool[i]);
+		g->pool[i]->up->finishing_done(g->pool[i]);
 	g->n = 0;
 }
 
@@ -435,7 +435,7 @@ void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 		if (b->pool != NULL)
 			ctp__batch_end_retire(b);
 		b->pool = pool;
-		ctp__pool_finishing_begin(pool);
+		pool->up->finishing_begin(pool);
 	}
 	if (t->deadline != 0)
 		ctp__timer_remove(pool, t);
@@ -495,8 +495,8 @@ void ctp__batch_end_complete(struct ctp__batch *b)
 
 	/* wait_idle may return once this is counted: the held task's
 	 * reference on its pool keeps the pool valid until the last line */
-	ctp__pool_tasks_finished(pool, b->finished);
-	ctp__pool_finishing_done(pool);
+	pool->up->tasks_finished(pool, b->finished);
+	pool->up->finishing_done(pool);
 	*b = (struct ctp__batch){ 0 };
 	ctp__token_put_n(&held->token, held->qref_owed ? 2 : 1);
 }
@@ -526,7 +526,7 @@ static void finish_worker(ctp_task *t, int status, uint32_t end)
 	}
 	call_done(t, status);
 	publish(t, status);
-	ctp__pool_worker_finished(pool);
+	pool->up->worker_finished(pool);
 	ctp__token_put(&t->token); /* the pool's reference */
 }
 

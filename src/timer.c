@@ -3,8 +3,8 @@
  * the first task with a timeout or a delay (or period): the timer thread
  * sleeps on a CLOCK_MONOTONIC condition variable until the earliest
  * deadline or due time in two binary min-heaps (never a polling loop); it
- * fires a deadline, and hands due tasks to the pool (ctp__pool_promote,
- * which links them in their priority's list); the timer-callback thread
+ * fires a deadline, and hands due tasks to the pool (pool->up->promote,
+ * pool.c's, which links them in their priority's list); the timer-callback thread
  * ("<name>-tcb") runs the user code of the deadline fires, so no done or
  * watcher delays a deadline.
  *
@@ -206,7 +206,7 @@ static void *timer_main(void *arg)
 		/* a deadline first on a tie: a task whose timeout is not
 		 * longer than its delay times out without running */
 		if (due <= now && due < dl) {
-			ctp__pool_promote(pool, now);
+			pool->up->promote(pool, now);
 			continue;
 		}
 		if (dl > now) {
@@ -250,7 +250,7 @@ static void *timer_main(void *arg)
 	tm->running = false;
 	pthread_cond_signal(&tm->cb_cond);
 	pthread_mutex_unlock(&tm->lock);
-	ctp__pool_thread_exit(pool);
+	pool->up->thread_exit(pool);
 	return NULL;
 }
 
@@ -286,7 +286,7 @@ static void *callback_main(void *arg)
 		pthread_mutex_lock(&tm->lock);
 	}
 	pthread_mutex_unlock(&tm->lock);
-	ctp__pool_thread_exit(pool);
+	pool->up->thread_exit(pool);
 	return NULL;
 }
 
@@ -423,7 +423,7 @@ int ctp__timer_dreserve(ctp_pool *pool)
 		tm->dcap = cap;
 	}
 	tm->dres++;
-	/* seq_cst, before any task can be in the heap (ctp__pool_unqueue) */
+	/* seq_cst, before any task can be in the heap (pool_unqueue) */
 	atomic_store(&tm->armed, true);
 	return 0;
 }

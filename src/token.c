@@ -42,6 +42,10 @@
  *     then clear CTP__FIRING on t and drop the walk list's references.
  *   The timer splits the call: it runs 1-2a (ctp__token_fire_begin, no
  *   user code), and its callback thread runs 2b-3 (ctp__token_fire_end).
+ *   What a fire does to a task token (guard its pool, retire, complete,
+ *   and free the object when its last reference goes) is task.c's, reached
+ *   through the task's pool (pool->up, internal.h "The way up"): this file
+ *   calls nothing above it.
  *
  *   Two firers in one tree. A's walk meets a child c that another call B
  *   fired first. Without CTP__FIRING set, B's call has ended: c's subtree
@@ -102,6 +106,13 @@
 #include <unistd.h>
 
 #include "internal.h"
+
+/* Drops the pool guards of a fire call (task.c, through the pool). */
+static void guards_drop(struct ctp__guards *g)
+{
+	if (g->n != 0)
+		g->pool[0]->up->guards_drop(g);
+}
 
 static bool fired(uint32_t state)
 {
@@ -240,7 +251,7 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 		parent = detach(t);
 
 		if (t->kind == CTP__TOKEN_TASK) {
-			ctp__task_free((ctp_task *)t);
+			((ctp_task *)t)->pool->up->task_free((ctp_task *)t);
 		} else {
 			ctp__token_fini(t);
 			free(t);
@@ -551,11 +562,13 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 		bool won;
 
 		if (c->kind == CTP__TOKEN_TASK)
-			one = ctp__task_guard(g, (ctp_task *)c);
+			one = ((ctp_task *)c)->pool->up->task_guard(g,
+			    (ctp_task *)c);
 		won = fire_cas(c, f->reason, 0, &phase);
 		if (won && phase == CTP__PHASE_QUEUED) {
 			append_caught(c, caught);
-			ctp__task_retire((ctp_task *)c, f->reason, b);
+			((ctp_task *)c)->pool->up->task_retire((ctp_task *)c,
+			    f->reason, b);
 			/* a periodic task between runs may have children,
 			 * watches or an fd from its runs: walk it too */
 			if (atomic_load(&c->linked) != 0 &&
@@ -565,7 +578,8 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 			append(c, walk);
 		} /* else dying: no sleeper, watch or child left */
 		if (one)
-			ctp__task_unguard_one((ctp_task *)c);
+			((ctp_task *)c)->pool->up->task_unguard_one(
+			    (ctp_task *)c);
 		if (won)
 			continue;
 		s = atomic_load(&c->state);
@@ -616,7 +630,8 @@ static void wait_fire_end(ctp_token *t)
 	uint32_t s;
 
 	if (t->kind == CTP__TOKEN_TASK) {
-		struct ctp__fire *f = ctp__timer_claim((ctp_task *)t);
+		ctp_task *task = (ctp_task *)t;
+		struct ctp__fire *f = task->pool->up->timer_claim(task);
 
 		if (f != NULL) {
 			ctp__token_fire_end(f);
@@ -658,7 +673,8 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 		 * unless it is a periodic task between runs (its runs may
 		 * have left children, watches or an fd): walk it too */
 		append_caught(t, &caught);
-		ctp__task_retire((ctp_task *)t, reason, &batch);
+		((ctp_task *)t)->pool->up->task_retire((ctp_task *)t,
+		    reason, &batch);
 		if (atomic_load(&t->linked) != 0)
 			append(t, &walk);
 	} else {
@@ -669,9 +685,9 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	for (c = f->list; c != NULL; c = c->fire_next)
 		mark_children(c, f, &walk, &caught, &batch, &guards);
 	if (batch.pool != NULL)
-		ctp__batch_end_retire(&batch);
+		batch.pool->up->batch_end_retire(&batch);
 	/* the retire segments now hold their pools' `finishing` */
-	ctp__guards_drop(&guards);
+	guards_drop(&guards);
 	CTP__PERTURB();
 	/* Phase 2a: wake: it is what makes running work stop */
 	for (c = f->list; c != NULL; c = c->fire_next)
@@ -685,16 +701,17 @@ int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
 
 	/* a task's pool is guarded before the CAS (task.c, fire guards) */
 	if (t->kind == CTP__TOKEN_TASK)
-		(void)ctp__task_guard(&guard, (ctp_task *)t);
+		(void)((ctp_task *)t)->pool->up->task_guard(&guard,
+		    (ctp_task *)t);
 	/* Only a firer of an ancestor can wait for this call: a token with
 	 * no parent (immutable while referenced) needs no CTP__FIRING */
 	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0,
 	    &phase)) {
-		ctp__guards_drop(&guard);
+		guards_drop(&guard);
 		return -EALREADY;
 	}
 	fire_walk(t, reason, phase, f);
-	ctp__guards_drop(&guard);
+	guards_drop(&guard);
 	return (int)(phase >> CTP__PHASE_SHIFT);
 }
 
@@ -724,10 +741,11 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	 * drops the pool's reference it lent us (the batch holds the pool) */
 	for (c = f->caught; c != NULL; c = next) {
 		next = c->caught_next;
-		ctp__task_complete_unrun((ctp_task *)c, f->reason, &batch);
+		((ctp_task *)c)->pool->up->task_complete_unrun(
+		    (ctp_task *)c, f->reason, &batch);
 	}
 	if (batch.pool != NULL)
-		ctp__batch_end_complete(&batch);
+		batch.pool->up->batch_end_complete(&batch);
 	CTP__PERTURB();
 	/* Phase 2c: the user's watchers (the root lives on its caller's
 	 * reference, the others on ours) */

@@ -158,7 +158,7 @@ byte pk[NW];              /* worker->park (futex word) */
 byte alive;               /* threads not yet exited */
 byte unfinished;          /* accepted - finished (pool_idle) */
 byte finishing;           /* fire calls' segments whose done has not
-                             returned (ctp__pool_finishing_begin/_done) */
+                             returned (pool_finishing_begin/_done) */
 
 /* ---- the parent token (ctp_token_create), for P_PARENT tasks ---- */
 byte pfired;              /* its reason, 0 = not fired */
@@ -267,7 +267,7 @@ inline fire_cas(t, r, old) {
 	}
 }
 
-/* pool.c ctp__pool_unqueue, for one task (lock held) */
+/* pool.c pool_unqueue, for one task (lock held) */
 inline unqueue_one(t) {
 	if
 	:: qs[t] == Q_LINK ->   /* q_unlink */
@@ -291,8 +291,8 @@ inline count_stat(r) {
 }
 
 /* token.c ctp__token_fire of a task token (no children): the CAS; if it
- * caught the task queued: retire (ctp__pool_finishing_begin, then
- * flush_out: statistics and ctp__pool_unqueue under runq.lock, its
+ * caught the task queued: retire (pool_finishing_begin, then
+ * flush_out: statistics and pool_unqueue under runq.lock, its
  * futex/ec work after), wake (nothing to model), complete (done(reason),
  * publish; ctp__batch_end_complete: tasks_finished, finishing_done).
  * Locals of the caller: aw, anf, adr. */
@@ -512,7 +512,7 @@ loop:
 		goto loop
 	fi;
 leave:
-	alive--                   /* ctp__pool_thread_exit */
+	alive--                   /* pool_thread_exit */
 }
 
 /* pool.c submit / admit / enqueue / unreserve, tasks 1..NT in turn,
@@ -764,7 +764,7 @@ proctype canceller()
 			od;
 			atomic { assert(plock == _pid); plock = 0; i = 1 }
 			/* ctp__batch_end_retire: statistics, then
-			 * ctp__pool_unqueue of the caught tasks, one lock */
+			 * pool_unqueue of the caught tasks, one lock */
 			if
 			:: n > 0 ->
 				d_step {

@@ -3,7 +3,7 @@
  * "Scheduling", with the fixes of 60cbd85): delayed tasks in the timer's due heap (CTP__Q_DELAYED),
  * periodic tasks (CTP__Q_HELD while a worker has them, re-placed by the
  * worker after each run), priority lists, ctp_task_reschedule, the timer's
- * promotion, the `timer.armed` flag of ctp__pool_unqueue, and what the
+ * promotion, the `timer.armed` flag of pool_unqueue, and what the
  * shutdown does with all of them (close_queue, the drop step, the drain).
  * Checked exhaustively with spin (scripts/model.sh). See README.md,
  * "sched.pml".
@@ -57,7 +57,7 @@
  *   BUG_REQUEUE_NO_CLOSED_CHECK  requeue re-places a periodic task even when
  *                                the queue is closed: the series goes on
  *                                after the close (a drain never ends).
- *   BUG_UNQUEUE_NO_TIMER_LOCK    ctp__pool_unqueue ignores `armed` and
+ *   BUG_UNQUEUE_NO_TIMER_LOCK    pool_unqueue ignores `armed` and
  *                                DELAYED: a cancelled delayed task stays in
  *                                the due heap, holding its slot.
  *   BUG_ARMED_AFTER_LOOK         ctp_task_reschedule reserves its place in
@@ -65,7 +65,7 @@
  *                                look at the token, not before: the Dekker
  *                                pair with the fire's load of `armed` is
  *                                broken.
- *   BUG_PROMOTE_NO_WAKE          ctp__pool_promote links without
+ *   BUG_PROMOTE_NO_WAKE          pool_promote links without
  *                                q_wake_for_work: a lost wake-up.
  * and the two bugs this model found in src/ (fixed in 60cbd85; README.md,
  * "Findings of sched.pml"), kept as planted bugs:
@@ -374,7 +374,7 @@ inline fire_cas(t, r, old) {
 	}
 }
 
-/* pool.c ctp__pool_unqueue for one task; timed: `armed` as read after the
+/* pool.c pool_unqueue for one task; timed: `armed` as read after the
  * fire's CAS (the timer lock is then held too) */
 inline unqueue_one(t, timed) {
 	if
@@ -409,7 +409,7 @@ inline unqueue_one(t, timed) {
 }
 
 /* token.c ctp__token_fire of a task token: the guard (finishing++), the
- * CAS; caught queued: ctp__pool_unqueue (load `armed`, then the timer
+ * CAS; caught queued: pool_unqueue (load `armed`, then the timer
  * lock if set, runq.lock), the done, the finished count, the guard down.
  * Caller's locals: aw, anf, adr, tm. */
 inline fire_task(t, r, old) {
@@ -706,7 +706,7 @@ leave:
 #endif
 
 /* timer.c timer_main: promotes a task whose (SHORT) due time came
- * (ctp__pool_promote, both locks); exits once `stop` is set */
+ * (pool_promote, both locks); exits once `stop` is set */
 proctype timer()
 {
 	byte t, aw;
