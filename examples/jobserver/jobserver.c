@@ -4,24 +4,85 @@
  * The contract (command line, endpoints, JSON, errors, signals, summary
  * line) is SPEC.md next to this file. This comment is about the design.
  *
- * Jobs and the map
- *   Every accepted job has a record (struct job) in the map: an array of
- *   pointers indexed by id - 1, ids from 1, grown by doubling. Records live
- *   until the process exits, so a pointer taken from the map stays valid
- *   after the lock is dropped, and so do the ctpool handles in it (they are
- *   released only at exit, after the HTTP daemon has stopped). A record is
- *   filled in and its tasks submitted before it is put in the map, so a
- *   client only ever sees ids of jobs whose tasks were all accepted.
+ * Jobs, the map and record lifetime
+ *   Every accepted job has a record (struct job). A record is filled in and
+ *   its tasks submitted before it is put in the map, so a client only ever
+ *   sees ids of jobs whose tasks were all accepted; ids are handed out in
+ *   order from 1 (server.last_id is the latest).
+ *
+ *   The map is a hash table of the records it holds, keyed by id, chained
+ *   through the records (hnext), with a power-of-two number of buckets and
+ *   bucket = id & (nbuckets - 1): live ids are mostly a run of consecutive
+ *   numbers (plus a few long-lived jobs, such as periodic series), which
+ *   this spreads one per bucket. It grows when it holds more records than
+ *   buckets and shrinks below a quarter, so its memory follows the records
+ *   alive, not the ids ever issued (an array indexed by id, or a ring from
+ *   the oldest live id, would be pinned by one periodic job that lives for
+ *   months). If growing fails the chains just get longer: an insert never
+ *   fails.
+ *
+ *   A record that has finished (every done callback has run) goes to the
+ *   tail of the finished FIFO (fnext), stamped with its end (end_ns). The
+ *   FIFO is in order of end, so expiry only ever looks at its head: a
+ *   record leaves the map when it has been finished for --retain seconds,
+ *   or when more than --max-records are finished (oldest end first). A job
+ *   that has not finished (queued, running, a periodic series between runs)
+ *   is not in the FIFO and is never dropped. An id not in the map is 410
+ *   if it is at most last_id (issued, then dropped), else 404.
+ *
+ *   Expiry is lazy: it runs under the lock at the start of every lookup
+ *   (GET/DELETE /jobs/ID) and every insert (POST), so a client never sees a
+ *   record past its time, and under load the map holds at most
+ *   --max-records finished records plus the jobs alive (at most --queue +
+ *   --threads) plus those that finished since the last request (at most
+ *   as many again). It does not run in done: dropping a record can free it
+ *   and release its handles, which done, on a pool thread, the timer or a
+ *   cancelling thread, should not do. No sweep runs on an idle server:
+ *   nothing is added to the map without a request, so an idle server
+ *   holds no more than the cap it had under load, and the next request
+ *   drops what is due before it looks anything up.
+ *
+ *   References: a record is freed, and its ctpool handles released, by the
+ *   last of its holders to let go. The map holds one reference while the
+ *   record is in it; a handler that looks a record up takes one under the
+ *   lock (refs++) and drops it (job_put) when it has finished calling ctpool
+ *   with the record's handles, so a record dropped from the map while a
+ *   GET or DELETE still uses it lives until that handler is done. The tasks
+ *   hold none: a record enters the FIFO, and so can leave the map, only
+ *   when its last done has done with it (job_finish touches nothing after
+ *   its unlock), and ctpool calls neither fn nor done after that. refs is
+ *   guarded by the lock; the free happens after the unlock (job_free calls
+ *   ctp_task_release and friends: see the locking rule). Expiry collects the
+ *   records whose count fell to zero and frees them after unlocking. A
+ *   record that never made it into the map (a pipeline whose consumer was
+ *   refused) is freed by job_abort once its done callbacks have run.
  *
  * Locking rule
- *   One mutex (server.lock) guards the map and the mutable fields of every
- *   record (id, started_ms, finished_ms, status, runs, last_status,
- *   dones_left, queue). A task's
- *   done callback takes it, and ctpool may run done on the thread that
- *   cancels: the DELETE handler (ctp_task_cancel, ctp_token_cancel), the
- *   shutdown thread (ctp_pool_shutdown) or the pool's timer. So nothing ever
- *   calls into the pool while holding server.lock: find the record under the
- *   lock, copy what is needed, unlock, then call ctpool.
+ *   One mutex (server.lock) guards the map, the finished FIFO, last_id and
+ *   the mutable fields of every record (id, refs, hnext, fnext, end_ns,
+ *   started_ms, finished_ms, status, runs, last_status, dones_left, queue).
+ *   A task's done callback takes it, and ctpool may run done on the thread
+ *   that cancels: the DELETE handler (ctp_task_cancel, ctp_token_cancel),
+ *   the shutdown thread (ctp_pool_shutdown) or the pool's timer. So nothing
+ *   ever calls into the pool while holding server.lock: find the record
+ *   under the lock and take a reference, copy what is needed, unlock, call
+ *   ctpool, then drop the reference (and free the record, outside the lock,
+ *   if it was the last).
+ *
+ * HTTP threads
+ *   libmicrohttpd runs in its internal epoll mode with a pool of
+ *   --http-threads threads, each one serving many connections: a handler
+ *   that waited would stall every connection of its thread, so none does.
+ *   Submits use queue_wait 0 (a full queue is a 503); a cancel only fires a
+ *   token or runs a done on this thread (a few lock/unlock pairs); expiry
+ *   and a rehash are bounded work under the lock, and frees happen after
+ *   it. Two waits remain, both for something already under way that ends
+ *   within microseconds: job_abort waits for the done callbacks of a
+ *   pipeline's producer that it has just cancelled (queued: its done runs
+ *   on this thread; running: it is in ctp_queue_push on its token, which
+ *   wakes at once), and a GET of a finished spin job waits (ctp_task_wait)
+ *   for the done that has stored its status to return, so that the handle
+ *   answers for exit_signal and output.
  *
  * Who writes what
  *   The HTTP thread fills a record before submitting it; those fields are
@@ -111,6 +172,9 @@
 #define OUTPUT_SHOWN   64           /* bytes of a job's output in its JSON */
 #define SCHED_MS_MAX   (INT64_MAX / 1000000) /* largest delay_ms/period_ms:
                                        its ns still fit in int64_t */
+#define MAX_RECORDS    INT64_C(1000000000) /* upper bound of --max-records */
+#define HTTP_THREADS_MAX 64         /* upper bound of --http-threads */
+#define MAP_MIN        64           /* buckets of the map, at least */
 
 /* ---- job kinds and parameters ------------------------------------------ */
 
@@ -183,7 +247,12 @@ struct job {
 	uint64_t           cpu_sink;     /* cpu: the result, written by the task */
 
 	/* Protected by server.lock. */
-	uint64_t           id;           /* set when put in the map */
+	uint64_t           id;           /* set when put in the map; 0 before */
+	unsigned           refs;         /* the map's + one per handler */
+	struct job        *hnext;        /* next in its bucket of the map */
+	struct job        *fnext;        /* next in the finished FIFO, then in
+	                                    a list of records to free */
+	int64_t            end_ns;       /* when it entered the FIFO */
 	int64_t            started_ms;   /* -1 until fn first starts */
 	int64_t            finished_ms;  /* -1 until done */
 	int                status;       /* valid once finished_ms >= 0 */
@@ -222,6 +291,9 @@ static struct {
 	size_t             queue;
 	int64_t            drain_ns, grace_ns;
 	int64_t            kill_after_ns;
+	int64_t            retain_ns;    /* --retain: finished records kept */
+	size_t             max_records;  /* --max-records: at most this many */
+	unsigned           http_threads; /* --http-threads: MHD's pool */
 	int64_t            start_ns;     /* CLOCK_MONOTONIC at startup */
 	sigset_t           signals;      /* taken by the signal thread */
 
@@ -231,8 +303,13 @@ static struct {
 	int                exit_code;    /* set by the signal thread */
 
 	pthread_mutex_t    lock;         /* see "Locking rule" above */
-	struct job       **jobs;         /* protected by lock: jobs[id - 1] */
-	size_t             njobs, cap;   /* protected by lock */
+	/* Protected by lock: the map, the finished FIFO, the last id. */
+	struct job       **buckets;      /* job with id i: in buckets[i & mask] */
+	size_t             nbuckets;     /* a power of two, >= MAP_MIN */
+	size_t             nrecords;     /* records in the map */
+	struct job        *fin_head, *fin_tail; /* finished, by end_ns */
+	size_t             nfinished;    /* records in the FIFO */
+	uint64_t           last_id;      /* ids 1..last_id have been issued */
 } server = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static int64_t now_ns(void)
@@ -274,36 +351,142 @@ static void unlock(void)
 
 /* ---- the map ------------------------------------------------------------- */
 
-/* Puts a fully submitted job in the map and gives it the next id. */
-static int map_insert(struct job *job)
+/* Called by main before any thread exists. */
+static int map_init(void)
 {
-	int rc = 0;
+	server.buckets = calloc(MAP_MIN, sizeof *server.buckets);
+	if (server.buckets == NULL)
+		return -ENOMEM;
+	server.nbuckets = MAP_MIN;
+	return 0;
+}
 
-	lock();
-	if (server.njobs == server.cap) {
-		size_t cap = server.cap ? server.cap * 2 : 64;
-		struct job **jobs = realloc(server.jobs, cap * sizeof *jobs);
+/* Moves every record to a table of n buckets; keeps the old one when there
+ * is no memory for the new one (chains work at any length). Caller holds
+ * the lock. */
+static void map_resize(size_t n)
+{
+	struct job **b = calloc(n, sizeof *b);
 
-		if (jobs == NULL) {
-			rc = -ENOMEM;
-			goto out;
+	if (b == NULL)
+		return;
+	for (size_t i = 0; i < server.nbuckets; i++) {
+		struct job *job = server.buckets[i], *next;
+
+		for (; job != NULL; job = next) {
+			next = job->hnext;
+			job->hnext = b[job->id & (n - 1)];
+			b[job->id & (n - 1)] = job;
 		}
-		server.jobs = jobs;
-		server.cap = cap;
 	}
-	server.jobs[server.njobs++] = job;
-	job->id = server.njobs;
-out:
-	unlock();
-	return rc;
+	free(server.buckets);
+	server.buckets = b;
+	server.nbuckets = n;
 }
 
 /* The job with this id, or NULL. Caller holds the lock. */
 static struct job *map_get(uint64_t id)
 {
-	if (id == 0 || id > server.njobs)
-		return NULL;
-	return server.jobs[id - 1];
+	struct job *job = server.buckets[id & (server.nbuckets - 1)];
+
+	while (job != NULL && job->id != id)
+		job = job->hnext;
+	return job;
+}
+
+/* Caller holds the lock. */
+static void map_remove(struct job *job)
+{
+	struct job **p = &server.buckets[job->id & (server.nbuckets - 1)];
+
+	while (*p != job)
+		p = &(*p)->hnext;
+	*p = job->hnext;
+	job->hnext = NULL;
+	server.nrecords--;
+	if (server.nbuckets > MAP_MIN && server.nrecords < server.nbuckets / 4)
+		map_resize(server.nbuckets / 2);
+}
+
+/* Appends a record whose every done has run to the finished FIFO. Caller
+ * holds the lock; the record is in the map. */
+static void fifo_append(struct job *job)
+{
+	job->end_ns = now_ns();
+	job->fnext = NULL;
+	if (server.fin_tail != NULL)
+		server.fin_tail->fnext = job;
+	else
+		server.fin_head = job;
+	server.fin_tail = job;
+	server.nfinished++;
+}
+
+/* Takes out of the map the finished records past --retain, and the oldest
+ * ones beyond --max-records. Returns those nobody else holds, linked by
+ * fnext, for the caller to free after unlocking (free_list). Caller holds
+ * the lock. */
+static struct job *map_expire(void)
+{
+	int64_t t = now_ns();
+	struct job *dead = NULL;
+
+	while (server.fin_head != NULL &&
+	       (server.nfinished > server.max_records ||
+	        t - server.fin_head->end_ns >= server.retain_ns)) {
+		struct job *job = server.fin_head;
+
+		server.fin_head = job->fnext;
+		if (server.fin_head == NULL)
+			server.fin_tail = NULL;
+		server.nfinished--;
+		map_remove(job);
+		if (--job->refs == 0) {
+			job->fnext = dead;
+			dead = job;
+		}
+	}
+	return dead;
+}
+
+static void job_free(struct job *job);
+
+/* Frees a list made by map_expire. Called without the lock. */
+static void free_list(struct job *dead)
+{
+	while (dead != NULL) {
+		struct job *next = dead->fnext;
+
+		job_free(dead);
+		dead = next;
+	}
+}
+
+/* Puts a fully submitted job in the map, with the map's reference, and
+ * returns its id: the next one. Never fails. The caller must not touch the
+ * record afterwards (once finished it may expire and be freed at once). */
+static uint64_t map_insert(struct job *job)
+{
+	struct job *dead;
+	struct job **b;
+	uint64_t id;
+
+	lock();
+	dead = map_expire();
+	id = job->id = ++server.last_id;
+	job->refs = 1;
+	if (server.nrecords >= server.nbuckets)
+		map_resize(server.nbuckets * 2);
+	b = &server.buckets[id & (server.nbuckets - 1)];
+	job->hnext = *b;
+	*b = job;
+	server.nrecords++;
+	/* Its tasks may all have finished already: done saw no id then. */
+	if (job->dones_left == 0)
+		fifo_append(job);
+	unlock();
+	free_list(dead);
+	return id;
 }
 
 /* Caller holds the lock. */
@@ -336,13 +519,59 @@ static void job_free(struct job *job)
 	free(job);
 }
 
+/* Drops a reference taken by map_find; frees the record if it was the
+ * last (the record has left the map meanwhile). Called without the lock. */
+static void job_put(struct job *job)
+{
+	bool last;
+
+	lock();
+	last = --job->refs == 0;
+	unlock();
+	if (last)
+		job_free(job);
+}
+
+/* Looks up the record with this id, copies it into v and takes a reference
+ * to it (give it back with job_put). Returns 200, 404 (never issued) or 410
+ * (issued, and dropped since). */
+static unsigned map_find(uint64_t id, struct job **out, struct job_view *v)
+{
+	struct job *dead, *job;
+	unsigned code;
+
+	lock();
+	dead = map_expire();
+	job = map_get(id);
+	if (job != NULL) {
+		job->refs++;
+		job_view(job, v);
+		code = MHD_HTTP_OK;
+	} else {
+		code = id <= server.last_id ? MHD_HTTP_GONE : MHD_HTTP_NOT_FOUND;
+	}
+	unlock();
+	free_list(dead);
+	*out = job;
+	return code;
+}
+
+/* At exit, after the HTTP daemon has stopped: nobody holds a reference
+ * but the map. */
 static void map_free(void)
 {
-	for (size_t i = 0; i < server.njobs; i++)
-		job_free(server.jobs[i]);
-	free(server.jobs);
-	server.jobs = NULL;
-	server.njobs = server.cap = 0;
+	for (size_t i = 0; i < server.nbuckets; i++) {
+		struct job *job = server.buckets[i], *next;
+
+		for (; job != NULL; job = next) {
+			next = job->hnext;
+			job_free(job);
+		}
+	}
+	free(server.buckets);
+	server.buckets = NULL;
+	server.nbuckets = server.nrecords = server.nfinished = 0;
+	server.fin_head = server.fin_tail = NULL;
 }
 
 /* ---- tasks --------------------------------------------------------------- */
@@ -371,8 +600,9 @@ static void job_ran(struct job *job, int status)
 }
 
 /* Records one done callback: the job's status if this task's status is the
- * job's, and destroys the pipeline queue after the last one (both fns have
- * returned by then, so nobody uses it). */
+ * job's; after the last one, destroys the pipeline queue (both fns have
+ * returned by then, so nobody uses it) and puts the record in the finished
+ * FIFO, from where it expires. */
 static void job_finish(struct job *job, bool is_result, int status)
 {
 	int64_t t = now_ms();
@@ -386,7 +616,11 @@ static void job_finish(struct job *job, bool is_result, int status)
 	if (--job->dones_left == 0) {
 		dead = job->queue;
 		job->queue = NULL;
+		/* Not yet in the map (id 0): map_insert will append it. */
+		if (job->id != 0)
+			fifo_append(job);
 	}
+	/* From here on the record may expire and be freed: hands off. */
 	unlock();
 	ctp_queue_destroy(dead);
 }
@@ -981,6 +1215,7 @@ static enum MHD_Result post_job(struct request *req, struct MHD_Connection *c)
 	const char *msg;
 	struct job *job;
 	struct out o = { .n = 0 };
+	uint64_t id;
 	int rc;
 
 	if (atomic_load(&server.stopping))
@@ -1004,21 +1239,22 @@ static enum MHD_Result post_job(struct request *req, struct MHD_Connection *c)
 	}
 	job->dones_left = job->kind == K_PIPELINE ? 2 : 1;
 	rc = job_submit(job);
-	if (rc == 0)
-		rc = map_insert(job);
 	if (rc != 0) {
 		job_abort(job);
 		return reply_submit_error(c, rc);
 	}
-	out_add(&o, "{\"id\":%" PRIu64 "}\n", job->id);
+	id = map_insert(job); /* job may be gone once this returns */
+	out_add(&o, "{\"id\":%" PRIu64 "}\n", id);
 	return reply(c, MHD_HTTP_ACCEPTED, &o, NULL, NULL);
 }
 
-/* Parses the ID of /jobs/ID and copies its record. Returns 200, 400 (not a
- * positive integer) or 404 (no such job, including ids too big to hold). */
-static unsigned find_job(const char *text, struct job_view *v)
+/* Parses the ID of /jobs/ID, copies its record and takes a reference to it
+ * (*job; give it back with job_put). Returns 200, 400 (not a positive
+ * integer), 404 (never issued, including ids too big to hold) or 410
+ * (issued, and dropped since). */
+static unsigned find_job(const char *text, struct job **job,
+                         struct job_view *v)
 {
-	const struct job *job;
 	unsigned long long id;
 	char *end;
 
@@ -1029,12 +1265,17 @@ static unsigned find_job(const char *text, struct job_view *v)
 	id = strtoull(text, &end, 10);
 	if (errno == ERANGE)
 		return MHD_HTTP_NOT_FOUND; /* positive, but beyond every id */
-	lock();
-	job = map_get(id);
-	if (job != NULL)
-		job_view(job, v);
-	unlock();
-	return job != NULL ? MHD_HTTP_OK : MHD_HTTP_NOT_FOUND;
+	return map_find(id, job, v);
+}
+
+/* The error of a find_job that did not find a record. */
+static enum MHD_Result reply_not_found(struct MHD_Connection *c,
+                                       unsigned code)
+{
+	return reply_error(c, code,
+	                   code == MHD_HTTP_NOT_FOUND ? "no such job"
+	                   : code == MHD_HTTP_GONE ? "job record expired"
+	                   : "id must be a positive integer");
 }
 
 static const char *state_name(int state)
@@ -1073,14 +1314,14 @@ static void out_isolated(struct out *o, const struct job_view *v,
 static enum MHD_Result get_job(struct MHD_Connection *c, const char *text)
 {
 	struct job_view v;
+	struct job *job;
 	struct out o = { .n = 0 };
-	unsigned code = find_job(text, &v);
+	unsigned code = find_job(text, &job, &v);
 	const char *state;
 	bool has_status;
 
 	if (code != MHD_HTTP_OK)
-		return reply_error(c, code, code == MHD_HTTP_NOT_FOUND
-		                   ? "no such job" : "id must be a positive integer");
+		return reply_not_found(c, code);
 	/* Read after the snapshot: a status in it implies a final state. */
 	state = state_name(ctp_task_state(v.task));
 	has_status = v.finished_ms >= 0;
@@ -1112,6 +1353,7 @@ static enum MHD_Result get_job(struct MHD_Connection *c, const char *text)
 		out_add(&o, ",\"runs\":%" PRIu64 ",\"last_status\":%d", v.runs,
 		        v.last_status);
 	out_add(&o, "}\n");
+	job_put(job); /* done with its handles */
 	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
 }
 
@@ -1150,14 +1392,15 @@ static const char *cancel_job(const struct job_view *v)
 static enum MHD_Result delete_job(struct MHD_Connection *c, const char *text)
 {
 	struct job_view v;
+	struct job *job;
 	struct out o = { .n = 0 };
-	unsigned code = find_job(text, &v);
+	unsigned code = find_job(text, &job, &v);
 	const char *answer;
 
 	if (code != MHD_HTTP_OK)
-		return reply_error(c, code, code == MHD_HTTP_NOT_FOUND
-		                   ? "no such job" : "id must be a positive integer");
+		return reply_not_found(c, code);
 	answer = cancel_job(&v);
+	job_put(job); /* done with its handles */
 	if (answer == NULL)
 		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cancel failed");
 	out_add(&o, "{\"id\":%" PRIu64 ",\"cancel\":\"%s\"}\n", v.id, answer);
@@ -1299,9 +1542,12 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: jobserver [--listen IPV4:PORT] [--threads N] "
 	        "[--queue N] [--drain SECONDS] [--grace SECONDS]\n"
-	        "                 [--processes N] [--kill-after SECONDS]\n"
+	        "                 [--processes N] [--kill-after SECONDS] "
+	        "[--retain SECONDS] [--max-records N]\n"
+	        "                 [--http-threads N]\n"
 	        "defaults: --listen 127.0.0.1:8080 --threads 4 --queue 64 "
-	        "--drain 5 --grace 2 --processes 2 --kill-after 1\n");
+	        "--drain 5 --grace 2 --processes 2 --kill-after 1\n"
+	        "          --retain 300 --max-records 100000 --http-threads 2\n");
 }
 
 static bool parse_seconds(const char *s, int64_t *ns)
@@ -1356,13 +1602,17 @@ static int parse_options(int argc, char **argv)
 		{ "grace",      required_argument, NULL, 'g' },
 		{ "processes",  required_argument, NULL, 'p' },
 		{ "kill-after", required_argument, NULL, 'k' },
+		{ "retain",     required_argument, NULL, 'r' },
+		{ "max-records", required_argument, NULL, 'm' },
+		{ "http-threads", required_argument, NULL, 'H' },
 		{ "help",       no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int64_t v;
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, "l:t:q:d:g:p:k:h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "l:t:q:d:g:p:k:r:m:H:h", longopts,
+	                          NULL)) != -1) {
 		bool ok;
 
 		switch (opt) {
@@ -1378,6 +1628,11 @@ static int parse_options(int argc, char **argv)
 		case 'k': ok = parse_positive_seconds(optarg,
 		                                      &server.kill_after_ns);
 		          break;
+		case 'r': ok = parse_seconds(optarg, &server.retain_ns); break;
+		case 'm': ok = parse_int(optarg, 0, MAX_RECORDS, &v);
+		          server.max_records = (size_t)v; break;
+		case 'H': ok = parse_int(optarg, 1, HTTP_THREADS_MAX, &v);
+		          server.http_threads = (unsigned)v; break;
 		case 'h': usage(stdout); return 1;
 		default:  usage(stderr); return -1;
 		}
@@ -1443,17 +1698,19 @@ static int start_pool(void)
 	return rc;
 }
 
-/* Starts the daemon and prints the listening line with the real port. */
+/* Starts the daemon and prints the listening line with the real port:
+ * epoll, with --http-threads threads that each serve many connections (see
+ * "HTTP threads" above: no handler may wait). */
 static int start_http(void)
 {
 	const union MHD_DaemonInfo *info;
 	char host[INET_ADDRSTRLEN];
 
 	server.daemon = MHD_start_daemon(
-		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-		MHD_USE_ERROR_LOG, ntohs(server.listen.sin_port), NULL, NULL,
-		on_request, NULL,
+		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG,
+		ntohs(server.listen.sin_port), NULL, NULL, on_request, NULL,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&server.listen,
+		MHD_OPTION_THREAD_POOL_SIZE, server.http_threads,
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 		MHD_OPTION_END);
@@ -1507,6 +1764,9 @@ int main(int argc, char **argv)
 	server.grace_ns = CTP_SEC(2);
 	server.processes = 2;
 	server.kill_after_ns = CTP_SEC(1);
+	server.retain_ns = CTP_SEC(300);
+	server.max_records = 100000;
+	server.http_threads = 2;
 	if (!parse_listen("127.0.0.1:8080", &server.listen))
 		return 1;
 	rc = parse_options(argc, argv);
@@ -1515,8 +1775,14 @@ int main(int argc, char **argv)
 	server.start_ns = now_ns();
 	/* Before any thread exists: the pool's and MHD's inherit the mask,
 	 * and the pool's fork server copies a one-thread program. */
-	if (setup_signals() != 0 || start_pool() != 0)
+	if (map_init() != 0) {
+		fprintf(stderr, "jobserver: out of memory\n");
 		return 1;
+	}
+	if (setup_signals() != 0 || start_pool() != 0) {
+		map_free();
+		return 1;
+	}
 	if (start_http() != 0) {
 		cleanup();
 		return 1;

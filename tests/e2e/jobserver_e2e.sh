@@ -12,7 +12,10 @@
 # killing the process), scheduling (delay_ms, period_ms, priority), a mixed
 # load with random cancels, error codes, and shutdown by SIGTERM; then
 # SIGINT with decimal --drain/--grace, a shutdown whose grace kills a spin
-# job, an idle stop, and a stop with periodic jobs. Every server runs as the
+# job, an idle stop, and a stop with periodic jobs; then record lifetime
+# (--retain, --max-records: 410 for an expired id, 404 for one never
+# issued, unfinished jobs never dropped, lookups racing with expiry).
+# Every server runs as the
 # child of `reaper`, a subreaper that reports any process (alive or zombie)
 # the server left when it exited; while it runs, the process tree (server ->
 # fork server -> worker processes) is read from /proc. Every curl call has
@@ -466,7 +469,10 @@ step_options() {
 	echo "# 0. bad options"
 	for opt in "--bogus" "--threads abc" "--drain x" "--listen nonsense" \
 		"--processes 257" "--processes x" "--kill-after 0" \
-		"--kill-after -1"; do
+		"--kill-after -1" "--retain -1" "--retain x" "--retain 1e9" \
+		"--max-records -1" "--max-records x" \
+		"--max-records 1000000001" "--max-records 1.5" \
+		"--http-threads 0" "--http-threads 65" "--http-threads x"; do
 		rc=0
 		# shellcheck disable=SC2086  # opt is split on purpose
 		timeout -k 1 5 "$SERVER" --listen 127.0.0.1:0 $opt \
@@ -1774,6 +1780,230 @@ step_sigint() {
 	fi
 }
 
+# ---- 9. record lifetime: --retain, --max-records -------------------------------
+
+# wait_completed N SECONDS: until stats.completed >= N.
+wait_completed() {
+	local limit
+	now
+	limit=$((NOW + $2 * 1000))
+	while :; do
+		stats
+		if [[ $CODE == 200 && $S_completed -ge $1 ]]; then return 0; fi
+		now
+		if ((NOW >= limit)); then return 1; fi
+		sleep 0.02
+	done
+}
+
+# wait_not_200 ID SECONDS: polls GET /jobs/ID until the answer is not 200
+# (stats count a task completed just before its done runs, and the record
+# finishes in done); CODE and BODY hold the last answer.
+wait_not_200() {
+	local limit
+	now
+	limit=$((NOW + $2 * 1000))
+	while :; do
+		req GET "/jobs/$1"
+		if [[ $CODE != 200 ]]; then return 0; fi
+		now
+		if ((NOW >= limit)); then return 1; fi
+		sleep 0.01
+	done
+}
+
+# quick_job DESC: a sleep of 0 ms, waited for until it has its status.
+quick_job() {
+	submit_ok "$1" sleep ms=0
+	if ! wait_job "$JOB_ID" 10; then
+		fatal "$1: job $JOB_ID has no status after 10 s (last: $CODE $BODY)"
+	fi
+}
+
+# stop_server: SIGTERM, a clean exit (no sanitizer report), the summary
+# (SUM_*); returns 1 when the summary is missing.
+stop_server() {
+	local t0
+	now
+	t0=$NOW
+	kill -TERM "$SERVER_PID"
+	wait_exit "$t0" 20
+	parse_summary
+}
+
+step_records() {
+	local id i long delayed periodic pipe ids=()
+	echo "# 9a. --retain 0: a finished job's record is dropped (410)"
+	start_server retain0 --threads 2 --queue 1024 --processes 0 --retain 0 \
+		--http-threads 4
+	submit_ok "retain 0" sleep ms=0
+	id=$JOB_ID
+	if wait_completed 1 10; then
+		ok "retain 0: job $id completed (stats)"
+	else
+		bad "retain 0: job $id not completed after 10 s: $BODY"
+	fi
+	if wait_not_200 "$id" 10; then
+		check "retain 0: GET of finished job $id" 410 "$CODE" "$BODY"
+	else
+		bad "retain 0: GET of finished job $id still 200 after 10 s: $BODY"
+	fi
+	want "retain 0: expired job" GET "/jobs/$id" 410
+	want "retain 0: expired job" DELETE "/jobs/$id" 410
+	want "retain 0: an id never issued" GET "/jobs/$((id + 1))" 404
+	want "retain 0: an id never issued" DELETE "/jobs/$((id + 1))" 404
+	want "retain 0: an id beyond every id" GET /jobs/99999999999999999999 404
+	want "retain 0: an id still malformed" GET /jobs/0 400
+	# an unfinished job is never dropped, whatever --retain says
+	submit_ok "retain 0: long sleep" sleep "ms=$LONG_MS"
+	long=$JOB_ID
+	running_job "retain 0: long sleep" "$long"
+	get_job "$long"
+	check "retain 0: running job $long kept" "200 running" "$CODE $JSTATE" "$BODY"
+	cancel_check "retain 0: running job" "$long" signalled
+	if wait_not_200 "$long" 10; then
+		check "retain 0: GET of job $long once cancelled" 410 "$CODE" "$BODY"
+	else
+		bad "retain 0: job $long still 200 10 s after its DELETE: $BODY"
+	fi
+	record_race
+	# the race's DELETEs may prevent some of its jobs (cancelled)
+	if stop_server; then
+		check "retain 0 summary: ran+cancelled/timed_out/dropped/killed/crashed/abandoned" \
+			"$((2 + RACE_OK))/0/0/0/0/0" \
+			"$((SUM_RAN + SUM_CANCELLED))/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_KILLED/$SUM_CRASHED/$SUM_ABANDONED"
+	fi
+
+	echo "# 9b. --max-records 3 (--retain 3600.5): the oldest finished go first"
+	start_server cap3 --threads 2 --queue 16 --processes 0 --retain 3600.5 \
+		--max-records 3 --http-threads 1
+	for ((i = 0; i < 6; i++)); do
+		quick_job "cap 3: quick job $i"
+		ids+=("$JOB_ID")
+	done
+	for ((i = 0; i < 6; i++)); do
+		get_job "${ids[i]}"
+		if ((i < 3)); then
+			check "cap 3: job ${ids[i]} (of 6 finished) expired" 410 "$CODE" "$BODY"
+		else
+			check "cap 3: job ${ids[i]} (of 6 finished) kept" "200 done/0" \
+				"$CODE $JSTATE/$JSTATUS" "$BODY"
+		fi
+	done
+	cancel_check "cap 3: a finished job kept" "${ids[5]}" already_finished
+	want "cap 3: DELETE of an expired job" DELETE "/jobs/${ids[0]}" 410
+	want "cap 3: an id never issued" GET "/jobs/$((${ids[5]} + 1))" 404
+
+	# running, delayed (queued) and periodic (queued between runs) jobs
+	# stay while 10 quick jobs finish past the cap
+	submit_ok "cap 3: long sleep" sleep "ms=$LONG_MS"
+	long=$JOB_ID
+	running_job "cap 3: long sleep" "$long"
+	submit_ok "cap 3: delayed" sleep ms=0 "delay_ms=$LONG_MS"
+	delayed=$JOB_ID
+	submit_ok "cap 3: periodic" sleep ms=0 period_ms=20
+	periodic=$JOB_ID
+	if wait_runs "$periodic" 1 10; then
+		ok "cap 3: periodic job $periodic ran"
+	else
+		bad "cap 3: periodic job $periodic did not run within 10 s: $CODE $BODY"
+	fi
+	for ((i = 0; i < 10; i++)); do
+		quick_job "cap 3: quick job past the cap ($i)"
+	done
+	want "cap 3: the oldest of the last quick jobs" GET "/jobs/$((JOB_ID - 3))" 410
+	get_job "$long"
+	check "cap 3: running job $long kept" "200 running/null" \
+		"$CODE $JSTATE/$JSTATUS" "$BODY"
+	get_job "$delayed"
+	check "cap 3: delayed job $delayed kept" "200 queued/null" \
+		"$CODE $JSTATE/$JSTATUS" "$BODY"
+	get_job "$periodic"
+	check "cap 3: periodic job $periodic kept" "200 null" \
+		"$CODE $JSTATUS" "$BODY"
+	cancel_check "cap 3: running job" "$long" signalled
+	finish_job "cap 3: cancelled running job" "$long" 10 done -125
+	cancel_check "cap 3: delayed job" "$delayed" prevented
+	finish_job "cap 3: cancelled delayed job" "$delayed" 10 cancelled -125
+	cancel "$periodic"
+	expect "cap 3: DELETE periodic job $periodic" "200 prevented|signalled" \
+		"$CODE $ANSWER" test "$CODE" = 200 -a \( "$ANSWER" = prevented -o \
+		"$ANSWER" = signalled \)
+	if wait_job "$periodic" 10; then
+		ok "cap 3: periodic job $periodic ended ($JSTATE/$JSTATUS)"
+	else
+		bad "cap 3: periodic job $periodic has no status after 10 s: $BODY"
+	fi
+	# now finished: the newest three, kept; then a pipeline (two done
+	# callbacks) pushes the oldest out
+	get_job "$long"
+	check "cap 3: job $long, finished, among the newest 3" 200 "$CODE" "$BODY"
+	submit_ok "cap 3: pipeline" pipeline items=100
+	pipe=$JOB_ID
+	finish_job "cap 3: pipeline" "$pipe" 10 done 0
+	# its status is the consumer's; the record finishes with the producer's
+	# done, which may come a moment later
+	if wait_not_200 "$long" 10; then
+		check "cap 3: job $long pushed out by the pipeline" 410 "$CODE" "$BODY"
+	else
+		bad "cap 3: job $long still 200 10 s after the pipeline ended: $BODY"
+	fi
+	get_job "$pipe"
+	check "cap 3: finished pipeline $pipe kept" "200 done/0" \
+		"$CODE $JSTATE/$JSTATUS" "$BODY"
+	for ((i = 0; i < 3; i++)); do
+		quick_job "cap 3: quick job after the pipeline ($i)"
+	done
+	want "cap 3: finished pipeline pushed out" GET "/jobs/$pipe" 410
+	# 6 + 10 + 3 quick, the pipeline's 2 tasks, the periodic one (ran)
+	# and the long sleep (ran), the delayed one cancelled
+	if stop_server; then
+		check "cap 3 summary: ran/cancelled/timed_out/dropped/killed/crashed/abandoned" \
+			23/1/0/0/0/0/0 \
+			"$SUM_RAN/$SUM_CANCELLED/$SUM_TIMED_OUT/$SUM_DROPPED/$SUM_KILLED/$SUM_CRASHED/$SUM_ABANDONED"
+	fi
+}
+
+# record_race: lookups racing with expiry (run on the --retain 0 server,
+# 4 HTTP threads): one curl submits RACE_N 1 ms jobs while three others GET
+# and DELETE
+# each id in turn (4 times, to keep pace with the POSTs), each curl over
+# one connection, so records expire while handlers hold them. Every
+# answer must be one the contract allows.
+RACE_N=300
+RACE_OK=0
+record_race() {
+	local first last pids=() p n=0 codes bad_codes
+	first=$((JOB_ID + 1))
+	last=$((JOB_ID + RACE_N))
+	curl -sS --noproxy '*' --max-time 60 -o /dev/null -w '%{http_code}\n' \
+		--data kind=sleep --data ms=1 "$BASE/jobs?n=[1-$RACE_N]" \
+		>"$TMP/race.post" 2>"$TMP/race.err" &
+	pids+=($!)
+	for p in GET GET DELETE; do
+		n=$((n + 1))
+		curl -sS --noproxy '*' --max-time 60 -o /dev/null -w '%{http_code}\n' \
+			-X "$p" "$BASE/jobs/[$first-$last]?r=[1-4]" \
+			>"$TMP/race.$p.$n" 2>>"$TMP/race.err" &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p" || true; done
+	RACE_OK=$(grep -c '^202$' "$TMP/race.post" || true)
+	codes=$(cat "$TMP"/race.GET.* "$TMP"/race.DELETE.* | sort | uniq -c |
+		tr -s ' \n' ' ')
+	bad_codes=$(cat "$TMP/race.post" "$TMP"/race.GET.* "$TMP"/race.DELETE.* |
+		grep -cvE '^(200|202|404|410|503)$' || true)
+	check "race: $RACE_N POSTs (202: $RACE_OK) against 2 GET and 1 DELETE loops, answers 200/404/410 only ($codes)" \
+		0 "$bad_codes"
+	expect "race: most POSTs accepted" ">= $((RACE_N / 2))" "$RACE_OK" \
+		test "$RACE_OK" -ge $((RACE_N / 2))
+	if wait_idle 20; then
+		ok "race: pool idle afterwards"
+	else
+		bad "race: pool not idle after 20 s: $BODY"
+	fi
+}
+
 # ---- main --------------------------------------------------------------------
 
 FETCH_CANCEL_MS="?"
@@ -1793,6 +2023,7 @@ step_mixed
 step_errors
 step_shutdown
 step_sigint
+step_records
 echo "fetch cancel latency: $FETCH_CANCEL_MS ms; spin DELETE to killed: $SPIN_KILL_MS ms (--kill-after $KILL_AFTER_MS ms); stop_ms: $STOP_MS; SIGTERM to exit: $STOP_TOTAL_MS ms"
 summary
 if ((FAIL > 0)); then exit 1; fi
