@@ -117,8 +117,9 @@
  *   through the task's pool).
  *
  *   Lifetime. pool->refs counts the owner, every thread, and every task
- *   object (in use or on the free list). Abandoned threads keep the pool
- *   alive after ctp_pool_destroy; the last reference frees it. Such a
+ *   object (in use, on the free list or in a thread's cache). Abandoned
+ *   threads, and another thread's cache (task.c), keep the pool alive
+ *   after ctp_pool_destroy; the last reference frees it. Such a
  *   thread may still call the pool: submit meets the closed queue, or the
  *   DEAD free list (-ESHUTDOWN).
  *

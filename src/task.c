@@ -55,12 +55,15 @@
  *   under alloc_lock and allocates from it without any lock until it is
  *   empty; objects it frees itself (a cancel) go there too, and a full
  *   cache (32) goes back to the pool as one batch.
- *   A thread's cache holds one pool's objects: allocating from another
- *   pool gives it back first, and so do the thread's exit (a
- *   pthread_key destructor) and ctp_pool_destroy on that thread; another
+ *   A thread's cache holds one pool's objects (never, once empty, those
+ *   of a destroyed pool): allocating from another pool gives it back
+ *   first, and so do the thread's exit (a pthread_key destructor; it
+ *   does not run for the main thread's exit(), whose cache stays until
+ *   the process ends) and ctp_pool_destroy on that thread; another
  *   thread's cache keeps the destroyed pool's memory (at most 32
  *   objects) until one of those happens. Each object holds a reference
- *   on its pool, so a handle or a cache can outlive ctp_pool_destroy.
+ *   on its pool, so a handle or a cache can outlive ctp_pool_destroy. A
+ *   thread whose destructor could not be registered keeps no cache.
  *   The refill checks DEAD under alloc_lock, which ctp_pool_destroy
  *   holds while it frees the list: an abandoned thread of the pool that
  *   submits gets -ESHUTDOWN (from the refill, or from the closed queue if
@@ -186,10 +189,11 @@ static int acache_refill(struct ctp__acache *c, ctp_pool *pool)
 	unsigned n = 0;
 
 	if (!c->keyed) {
-		/* the destructor gives the cache back when the thread exits */
+		/* the destructor gives the cache back when the thread exits
+		 * (pthread_exit or its function's return; not the main
+		 * thread's exit()); without it, no cache: one object a call */
 		pthread_once(&cache_once, cache_key_create);
-		pthread_setspecific(cache_key, c);
-		c->keyed = true;
+		c->keyed = pthread_setspecific(cache_key, c) == 0;
 	}
 	pthread_mutex_lock(&pool->alloc_lock);
 	if (pool->spare == NULL) {
@@ -207,6 +211,15 @@ static int acache_refill(struct ctp__acache *c, ctp_pool *pool)
 	if (b != NULL)
 		pool->spare = b->free_batch;
 	pthread_mutex_unlock(&pool->alloc_lock);
+	if (!c->keyed && b != NULL && b->free_next != NULL) {
+		/* no exit destructor: keep one object, give the rest back */
+		ctp_task *last = b->free_next;
+
+		while (last->free_next != NULL)
+			last = last->free_next;
+		push_freed(pool, b->free_next, last);
+		b->free_next = NULL;
+	}
 	for (ctp_task *t = b; t != NULL; t = t->free_next)
 		n++;
 	c->list = b;
@@ -315,7 +328,11 @@ void ctp__task_free(ctp_task *t)
 			ctp__task_cache_flush(w);
 		return;
 	}
-	if (c->keyed && (c->pool == pool || c->pool == NULL)) {
+	if (c->keyed && (c->pool == pool || (c->pool == NULL &&
+	    atomic_load_explicit(&pool->freed, memory_order_relaxed) !=
+	    CTP__FREED_DEAD))) {
+		/* (an object of a destroyed pool is freed at once below,
+		 * unless this cache already holds that pool's objects) */
 		/* a canceller's or submitter's own next allocation; a full
 		 * cache goes to the pool as one batch (a group cancel frees
 		 * many here) */
