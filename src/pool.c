@@ -906,14 +906,14 @@ static void *worker_main(void *arg)
 
 /* What the files below call up into (internal.h, "The way up"). */
 static const struct ctp__pool_up pool_up = {
-	.free            = pool_free,
-	.thread_exit     = pool_thread_exit,
-	.tasks_finished  = pool_tasks_finished,
-	.worker_finished = pool_worker_finished,
-	.finishing_begin = pool_finishing_begin,
-	.finishing_done  = pool_finishing_done,
-	.unqueue         = pool_unqueue,
-	.promote         = pool_promote,
+	.free                = pool_free,
+	.thread_exit         = pool_thread_exit,
+	.tasks_finished      = pool_tasks_finished,
+	.worker_finished     = pool_worker_finished,
+	.finishing_begin     = pool_finishing_begin,
+	.finishing_done      = pool_finishing_done,
+	.unqueue             = pool_unqueue,
+	.promote             = pool_promote,
 	.task_guard          = ctp__task_guard,
 	.task_unguard_one    = ctp__task_unguard_one,
 	.guards_drop         = ctp__guards_drop,

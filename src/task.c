@@ -331,11 +331,10 @@ void ctp__task_free(ctp_task *t)
 	if (c->keyed && (c->pool == pool || (c->pool == NULL &&
 	    atomic_load_explicit(&pool->freed, memory_order_relaxed) !=
 	    CTP__FREED_DEAD))) {
-		/* (an object of a destroyed pool is freed at once below,
-		 * unless this cache already holds that pool's objects) */
 		/* a canceller's or submitter's own next allocation; a full
 		 * cache goes to the pool as one batch (a group cancel frees
-		 * many here) */
+		 * many here); an object of a destroyed pool is freed at once
+		 * below, unless this cache already holds that pool's */
 		t->free_next = c->list;
 		c->list = t;
 		c->pool = pool;
