@@ -56,7 +56,7 @@ extern "C" {
  * (libctpool.so.N), so a program built against an older header never runs
  * against an incompatible library by accident. See README.md, "Versions". */
 #define CTP_VERSION_MAJOR 0
-#define CTP_VERSION_MINOR 4
+#define CTP_VERSION_MINOR 5
 #define CTP_VERSION_PATCH 0
 #define CTP_VERSION_NUM \
 	((CTP_VERSION_MAJOR << 16) | (CTP_VERSION_MINOR << 8) | CTP_VERSION_PATCH)
@@ -507,6 +507,23 @@ CTP_EXPORT int ctp_pool_submit_isolated(ctp_pool *pool, ctp_isolated_fn fn,
  * or crashes keeps the 64 KiB chunks already sent. Only the function's own
  * thread may call it. */
 CTP_EXPORT int ctp_output_write(ctp_output *out, const void *data, size_t len);
+
+/* An output kept in this process's memory, for code that runs functions of
+ * the ctp_isolated_fn kind (or its own) in a thread and wants what they
+ * write (libctpool-redis does): ctp_output_write appends to it, up to max
+ * bytes (0 = 64 MiB), -EMSGSIZE past that (it keeps what fitted), -ENOMEM
+ * when it cannot grow. One thread at a time may write it. Returns 0 and
+ * *out; -EINVAL; -ENOMEM. */
+CTP_EXPORT int ctp_output_create(ctp_output **out, size_t max);
+
+/* What was written to an output of ctp_output_create: *data (NULL when *len
+ * is 0) stays valid until the next write or ctp_output_free. 0; -EINVAL
+ * (NULL arguments, or a worker process's output). */
+CTP_EXPORT int ctp_output_data(const ctp_output *out, const void **data,
+                               size_t *len);
+
+/* Frees an output of ctp_output_create. NULL is a no-op. */
+CTP_EXPORT void ctp_output_free(ctp_output *out);
 
 /* Once an isolated task has finished: *data and *len are its output (data
  * may be NULL when len is 0), valid until the handle is released. Returns

@@ -9,6 +9,7 @@ set -euo pipefail
 
 pkgs=(gcc libc6-dev pkg-config meson ninja-build libck-dev libcmocka-dev
       libmicrohttpd-dev curl spin clang libclang-rt-14-dev
+      redis-server redis-tools libhiredis-dev python3
       libasan8 libubsan1 libtsan2 "$@")
 need=()
 for p in "${pkgs[@]}"; do

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Sets up (installs what is missing), builds, and runs every test:
-#   plain    debugoptimized build: suites fast, stress (incl. hostile), e2e
-#   asan     ASan + LSan + UBSan: fast, stress, e2e, fault (k-th malloc /
-#            pthread_create fails, swept over every call site)
-#   tsan     ThreadSanitizer: fast, and stress twice (scaled down 10x)
+#   plain    debugoptimized build: suites fast, stress (incl. hostile), e2e,
+#            redis (libctpool-redis against a real redis-server started on
+#            a free loopback port) and redis-faults (node processes killed,
+#            stopped, Redis restarted)
+#   asan     ASan + LSan + UBSan: fast, stress, e2e, redis, fault (k-th
+#            malloc / pthread_create fails, swept over every call site)
+#   tsan     ThreadSanitizer: fast, redis, and stress twice (scaled down
+#            10x)
 #   perturb  release build with seeded yield points in the hot paths
 #            (-Dperturb=true): fast + stress, unpinned and on one CPU
 #   fuzz     libFuzzer API fuzzer, ASan+UBSan and TSan variants (60 s each)
@@ -77,6 +81,8 @@ for v in "${variants[@]}"; do
 		run plain fast
 		run plain stress
 		run plain e2e
+		run plain redis
+		run plain redis-faults
 		;;
 	asan)
 		setup asan --buildtype=debug -Db_sanitize=address,undefined \
@@ -84,12 +90,14 @@ for v in "${variants[@]}"; do
 		run asan fast
 		run asan stress CTP_STRESS_SCALE=4
 		run asan e2e
+		run asan redis
 		run asan fault
 		;;
 	tsan)
 		setup tsan --buildtype=debugoptimized -Db_sanitize=thread \
 			-Db_lundef=false -Dexamples=disabled
 		run tsan fast
+		run tsan redis
 		run tsan stress CTP_STRESS_SCALE=10
 		run tsan stress CTP_STRESS_SCALE=10
 		;;

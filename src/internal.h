@@ -727,6 +727,7 @@ CTP__HIDDEN struct ctp__fire *ctp__timer_claim(ctp_task *t);
 /* ---- proc.c ------------------------------------------------------------- */
 
 #define CTP__CHUNK      (64 * 1024) /* inline input, output chunks */
+#define CTP__MAX_IO_DEFAULT ((size_t)64 << 20) /* ctp_pool_opts.max_io 0 */
 #define CTP__PAGE_SIZE  4096        /* a worker process's shared page */
 #define CTP__MSG_MAXFDS 4
 

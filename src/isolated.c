@@ -53,7 +53,6 @@
 
 #include "internal.h"
 
-#define DEFAULT_MAX_IO   ((size_t)64 << 20)
 #define DEFAULT_KILL     CTP_SEC(1)
 
 struct slot {
@@ -101,7 +100,7 @@ int ctp__iso_create(ctp_pool *pool)
 	}
 	ip->n = o->processes;
 	ip->kill_after = o->kill_after == 0 ? DEFAULT_KILL : o->kill_after;
-	ip->max_io = o->max_io == 0 ? DEFAULT_MAX_IO : o->max_io;
+	ip->max_io = o->max_io == 0 ? CTP__MAX_IO_DEFAULT : o->max_io;
 	pthread_mutex_init(&ip->lock, NULL);
 	pthread_mutex_init(&ip->server.lock, NULL);
 	cx.n = ip->n;

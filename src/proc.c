@@ -191,12 +191,17 @@ int ctp__msg_recv(int fd, struct ctp__msg *m, void *data, size_t cap,
 
 /* ---- the worker process ------------------------------------------------- */
 
+/* An output: a worker process's (sock >= 0: buf is a CTP__CHUNK buffer sent
+ * to the parent each time it fills) or one in memory (ctp_output_create:
+ * sock -1, buf grows to hold everything written, cap its size). Either is
+ * used by one thread at a time (the function's own). */
 struct ctp_output {
 	int     sock;
-	size_t  len;    /* bytes in buf not yet sent */
+	size_t  len;    /* bytes in buf (not yet sent, for a process's) */
 	size_t  total;  /* bytes accepted by ctp_output_write in this task */
 	size_t  max;    /* max_io */
-	char   *buf;    /* CTP__CHUNK bytes */
+	size_t  cap;    /* in memory: bytes allocated at buf */
+	char   *buf;    /* CTP__CHUNK bytes (a process's), or cap bytes */
 };
 
 /* The worker process's state (one per process; only its two threads). */
@@ -218,6 +223,27 @@ static int out_flush(ctp_output *out)
 	return r;
 }
 
+/* An in-memory output's append: grows buf by doubling. */
+static int out_mem_write(ctp_output *out, const char *p, size_t len)
+{
+	if (len > out->cap - out->len) {
+		size_t cap = out->cap ? out->cap : 256;
+		char *nb;
+
+		while (cap - out->len < len)
+			cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+		nb = realloc(out->buf, cap);
+		if (nb == NULL)
+			return -ENOMEM;
+		out->buf = nb;
+		out->cap = cap;
+	}
+	memcpy(out->buf + out->len, p, len);
+	out->len += len;
+	out->total += len;
+	return 0;
+}
+
 int ctp_output_write(ctp_output *out, const void *data, size_t len)
 {
 	const char *p = data;
@@ -228,6 +254,11 @@ int ctp_output_write(ctp_output *out, const void *data, size_t len)
 	if (len > out->max - out->total) {
 		len = out->max - out->total;
 		r = -EMSGSIZE;
+	}
+	if (out->sock < 0) {
+		int e = len ? out_mem_write(out, p, len) : 0;
+
+		return e ? e : r;
 	}
 	while (len > 0) {
 		size_t n = CTP__CHUNK - out->len;
@@ -243,6 +274,38 @@ int ctp_output_write(ctp_output *out, const void *data, size_t len)
 			return -EPIPE;
 	}
 	return r;
+}
+
+int ctp_output_create(ctp_output **out, size_t max)
+{
+	ctp_output *o;
+
+	if (out == NULL)
+		return -EINVAL;
+	o = calloc(1, sizeof(*o));
+	if (o == NULL)
+		return -ENOMEM;
+	o->sock = -1;
+	o->max = max ? max : CTP__MAX_IO_DEFAULT;
+	*out = o;
+	return 0;
+}
+
+int ctp_output_data(const ctp_output *out, const void **data, size_t *len)
+{
+	if (out == NULL || out->sock >= 0 || data == NULL || len == NULL)
+		return -EINVAL;
+	*data = out->len ? out->buf : NULL;
+	*len = out->len;
+	return 0;
+}
+
+void ctp_output_free(ctp_output *out)
+{
+	if (out == NULL || out->sock >= 0)
+		return;
+	free(out->buf);
+	free(out);
 }
 
 /* The page token between functions: DONE (a parent's fire fails), fd the
@@ -322,7 +385,7 @@ static _Noreturn void worker_main(const struct ctp__spawn_ctx *cx, int sock,
 	pthread_attr_t attr;
 	pthread_t relay;
 	char *inbuf, name[16];
-	ctp_output out;
+	ctp_output out = { .sock = -1 };
 
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != cx->server)
 		_exit(0); /* the fork server is already gone */

@@ -2418,6 +2418,57 @@ static void test_isolated_fork_server_gone(void **state)
 }
 
 /* With an argument, runs only the tests whose names contain it. */
+/* ctp_output_create: an output in this process's memory, as a thread-run
+ * function of the isolated kind writes it (libctpool-redis does): what is
+ * written comes back whole, max bounds it (-EMSGSIZE, keeping what fitted),
+ * and a worker process's output is not one. */
+static int write_three(const void *in, size_t in_len, ctp_output *out,
+                       ctp_token *token)
+{
+	(void)in;
+	(void)in_len;
+	(void)token;
+	return ctp_output_write(out, "abc", 3);
+}
+
+static void test_output_in_memory(void **state)
+{
+	static char big[100000];
+	ctp_output *out;
+	const void *data;
+	size_t len, i;
+
+	(void)state;
+	assert_int_equal(ctp_output_create(NULL, 0), -EINVAL);
+	assert_int_equal(ctp_output_create(&out, 0), 0);
+	assert_int_equal(ctp_output_data(out, &data, &len), 0);
+	assert_null(data);
+	assert_int_equal(len, 0);
+	assert_int_equal(write_three(NULL, 0, out, NULL), 0);
+	for (i = 0; i < sizeof(big); i++)
+		big[i] = (char)i;
+	assert_int_equal(ctp_output_write(out, big, sizeof(big)), 0);
+	assert_int_equal(ctp_output_write(out, NULL, 0), 0);
+	assert_int_equal(ctp_output_write(out, NULL, 1), -EINVAL);
+	assert_int_equal(ctp_output_data(out, &data, &len), 0);
+	assert_int_equal(len, 3 + sizeof(big));
+	assert_memory_equal(data, "abc", 3);
+	assert_memory_equal((const char *)data + 3, big, sizeof(big));
+	assert_int_equal(ctp_output_data(out, NULL, &len), -EINVAL);
+	assert_int_equal(ctp_output_data(NULL, &data, &len), -EINVAL);
+	ctp_output_free(out);
+	ctp_output_free(NULL);
+
+	assert_int_equal(ctp_output_create(&out, 5), 0);
+	assert_int_equal(ctp_output_write(out, "abc", 3), 0);
+	assert_int_equal(ctp_output_write(out, "defg", 4), -EMSGSIZE);
+	assert_int_equal(ctp_output_write(out, "h", 1), -EMSGSIZE);
+	assert_int_equal(ctp_output_data(out, &data, &len), 0);
+	assert_int_equal(len, 5);
+	assert_memory_equal(data, "abcde", 5);
+	ctp_output_free(out);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -2465,6 +2516,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_isolated_stdio_not_duplicated),
 		cmocka_unit_test(test_isolated_destroy_with_stuck_tasks_leaves_nothing),
 		cmocka_unit_test(test_isolated_fork_server_gone),
+		cmocka_unit_test(test_output_in_memory),
 	};
 	struct CMUnitTest pick[sizeof(tests) / sizeof(tests[0])];
 	size_t n = 0;
