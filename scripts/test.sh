@@ -4,8 +4,9 @@
 #            redis (libctpool-redis against a real redis-server started on
 #            a free loopback port) and redis-faults (node processes killed,
 #            stopped, Redis restarted)
-#   asan     ASan + LSan + UBSan: fast, stress, e2e, redis, fault (k-th
-#            malloc / pthread_create fails, swept over every call site)
+#   asan     ASan + LSan + UBSan: fast, stress, e2e, redis, redis-faults,
+#            fault (k-th malloc / pthread_create fails, swept over every
+#            call site)
 #   tsan     ThreadSanitizer: fast, redis, and stress twice (scaled down
 #            10x)
 #   perturb  release build with seeded yield points in the hot paths
@@ -91,6 +92,7 @@ for v in "${variants[@]}"; do
 		run asan stress CTP_STRESS_SCALE=4
 		run asan e2e
 		run asan redis
+		run asan redis-faults
 		run asan fault
 		;;
 	tsan)

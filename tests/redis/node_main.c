@@ -211,6 +211,16 @@ static redisReply *raw_command(redisContext **cp, const char *fmt, ...)
 /* Each worker thread of a node logs on a connection of its own. */
 static __thread redisContext *tl_conn;
 
+/* ctp_pool_opts.on_thread_stop: a worker's log connection goes with it. */
+static void worker_stop(unsigned index, void *user)
+{
+	(void)index;
+	(void)user;
+	if (tl_conn != NULL)
+		redisFree(tl_conn);
+	tl_conn = NULL;
+}
+
 static void log_push(const char *list, const char *line)
 {
 	redisReply *r = raw_command(&tl_conn, "RPUSH %s:test:%s %s", g_ns, list,
@@ -322,7 +332,8 @@ static int cmd_node(int argc, char **argv)
 		die("ctp_cluster_register", rc);
 
 	ctp_pool *pool;
-	ctp_pool_opts po = { .threads = threads, .name = "node" };
+	ctp_pool_opts po = { .threads = threads, .name = "node",
+	                     .on_thread_stop = worker_stop };
 	if ((rc = ctp_pool_create(&pool, &po)) != 0)
 		die("ctp_pool_create", rc);
 	ctp_token *stop;
