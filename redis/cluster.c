@@ -1552,6 +1552,10 @@ static void drain_done(struct srv *s)
 	pthread_mutex_unlock(&s->done_lock);
 	for (j = list; j; j = next) {
 		next = j->done_next;
+		/* An isolated task's output is there once its done has
+		 * returned, a moment after it pushed the job here. */
+		if (j->kind->flags & CTP_JOB_ISOLATED)
+			ctp_task_wait(j->task, CTP_FOREVER, NULL);
 		j->finished = true;
 		jobs_unlink(s, j);
 		j->next = s->unwritten;
