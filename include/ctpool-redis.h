@@ -178,7 +178,9 @@ CTP_EXPORT void ctp_job_info_clear(ctp_job_info *info);
 
 /* Names the function for a kind on this node; before serve. Returns 0;
  * -EINVAL (a bad kind, fn NULL, an unknown flag); -EEXIST (the kind is
- * registered already); -EBUSY (serve runs); -ENOMEM. */
+ * registered already); -ENOSPC (64 kinds are); -EBUSY (serve runs);
+ * -ENOMEM. A node with an isolated kind takes a job of it only while one
+ * of the pool's worker processes has no job of this node. */
 CTP_EXPORT int ctp_cluster_register(ctp_cluster *cluster, const char *kind,
                                     ctp_job_fn fn, void *arg, unsigned flags);
 

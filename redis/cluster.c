@@ -85,6 +85,7 @@ _Static_assert(ECANCELED == 125 && ETIMEDOUT == 110 && EOWNERDEAD == 130,
 #define GROUP          "nodes"
 #define MAX_NAME       64
 #define MAX_KEY        256
+#define MAX_KINDS      64     /* kinds one cluster may register */
 #define DEF_CLAIM      CTP_SEC(30)
 #define DEF_TTL        (CTP_SEC(86400))
 #define DEF_DRAIN      CTP_SEC(10)
@@ -171,7 +172,6 @@ struct srv {
 	bool            stopping;
 	unsigned        processes;  /* pool's worker processes at the start */
 	unsigned        iso_inflight;
-	bool            any_iso;
 	unsigned long   nhanded;    /* hand-backs Redis took */
 	unsigned        budget;     /* deliveries this read may start
 	                               (UINT_MAX: any) */
@@ -557,15 +557,18 @@ int ctp_cluster_register(ctp_cluster *c, const char *kind, ctp_job_fn fn,
                          void *arg, unsigned flags)
 {
 	struct kind *k;
+	unsigned n = 0;
 
 	if (c == NULL || !name_ok(kind, MAX_NAME) || fn == NULL ||
 	    (flags & ~CTP_JOB_ISOLATED))
 		return -EINVAL;
 	if (atomic_load(&c->serving))
 		return -EBUSY;
-	for (k = c->kinds; k; k = k->next)
+	for (k = c->kinds; k; k = k->next, n++)
 		if (strcmp(k->name, kind) == 0)
 			return -EEXIST;
+	if (n >= MAX_KINDS)
+		return -ENOSPC;
 	k = calloc(1, sizeof(*k));
 	if (k == NULL)
 		return -ENOMEM;
@@ -995,28 +998,31 @@ static struct kind *kind_of(struct srv *s, const char *name, size_t n)
 	return NULL;
 }
 
+/* Worker processes not running a job of ours: an isolated job occupies
+ * one (and a worker thread) from its start to its end. */
+static unsigned free_processes(const struct srv *s)
+{
+	return s->processes > s->iso_inflight ? s->processes - s->iso_inflight
+	                                      : 0;
+}
+
+/* How many jobs this node may take now: the pool's threads that run and
+ * hold nothing; with only isolated kinds, also its free processes. */
 static unsigned free_workers(struct srv *s)
 {
 	ctp_stats st;
 	uint64_t busy;
 	unsigned f;
+	struct kind *k;
+	bool all_iso = true;
 
 	ctp_pool_stats(s->pool, &st);
 	busy = st.running + st.queued;
 	f = busy >= st.threads ? 0 : st.threads - (unsigned)busy;
-	if (s->any_iso && f > 0) {
-		/* every kind isolated: the processes bound it too */
-		struct kind *k;
-		bool all = true;
-
-		for (k = s->c->kinds; k; k = k->next)
-			all = all && (k->flags & CTP_JOB_ISOLATED);
-		if (all) {
-			unsigned p = s->processes > s->iso_inflight
-			             ? s->processes - s->iso_inflight : 0;
-			f = f < p ? f : p;
-		}
-	}
+	for (k = s->c->kinds; k; k = k->next)
+		all_iso = all_iso && (k->flags & CTP_JOB_ISOLATED);
+	if (all_iso && f > free_processes(s))
+		f = free_processes(s);
 	return f;
 }
 
@@ -1054,7 +1060,10 @@ static void deliver(struct srv *s, struct kind *k, const char *entry,
 	/* The stop's token, not only s->stopping: a job submitted after the
 	 * stop fired may be delivered before the loop has seen the fire, and
 	 * it must never start here. */
-	if (s->stopping || ctp_token_cancelled(s->stop)) {
+	if (s->stopping || ctp_token_cancelled(s->stop) ||
+	    ((k->flags & CTP_JOB_ISOLATED) && free_processes(s) == 0)) {
+		/* (an isolated job past the free processes: a read over
+		 * several kinds may bring one; another node may be free) */
 		handback(s, k, id, entry, 0);
 		return;
 	}
@@ -1318,13 +1327,16 @@ static void send_read(struct srv *s)
 {
 	unsigned n = free_workers(s), nk = 0, i;
 	struct kind *k;
-	const char *argv[8 + 2 * 64];
-	size_t len[8 + 2 * 64];
-	char cnt[16], names[64][MAX_NAME * 2 + 8];
+	const char *argv[9 + 2 * MAX_KINDS];
+	size_t len[9 + 2 * MAX_KINDS];
+	char cnt[16], names[MAX_KINDS][MAX_NAME * 2 + 8], block[8];
+	unsigned nkinds = 0;
 	int argc = 0, done = 0;
 
 	if (n == 0 || s->rd == NULL)
 		return;
+	for (k = s->c->kinds; k; k = k->next)
+		nkinds++;
 	snprintf(cnt, sizeof(cnt), "%u", n);
 	argv[argc++] = "XREADGROUP";
 	argv[argc++] = "GROUP";
@@ -1333,13 +1345,20 @@ static void send_read(struct srv *s)
 	argv[argc++] = "COUNT";
 	argv[argc++] = cnt;
 	argv[argc++] = "BLOCK";
-	argv[argc++] = "1000";
+	argv[argc++] = block; /* set below, once the kinds are known */
 	argv[argc++] = "STREAMS";
-	for (k = s->c->kinds; k && nk < 64; k = k->next, nk++) {
+	for (k = s->c->kinds; k; k = k->next) {
+		if ((k->flags & CTP_JOB_ISOLATED) && free_processes(s) == 0)
+			continue; /* no process for it: leave it to others */
 		snprintf(names[nk], sizeof(names[nk]), "%s:q:%s", s->c->ns,
 		         k->name);
-		argv[argc++] = names[nk];
+		argv[argc++] = names[nk++];
 	}
+	if (nk == 0)
+		return;
+	/* A kind left out (no free process) comes back into the read as
+	 * soon as a process frees: a short block makes that prompt. */
+	strcpy(block, nk == nkinds ? "1000" : "50");
 	for (i = 0; i < nk; i++)
 		argv[argc++] = ">";
 	for (i = 0; i < (unsigned)argc; i++)
@@ -1446,6 +1465,11 @@ static void reclaim(struct srv *s)
 
 		if (n == 0)
 			return;
+		if (k->flags & CTP_JOB_ISOLATED) {
+			if (free_processes(s) == 0)
+				continue;
+			n = n < free_processes(s) ? n : free_processes(s);
+		}
 		r = cmd_fmt(s->nc, &err, "XAUTOCLAIM %s:q:%s " GROUP
 		            " %s %s %s COUNT %u", s->c->ns, k->name,
 		            s->c->node, idle, k->cursor, n);
@@ -1617,7 +1641,6 @@ int ctp_cluster_serve(ctp_cluster *c, ctp_pool *pool, ctp_token *stop)
 	ctp_pool_stats(pool, &st);
 	for (k = c->kinds; k; k = k->next)
 		if (k->flags & CTP_JOB_ISOLATED) {
-			s.any_iso = true;
 			if (st.processes == 0)
 				return -ENOTSUP;
 		}

@@ -129,6 +129,45 @@
  *   period, and neither does a spin job (ctpool: an isolated task cannot
  *   be periodic): those are 400s, checked before anything is submitted.
  *
+ * Redis mode (--redis; compiled with JOBSERVER_REDIS, when the build has
+ * libctpool-redis)
+ *   The jobs live in Redis (ctpool-redis.h): this process keeps no record
+ *   and no job handle (the map stays empty). A POST is parsed and checked
+ *   as in the local mode, plus what Redis mode refuses (redis_refuses);
+ *   then the kind's work parameters are encoded again, canonically, as the
+ *   job's payload (payload_encode: "kind=sleep&ms=500") and
+ *   ctp_cluster_submit stores it; GET and DELETE are ctp_cluster_status
+ *   and ctp_cluster_cancel of the library's string id, answered the same
+ *   on every node. Whichever node takes the job parses the payload again
+ *   with the same code (payload_decode) and runs the work of the local
+ *   mode: thread_work[] on a record on its stack, spin_for in a worker
+ *   process. The job functions are static and their arg is NULL or a
+ *   static object (redis_kinds[]), so they are valid in the worker
+ *   processes' copy too (spin is CTP_JOB_ISOLATED).
+ *
+ *   Threads: main makes the pool first (its fork server copies a program
+ *   of one thread), then connects to Redis and registers the kinds
+ *   (hiredis starts no thread; the order would keep the rule if it did),
+ *   starts the serve thread (ctp_cluster_serve on the pool until
+ *   server.stop fires), then the HTTP daemon and the signal thread. The
+ *   cluster is shared by the HTTP threads: the library serializes their
+ *   commands on one connection under its own lock.
+ *
+ *   A handler in Redis mode waits, unlike the rule of "HTTP threads"
+ *   above: one round trip to Redis, and while Redis cannot be reached the
+ *   library's retries (10, 100, 500, 1000 and 2000 ms of backoff, about
+ *   3.6 s with a refused loopback connection) before it answers 503. The
+ *   library's API is blocking; --http-threads spreads the wait.
+ *
+ *   Shutdown: the signal thread fires server.stop and joins the serve
+ *   thread. serve stops taking jobs, lets the running ones go on for
+ *   --drain, shuts the pool down (their tokens fire with -ESHUTDOWN),
+ *   hands every job it did not finish back to the other nodes at once,
+ *   waits for every job function, and returns; the pool is then shut
+ *   down, so the usual ctp_pool_shutdown only collects its result. The
+ *   HTTP daemon stops after that (GET/DELETE use the cluster until then)
+ *   and the cluster is closed last, in cleanup.
+ *
  * Signals and shutdown
  *   main blocks SIGTERM and SIGINT before any thread exists (so every thread
  *   inherits the mask) and ignores SIGPIPE. A dedicated thread takes the
@@ -163,6 +202,9 @@
 #include <unistd.h>
 
 #include "ctpool.h"
+#ifdef JOBSERVER_REDIS
+#include "ctpool-redis.h"
+#endif
 
 #define BODY_MAX       4096         /* bytes of a POST body; more is a 400 */
 #define PIPE_CAPACITY  16           /* items in a pipeline's queue */
@@ -175,19 +217,24 @@
 #define MAX_RECORDS    INT64_C(1000000000) /* upper bound of --max-records */
 #define HTTP_THREADS_MAX 64         /* upper bound of --http-threads */
 #define MAP_MIN        64           /* buckets of the map, at least */
+#define KEY_MAX        256          /* bytes of a Redis mode key (the
+                                       library's limit) */
+#define CLAIM_MIN      CTP_MSEC(10) /* smallest --claim-after (the
+                                       library's) */
 
 /* ---- job kinds and parameters ------------------------------------------ */
 
 enum kind { K_SLEEP, K_CPU, K_FETCH, K_PIPELINE, K_SPIN, NKINDS };
 
 enum param { P_KIND, P_MS, P_ITERATIONS, P_HOST, P_PORT, P_ITEMS, P_TIMEOUT,
-             P_DELAY, P_PERIOD, P_PRIORITY, NPARAMS };
+             P_DELAY, P_PERIOD, P_PRIORITY, P_KEY, NPARAMS };
 
 #define BIT(p) (1u << (p))
 
-/* Parameters every kind accepts (period_ms: not pipeline or spin). */
+/* Parameters every kind accepts (period_ms: not pipeline or spin; key: in
+ * Redis mode only, form_parse refuses it otherwise). */
 #define OPTIONAL_PARAMS (BIT(P_TIMEOUT) | BIT(P_DELAY) | BIT(P_PERIOD) | \
-                         BIT(P_PRIORITY))
+                         BIT(P_PRIORITY) | BIT(P_KEY))
 
 static const struct {
 	const char *name;
@@ -200,8 +247,8 @@ static const struct {
 	[K_SPIN]     = { "spin",     BIT(P_MS) },
 };
 
-/* Name and range of every numeric parameter (host, kind and priority are
- * not). */
+/* Name and range of every numeric parameter (host, kind, priority and key
+ * are not). */
 static const struct {
 	const char *name;
 	int64_t     min, max;
@@ -216,6 +263,7 @@ static const struct {
 	[P_DELAY]      = { "delay_ms",   0, SCHED_MS_MAX },
 	[P_PERIOD]     = { "period_ms",  0, SCHED_MS_MAX },
 	[P_PRIORITY]   = { "priority",   0, 0 },
+	[P_KEY]        = { "key",        0, 0 },
 };
 
 /* ctp_task_opts.priority by name; the numbers -1, 0, 1 are accepted too. */
@@ -245,6 +293,8 @@ struct job {
 	ctp_task          *producer;     /* pipeline only */
 	ctp_token         *group;        /* pipeline only: parent of both */
 	uint64_t           cpu_sink;     /* cpu: the result, written by the task */
+	const char        *key;          /* Redis mode: the idempotency key, in
+	                                    the request's body; NULL = none */
 
 	/* Protected by server.lock. */
 	uint64_t           id;           /* set when put in the map; 0 before */
@@ -296,11 +346,27 @@ static struct {
 	unsigned           http_threads; /* --http-threads: MHD's pool */
 	int64_t            start_ns;     /* CLOCK_MONOTONIC at startup */
 	sigset_t           signals;      /* taken by the signal thread */
+	const char        *redis_url;    /* --redis; NULL: the local mode */
+	const char        *node;         /* --node; NULL: the library's name */
+	int64_t            claim_after_ns; /* --claim-after */
 
 	ctp_pool          *pool;
 	struct MHD_Daemon *daemon;
 	atomic_bool        stopping;     /* set at the signal: POSTs get 503 */
 	int                exit_code;    /* set by the signal thread */
+#ifdef JOBSERVER_REDIS
+	/* Redis mode. Made by main before the HTTP daemon and the signal
+	 * thread start, closed after both are gone; the library makes the
+	 * cluster safe to share between threads (its own lock). */
+	ctp_cluster       *cluster;
+	ctp_token         *stop;         /* fired to end serve */
+	pthread_t          serve_thread; /* runs ctp_cluster_serve */
+	bool               serving;      /* serve_thread not joined yet: main's
+	                                    until the signal thread starts, then
+	                                    the signal thread's */
+	int                serve_rc;     /* serve's result: written by the serve
+	                                    thread, read after joining it */
+#endif
 
 	pthread_mutex_t    lock;         /* see "Locking rule" above */
 	/* Protected by lock: the map, the finished FIFO, the last id. */
@@ -652,6 +718,20 @@ static int cpu_run(struct job *job, ctp_token *token)
 	return 0;
 }
 
+/* The work of a spin job, in a worker process: busy-loops for ms, then
+ * writes "pid=P", the process it ran in. */
+static int spin_for(int64_t ms, ctp_output *out)
+{
+	int64_t end = now_ns() + CTP_MSEC(ms);
+	char buf[32];
+	int n;
+
+	while (now_ns() < end)
+		; /* the work: burn CPU, deaf to everything but SIGKILL */
+	n = snprintf(buf, sizeof buf, "pid=%ld", (long)getpid());
+	return ctp_output_write(out, buf, (size_t)n);
+}
+
 /* An isolated task: runs in a worker process, a copy of this program, with
  * the job's ms as its input. It busy-loops for ms and never looks at its
  * token: a DELETE, its deadline or the shutdown stop it only by killing
@@ -659,19 +739,13 @@ static int cpu_run(struct job *job, ctp_token *token)
 static int spin_task(const void *in, size_t in_len, ctp_output *out,
                      ctp_token *token)
 {
-	char buf[32];
-	int64_t ms, end;
-	int n;
+	int64_t ms;
 
 	(void)token; /* on purpose: this job cannot be asked to stop */
 	if (in_len != sizeof ms)
 		return -EINVAL;
 	memcpy(&ms, in, sizeof ms);
-	end = now_ns() + CTP_MSEC(ms);
-	while (now_ns() < end)
-		; /* the work: burn CPU, deaf to everything but SIGKILL */
-	n = snprintf(buf, sizeof buf, "pid=%ld", (long)getpid());
-	return ctp_output_write(out, buf, (size_t)n);
+	return spin_for(ms, out);
 }
 
 /* Waits until sock has `events` or the token fires. Returns 0 when the
@@ -756,18 +830,21 @@ static int fetch_run(struct job *job, ctp_token *token)
 	return rc;
 }
 
+/* The work of the kinds that run on a pool thread, pipeline aside (local
+ * mode: thread_task; Redis mode: redis_thread_job). */
+static int (*const thread_work[NKINDS])(struct job *, ctp_token *) = {
+	[K_SLEEP] = sleep_run, [K_CPU] = cpu_run, [K_FETCH] = fetch_run,
+};
+
 /* The task function of sleep, cpu and fetch jobs: one call per run (many
  * for a periodic job), each one counted in the record. */
 static int thread_task(void *arg, ctp_token *token)
 {
-	static int (*const work[NKINDS])(struct job *, ctp_token *) = {
-		[K_SLEEP] = sleep_run, [K_CPU] = cpu_run, [K_FETCH] = fetch_run,
-	};
 	struct job *job = arg;
 	int rc;
 
 	job_started(job);
-	rc = work[job->kind](job, token);
+	rc = thread_work[job->kind](job, token);
 	job_ran(job, rc);
 	return rc;
 }
@@ -936,9 +1013,11 @@ static bool form_decode(char *s)
 	return true;
 }
 
-/* Splits body (modified in place) into values[param]. Returns NULL or an
- * error message for the client. */
-static const char *form_parse(char *body, const char *values[NPARAMS])
+/* Splits body (modified in place) into values[param]. with_key: key is a
+ * parameter (Redis mode), else it is unknown like any other name. Returns
+ * NULL or an error message for the client. */
+static const char *form_parse(char *body, const char *values[NPARAMS],
+                              bool with_key)
 {
 	char *save = NULL;
 
@@ -954,7 +1033,7 @@ static const char *form_parse(char *body, const char *values[NPARAMS])
 			return "malformed body: bad %-escape";
 		for (p = 0; p < NPARAMS && strcmp(pair, params[p].name) != 0; p++)
 			;
-		if (p == NPARAMS)
+		if (p == NPARAMS || (p == P_KEY && !with_key))
 			return "unknown parameter";
 		if (values[p] != NULL)
 			return "repeated parameter";
@@ -1039,6 +1118,14 @@ static const char *job_from_form(struct job *job, const char *values[NPARAMS],
 				return "priority must be low, normal, high, -1, 0 or 1";
 			continue;
 		}
+		if (p == P_KEY) {
+			size_t len = strlen(values[p]);
+
+			if (len == 0 || len > KEY_MAX)
+				return "key must be 1 to 256 bytes";
+			job->key = values[p];
+			continue;
+		}
 		if (!parse_int(values[p], params[p].min, params[p].max, &v)) {
 			snprintf(err, errlen, "%s must be an integer in %" PRId64
 			         "..%" PRId64, params[p].name, params[p].min,
@@ -1065,6 +1152,112 @@ static const char *job_from_form(struct job *job, const char *values[NPARAMS],
 	}
 	return NULL;
 }
+
+#ifdef JOBSERVER_REDIS
+/* ---- Redis mode: payloads and job functions ------------------------------ */
+
+#define PAYLOAD_MAX 96  /* bytes of an encoded payload; the longest, a fetch
+                           or a cpu job, takes about 50 */
+
+/* Encodes a checked job's kind and work parameters as its payload, in the
+ * form a client posts ("kind=fetch&host=127.0.0.1&port=9000"), so that the
+ * node that runs it parses it with the same code (payload_decode).
+ * Scheduling (timeout_ms, delay_ms) and key travel as ctp_job_opts.
+ * Returns the length, or a negative errno. */
+static int payload_encode(const struct job *job, char *buf, size_t size)
+{
+	char host[INET_ADDRSTRLEN];
+	int n;
+
+	switch (job->kind) {
+	case K_FETCH:
+		if (inet_ntop(AF_INET, &job->addr.sin_addr, host,
+		              sizeof host) == NULL)
+			return -errno;
+		n = snprintf(buf, size, "kind=fetch&host=%s&port=%u", host,
+		             (unsigned)ntohs(job->addr.sin_port));
+		break;
+	case K_CPU:
+		n = snprintf(buf, size, "kind=cpu&iterations=%" PRId64, job->n);
+		break;
+	default: /* sleep and spin: ms */
+		n = snprintf(buf, size, "kind=%s&ms=%" PRId64,
+		             kinds[job->kind].name, job->n);
+		break;
+	}
+	return n < 0 || (size_t)n >= size ? -EOVERFLOW : n;
+}
+
+/* Parses a payload with the checks of a POST into *job: the kind `want`
+ * and its work parameters, nothing else. Runs on the node that took the
+ * job (for spin, in a worker process). 0, or -EINVAL (the job's status:
+ * a payload that did not come from payload_encode). */
+static int payload_decode(const void *payload, size_t len, enum kind want,
+                          struct job *job)
+{
+	const char *values[NPARAMS] = { NULL };
+	char body[BODY_MAX + 1], err[128];
+
+	if (len > BODY_MAX || (len > 0 && memchr(payload, '\0', len) != NULL))
+		return -EINVAL;
+	if (len > 0)
+		memcpy(body, payload, len);
+	body[len] = '\0';
+	memset(job, 0, sizeof *job);
+	job->addr.sin_family = AF_INET;
+	if (form_parse(body, values, false) != NULL ||
+	    job_from_form(job, values, err, sizeof err) != NULL ||
+	    job->kind != want)
+		return -EINVAL;
+	for (int p = 0; p < NPARAMS; p++) {
+		if (values[p] != NULL && (OPTIONAL_PARAMS & BIT(p)))
+			return -EINVAL; /* scheduling is not payload */
+	}
+	return 0;
+}
+
+/* The arg of each kind's job function: the kind it runs. A static table,
+ * so its addresses are the same in a worker process's copy. */
+static const enum kind redis_kinds[NKINDS] = {
+	K_SLEEP, K_CPU, K_FETCH, K_PIPELINE, K_SPIN,
+};
+
+/* The job function of sleep, cpu and fetch in Redis mode: the work of the
+ * local mode (thread_work) on a record decoded from the payload. Any
+ * attempt runs from the start; it writes no output. */
+static int redis_thread_job(const void *payload, size_t len,
+                            unsigned attempt, ctp_output *out,
+                            ctp_token *token, void *arg)
+{
+	const enum kind *kind = arg;
+	struct job job;
+	int rc;
+
+	(void)attempt;
+	(void)out;
+	rc = payload_decode(payload, len, *kind, &job);
+	if (rc != 0)
+		return rc;
+	return thread_work[*kind](&job, token);
+}
+
+/* The job function of spin in Redis mode (CTP_JOB_ISOLATED): runs in a
+ * worker process and, like spin_task, never looks at its token. */
+static int redis_spin_job(const void *payload, size_t len, unsigned attempt,
+                          ctp_output *out, ctp_token *token, void *arg)
+{
+	struct job job;
+	int rc;
+
+	(void)attempt;
+	(void)arg;
+	(void)token; /* on purpose: this job cannot be asked to stop */
+	rc = payload_decode(payload, len, K_SPIN, &job);
+	if (rc != 0)
+		return rc;
+	return spin_for(job.n, out);
+}
+#endif /* JOBSERVER_REDIS */
 
 /* ---- HTTP replies ---------------------------------------------------------- */
 
@@ -1208,6 +1401,151 @@ static enum MHD_Result reply_submit_error(struct MHD_Connection *c, int rc)
 	return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, ctp_strerror(rc));
 }
 
+/* What Redis mode refuses of a job the local mode would take (SPEC.md,
+ * "Redis mode"): the library has no priorities, no periodic jobs, and a
+ * pipeline's two tasks and queue cannot span nodes. NULL or a message. */
+static const char *redis_refuses(const struct job *job)
+{
+	if (job->kind == K_PIPELINE)
+		return "kind pipeline is not available in Redis mode";
+	if (job->period_ms > 0)
+		return "period_ms is not available in Redis mode";
+	if (job->priority != CTP_PRIORITY_NORMAL)
+		return "priority other than normal is not available in Redis mode";
+	return NULL;
+}
+
+#ifdef JOBSERVER_REDIS
+/* ---- Redis mode: endpoints ----------------------------------------------- */
+
+/* Answers a library error that is not the request's fault. */
+static enum MHD_Result reply_cluster_error(struct MHD_Connection *c, int rc)
+{
+	if (rc == -ENOENT)
+		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such job");
+	if (rc == -ECONNREFUSED || rc == -EIO)
+		return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+		                   "redis unavailable");
+	return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, ctp_strerror(rc));
+}
+
+/* Stores a checked job in Redis: 202 {"id":"<id>"}. */
+static enum MHD_Result post_job_redis(struct MHD_Connection *c,
+                                      const struct job *job)
+{
+	ctp_job_opts opts = {
+		/* ms <= SCHED_MS_MAX: the products fit in int64_t */
+		.delay = CTP_MSEC(job->delay_ms),
+		.timeout = CTP_MSEC(job->timeout_ms),
+		.key = job->key,
+	};
+	char payload[PAYLOAD_MAX], id[CTP_JOB_ID_SIZE];
+	struct out o = { .n = 0 };
+	int len, rc;
+
+	len = payload_encode(job, payload, sizeof payload);
+	if (len < 0)
+		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
+		                   ctp_strerror(len));
+	rc = ctp_cluster_submit(server.cluster, kinds[job->kind].name, payload,
+	                        (size_t)len, &opts, id);
+	if (rc != 0)
+		return reply_cluster_error(c, rc);
+	out_add(&o, "{\"id\":");
+	out_str(&o, id);
+	out_add(&o, "}\n");
+	return reply(c, MHD_HTTP_ACCEPTED, &o, NULL, NULL);
+}
+
+/* An ID the library could have issued: 1 to CTP_JOB_ID_SIZE - 1 characters
+ * of [A-Za-z0-9_.-] (its ids are 24 hex digits). Anything else is a 400. */
+static bool cluster_id_ok(const char *id)
+{
+	size_t len = strlen(id);
+
+	return len > 0 && len < CTP_JOB_ID_SIZE &&
+	       strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	                  "0123456789_.-") == len;
+}
+
+static enum MHD_Result reply_bad_cluster_id(struct MHD_Connection *c)
+{
+	return reply_error(c, MHD_HTTP_BAD_REQUEST,
+	                   "id must be 1 to 31 characters of [A-Za-z0-9_.-]");
+}
+
+static const char *job_state_name(int state)
+{
+	switch (state) {
+	case CTP_JOB_QUEUED:    return "queued";
+	case CTP_JOB_RUNNING:   return "running";
+	case CTP_JOB_DONE:      return "done";
+	case CTP_JOB_CANCELLED: return "cancelled";
+	case CTP_JOB_DEAD:      return "dead";
+	default:                return "unknown";
+	}
+}
+
+/* GET /jobs/ID: the record in Redis, read on whichever node. */
+static enum MHD_Result get_job_redis(struct MHD_Connection *c, const char *id)
+{
+	ctp_job_info info;
+	struct out o = { .n = 0 };
+	bool ended;
+	int rc;
+
+	if (!cluster_id_ok(id))
+		return reply_bad_cluster_id(c);
+	rc = ctp_cluster_status(server.cluster, id, &info);
+	if (rc != 0)
+		return reply_cluster_error(c, rc);
+	ended = info.state == CTP_JOB_DONE || info.state == CTP_JOB_CANCELLED ||
+	        info.state == CTP_JOB_DEAD;
+	out_add(&o, "{\"id\":");
+	out_str(&o, id);
+	out_add(&o, ",\"state\":\"%s\"", job_state_name(info.state));
+	if (ended)
+		out_add(&o, ",\"status\":%d", info.status);
+	else
+		out_add(&o, ",\"status\":null");
+	out_add(&o, ",\"attempts\":%u,\"node\":", info.attempts);
+	if (info.node[0] != '\0')
+		out_str(&o, info.node);
+	else
+		out_add(&o, "null");
+	out_add(&o, ",\"output\":");
+	if (info.output_len > 0)
+		out_strn(&o, info.output, info.output_len < OUTPUT_SHOWN
+		                          ? info.output_len : OUTPUT_SHOWN);
+	else
+		out_add(&o, "null");
+	out_add(&o, "}\n");
+	ctp_job_info_clear(&info);
+	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
+}
+
+/* DELETE /jobs/ID: ctp_cluster_cancel, which reaches the job's node. */
+static enum MHD_Result delete_job_redis(struct MHD_Connection *c,
+                                        const char *id)
+{
+	struct out o = { .n = 0 };
+	const char *answer;
+	int rc;
+
+	if (!cluster_id_ok(id))
+		return reply_bad_cluster_id(c);
+	rc = ctp_cluster_cancel(server.cluster, id);
+	answer = rc == 0 ? "prevented" : rc == -EINPROGRESS ? "signalled"
+	       : rc == -EALREADY ? "already_finished" : NULL;
+	if (answer == NULL)
+		return reply_cluster_error(c, rc);
+	out_add(&o, "{\"id\":");
+	out_str(&o, id);
+	out_add(&o, ",\"cancel\":\"%s\"}\n", answer);
+	return reply(c, MHD_HTTP_OK, &o, NULL, NULL);
+}
+#endif /* JOBSERVER_REDIS */
+
 static enum MHD_Result post_job(struct request *req, struct MHD_Connection *c)
 {
 	const char *values[NPARAMS] = { NULL };
@@ -1225,7 +1563,7 @@ static enum MHD_Result post_job(struct request *req, struct MHD_Connection *c)
 	if (!form_content_type(c))
 		return reply_error(c, MHD_HTTP_BAD_REQUEST,
 		                   "body must be application/x-www-form-urlencoded");
-	msg = form_parse(req->body, values);
+	msg = form_parse(req->body, values, server.redis_url != NULL);
 	job = calloc(1, sizeof *job);
 	if (job == NULL)
 		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory");
@@ -1233,10 +1571,20 @@ static enum MHD_Result post_job(struct request *req, struct MHD_Connection *c)
 	job->started_ms = job->finished_ms = -1;
 	if (msg == NULL)
 		msg = job_from_form(job, values, err, sizeof err);
+	if (msg == NULL && server.redis_url != NULL)
+		msg = redis_refuses(job);
 	if (msg != NULL) {
 		free(job);
 		return reply_error(c, MHD_HTTP_BAD_REQUEST, msg);
 	}
+#ifdef JOBSERVER_REDIS
+	if (server.redis_url != NULL) {
+		enum MHD_Result ret = post_job_redis(c, job);
+
+		free(job); /* the job lives in Redis */
+		return ret;
+	}
+#endif
 	job->dones_left = job->kind == K_PIPELINE ? 2 : 1;
 	rc = job_submit(job);
 	if (rc != 0) {
@@ -1437,6 +1785,13 @@ static enum MHD_Result route(struct request *req, struct MHD_Connection *c,
 	if (strcmp(url, "/stats") == 0)
 		return get ? get_stats(c) : reply_405(c, "GET");
 	if (strncmp(url, "/jobs/", 6) == 0 && strchr(url + 6, '/') == NULL) {
+#ifdef JOBSERVER_REDIS
+		if (server.redis_url != NULL && get)
+			return get_job_redis(c, url + 6);
+		if (server.redis_url != NULL &&
+		    strcmp(method, MHD_HTTP_METHOD_DELETE) == 0)
+			return delete_job_redis(c, url + 6);
+#endif
 		if (get)
 			return get_job(c, url + 6);
 		if (strcmp(method, MHD_HTTP_METHOD_DELETE) == 0)
@@ -1489,6 +1844,51 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **state,
 	*state = NULL;
 }
 
+#ifdef JOBSERVER_REDIS
+/* ---- Redis mode: the node ------------------------------------------------ */
+
+/* The serve thread: this process is a node of the cluster until
+ * server.stop fires. If serve cannot start (Redis went away since the
+ * connect), the server stops as if it had been sent SIGTERM: all threads
+ * block it, so the signal thread takes it (or will, once started). */
+static void *serve_main(void *arg)
+{
+	int rc;
+
+	(void)arg;
+	rc = ctp_cluster_serve(server.cluster, server.pool, server.stop);
+	server.serve_rc = rc;
+	if (rc != 0) {
+		fprintf(stderr, "jobserver: ctp_cluster_serve: %s\n",
+		        ctp_strerror(rc));
+		if (!ctp_token_cancelled(server.stop) &&
+		    kill(getpid(), SIGTERM) != 0)
+			perror("jobserver: kill");
+	}
+	return NULL;
+}
+
+/* Fires the node's stop and waits for serve to return: it has let the
+ * running jobs go on for --drain, shut the pool down, handed what did not
+ * finish back to the other nodes, and waited for every job function.
+ * Returns serve's result (0 when it was not running). */
+static int stop_serving(void)
+{
+	int rc;
+
+	if (!server.serving)
+		return 0;
+	(void)ctp_token_cancel(server.stop); /* -EALREADY is fine too */
+	rc = pthread_join(server.serve_thread, NULL);
+	if (rc != 0) {
+		fprintf(stderr, "jobserver: pthread_join: %s\n", strerror(rc));
+		abort(); /* the pool may still be in use: no way to go on */
+	}
+	server.serving = false;
+	return server.serve_rc;
+}
+#endif /* JOBSERVER_REDIS */
+
 /* ---- signals and shutdown -------------------------------------------------- */
 
 static int print_summary(const ctp_stats *st, int64_t stop_ns)
@@ -1511,7 +1911,7 @@ static void *signal_main(void *arg)
 {
 	ctp_stats st;
 	int64_t t0, t1;
-	int sig, rc;
+	int sig, rc, serve_rc = 0;
 
 	(void)arg;
 	rc = sigwait(&server.signals, &sig);
@@ -1519,6 +1919,11 @@ static void *signal_main(void *arg)
 		fprintf(stderr, "jobserver: sigwait: %s\n", strerror(rc));
 	t0 = now_ns();
 	atomic_store(&server.stopping, true);
+#ifdef JOBSERVER_REDIS
+	/* Redis mode: serve shuts the pool down; the call below then only
+	 * returns its result (or shuts it down if serve never started). */
+	serve_rc = stop_serving();
+#endif
 	rc = ctp_pool_shutdown(server.pool, server.drain_ns, server.grace_ns);
 	t1 = now_ns();
 	/* At once: stats.running now is what the grace abandoned. */
@@ -1531,6 +1936,8 @@ static void *signal_main(void *arg)
 		fprintf(stderr, "jobserver: ctp_pool_shutdown: %s\n",
 		        ctp_strerror(rc));
 	server.exit_code = rc == -ETIMEDOUT ? 3 : rc == 0 ? 0 : 1;
+	if (serve_rc != 0 && server.exit_code == 0)
+		server.exit_code = 1;
 	if (print_summary(&st, t1 - t0) != 0 && server.exit_code == 0)
 		server.exit_code = 1;
 	return NULL;
@@ -1545,9 +1952,12 @@ static void usage(FILE *f)
 	        "                 [--processes N] [--kill-after SECONDS] "
 	        "[--retain SECONDS] [--max-records N]\n"
 	        "                 [--http-threads N]\n"
+	        "                 [--redis URL [--node NAME] "
+	        "[--claim-after SECONDS]]\n"
 	        "defaults: --listen 127.0.0.1:8080 --threads 4 --queue 64 "
 	        "--drain 5 --grace 2 --processes 2 --kill-after 1\n"
-	        "          --retain 300 --max-records 100000 --http-threads 2\n");
+	        "          --retain 300 --max-records 100000 --http-threads 2\n"
+	        "          (--redis: --node <host>-<pid> --claim-after 30)\n");
 }
 
 static bool parse_seconds(const char *s, int64_t *ns)
@@ -1591,6 +2001,38 @@ static bool parse_positive_seconds(const char *s, int64_t *ns)
 	return parse_seconds(s, ns) && *ns > 0;
 }
 
+/* A node name the library takes: 1 to 63 bytes of [A-Za-z0-9_.-]. */
+static bool parse_node(const char *s)
+{
+	size_t len = strlen(s);
+
+	return len > 0 && len < 64 &&
+	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	                 "0123456789_.-") == len;
+}
+
+/* What the Redis options need: --redis, and a build with Redis support.
+ * Returns 0 or -1 after printing what is wrong. */
+static int check_redis_options(void)
+{
+#ifndef JOBSERVER_REDIS
+	if (server.redis_url != NULL) {
+		fprintf(stderr, "jobserver: --redis: this jobserver was built "
+		        "without Redis support (hiredis was not found)\n");
+		return -1;
+	}
+#endif
+	if (server.redis_url == NULL &&
+	    (server.node != NULL || server.claim_after_ns != 0)) {
+		fprintf(stderr, "jobserver: --node and --claim-after need "
+		        "--redis\n");
+		return -1;
+	}
+	if (server.redis_url != NULL && server.claim_after_ns == 0)
+		server.claim_after_ns = CTP_SEC(30);
+	return 0;
+}
+
 /* Returns 0, 1 for --help, or -1 after printing what is wrong. */
 static int parse_options(int argc, char **argv)
 {
@@ -1605,6 +2047,9 @@ static int parse_options(int argc, char **argv)
 		{ "retain",     required_argument, NULL, 'r' },
 		{ "max-records", required_argument, NULL, 'm' },
 		{ "http-threads", required_argument, NULL, 'H' },
+		{ "redis",      required_argument, NULL, 'R' },
+		{ "node",       required_argument, NULL, 'N' },
+		{ "claim-after", required_argument, NULL, 'C' },
 		{ "help",       no_argument,       NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1633,6 +2078,12 @@ static int parse_options(int argc, char **argv)
 		          server.max_records = (size_t)v; break;
 		case 'H': ok = parse_int(optarg, 1, HTTP_THREADS_MAX, &v);
 		          server.http_threads = (unsigned)v; break;
+		case 'R': ok = true; /* the library checks it at the connect */
+		          server.redis_url = optarg; break;
+		case 'N': ok = parse_node(optarg); server.node = optarg; break;
+		case 'C': ok = parse_seconds(optarg, &server.claim_after_ns) &&
+		               server.claim_after_ns >= CLAIM_MIN;
+		          break;
 		case 'h': usage(stdout); return 1;
 		default:  usage(stderr); return -1;
 		}
@@ -1651,7 +2102,7 @@ static int parse_options(int argc, char **argv)
 		fprintf(stderr, "jobserver: unexpected argument '%s'\n", argv[optind]);
 		return -1;
 	}
-	return 0;
+	return check_redis_options();
 }
 
 /* ---- startup ------------------------------------------------------------------ */
@@ -1698,6 +2149,62 @@ static int start_pool(void)
 	return rc;
 }
 
+#ifdef JOBSERVER_REDIS
+/* Connects to Redis as a node, registers the kinds and starts the serve
+ * thread. Called by main after start_pool (the fork server copies a
+ * program of one thread: hiredis starts none, and this order keeps the
+ * rule whatever it does) and before the HTTP daemon. Returns 0; 2 for a
+ * URL the library refuses (a bad option); 1 for any other failure. */
+static int start_node(void)
+{
+	ctp_cluster_opts opts = {
+		.url = server.redis_url,
+		.node = server.node,
+		.claim_after = server.claim_after_ns,
+		/* The library reads 0 as its defaults (24 h, 10 s): --retain 0
+		 * becomes its smallest TTL, 1 ms; --drain 0 becomes 1 ns. */
+		.result_ttl = server.retain_ns < CTP_MSEC(1) ? CTP_MSEC(1)
+		                                             : server.retain_ns,
+		.drain = server.drain_ns > 0 ? server.drain_ns : 1,
+	};
+	int rc;
+
+	rc = ctp_cluster_connect(&server.cluster, &opts);
+	if (rc == -EINVAL) {
+		fprintf(stderr, "jobserver: bad value for --redis: '%s'\n",
+		        server.redis_url);
+		return 2;
+	}
+	if (rc != 0) {
+		fprintf(stderr, "jobserver: cannot connect to Redis at %s: %s\n",
+		        server.redis_url, rc == -EPROTO
+		        ? "not a Redis 6.2 or later" : ctp_strerror(rc));
+		return 1;
+	}
+	for (int k = 0; k < NKINDS && rc == 0; k++) {
+		if (thread_work[k] != NULL)
+			rc = ctp_cluster_register(server.cluster, kinds[k].name,
+			                          redis_thread_job,
+			                          (void *)&redis_kinds[k], 0);
+	}
+	/* serve refuses an isolated kind on a pool without processes */
+	if (rc == 0 && server.processes > 0)
+		rc = ctp_cluster_register(server.cluster, kinds[K_SPIN].name,
+		                          redis_spin_job, NULL, CTP_JOB_ISOLATED);
+	if (rc == 0)
+		rc = ctp_token_create(&server.stop, NULL);
+	if (rc == 0)
+		rc = -pthread_create(&server.serve_thread, NULL, serve_main, NULL);
+	if (rc != 0) {
+		fprintf(stderr, "jobserver: starting the node: %s\n",
+		        ctp_strerror(rc));
+		return 1;
+	}
+	server.serving = true;
+	return 0;
+}
+#endif /* JOBSERVER_REDIS */
+
 /* Starts the daemon and prints the listening line with the real port:
  * epoll, with --http-threads threads that each serve many connections (see
  * "HTTP threads" above: no handler may wait). */
@@ -1742,11 +2249,20 @@ static void cleanup(void)
 		MHD_stop_daemon(server.daemon);
 		server.daemon = NULL;
 	}
+#ifdef JOBSERVER_REDIS
+	(void)stop_serving(); /* still serving when the daemon did not start */
+#endif
 	map_free();
 	rc = ctp_pool_destroy(server.pool);
 	if (rc != 0)
 		fprintf(stderr, "jobserver: ctp_pool_destroy: %s\n", ctp_strerror(rc));
 	server.pool = NULL;
+#ifdef JOBSERVER_REDIS
+	ctp_cluster_close(server.cluster); /* serve has returned */
+	server.cluster = NULL;
+	ctp_token_release(server.stop);
+	server.stop = NULL;
+#endif
 	rc = pthread_mutex_destroy(&server.lock);
 	if (rc != 0)
 		fprintf(stderr, "jobserver: pthread_mutex_destroy: %s\n",
@@ -1783,6 +2299,15 @@ int main(int argc, char **argv)
 		map_free();
 		return 1;
 	}
+#ifdef JOBSERVER_REDIS
+	if (server.redis_url != NULL) {
+		rc = start_node();
+		if (rc != 0) {
+			cleanup();
+			return rc;
+		}
+	}
+#endif
 	if (start_http() != 0) {
 		cleanup();
 		return 1;
