@@ -966,9 +966,91 @@ static redisReply *nscript(struct srv *s, int sc, int nargs,
 	return r;
 }
 
-static void ttl_str(struct srv *s, char buf[24])
+/* One script call of a pipeline: its arguments (after the namespace) and
+ * room for the numbers they point into. */
+struct call {
+	int         sc;
+	int         nargs;
+	const char *args[10];
+	size_t      lens[10];
+	char        num[4][24];
+};
+
+#define PIPE_MAX 64 /* calls sent in one round trip at most */
+
+/* Sends n (<= PIPE_MAX) script calls in one round trip and reads their
+ * replies: replies[i] is NULL for an error reply, or for every call when
+ * the connection failed (the loop then drops it and reconnects). A
+ * serve loop with many jobs pays one round trip per batch of STARTs and
+ * one per batch of ends, not one per job. */
+static void pipeline(struct srv *s, struct call *calls, int n,
+                     redisReply **replies)
 {
-	snprintf(buf, 24, "%lld", ms_up(s->c->result_ttl));
+	const char *argv[14];
+	size_t len[14];
+	int i, a, sent = 0;
+	bool drop = false;
+
+	for (i = 0; i < n; i++)
+		replies[i] = NULL;
+	if (s->nc == NULL)
+		return;
+	for (i = 0; i < n; i++) {
+		argv[0] = "EVAL";
+		len[0] = 4;
+		argv[1] = script_text[calls[i].sc];
+		len[1] = strlen(argv[1]);
+		argv[2] = "0";
+		len[2] = 1;
+		argv[3] = s->c->ns;
+		len[3] = strlen(s->c->ns);
+		for (a = 0; a < calls[i].nargs; a++) {
+			argv[4 + a] = calls[i].args[a];
+			len[4 + a] = calls[i].lens[a];
+		}
+		if (redisAppendCommandArgv(s->nc, 4 + a, argv, len) != REDIS_OK)
+			break;
+		sent++;
+	}
+	for (i = 0; i < sent; i++) {
+		void *r;
+
+		if (redisGetReply(s->nc, &r) != REDIS_OK || r == NULL) {
+			drop = true;
+			break;
+		}
+		if (((redisReply *)r)->type == REDIS_REPLY_ERROR) {
+			drop = drop || transient(((redisReply *)r)->str);
+			freeReplyObject(r);
+			continue;
+		}
+		replies[i] = r;
+	}
+	if (drop || sent < n) {
+		for (i = 0; i < n; i++) {
+			if (replies[i])
+				freeReplyObject(replies[i]);
+			replies[i] = NULL;
+		}
+		srv_drop(s);
+	}
+}
+
+static void call_arg(struct call *c, const char *v, size_t len)
+{
+	c->args[c->nargs] = v;
+	c->lens[c->nargs++] = len;
+}
+
+static void call_str(struct call *c, const char *v)
+{
+	call_arg(c, v, strlen(v));
+}
+
+static void call_num(struct call *c, int slot, long long v)
+{
+	snprintf(c->num[slot], sizeof(c->num[slot]), "%lld", v);
+	call_str(c, c->num[slot]);
 }
 
 /* HANDBACK; true when Redis answered (whatever it answered). */
@@ -1042,41 +1124,15 @@ static bool job_known(struct srv *s, const struct kind *k, const char *entry)
 	return false;
 }
 
-/* A delivery: START it, then give it to the pool. Once stopping, hands it
- * back unstarted. */
-static void deliver(struct srv *s, struct kind *k, const char *entry,
-                    const char *id)
+/* A delivery START answered "run it" for: give it to the pool. r is
+ * START's reply {1, attempt, rem_ms, payload}; the caller frees it. */
+static void start_job(struct srv *s, struct kind *k, const char *entry,
+                      const char *id, redisReply *r)
 {
-	char maxd[16], ttl[24];
-	const char *args[6] = { id, k->name, entry, s->c->node, maxd, ttl };
 	ctp_task_opts to = { .done = job_done };
-	redisReply *r;
 	struct job *j;
 	int err;
 
-	if (strlen(id) >= CTP_JOB_ID_SIZE || strlen(entry) >= 48 ||
-	    job_known(s, k, entry))
-		return;
-	/* The stop's token, not only s->stopping: a job submitted after the
-	 * stop fired may be delivered before the loop has seen the fire, and
-	 * it must never start here. */
-	if (s->stopping || ctp_token_cancelled(s->stop) ||
-	    ((k->flags & CTP_JOB_ISOLATED) && free_processes(s) == 0)) {
-		/* (an isolated job past the free processes: a read over
-		 * several kinds may bring one; another node may be free) */
-		handback(s, k, id, entry, 0);
-		return;
-	}
-	snprintf(maxd, sizeof(maxd), "%u", s->c->max_deliveries);
-	ttl_str(s, ttl);
-	r = nscript(s, S_START, 6, args, NULL);
-	if (r == NULL)
-		return; /* stays pending under our name: read again later */
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
-	    r->element[0]->integer != 1) {
-		freeReplyObject(r);
-		return;
-	}
 	j = calloc(1, sizeof(*j));
 	if (j == NULL)
 		goto fail;
@@ -1116,7 +1172,6 @@ static void deliver(struct srv *s, struct kind *k, const char *entry,
 	}
 	if (err != 0)
 		goto fail;
-	freeReplyObject(r);
 	j->next = s->jobs;
 	s->jobs = j;
 	s->njobs++;
@@ -1127,7 +1182,6 @@ fail:
 	/* the pool refused it (full, shut down, no memory): back at once,
 	 * the attempt counted */
 	handback(s, k, id, entry, (unsigned)r->element[1]->integer);
-	freeReplyObject(r);
 	if (j) {
 		ctp_output_free(j->out);
 		free(j->payload);
@@ -1135,15 +1189,89 @@ fail:
 	}
 }
 
+/* The deliveries of one read, STARTed in one round trip. */
+struct batch {
+	int          n;
+	unsigned     iso;   /* isolated ones among them */
+	struct kind *kind[PIPE_MAX];
+	const char  *entry[PIPE_MAX], *id[PIPE_MAX];
+	struct call  call[PIPE_MAX];
+};
+
+static void batch_start(struct srv *s, struct batch *b)
+{
+	redisReply *rep[PIPE_MAX];
+	int i;
+
+	pipeline(s, b->call, b->n, rep);
+	for (i = 0; i < b->n; i++) {
+		redisReply *r = rep[i];
+
+		/* NULL: it stays pending under our name, read again after
+		 * the reconnect; {0}: not to run (START said why) */
+		if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+		    r->element[0]->integer == 1)
+			start_job(s, b->kind[i], b->entry[i], b->id[i], r);
+		if (r)
+			freeReplyObject(r);
+	}
+	b->n = 0;
+	b->iso = 0;
+}
+
+/* A delivery: queued for START (batch_start), or handed back unstarted. */
+static void deliver(struct srv *s, struct batch *b, struct kind *k,
+                    const char *entry, const char *id)
+{
+	struct call *c;
+
+	if (strlen(id) >= CTP_JOB_ID_SIZE || strlen(entry) >= 48 ||
+	    job_known(s, k, entry))
+		return;
+	/* The stop's token, not only s->stopping: a job submitted after the
+	 * stop fired may be delivered before the loop has seen the fire, and
+	 * it must never start here. */
+	if (s->stopping || ctp_token_cancelled(s->stop) ||
+	    ((k->flags & CTP_JOB_ISOLATED) && free_processes(s) <= b->iso)) {
+		/* (an isolated job past the free processes: a read over
+		 * several kinds may bring one; another node may be free) */
+		handback(s, k, id, entry, 0);
+		return;
+	}
+	if (b->n == PIPE_MAX)
+		batch_start(s, b);
+	c = &b->call[b->n];
+	c->sc = S_START;
+	c->nargs = 0;
+	call_str(c, id);
+	call_str(c, k->name);
+	call_str(c, entry);
+	call_str(c, s->c->node);
+	call_num(c, 0, s->c->max_deliveries);
+	call_num(c, 1, ms_up(s->c->result_ttl));
+	b->kind[b->n] = k;
+	b->entry[b->n] = entry;
+	b->id[b->n] = id;
+	b->n++;
+	if (k->flags & CTP_JOB_ISOLATED)
+		b->iso++;
+}
+
 /* Walks an XREADGROUP/XAUTOCLAIM list of [entry, [field, value, ...]].
  * Past s->budget deliveries (an XREADGROUP over several streams may bring
  * COUNT from each) the rest go back unstarted. */
 static void deliver_list(struct srv *s, struct kind *k, redisReply *list)
 {
+	struct batch *b;
 	size_t i, f;
 
 	if (list == NULL || list->type != REDIS_REPLY_ARRAY)
 		return;
+	b = malloc(sizeof(*b));
+	if (b == NULL)
+		return; /* stays pending under our name: read again later */
+	b->n = 0;
+	b->iso = 0;
 	for (i = 0; i < list->elements && s->nc; i++) {
 		redisReply *e = list->element[i], *fv;
 
@@ -1176,10 +1304,13 @@ static void deliver_list(struct srv *s, struct kind *k, redisReply *list)
 				}
 				if (s->budget != UINT_MAX)
 					s->budget--;
-				deliver(s, k, e->element[0]->str,
+				deliver(s, b, k, e->element[0]->str,
 				        fv->element[f + 1]->str);
 			}
 	}
+	if (b->n)
+		batch_start(s, b);
+	free(b);
 }
 
 /* An XREADGROUP reply: [[stream, [entries]], ...]. */
@@ -1508,46 +1639,20 @@ static int64_t promote(struct srv *s)
 	return next;
 }
 
-/* FINISH; true when Redis answered. */
-static bool finish(struct srv *s, struct job *j, int state, int status)
-{
-	char at[16], st[8], sv[16], ttl[24];
-	const char *args[9] = { j->id, j->kind->name, j->entry, s->c->node,
-	                        at, st, sv, "", ttl };
-	size_t lens[9];
-	const void *data = NULL;
-	size_t len = 0;
-	redisReply *r;
-	int i;
-
-	snprintf(at, sizeof(at), "%u", j->attempt);
-	snprintf(st, sizeof(st), "%d", state);
-	snprintf(sv, sizeof(sv), "%d", status);
-	ttl_str(s, ttl);
-	if (j->out)
-		ctp_output_data(j->out, &data, &len);
-	else if (j->task && state == CTP_JOB_DONE)
-		ctp_task_output(j->task, &data, &len);
-	for (i = 0; i < 9; i++)
-		lens[i] = strlen(args[i]);
-	if (len)
-		args[7] = data;
-	lens[7] = len;
-	r = nscript(s, S_FINISH, 9, args, lens);
-	if (r == NULL)
-		return false;
-	freeReplyObject(r);
-	return true;
-}
-
-/* A job whose done has come: record its end, or hand it back. false when
- * Redis could not be told (it is kept for a retry). */
-static bool job_end(struct srv *s, struct job *j)
+/* The write that ends job j in its record, or false when there is none to
+ * make (handed back already). FINISH: its function returned (DONE), or it
+ * never ran because of a cancel or its timeout (CANCELLED); HANDBACK: it
+ * never ran for another reason (the pool's shutdown, no process), or its
+ * run was cut short by the stop. */
+static bool end_call(struct srv *s, struct job *j, struct call *c)
 {
 	bool ran, cut;
+	const void *data = NULL;
+	size_t len = 0;
+	int state;
 
 	if (j->handed)
-		return true;
+		return false;
 	if (j->kind->flags & CTP_JOB_ISOLATED) {
 		ran = ctp_task_state(j->task) == CTP_TASK_DONE;
 		cut = ran && j->after_fire;
@@ -1555,11 +1660,72 @@ static bool job_end(struct srv *s, struct job *j)
 		ran = j->ran;
 		cut = j->cut;
 	}
-	if (!ran && (j->status == -ECANCELED || j->status == -ETIMEDOUT))
-		return finish(s, j, CTP_JOB_CANCELLED, j->status);
-	if (!ran || cut)
-		return handback(s, j->kind, j->id, j->entry, j->attempt);
-	return finish(s, j, CTP_JOB_DONE, j->status);
+	c->nargs = 0;
+	call_str(c, j->id);
+	call_str(c, j->kind->name);
+	call_str(c, j->entry);
+	call_str(c, s->c->node);
+	call_num(c, 0, j->attempt);
+	if ((!ran && j->status != -ECANCELED && j->status != -ETIMEDOUT) ||
+	    cut) {
+		c->sc = S_HANDBACK;
+		return true;
+	}
+	state = ran ? CTP_JOB_DONE : CTP_JOB_CANCELLED;
+	if (j->out)
+		ctp_output_data(j->out, &data, &len);
+	else if (state == CTP_JOB_DONE)
+		ctp_task_output(j->task, &data, &len);
+	c->sc = S_FINISH;
+	call_num(c, 1, state);
+	call_num(c, 2, j->status);
+	call_arg(c, len ? data : "", len);
+	call_num(c, 3, ms_up(s->c->result_ttl));
+	return true;
+}
+
+/* Writes the ends of the jobs in s->unwritten, PIPE_MAX per round trip;
+ * those Redis did not answer stay for the next try. */
+static void write_ends(struct srv *s)
+{
+	struct call *calls = malloc(sizeof(*calls) * PIPE_MAX);
+	struct job *batch[PIPE_MAX], *keep = NULL, *j;
+	redisReply *rep[PIPE_MAX];
+	int n, i;
+
+	if (calls == NULL)
+		return;
+	while (s->unwritten && !s->down) {
+		for (n = 0; n < PIPE_MAX && s->unwritten; ) {
+			j = s->unwritten;
+			s->unwritten = j->next;
+			if (!end_call(s, j, &calls[n])) {
+				job_free(j); /* handed back already */
+				continue;
+			}
+			batch[n++] = j;
+		}
+		pipeline(s, calls, n, rep);
+		for (i = 0; i < n; i++) {
+			if (rep[i] == NULL) {
+				batch[i]->next = keep;
+				keep = batch[i];
+				continue;
+			}
+			if (calls[i].sc == S_HANDBACK)
+				s->nhanded++;
+			freeReplyObject(rep[i]);
+			job_free(batch[i]);
+		}
+	}
+	/* what was not written (Redis away) waits for the reconnect */
+	while (keep) {
+		j = keep;
+		keep = j->next;
+		j->next = s->unwritten;
+		s->unwritten = j;
+	}
+	free(calls);
 }
 
 static void drain_done(struct srv *s)
@@ -1585,16 +1751,7 @@ static void drain_done(struct srv *s)
 		j->next = s->unwritten;
 		s->unwritten = j;
 	}
-	/* write every ended job, oldest first does not matter */
-	for (struct job **pp = &s->unwritten; *pp;) {
-		j = *pp;
-		if (s->down || !job_end(s, j)) {
-			pp = &j->next;
-			continue;
-		}
-		*pp = j->next;
-		job_free(j);
-	}
+	write_ends(s);
 }
 
 /* The stop's last step: hands back every job not finished (their runs are
