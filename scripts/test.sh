@@ -14,9 +14,10 @@
 #   fuzz     libFuzzer API fuzzer, ASan+UBSan and TSan variants (60 s each)
 #   model    spin model of the task state machine, idle-worker parking and
 #            shutdown handshake, plus planted-bug variants that must fail
-#   bench    scripts/bench.sh --quick: every peer's benchmark at tiny sizes,
-#            for their self-checks (a lost or duplicated job fails it); the
-#            figures go to bench/results/quick/ and are not judged
+#   bench    scripts/bench.sh --quick and bench/cluster.sh --quick: every
+#            peer's benchmark at tiny sizes (RQ and Celery too), for their
+#            self-checks (a lost or duplicated job fails it); the figures go
+#            to bench/results/quick/ and are not judged
 # Usage: scripts/test.sh [VARIANT ...]   (default: all of them, in that order)
 # Ends with "tests: N passed, M failed" (N counts test programs and steps).
 set -euo pipefail
@@ -121,6 +122,7 @@ for v in "${variants[@]}"; do
 		;;
 	bench)
 		step bench scripts/bench.sh --quick
+		step bench-cluster bench/cluster.sh --quick
 		;;
 	*)
 		echo "unknown variant $v" >&2
