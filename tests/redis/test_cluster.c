@@ -24,7 +24,8 @@
  * idle ones and taking only as many as they have free workers; graceful stop
  * (drain, hand-back at once with attempt 2 elsewhere, nothing pending under
  * the node's name, no new job taken after stop, stop fired before serve);
- * CTP_JOB_ISOLATED; output cut at CTP_JOB_MAX_PAYLOAD; reconnect after
+ * CTP_JOB_ISOLATED (and only while a worker process is free, with mixed
+ * kinds); output cut at CTP_JOB_MAX_PAYLOAD; reconnect after
  * dropped connections (running job's result and a cancel while away); a node
  * killed mid-job (a forked child, SIGKILL) and its job run again with
  * attempt 2; dead letters after max_deliveries (two forked nodes killed);
@@ -72,6 +73,8 @@ static const char *g_url;       /* CTP_REDIS_URL */
 static char        g_host[64];  /* its host and port, for hiredis */
 static int         g_port;
 static ctp_pool   *g_iso_pool;  /* processes = 1, made in main() first */
+static ctp_pool   *g_mix_pool;  /* threads 2, processes 1, made likewise */
+static ctp_pool   *g_iso2_pool; /* threads 1, processes 1, made likewise */
 
 /* ---- hiredis helpers (test thread only) --------------------------------- */
 
@@ -2062,6 +2065,87 @@ static void test_cluster_isolated_kind(void **state)
 	ctp_cluster_close(p);
 }
 
+/* An isolated job that waits for its token (in its worker process). */
+static int iso_wait_fn(const void *payload, size_t len, unsigned attempt,
+                       ctp_output *out, ctp_token *token, void *arg)
+{
+	(void)payload;
+	(void)len;
+	(void)attempt;
+	(void)out;
+	(void)arg;
+	return ctp_token_sleep(token, CTP_FOREVER);
+}
+
+/* Polls the record (every 10 ms, up to BOUND) until it reads state. The
+ * job runs in another process: no semaphore can tell its start. */
+static void wait_state(ctp_cluster *c, const char *id, int state)
+{
+	int64_t tries = BOUND / CTP_MSEC(10);
+	ctp_job_info info;
+
+	while (tries-- > 0) {
+		status_ok(c, id, &info);
+		int st = info.state;
+
+		ctp_job_info_clear(&info);
+		if (st == state)
+			return;
+		nanosleep(&(struct timespec){ 0, 10000000 }, NULL);
+	}
+	fail_msg("job %s never reached state %d", id, state);
+}
+
+/* A node with an isolated kind and a thread kind takes an isolated job
+ * only while one of its worker processes is free: with its one process
+ * busy, a second isolated job stays queued (never taken, attempts 0)
+ * while the node goes on taking thread jobs (a later one runs to its end
+ * there), and a node with a free process runs it. */
+static void test_cluster_isolated_only_with_a_free_process(void **state)
+{
+	(void)state;
+	ctp_cluster_opts o = opts_for("tisofree");
+	ctp_cluster     *p = producer(o);
+	struct kctl     *k = kctl_new(M_ECHO, 3);
+	struct node     *a, *b;
+	char             ja[CTP_JOB_ID_SIZE], jb[CTP_JOB_ID_SIZE];
+	char             jc[CTP_JOB_ID_SIZE];
+
+	assert_non_null(g_mix_pool);
+	assert_non_null(g_iso2_pool);
+	a = node_new_pool(o, "tisofree-a", g_mix_pool);
+	g_mix_pool = NULL; /* node_stop destroys it */
+	assert_int_equal(ctp_cluster_register(a->c, "iso", iso_wait_fn, NULL,
+	                 CTP_JOB_ISOLATED), 0);
+	node_reg(a, "echo", k);
+	node_start(a);
+
+	submit_ok(p, "iso", NULL, 0, NULL, ja);
+	wait_state(p, ja, CTP_JOB_RUNNING);
+	submit_ok(p, "iso", NULL, 0, NULL, jb);
+	submit_ok(p, "echo", "c", 1, NULL, jc);
+	wait_end(p, jc, CTP_JOB_DONE, 3); /* a read after jb's submit */
+	expect_status(p, jc, CTP_JOB_DONE, 3, 1, "tisofree-a");
+	expect_status(p, jb, CTP_JOB_QUEUED, ANY_STATUS, 0, "");
+
+	b = node_new_pool(o, "tisofree-b", g_iso2_pool);
+	g_iso2_pool = NULL;
+	assert_int_equal(ctp_cluster_register(b->c, "iso", iso_wait_fn, NULL,
+	                 CTP_JOB_ISOLATED), 0);
+	node_start(b);
+	wait_state(p, jb, CTP_JOB_RUNNING);
+	expect_status(p, jb, CTP_JOB_RUNNING, ANY_STATUS, 1, "tisofree-b");
+	assert_int_equal(ctp_cluster_cancel(p, jb), -EINPROGRESS);
+	assert_int_equal(ctp_cluster_cancel(p, ja), -EINPROGRESS);
+	wait_end(p, jb, CTP_JOB_DONE, -ECANCELED);
+	wait_end(p, ja, CTP_JOB_DONE, -ECANCELED);
+	expect_status(p, ja, CTP_JOB_DONE, -ECANCELED, 1, "tisofree-a");
+	node_stop(a);
+	node_stop(b);
+	ctp_cluster_close(p);
+	kctl_free(k);
+}
+
 /* Output past CTP_JOB_MAX_PAYLOAD is cut: the write past it answers
  * -EMSGSIZE and the job's output is exactly the first 64 MiB. */
 static void test_cluster_output_cut_at_max(void **state)
@@ -2477,6 +2561,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_cluster_graceful_stop_hands_back, teardown_nodes),
 		cmocka_unit_test_teardown(test_cluster_stop_takes_no_new_jobs_and_drains, teardown_nodes),
 		cmocka_unit_test_teardown(test_cluster_isolated_kind, teardown_nodes),
+		cmocka_unit_test_teardown(test_cluster_isolated_only_with_a_free_process,
+		                          teardown_nodes),
 		cmocka_unit_test_teardown(test_cluster_output_cut_at_max, teardown_nodes),
 		cmocka_unit_test_teardown(test_cluster_result_written_after_reconnect,
 		                          teardown_nodes),
@@ -2507,11 +2593,23 @@ int main(void)
 		        "pool\n");
 		return 1;
 	}
+	if (ctp_pool_create(&g_mix_pool, &(ctp_pool_opts){ .threads = 2,
+	                    .processes = 1, .name = "mix" }) != 0 ||
+	    ctp_pool_create(&g_iso2_pool, &(ctp_pool_opts){ .threads = 1,
+	                    .processes = 1, .name = "iso2" }) != 0) {
+		fprintf(stderr, "test_cluster: cannot create the isolated "
+		        "pools\n");
+		return 1;
+	}
 	/* CTP_TEST_FILTER: run only the cases whose name matches (a glob) */
 	if (getenv("CTP_TEST_FILTER") != NULL)
 		cmocka_set_test_filter(getenv("CTP_TEST_FILTER"));
 	rc = cmocka_run_group_tests(tests, NULL, NULL);
 	if (g_iso_pool != NULL)
 		ctp_pool_destroy(g_iso_pool);
+	if (g_mix_pool != NULL)
+		ctp_pool_destroy(g_mix_pool);
+	if (g_iso2_pool != NULL)
+		ctp_pool_destroy(g_iso2_pool);
 	return rc;
 }
