@@ -60,7 +60,10 @@
  *   idle workers.
  *
  *   Shutdown. (1) close_queue sets `closed` under the lock (no admission
- *   after it) and wakes blocked submitters. (2) Drain: wait until no
+ *   after it) and wakes blocked submitters. Every shutdown call runs it
+ *   before it can return, not only the first: a later call may return
+ *   (its grace over) before the first one has closed. Steps 2-3 are the
+ *   first call's. (2) Drain: wait until no
  *   accepted task is unfinished (pool_idle) for up to `drain`. (3) Cancel
  *   step: under the lock, set `stopping`, claim and wake every idle
  *   worker (they exit), and take a reference on every worker's `current`:
@@ -1603,9 +1606,13 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 	pool->shutdown_called = true;
 	pthread_mutex_unlock(&pool->lock);
 
+	/* No admission after this; blocked submitters wake. Every call
+	 * closes, not only the first: a later call may run out of its grace
+	 * before the first has got here, and a submit after any call
+	 * returned must meet the closed queue. The second close finds no
+	 * periodic task left to end (none is re-placed once closed). */
+	close_queue(pool);
 	if (first) {
-		/* no admission after this; blocked submitters wake */
-		close_queue(pool);
 		(void)wait_idle_for(pool, drain);
 		CTP__PERTURB();
 		cancel_step(pool);

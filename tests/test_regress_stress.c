@@ -962,6 +962,120 @@ static void test_shutdown_zero_drain_with_delayed_submit(void **state)
 	              (double)worst / 1e6);
 }
 
+/* ---- a later shutdown call returning before the first one closed ---------
+ * Found by the fuzzer (tests/fuzz/corpus/regress-later-shutdown-closes): a
+ * second ctp_pool_shutdown call whose grace ran out returned -ETIMEDOUT
+ * before the first call had closed admission, so a submit made after that
+ * return was accepted, or refused with -EAGAIN, where API.md says
+ * -ESHUTDOWN ("From the moment it is called, ctp_pool_submit returns
+ * -ESHUTDOWN"). The test thread calls shutdown(pool, 0, CTP_FOREVER) while
+ * thread B calls shutdown(pool, 0, 0) and then submits, each after a
+ * jitter drawn per round. Thread S submits delayed tasks to the full
+ * queue meanwhile: each takes the timer's lock (the first one starts the
+ * timer threads under it), which the first call's close waits for. No
+ * hook can hold the first call between its claim and its close, hence a
+ * loop that stops at the first late submit: before the fix it failed in
+ * 10 runs of 10, within 12 to 374 rounds. The message says in how many
+ * rounds B was the later call and ran out of its grace. */
+
+static struct {
+	ctp_pool     *pool;
+	sem_t         held; /* ls_hold_fn has started */
+	atomic_int    go;
+	unsigned      jitter_b;
+	_Atomic unsigned long late, later, bad;
+} ls;
+
+/* Holds the only worker until the shutdown fires its token. */
+static int ls_hold_fn(void *arg, ctp_token *tok)
+{
+	(void)arg;
+	tu_sem_post(&ls.held);
+	while (!ctp_token_cancelled(tok))
+		sched_yield();
+	return 0;
+}
+
+static void *ls_second(void *arg)
+{
+	int r;
+
+	(void)arg;
+	tu_spin_until_ge(&ls.go, 1, SPIN_TIGHT);
+	tu_delay_loop(ls.jitter_b);
+	r = ctp_pool_shutdown(ls.pool, 0, 0);
+	if (r == -ETIMEDOUT)
+		atomic_fetch_add(&ls.later, 1);
+	else if (r != 0)
+		atomic_fetch_add(&ls.bad, 1);
+	r = ctp_pool_submit(ls.pool, rc_noop_fn, NULL, NULL, NULL);
+	if (r != -ESHUTDOWN)
+		atomic_fetch_add(&ls.late, 1);
+	return NULL;
+}
+
+/* Submits delayed tasks to the full queue (-EAGAIN at once) until the
+ * close. */
+static void *ls_hammer(void *arg)
+{
+	ctp_task_opts o = { .queue_wait = 0, .delay = CTP_MSEC(1) };
+	int r;
+
+	(void)arg;
+	tu_spin_until_ge(&ls.go, 1, SPIN_TIGHT);
+	while ((r = ctp_pool_submit(ls.pool, rc_noop_fn, NULL, &o, NULL)) !=
+	    -ESHUTDOWN) {
+		if (r != -EAGAIN) {
+			atomic_fetch_add(&ls.bad, 1);
+			break;
+		}
+	}
+	return NULL;
+}
+
+static void test_later_shutdown_closes_admission(void **state)
+{
+	unsigned long rounds = tu_scaled(3000, 100), i;
+	uint32_t rng = 0x5eed1e57u;
+	int64_t t0 = tu_now_ns();
+
+	(void)state;
+	atomic_store(&ls.late, 0);
+	atomic_store(&ls.later, 0);
+	atomic_store(&ls.bad, 0);
+	tu_sem_init(&ls.held, 0);
+	for (i = 0; i < rounds && atomic_load(&ls.late) == 0; i++) {
+		ctp_pool_opts po = { .threads = 1, .queue_capacity = 1 };
+		unsigned jitter_a = rng_delay(&rng);
+		pthread_t b, h;
+
+		assert_int_equal(ctp_pool_create(&ls.pool, &po), 0);
+		atomic_store(&ls.go, 0);
+		ls.jitter_b = rng_delay(&rng);
+		/* the worker is held until the shutdown fires its task, and
+		 * the one slot is taken: S's submits get -EAGAIN at once */
+		assert_int_equal(ctp_pool_submit(ls.pool, ls_hold_fn, NULL,
+		                 NULL, NULL), 0);
+		tu_sem_wait(&ls.held);
+		assert_int_equal(ctp_pool_submit(ls.pool, rc_noop_fn, NULL,
+		                 NULL, NULL), 0);
+		b = tu_spawn(ls_second, NULL);
+		h = tu_spawn(ls_hammer, NULL);
+		atomic_store(&ls.go, 1);
+		tu_delay_loop(jitter_a);
+		assert_int_equal(ctp_pool_shutdown(ls.pool, 0, CTP_FOREVER), 0);
+		tu_join(b);
+		tu_join(h);
+		assert_int_equal(ctp_pool_destroy(ls.pool), 0);
+	}
+	sem_destroy(&ls.held);
+	print_message("later_shutdown_closes_admission: %lu rounds (B later "
+	              "with -ETIMEDOUT: %lu), %.2f s\n", i,
+	              atomic_load(&ls.later), secs_since(t0));
+	assert_int_equal(atomic_load(&ls.bad), 0);
+	assert_int_equal(atomic_load(&ls.late), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -972,6 +1086,7 @@ int main(void)
 		cmocka_unit_test(test_abandoned_submitters),
 		cmocka_unit_test(test_shutdown_waits_for_racing_cancel),
 		cmocka_unit_test(test_shutdown_zero_drain_with_delayed_submit),
+		cmocka_unit_test(test_later_shutdown_closes_admission),
 	};
 
 	/* CTP_TEST_FILTER=<pattern>: run only the matching tests */
