@@ -21,6 +21,12 @@
  * and the channels <ns>:cancel (a running job's cancel), <ns>:wake (a
  * delayed job was submitted) and <ns>:end:<id> (the job reached an end).
  *
+ * Durability is Redis's: with AOF and appendfsync always, a redis-server
+ * that dies and restarts has lost nothing it acknowledged (no submission,
+ * no start, no end). With appendfsync everysec (Redis's default for AOF)
+ * a crash may forget the last second's writes: an acknowledged submission
+ * may be gone, and a job whose start was forgotten runs again.
+ *
  * Threads: a ctp_cluster may be used from any number of threads at once
  * (its commands share one connection under a lock); ctp_cluster_serve runs
  * on the calling thread until its stop token fires, at most one per cluster.
@@ -144,7 +150,7 @@ CTP_EXPORT int ctp_cluster_submit(ctp_cluster *cluster, const char *kind,
  * token fires on its node, also on a node that was away and comes back;
  * its state becomes DONE with whatever its function returns, or CANCELLED,
  * -ECANCELED, when the node had taken it but its function had not started
- * yet, or when its node died before it ended); -EALREADY
+ * yet, or when its node died or stopped before it ended); -EALREADY
  * when it had finished or was cancelled; -ENOENT for an unknown or expired
  * id; -EINVAL; -ECONNREFUSED / -EIO. */
 CTP_EXPORT int ctp_cluster_cancel(ctp_cluster *cluster, const char *id);
@@ -159,9 +165,10 @@ CTP_EXPORT int ctp_cluster_status(ctp_cluster *cluster, const char *id,
  * timeout passed (-ETIMEDOUT; CTP_FOREVER: no limit), without polling:
  * it subscribes to the job's end (a connection of its own for the call).
  * Fills *info like ctp_cluster_status (info may be NULL). -ENOENT at once
- * for an unknown or expired id; -EINVAL; -ECONNREFUSED / -EIO when Redis
- * answers no status after a few reconnects. While Redis is away between
- * two looks it waits for it (with backoff, within timeout). */
+ * for an unknown or expired id; -EINVAL. While Redis is away it waits for
+ * it (reconnecting with backoff, 10 ms doubling to 1 s), within timeout:
+ * a Redis that never comes back ends the wait with -ETIMEDOUT, like a job
+ * that never ends. */
 CTP_EXPORT int ctp_cluster_wait(ctp_cluster *cluster, const char *id,
                                 int64_t timeout, ctp_job_info *info);
 
@@ -194,16 +201,22 @@ CTP_EXPORT int ctp_cluster_register(ctp_cluster *cluster, const char *kind,
  * after its job was delivered again changes nothing of the record (its
  * late result is dropped, the job's token fires with -ECANCELED there).
  * When Redis goes away it reconnects with backoff (10 ms doubling to 1 s);
- * running jobs go on, and their results are written once it is back.
+ * running jobs go on, and their results are written once it is back. After
+ * a reconnect it takes over other nodes' jobs only once claim_after has
+ * passed (no node could send heartbeats while Redis was away).
  *
  * When stop fires it reads no more jobs (one delivered after that is handed
  * back unstarted), lets running jobs go on for up to drain, then shuts the
  * pool down (ctp_pool_shutdown: their tokens fire with -ESHUTDOWN), hands
  * back at once every job it took but did not finish (other nodes may start
- * them right away; the delivery counts as an attempt), waits for every job
+ * them right away; the delivery counts as an attempt; a job whose cancel
+ * is stored ends CANCELLED, -ECANCELED, instead), waits for every job
  * function to return (isolated ones are killed after the pool's
- * kill_after), leaves nothing pending under its name, and returns 0. A job
- * whose run was cut short by the stop is handed back, never recorded DONE.
+ * kill_after), leaves nothing pending under its name (unless Redis stays
+ * away through about 6 s of reconnects: then claim_after gives what is left
+ * to other nodes), and returns 0. A job whose run was cut short by the stop
+ * is handed back, never recorded DONE; one whose function had returned
+ * before is recorded as it ended.
  * The pool is shut down on return: destroy it.
  *
  * Errors (at once, nothing done): -EINVAL (NULL, no kind registered);

@@ -14,7 +14,9 @@
  *
  * A job's trip: SUBMIT (record + entry, or the delayed set) -> a node's
  * XREADGROUP (or XAUTOCLAIM of a dead node's entry) -> START (attempts + 1,
- * state running, fenced by entry) -> the pool runs it -> its done callback
+ * state running; only while the entry is still the job's and still pending
+ * under this node, so a node that was away cannot start a delivery another
+ * node took over) -> the pool runs it -> its done callback
  * queues it for the serve loop -> FINISH (record DONE, entry acknowledged
  * and deleted; fenced by attempt, node and entry) or HANDBACK (a new entry
  * at once: the stop, a run cut short).
@@ -26,7 +28,14 @@
  * reclaim period (claim_after / 4, at most 1 s). The new START moves
  * attempts on, which fences the old node out: its FINISH, HANDBACK and
  * HEARTBEAT change nothing, and its heartbeat's answer (lost) fires the
- * job's token there.
+ * job's token there. After a reconnect a node sends its heartbeats at once
+ * but reclaims only claim_after later: while Redis was away nobody's
+ * heartbeats reached it, so every entry looks idle.
+ *
+ * The stop: a thread job's run is decided once (struct job's `run`, a CAS
+ * by the worker when fn returns, or by the loop when it hands the job
+ * back): a run that returned before the stop is recorded as it ended, one
+ * still going is handed back and its later end is not written.
  *
  * Cancel: CANCEL ends a queued job in the record (its entry is deleted;
  * START drops an entry of an ended job) or, for a running job, stores
@@ -95,6 +104,7 @@ _Static_assert(ECANCELED == 125 && ETIMEDOUT == 110 && EOWNERDEAD == 130,
 #define BACKOFF_MIN_MS 10
 #define BACKOFF_MAX_MS 1000
 #define READ_BLOCK_MS  1000
+#define RECONNECT_TRIES 12    /* at the stop: 10 ms doubling, about 6 s */
 
 enum { S_SUBMIT, S_STATUS, S_CANCEL, S_START, S_FINISH, S_HANDBACK,
        S_HEARTBEAT, S_PROMOTE, S_COUNT };
@@ -145,12 +155,22 @@ struct job {
 	ctp_output      *out;       /* thread jobs */
 	ctp_task        *task;
 	int              status;    /* done_lock */
-	bool             ran, cut;  /* worker, before done; read after done */
 	bool             after_fire; /* done_lock: done came after the fire */
+	bool             ran, cut;  /* worker, before done; read after done */
+	atomic_int       run;       /* RUN_*: who ends a thread job's run */
+	/* the serve thread's own, kept apart from the fields other threads
+	 * write (a load of two of them may be made as one wider load) */
 	bool             handed;    /* serve: handed back already */
 	bool             finished;  /* serve: done seen */
 	bool             cancel_sent; /* serve: its token was fired by us */
 };
+
+/* A thread job's run, decided once by a CAS from RUN_ON: its function
+ * returned (the worker: its end is written from its done), or the stop
+ * handed it back while it ran (the serve loop: whatever it returns later
+ * is not written). So a run that ended before the stop is never handed
+ * back, and one handed back is never also finished. */
+enum { RUN_ON, RUN_RETURNED, RUN_HANDED };
 
 struct srv {
 	ctp_cluster    *c;
@@ -471,8 +491,10 @@ static redisReply *cmd_script(ctp_cluster *c, int s, int nargs,
 		e = -EIO;
 	}
 	pthread_mutex_unlock(&c->cmd_lock);
-	if (r == NULL && e == -EIO && !sent)
-		e = -ECONNREFUSED;
+	/* a later try that could not connect does not undo an earlier one
+	 * that may have run */
+	if (r == NULL && (e == -EIO || e == -ECONNREFUSED))
+		e = sent ? -EIO : -ECONNREFUSED;
 	*err = e;
 	return r;
 }
@@ -657,12 +679,15 @@ int ctp_cluster_submit(ctp_cluster *c, const char *kind, const void *payload,
 	lens[5] = strlen(args[5]);
 	r = cmd_script(c, S_SUBMIT, 6, args, lens, &err);
 	if (r == NULL) {
+		if (err == -EPROTO)
+			err = -EIO;
 		if (err == -EIO)
 			strcpy(id, myid); /* it may have been stored */
-		return err == -EPROTO ? -EIO : err;
+		return err;
 	}
 	if (r->type != REDIS_REPLY_STRING || r->len >= CTP_JOB_ID_SIZE) {
 		freeReplyObject(r);
+		strcpy(id, myid);
 		return -EIO;
 	}
 	memcpy(id, r->str, r->len);
@@ -889,10 +914,16 @@ static int job_run(void *arg, ctp_token *token)
 	struct job *j = arg;
 	int r;
 
+	int on = RUN_ON;
+
 	j->ran = true;
 	r = j->kind->fn(j->payload, j->len, j->attempt, j->out, token,
 	                j->kind->arg);
 	j->cut = ctp_token_reason(token) == -ESHUTDOWN;
+	/* acq_rel: pairs with hand_back_running's CAS; only one of the
+	 * two wins, and the loser's fields are not read */
+	atomic_compare_exchange_strong_explicit(&j->run, &on, RUN_RETURNED,
+	    memory_order_acq_rel, memory_order_acquire);
 	return r;
 }
 
@@ -979,8 +1010,9 @@ struct call {
 #define PIPE_MAX 64 /* calls sent in one round trip at most */
 
 /* Sends n (<= PIPE_MAX) script calls in one round trip and reads their
- * replies: replies[i] is NULL for an error reply, or for every call when
- * the connection failed (the loop then drops it and reconnects). A
+ * replies: replies[i] is NULL for an error reply, or for every call from
+ * the one where the connection failed (the loop then drops it and
+ * reconnects). A
  * serve loop with many jobs pays one round trip per batch of STARTs and
  * one per batch of ends, not one per job. */
 static void pipeline(struct srv *s, struct call *calls, int n,
@@ -1026,14 +1058,11 @@ static void pipeline(struct srv *s, struct call *calls, int n,
 		}
 		replies[i] = r;
 	}
-	if (drop || sent < n) {
-		for (i = 0; i < n; i++) {
-			if (replies[i])
-				freeReplyObject(replies[i]);
-			replies[i] = NULL;
-		}
+	/* The replies read before a failure stay: those calls ran, and a
+	 * START whose reply were thrown away would be read again after the
+	 * reconnect and STARTed a second time (one attempt burnt). */
+	if (drop || sent < n)
 		srv_drop(s);
-	}
 }
 
 static void call_arg(struct call *c, const char *v, size_t len)
@@ -1057,12 +1086,13 @@ static void call_num(struct call *c, int slot, long long v)
 static bool handback(struct srv *s, struct kind *k, const char *id,
                      const char *entry, unsigned attempt)
 {
-	char at[16];
-	const char *args[5] = { id, k->name, entry, s->c->node, at };
+	char at[16], ttl[24];
+	const char *args[6] = { id, k->name, entry, s->c->node, at, ttl };
 	redisReply *r;
 
 	snprintf(at, sizeof(at), "%u", attempt);
-	r = nscript(s, S_HANDBACK, 5, args, NULL);
+	snprintf(ttl, sizeof(ttl), "%lld", ms_up(s->c->result_ttl));
+	r = nscript(s, S_HANDBACK, 6, args, NULL);
 	if (r == NULL)
 		return false;
 	freeReplyObject(r);
@@ -1098,8 +1128,15 @@ static unsigned free_workers(struct srv *s)
 	struct kind *k;
 	bool all_iso = true;
 
+	/* The pool's figures are two loads, not one snapshot: a task taken
+	 * between them is in neither, so a node that trusted them alone
+	 * took one job too many. Our own count of jobs in flight (started
+	 * or being started, until the loop has seen their end) is exact for
+	 * our jobs; the pool's figures add what else runs on it. */
 	ctp_pool_stats(s->pool, &st);
 	busy = st.running + st.queued;
+	if (busy < s->njobs)
+		busy = s->njobs;
 	f = busy >= st.threads ? 0 : st.threads - (unsigned)busy;
 	for (k = s->c->kinds; k; k = k->next)
 		all_iso = all_iso && (k->flags & CTP_JOB_ISOLATED);
@@ -1395,10 +1432,17 @@ static int srv_connect(struct srv *s)
 	if (redisGetReply(s->sub, (void **)&r) != REDIS_OK)
 		goto fail;
 	freeReplyObject(r);
+	/* After an outage no node could send heartbeats, so every entry
+	 * looks idle: reclaiming at once would take live nodes' jobs. Wait
+	 * claim_after, as long as their heartbeats need to show they live. */
+	s->next_claim = s->down ? now_ns() + s->c->claim_after : 0;
 	s->down = false;
-	s->next_beat = s->next_claim = s->next_promote = 0;
+	s->next_beat = s->next_promote = 0;
+	/* Connected: from here a failure is a disconnect the loop retries,
+	 * not a failed start (own_pending may have started jobs that point
+	 * to s). */
 	own_pending(s);
-	return s->nc ? 0 : -EIO;
+	return 0;
 fail:
 	srv_drop(s);
 	return err ? err : -EIO;
@@ -1669,6 +1713,7 @@ static bool end_call(struct srv *s, struct job *j, struct call *c)
 	if ((!ran && j->status != -ECANCELED && j->status != -ETIMEDOUT) ||
 	    cut) {
 		c->sc = S_HANDBACK;
+		call_num(c, 3, ms_up(s->c->result_ttl));
 		return true;
 	}
 	state = ran ? CTP_JOB_DONE : CTP_JOB_CANCELLED;
@@ -1754,27 +1799,45 @@ static void drain_done(struct srv *s)
 	write_ends(s);
 }
 
-/* The stop's last step: hands back every job not finished (their runs are
- * cut short), then waits for their done callbacks. */
+/* The stop's last step: hands back every job still running (their runs
+ * are cut short), then the loop waits for their done callbacks. A job
+ * whose run has ended (its function returned, or an isolated job's task is
+ * done) is not handed back: its done brings its end (end_call decides). */
 static void hand_back_running(struct srv *s)
 {
 	struct job *j;
+	int tries = 0;
 
 	for (j = s->jobs; j; j = j->next) {
 		if (j->handed)
 			continue;
-		while (!handback(s, j->kind, j->id, j->entry, j->attempt)) {
-			/* Redis away: retry with backoff; the job is not lost
-			 * either way (its entry stays pending under our
-			 * name, and claim_after hands it to another node) */
-			if (s->down && now_ns() < s->retry_at)
-				sleep_ms((s->retry_at - now_ns()) / CTP_MSEC(1)
-				         + 1);
-			if (s->down && srv_connect(s) != 0 &&
-			    s->backoff >= BACKOFF_MAX_MS)
-				break;
+		if (j->kind->flags & CTP_JOB_ISOLATED) {
+			if (ctp_task_state(j->task) == CTP_TASK_DONE)
+				continue;
+		} else {
+			int on = RUN_ON;
+
+			if (!atomic_compare_exchange_strong_explicit(&j->run,
+			    &on, RUN_HANDED, memory_order_acq_rel,
+			    memory_order_acquire))
+				continue; /* it returned: its done comes */
 		}
 		j->handed = true;
+		while (tries < RECONNECT_TRIES &&
+		       !handback(s, j->kind, j->id, j->entry, j->attempt)) {
+			/* Redis away: retry with backoff; the job is not lost
+			 * either way (its entry stays pending under our
+			 * name, and claim_after hands it to another node).
+			 * An error reply is not retried, for the same
+			 * reason. */
+			if (!s->down)
+				break;
+			if (now_ns() < s->retry_at)
+				sleep_ms((s->retry_at - now_ns()) / CTP_MSEC(1)
+				         + 1);
+			srv_connect(s);
+			tries++; /* for all the jobs: Redis stays away */
+		}
 	}
 }
 
@@ -1855,10 +1918,10 @@ int ctp_cluster_serve(ctp_cluster *c, ctp_pool *pool, ctp_token *stop)
 			hand_back_running(&s);
 		}
 		if (fired && s.njobs == 0 &&
-		    (s.unwritten == NULL ||
-		     (s.down && now - fired_at > c->claim_after)))
-			break; /* (Redis stayed away: claim_after hands the
-			          unwritten ones to another node) */
+		    (s.unwritten == NULL || now - fired_at > c->claim_after))
+			break; /* (Redis stayed away, or kept refusing them:
+			          claim_after hands the unwritten ones to
+			          another node) */
 		if (!s.down) {
 			if (now >= s.next_beat) {
 				heartbeat(&s);
@@ -1909,10 +1972,18 @@ int ctp_cluster_serve(ctp_cluster *c, ctp_pool *pool, ctp_token *stop)
 	}
 	/* Nothing may stay pending under our name: what was delivered but
 	 * never started goes back too; then the consumer goes. */
-	while (s.down) {
+	/* (bounded: Redis that stays away, or keeps dropping us, leaves
+	 * the rest to claim_after) */
+	for (int tries = 0; s.down && tries < RECONNECT_TRIES; tries++) {
 		sleep_ms(s.backoff);
-		if (srv_connect(&s) != 0 && s.backoff >= BACKOFF_MAX_MS)
-			break; /* Redis stays away: claim_after covers it */
+		srv_connect(&s);
+	}
+	write_ends(&s);
+	while (s.unwritten) { /* not written: their entries stay pending */
+		struct job *j = s.unwritten;
+
+		s.unwritten = j->next;
+		job_free(j);
 	}
 	own_pending(&s);
 	for (k = c->kinds; k && s.nc; k = k->next) {

@@ -43,6 +43,9 @@
 "local function drop(q, entry)\n" \
 "  redis.call('XACK', q, 'nodes', entry)\n" \
 "  redis.call('XDEL', q, entry)\n" \
+"end\n" \
+"local function held(q, entry, node)\n" \
+"  return #redis.call('XPENDING', q, 'nodes', entry, entry, 1, node) == 1\n" \
 "end\n"
 
 /* SUBMIT ns id kind payload delay_ms timeout_ms key
@@ -129,13 +132,17 @@
 /* START ns id kind entry node max_deliveries ttl
  * -> {1, attempt, rem_ms (-1 = no deadline), payload}: run it now;
  *    {0}: do not (ended, cancelled, timed out, dead-lettered, or the entry
- *    is stale); the entry is acknowledged and deleted then. */
+ *    is stale); the entry is acknowledged and deleted then. Also {0},
+ *    changing nothing, when the entry is no longer pending under this node
+ *    (a node that was away, whose delivery another node has taken over
+ *    with XAUTOCLAIM, must neither start it nor drop it). */
 #define CTP_LUA_START CTP_LUA_PRELUDE \
 "local ns, id, kind, entry, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4],\n" \
 "  ARGV[5]\n" \
 "local maxd, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])\n" \
 "local jk = ns .. ':job:' .. id\n" \
 "local q = ns .. ':q:' .. kind\n" \
+"if not held(q, entry, node) then return {0} end\n" \
 "if redis.call('EXISTS', jk) == 0 then drop(q, entry) return {0} end\n" \
 "local f = redis.call('HMGET', jk, 'state', 'attempts', 'deadline',\n" \
 "  'entry', 'cancel')\n" \
@@ -184,29 +191,38 @@
 "drop(ns .. ':q:' .. kind, entry)\n" \
 "return 1\n"
 
-/* HANDBACK ns id kind entry node attempt
+/* HANDBACK ns id kind entry node attempt ttl
  * Gives a job back at once: a new entry at the end of its stream, the old
  * one acknowledged and deleted; the attempt stays counted. attempt 0: an
  * entry this node holds but never started (its record is queued, or
- * running on a node whose entry this node took over); then only the entry
- * must still be the job's. -> 1 handed back; 0: fenced out (nothing
- * changes), or, for attempt 0, a stale entry or an ended job (the entry is
- * acknowledged and deleted). */
+ * running on a node whose entry this node took over); then the entry must
+ * still be pending under this node and still be the job's. A job whose
+ * cancel is stored is not handed back: it ends there (cancelled,
+ * -ECANCELED), as START would end it. -> 1 handed back (or ended by its
+ * stored cancel); 0: fenced out or not ours (nothing changes), or, for
+ * attempt 0, a stale entry or an ended job (the entry is acknowledged and
+ * deleted). */
 #define CTP_LUA_HANDBACK CTP_LUA_PRELUDE CTP_LUA_FENCE \
 "local ns, id, kind, entry, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4],\n" \
 "  ARGV[5]\n" \
-"local attempt = tonumber(ARGV[6])\n" \
+"local attempt, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])\n" \
 "local jk = ns .. ':job:' .. id\n" \
 "local q = ns .. ':q:' .. kind\n" \
-"local f = redis.call('HMGET', jk, 'state', 'entry')\n" \
+"local f = redis.call('HMGET', jk, 'state', 'entry', 'cancel')\n" \
 "local state = tonumber(f[1])\n" \
 "if attempt > 0 then\n" \
 "  if not ours(jk, attempt, node, entry) then return 0 end\n" \
+"elseif not held(q, entry, node) then\n" \
+"  return 0\n" \
 "elseif f[2] ~= entry or (state ~= 1 and state ~= 2) then\n" \
 "  drop(q, entry)\n" \
 "  return 0\n" \
 "end\n" \
 "drop(q, entry)\n" \
+"if f[3] == '1' then\n" \
+"  job_end(ns, id, jk, 4, -125, ttl)\n" \
+"  return 1\n" \
+"end\n" \
 "local e = redis.call('XADD', q, '*', 'id', id)\n" \
 "redis.call('HSET', jk, 'state', 1, 'node', '', 'entry', e)\n" \
 "return 1\n"

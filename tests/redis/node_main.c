@@ -7,7 +7,8 @@
  *       A node named NAME serving kinds "work" and "block" until SIGTERM or
  *       SIGINT; then it stops gracefully, prints "stopped" and exits 0.
  *         work  payload "jobno:sleepms": RPUSH <ns>:test:runs
- *               "<jobno> <NAME> <attempt> <realtime-ms>" (runs started),
+ *               "<jobno> <NAME> <attempt> <realtime-ms> <pid>.<seq>"
+ *               (runs started; the tag makes each line unique),
  *               sleeps sleepms on its token, writes output "ok" (or
  *               "cut <reason>"), RPUSH <ns>:test:ends "<jobno> <NAME>
  *               <attempt> <rc> <realtime-ms>", returns 0 or the token's
@@ -45,6 +46,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -247,8 +249,13 @@ static int run_job(const void *payload, size_t len, unsigned attempt,
 	buf[len] = '\0';
 	sscanf(buf, "%ld:%ld", &jobno, &sleepms);
 
-	snprintf(line, sizeof(line), "%ld %s %u %" PRId64, jobno, g_name,
-	         attempt, realtime_ms());
+	/* The run's own tag (pid, sequence): a log write retried after its
+	 * reply was lost (Redis killed) pushes the same line twice, and the
+	 * check counts a line once; two runs never share a tag. */
+	static atomic_ulong run_seq;
+	snprintf(line, sizeof(line), "%ld %s %u %" PRId64 " %d.%lu", jobno,
+	         g_name, attempt, realtime_ms(), (int)getpid(),
+	         atomic_fetch_add(&run_seq, 1));
 	log_push("runs", line);
 	if (block) {
 		snprintf(line, sizeof(line), "%ld", jobno);
@@ -529,6 +536,11 @@ static struct job *read_ids(const char *path, size_t *njobs)
 	return jobs;
 }
 
+static int cmp_line(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static struct run *read_runs(size_t *nruns)
 {
 	redisContext *rc = NULL;
@@ -536,18 +548,28 @@ static struct run *read_runs(size_t *nruns)
 	if (r == NULL || r->type != REDIS_REPLY_ARRAY)
 		die("LRANGE runs", -EIO);
 	struct run *runs = calloc(r->elements + 1, sizeof(*runs));
-	if (runs == NULL)
+	const char **lines = calloc(r->elements + 1, sizeof(*lines));
+	if (runs == NULL || lines == NULL)
 		die("calloc", -ENOMEM);
+	/* a line pushed twice (its RPUSH retried) is one run: each run's
+	 * line is unique (its tag) */
+	for (size_t i = 0; i < r->elements; i++)
+		lines[i] = r->element[i]->type == REDIS_REPLY_STRING
+		           ? r->element[i]->str : "";
+	qsort(lines, r->elements, sizeof(*lines), cmp_line);
 	size_t n = 0;
 	for (size_t i = 0; i < r->elements; i++) {
 		struct run *u = &runs[n];
 		long long ts;
-		if (sscanf(r->element[i]->str, "%ld %63s %u %lld", &u->jobno,
+		if (i > 0 && strcmp(lines[i], lines[i - 1]) == 0)
+			continue;
+		if (sscanf(lines[i], "%ld %63s %u %lld", &u->jobno,
 		           u->node, &u->attempt, &ts) == 4) {
 			u->ts = ts;
 			n++;
 		}
 	}
+	free(lines);
 	freeReplyObject(r);
 	redisFree(rc);
 	qsort(runs, n, sizeof(*runs), cmp_run);
