@@ -151,8 +151,9 @@ CTP_EXPORT int ctp_cluster_submit(ctp_cluster *cluster, const char *kind,
  * its state becomes DONE with whatever its function returns, or CANCELLED,
  * -ECANCELED, when the node had taken it but its function had not started
  * yet, or when its node died or stopped before it ended); -EALREADY
- * when it had finished or was cancelled; -ENOENT for an unknown or expired
- * id; -EINVAL; -ECONNREFUSED / -EIO. */
+ * when it had finished or was cancelled (by another call: this call's own
+ * retry after a lost reply answers what its first try did); -ENOENT for an
+ * unknown or expired id; -EINVAL; -ECONNREFUSED / -EIO. */
 CTP_EXPORT int ctp_cluster_cancel(ctp_cluster *cluster, const char *id);
 
 /* Fills *info (free its output with ctp_job_info_clear). 0; -ENOENT for an
@@ -211,12 +212,14 @@ CTP_EXPORT int ctp_cluster_register(ctp_cluster *cluster, const char *kind,
  * back at once every job it took but did not finish (other nodes may start
  * them right away; the delivery counts as an attempt; a job whose cancel
  * is stored ends CANCELLED, -ECANCELED, instead), waits for every job
- * function to return (isolated ones are killed after the pool's
- * kill_after), leaves nothing pending under its name (unless Redis stays
+ * function to return (isolated ones are killed at once: the shutdown's
+ * grace is 0), leaves nothing pending under its name (unless Redis stays
  * away through about 6 s of reconnects: then claim_after gives what is left
  * to other nodes), and returns 0. A job whose run was cut short by the stop
  * is handed back, never recorded DONE; one whose function had returned
- * before is recorded as it ended.
+ * before is recorded as it ended. (An isolated job's function that returns
+ * -ESHUTDOWN counts as cut short: the parent cannot tell it from a run the
+ * stop cut.)
  * The pool is shut down on return: destroy it.
  *
  * Errors (at once, nothing done): -EINVAL (NULL, no kind registered);

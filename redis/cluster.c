@@ -155,7 +155,6 @@ struct job {
 	ctp_output      *out;       /* thread jobs */
 	ctp_task        *task;
 	int              status;    /* done_lock */
-	bool             after_fire; /* done_lock: done came after the fire */
 	bool             ran, cut;  /* worker, before done; read after done */
 	atomic_int       run;       /* RUN_*: who ends a thread job's run */
 	/* the serve thread's own, kept apart from the fields other threads
@@ -186,7 +185,6 @@ struct srv {
 	unsigned        njobs;
 	pthread_mutex_t done_lock;
 	struct job     *done_head;  /* done_lock */
-	bool            fired;      /* done_lock: the pool's shutdown fired */
 	struct job     *unwritten;  /* ended, their write failed: retried */
 	int64_t         next_beat, next_claim, next_promote;
 	bool            stopping;
@@ -698,8 +696,8 @@ int ctp_cluster_submit(ctp_cluster *c, const char *kind, const void *payload,
 
 int ctp_cluster_cancel(ctp_cluster *c, const char *id)
 {
-	char ttl[24];
-	const char *args[2];
+	char ttl[24], call[CTP_JOB_ID_SIZE];
+	const char *args[3];
 	redisReply *r;
 	long long v;
 	int err;
@@ -707,9 +705,11 @@ int ctp_cluster_cancel(ctp_cluster *c, const char *id)
 	if (c == NULL || !id_ok(id))
 		return c && id ? -ENOENT : -EINVAL;
 	snprintf(ttl, sizeof(ttl), "%lld", ms_up(c->result_ttl));
+	new_id(call); /* a retry after a lost reply gets the same answer */
 	args[0] = id;
 	args[1] = ttl;
-	r = cmd_script(c, S_CANCEL, 2, args, NULL, &err);
+	args[2] = call;
+	r = cmd_script(c, S_CANCEL, 3, args, NULL, &err);
 	if (r == NULL)
 		return err == -EPROTO ? -EIO : err;
 	v = r->type == REDIS_REPLY_INTEGER ? r->integer : 99;
@@ -903,10 +903,18 @@ static int iso_trampoline(const void *in, size_t len, ctp_output *out,
 {
 	struct iso_head h;
 
+	int r;
+
 	memcpy(&h, in, sizeof(h));
 	len -= sizeof(h);
-	return h.fn(len ? (const char *)in + sizeof(h) : NULL, len, h.attempt,
-	            out, token, h.arg);
+	r = h.fn(len ? (const char *)in + sizeof(h) : NULL, len, h.attempt,
+	         out, token, h.arg);
+	/* A run the stop cut short (the token fired with -ESHUTDOWN before
+	 * fn returned) says so to the parent as -ESHUTDOWN, the status a
+	 * killed one gets too: end_call hands it back. A run that ended
+	 * before the fire keeps fn's value, even if the fire reaches the
+	 * parent before its result does. */
+	return ctp_token_reason(token) == -ESHUTDOWN ? -ESHUTDOWN : r;
 }
 
 static int job_run(void *arg, ctp_token *token)
@@ -935,7 +943,6 @@ static void job_done(void *arg, int status)
 
 	pthread_mutex_lock(&s->done_lock);
 	j->status = status;
-	j->after_fire = s->fired;
 	j->done_next = s->done_head;
 	s->done_head = j;
 	pthread_mutex_unlock(&s->done_lock);
@@ -1699,7 +1706,7 @@ static bool end_call(struct srv *s, struct job *j, struct call *c)
 		return false;
 	if (j->kind->flags & CTP_JOB_ISOLATED) {
 		ran = ctp_task_state(j->task) == CTP_TASK_DONE;
-		cut = ran && j->after_fire;
+		cut = ran && j->status == -ESHUTDOWN; /* iso_trampoline */
 	} else {
 		ran = j->ran;
 		cut = j->cut;
@@ -1799,10 +1806,11 @@ static void drain_done(struct srv *s)
 	write_ends(s);
 }
 
-/* The stop's last step: hands back every job still running (their runs
- * are cut short), then the loop waits for their done callbacks. A job
- * whose run has ended (its function returned, or an isolated job's task is
- * done) is not handed back: its done brings its end (end_call decides). */
+/* The stop's last step: hands back every thread job still running (their
+ * runs are cut short), then the loop waits for their done callbacks. A job
+ * whose function has returned is not handed back: its done brings its end
+ * (end_call decides), and so does an isolated job's, whose process the
+ * shutdown has killed if it still ran. */
 static void hand_back_running(struct srv *s)
 {
 	struct job *j;
@@ -1812,8 +1820,12 @@ static void hand_back_running(struct srv *s)
 		if (j->handed)
 			continue;
 		if (j->kind->flags & CTP_JOB_ISOLATED) {
-			if (ctp_task_state(j->task) == CTP_TASK_DONE)
-				continue;
+			/* The shutdown (grace 0) kills its process at once
+			 * if it still runs, and its done follows at once:
+			 * end_call then decides from its status. Handing it
+			 * back here could not tell a run that had just
+			 * ended (its result on its way) from a cut one. */
+			continue;
 		} else {
 			int on = RUN_ON;
 
@@ -1908,9 +1920,6 @@ int ctp_cluster_serve(ctp_cluster *c, ctp_pool *pool, ctp_token *stop)
 			/* the drain is over: the pool's shutdown fires the
 			 * tokens of the jobs still running (-ESHUTDOWN) and
 			 * drops the queued ones (their dones run here) */
-			pthread_mutex_lock(&s.done_lock);
-			s.fired = true;
-			pthread_mutex_unlock(&s.done_lock);
 			fired = true;
 			fired_at = now;
 			ctp_pool_shutdown(pool, 0, 0);

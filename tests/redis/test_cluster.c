@@ -1969,6 +1969,69 @@ static void test_cluster_stale_node_neither_starts_nor_hands_back(void **s)
 	ctp_cluster_close(p);
 }
 
+/* CANCEL's answer for one call, as ctp_cluster_cancel's retry would send
+ * it (same tag) or another caller (another tag). */
+static long long cancel_eval(redisContext *r, const char *ns, const char *id,
+                             const char *tag)
+{
+	const char *a[3] = { id, "60000", tag };
+	redisReply *rep = eval_(r, CTP_LUA_CANCEL, ns, 3, a);
+	long long   v;
+
+	assert_int_equal(rep->type, REDIS_REPLY_INTEGER);
+	v = rep->integer;
+	freeReplyObject(rep);
+	return v;
+}
+
+/* A cancel retried after its reply was lost (ctp_cluster_cancel retries
+ * with the same call tag) gets the answer the first try got: 0 for the
+ * queued job it cancelled itself, 1 for the running one, also once that
+ * one has ended; another caller's cancel gets 2 (-EALREADY). */
+static void test_cluster_cancel_retried_same_answer(void **s)
+{
+	(void)s;
+	ctp_cluster_opts o = opts_for("tcretry");
+	ctp_cluster     *p = producer(o);
+	redisContext    *r = rc_open();
+	redisReply      *rep;
+	char             q[CTP_JOB_ID_SIZE], run[CTP_JOB_ID_SIZE], e[48];
+
+	submit_ok(p, "work", "q", 1, NULL, q);
+	assert_int_equal(cancel_eval(r, "tcretry", q, "call1"), 0);
+	assert_int_equal(cancel_eval(r, "tcretry", q, "call1"), 0);
+	assert_int_equal(cancel_eval(r, "tcretry", q, "call2"), 2);
+	expect_status(p, q, CTP_JOB_CANCELLED, -ECANCELED, 0, "");
+
+	submit_ok(p, "work", "r", 1, NULL, run);
+	freeReplyObject(rq(r, "XGROUP CREATE tcretry:q:work nodes 0 MKSTREAM"));
+	rep = rq(r, "XREADGROUP GROUP nodes N COUNT 1 STREAMS tcretry:q:work >");
+	freeReplyObject(rep);
+	entry_of(r, "tcretry", run, e, sizeof(e));
+	{
+		const char *a[6] = { run, "work", e, "N", "5", "60000" };
+
+		rep = eval_(r, CTP_LUA_START, "tcretry", 6, a);
+		assert_int_equal(rep->element[0]->integer, 1);
+		freeReplyObject(rep);
+	}
+	assert_int_equal(cancel_eval(r, "tcretry", run, "call3"), 1);
+	assert_int_equal(cancel_eval(r, "tcretry", run, "call3"), 1);
+	{
+		const char *a[9] = { run, "work", e, "N", "1", "3", "-125", "",
+		                     "60000" };
+
+		rep = eval_(r, CTP_LUA_FINISH, "tcretry", 9, a);
+		assert_int_equal(rep->integer, 1);
+		freeReplyObject(rep);
+	}
+	assert_int_equal(cancel_eval(r, "tcretry", run, "call3"), 1);
+	assert_int_equal(cancel_eval(r, "tcretry", run, "call4"), 2);
+	expect_status(p, run, CTP_JOB_DONE, -ECANCELED, 1, "N");
+	redisFree(r);
+	ctp_cluster_close(p);
+}
+
 /* A node takes only as many jobs as its pool has free workers: with 2
  * threads and 3 blocking jobs, 2 run and the third is not delivered (QUEUED,
  * attempts 0, 2 pending under the node's name) until one ends. */
@@ -2681,6 +2744,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_cluster_busy_node_leaves_jobs_to_idle, teardown_nodes),
 		cmocka_unit_test_teardown(test_cluster_takes_only_free_workers, teardown_nodes),
 		cmocka_unit_test_teardown(test_cluster_stale_node_neither_starts_nor_hands_back,
+		                          teardown_nodes),
+		cmocka_unit_test_teardown(test_cluster_cancel_retried_same_answer,
 		                          teardown_nodes),
 		cmocka_unit_test_teardown(test_cluster_graceful_stop_hands_back, teardown_nodes),
 		cmocka_unit_test_teardown(test_cluster_stop_takes_no_new_jobs_and_drains, teardown_nodes),
