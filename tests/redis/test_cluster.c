@@ -329,6 +329,10 @@ static int job_fn(const void *payload, size_t len, unsigned attempt,
 
 /* CTP_JOB_ISOLATED: runs in the pool's worker process. Writes
  * "iso:<payload>:a<attempt>:p<pid>" and returns 17. */
+static int iso_wait_fn(const void *payload, size_t len, unsigned attempt,
+                       ctp_output *out, ctp_token *token, void *arg);
+static void wait_state(ctp_cluster *c, const char *id, int state);
+
 static int iso_fn(const void *payload, size_t len, unsigned attempt,
                   ctp_output *out, ctp_token *token, void *arg)
 {
@@ -2215,6 +2219,8 @@ static void test_cluster_isolated_kind(void **state)
 	g_iso_pool = NULL; /* node_stop destroys it */
 	assert_int_equal(ctp_cluster_register(n->c, "iso", iso_fn, NULL,
 	                 CTP_JOB_ISOLATED), 0);
+	assert_int_equal(ctp_cluster_register(n->c, "isowait", iso_wait_fn,
+	                 NULL, CTP_JOB_ISOLATED), 0);
 	node_start(n);
 
 	submit_ok(p, "iso", "abc", 3, NULL, id);
@@ -2239,7 +2245,20 @@ static void test_cluster_isolated_kind(void **state)
 	}
 	ctp_job_info_clear(&info);
 
+	/* the stop cuts a running isolated job short (its process is
+	 * killed, or its function returns on the token): handed back, the
+	 * attempt counted, nothing pending under the node's name */
+	submit_ok(p, "isowait", NULL, 0, NULL, id);
+	wait_state(p, id, CTP_JOB_RUNNING);
 	node_stop(n);
+	expect_status(p, id, CTP_JOB_QUEUED, ANY_STATUS, 1, "");
+	{
+		redisContext *r = rc_open();
+
+		assert_int_equal(pending_of(r, "tiso", "isowait", NULL), 0);
+		assert_int_equal(rint_(r, "XLEN tiso:q:isowait"), 1);
+		redisFree(r);
+	}
 	ctp_cluster_close(p);
 }
 
