@@ -155,7 +155,7 @@ struct job {
 	ctp_output      *out;       /* thread jobs */
 	ctp_task        *task;
 	int              status;    /* done_lock */
-	bool             ran, cut;  /* worker, before done; read after done */
+	bool             ran;       /* worker, before done; read after done */
 	atomic_int       run;       /* RUN_*: who ends a thread job's run */
 	/* the serve thread's own, kept apart from the fields other threads
 	 * write (a load of two of them may be made as one wider load) */
@@ -166,9 +166,11 @@ struct job {
 
 /* A thread job's run, decided once by a CAS from RUN_ON: its function
  * returned (the worker: its end is written from its done), or the stop
- * handed it back while it ran (the serve loop: whatever it returns later
- * is not written). So a run that ended before the stop is never handed
- * back, and one handed back is never also finished. */
+ * claimed it to hand it back (the serve loop, before the pool's shutdown
+ * fires the tokens: whatever it returns later is not written). So a run
+ * that ended before the stop is never handed back, one handed back is
+ * never also finished, and a run that returned 0 just as the fire came is
+ * recorded, not run again. */
 enum { RUN_ON, RUN_RETURNED, RUN_HANDED };
 
 struct srv {
@@ -920,16 +922,15 @@ static int iso_trampoline(const void *in, size_t len, ctp_output *out,
 static int job_run(void *arg, ctp_token *token)
 {
 	struct job *j = arg;
-	int r;
-
-	int on = RUN_ON;
+	int r, on = RUN_ON;
 
 	j->ran = true;
 	r = j->kind->fn(j->payload, j->len, j->attempt, j->out, token,
 	                j->kind->arg);
-	j->cut = ctp_token_reason(token) == -ESHUTDOWN;
-	/* acq_rel: pairs with hand_back_running's CAS; only one of the
-	 * two wins, and the loser's fields are not read */
+	/* acq_rel: pairs with claim_running's CAS; only one of the two
+	 * wins. Winning here means fn returned before the stop claimed the
+	 * job, so before the fire: its value is its result. Losing, it is
+	 * handed back and the value is not read. */
 	atomic_compare_exchange_strong_explicit(&j->run, &on, RUN_RETURNED,
 	    memory_order_acq_rel, memory_order_acquire);
 	return r;
@@ -1019,9 +1020,8 @@ struct call {
 /* Sends n (<= PIPE_MAX) script calls in one round trip and reads their
  * replies: replies[i] is NULL for an error reply, or for every call from
  * the one where the connection failed (the loop then drops it and
- * reconnects). A
- * serve loop with many jobs pays one round trip per batch of STARTs and
- * one per batch of ends, not one per job. */
+ * reconnects). A serve loop with many jobs pays one round trip per batch
+ * of STARTs and one per batch of ends, not one per job. */
 static void pipeline(struct srv *s, struct call *calls, int n,
                      redisReply **replies)
 {
@@ -1580,7 +1580,11 @@ static void read_rd(struct srv *s)
 		srv_drop(s);
 		return;
 	}
-	s->budget = s->read_n;
+	/* Jobs reclaimed while the read was outstanding took workers the
+	 * read's COUNT counted as free: start no more than are free now. */
+	s->budget = free_workers(s);
+	if (s->budget > s->read_n)
+		s->budget = s->read_n;
 	deliver_streams(s, m);
 	s->budget = UINT_MAX;
 	freeReplyObject(m);
@@ -1709,7 +1713,10 @@ static bool end_call(struct srv *s, struct job *j, struct call *c)
 		cut = ran && j->status == -ESHUTDOWN; /* iso_trampoline */
 	} else {
 		ran = j->ran;
-		cut = j->cut;
+		/* claimed by the stop (set by this thread): its run, if
+		 * it ran, was cut short or ended as the fire came */
+		cut = atomic_load_explicit(&j->run, memory_order_relaxed) ==
+		      RUN_HANDED;
 	}
 	c->nargs = 0;
 	call_str(c, j->id);
@@ -1806,34 +1813,41 @@ static void drain_done(struct srv *s)
 	write_ends(s);
 }
 
-/* The stop's last step: hands back every thread job still running (their
- * runs are cut short), then the loop waits for their done callbacks. A job
- * whose function has returned is not handed back: its done brings its end
- * (end_call decides), and so does an isolated job's, whose process the
- * shutdown has killed if it still ran. */
+/* The stop, just before the pool's shutdown fires the tokens: claims
+ * every thread job whose function has not returned (queued in the pool or
+ * running). A job whose function returned first keeps its result (its
+ * done brings its end); an isolated job is left to its status: the
+ * shutdown (grace 0) kills its process at once if it still runs, and
+ * end_call decides (claiming it here could not tell a run that had just
+ * ended, its result on its way, from a cut one). */
+static void claim_running(struct srv *s)
+{
+	struct job *j;
+
+	for (j = s->jobs; j; j = j->next) {
+		int on = RUN_ON;
+
+		if (j->kind->flags & CTP_JOB_ISOLATED)
+			continue;
+		/* acq_rel: pairs with job_run's CAS */
+		atomic_compare_exchange_strong_explicit(&j->run, &on,
+		    RUN_HANDED, memory_order_acq_rel, memory_order_acquire);
+	}
+}
+
+/* After the fire: hands back at once every claimed job not handed back
+ * yet (those whose done came first were handed back by end_call), then
+ * the loop waits for their done callbacks. */
 static void hand_back_running(struct srv *s)
 {
 	struct job *j;
 	int tries = 0;
 
 	for (j = s->jobs; j; j = j->next) {
-		if (j->handed)
+		if (j->handed || (j->kind->flags & CTP_JOB_ISOLATED) ||
+		    atomic_load_explicit(&j->run, memory_order_relaxed) !=
+		    RUN_HANDED)
 			continue;
-		if (j->kind->flags & CTP_JOB_ISOLATED) {
-			/* The shutdown (grace 0) kills its process at once
-			 * if it still runs, and its done follows at once:
-			 * end_call then decides from its status. Handing it
-			 * back here could not tell a run that had just
-			 * ended (its result on its way) from a cut one. */
-			continue;
-		} else {
-			int on = RUN_ON;
-
-			if (!atomic_compare_exchange_strong_explicit(&j->run,
-			    &on, RUN_HANDED, memory_order_acq_rel,
-			    memory_order_acquire))
-				continue; /* it returned: its done comes */
-		}
 		j->handed = true;
 		while (tries < RECONNECT_TRIES &&
 		       !handback(s, j->kind, j->id, j->entry, j->attempt)) {
@@ -1922,6 +1936,7 @@ int ctp_cluster_serve(ctp_cluster *c, ctp_pool *pool, ctp_token *stop)
 			 * drops the queued ones (their dones run here) */
 			fired = true;
 			fired_at = now;
+			claim_running(&s);
 			ctp_pool_shutdown(pool, 0, 0);
 			drain_done(&s);
 			hand_back_running(&s);
@@ -1988,13 +2003,7 @@ int ctp_cluster_serve(ctp_cluster *c, ctp_pool *pool, ctp_token *stop)
 		srv_connect(&s);
 	}
 	write_ends(&s);
-	while (s.unwritten) { /* not written: their entries stay pending */
-		struct job *j = s.unwritten;
-
-		s.unwritten = j->next;
-		job_free(j);
-	}
-	own_pending(&s);
+	own_pending(&s); /* skips the unwritten ones (job_known) */
 	for (k = c->kinds; k && s.nc; k = k->next) {
 		redisReply *r = cmd_fmt(s.nc, &err, "XPENDING %s:q:%s " GROUP
 		                        " - + 1 %s", c->ns, k->name, c->node);
@@ -2009,6 +2018,16 @@ int ctp_cluster_serve(ctp_cluster *c, ctp_pool *pool, ctp_token *stop)
 			if (r)
 				freeReplyObject(r);
 		}
+	}
+	/* Ended, their end not written (Redis stayed away): their entries
+	 * stay pending, and claim_after hands them to another node. Freed
+	 * only now, so that own_pending above did not hand them back as
+	 * never started. */
+	while (s.unwritten) {
+		struct job *j = s.unwritten;
+
+		s.unwritten = j->next;
+		job_free(j);
 	}
 	ctp_pool_shutdown(pool, 0, CTP_FOREVER);
 	err = 0;

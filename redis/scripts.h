@@ -13,8 +13,9 @@
  *   entry                its current stream entry ("" while delayed)
  *   deadline             Redis time (ms) when its timeout passes, 0 = none
  *   cancel               "1" once a cancel reached it while it ran
- *   cancel_by            "<call>:<answer>" of the cancel that ended or
- *                        stopped it (a retried CANCEL answers the same)
+ *   cby:<call>           the answer of the cancel whose tag is <call>,
+ *                        when it ended or stopped the job (that cancel
+ *                        retried after a lost reply answers the same)
  *   output               what it wrote
  *
  * Fencing: a node's writes about a job it runs (FINISH, HANDBACK, HEARTBEAT)
@@ -113,27 +114,26 @@
 /* CANCEL ns id ttl call -> 0 (it had not started: cancelled), 1 (it runs:
  * the cancel is stored, then announced), 2 (it had ended), -2 (unknown).
  * call is the caller's own random tag for this cancel: the answer is kept
- * in the record (cancel_by = call:answer), so the same call retried after
- * a lost reply gets the same answer, not 2 for the end it made itself. */
+ * in the record (field cby:<call>), one field per call so that concurrent
+ * cancels keep theirs, and the same call retried after a lost reply gets
+ * the same answer, not 2 for the end it made itself. */
 #define CTP_LUA_CANCEL CTP_LUA_PRELUDE CTP_LUA_LAZY_TIMEOUT \
 "local ns, id, ttl, call = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]\n" \
 "local jk = ns .. ':job:' .. id\n" \
 "if redis.call('EXISTS', jk) == 0 then return -2 end\n" \
-"local by = redis.call('HGET', jk, 'cancel_by')\n" \
-"if by and string.sub(by, 1, #call + 1) == call .. ':' then\n" \
-"  return tonumber(string.sub(by, #call + 2))\n" \
-"end\n" \
+"local by = redis.call('HGET', jk, 'cby:' .. call)\n" \
+"if by then return tonumber(by) end\n" \
 "lazy_timeout(ns, id, jk, ttl)\n" \
 "local f = redis.call('HMGET', jk, 'state', 'kind', 'entry')\n" \
 "local state = tonumber(f[1])\n" \
 "if state == 1 then\n" \
 "  redis.call('ZREM', ns .. ':delayed:' .. f[2], id)\n" \
 "  if f[3] ~= '' then redis.call('XDEL', ns .. ':q:' .. f[2], f[3]) end\n" \
-"  redis.call('HSET', jk, 'cancel_by', call .. ':0')\n" \
+"  redis.call('HSET', jk, 'cby:' .. call, '0')\n" \
 "  job_end(ns, id, jk, 4, -125, ttl)\n" \
 "  return 0\n" \
 "elseif state == 2 then\n" \
-"  redis.call('HSET', jk, 'cancel', '1', 'cancel_by', call .. ':1')\n" \
+"  redis.call('HSET', jk, 'cancel', '1', 'cby:' .. call, '1')\n" \
 "  redis.call('PUBLISH', ns .. ':cancel', id)\n" \
 "  return 1\n" \
 "end\n" \

@@ -1991,7 +1991,8 @@ static long long cancel_eval(redisContext *r, const char *ns, const char *id,
 /* A cancel retried after its reply was lost (ctp_cluster_cancel retries
  * with the same call tag) gets the answer the first try got: 0 for the
  * queued job it cancelled itself, 1 for the running one, also once that
- * one has ended; another caller's cancel gets 2 (-EALREADY). */
+ * one has ended, and so does a second cancel made while it ran (each call
+ * keeps its own answer); a cancel made after the end gets 2 (-EALREADY). */
 static void test_cluster_cancel_retried_same_answer(void **s)
 {
 	(void)s;
@@ -2020,6 +2021,8 @@ static void test_cluster_cancel_retried_same_answer(void **s)
 		freeReplyObject(rep);
 	}
 	assert_int_equal(cancel_eval(r, "tcretry", run, "call3"), 1);
+	/* a second cancel meanwhile keeps its own answer, not call3's */
+	assert_int_equal(cancel_eval(r, "tcretry", run, "call5"), 1);
 	assert_int_equal(cancel_eval(r, "tcretry", run, "call3"), 1);
 	{
 		const char *a[9] = { run, "work", e, "N", "1", "3", "-125", "",
@@ -2030,6 +2033,7 @@ static void test_cluster_cancel_retried_same_answer(void **s)
 		freeReplyObject(rep);
 	}
 	assert_int_equal(cancel_eval(r, "tcretry", run, "call3"), 1);
+	assert_int_equal(cancel_eval(r, "tcretry", run, "call5"), 1);
 	assert_int_equal(cancel_eval(r, "tcretry", run, "call4"), 2);
 	expect_status(p, run, CTP_JOB_DONE, -ECANCELED, 1, "N");
 	redisFree(r);
