@@ -33,9 +33,12 @@
  * heartbeats reached it, so every entry looks idle.
  *
  * The stop: a thread job's run is decided once (struct job's `run`, a CAS
- * by the worker when fn returns, or by the loop when it hands the job
- * back): a run that returned before the stop is recorded as it ended, one
- * still going is handed back and its later end is not written.
+ * by the worker when fn returns, or by the loop when it claims the job,
+ * just before the pool's shutdown fires the tokens): a run that returned
+ * before the claim is recorded as it ended; one still going at the claim
+ * is handed back and its later end is not written, even if fn returns 0
+ * before the fire reaches it; a job claimed before a worker started it
+ * does not run here.
  *
  * Cancel: CANCEL ends a queued job in the record (its entry is deleted;
  * START drops an entry of an ended job) or, for a running job, stores
@@ -168,9 +171,11 @@ struct job {
  * returned (the worker: its end is written from its done), or the stop
  * claimed it to hand it back (the serve loop, before the pool's shutdown
  * fires the tokens: whatever it returns later is not written). So a run
- * that ended before the stop is never handed back, one handed back is
- * never also finished, and a run that returned 0 just as the fire came is
- * recorded, not run again. */
+ * that returned before the claim is never handed back (also one that
+ * returned just before the fire's reason could reach it), one handed back
+ * is never also finished, and one claimed before it started does not
+ * start. A run still going at the claim is handed back even if it returns
+ * 0 before the fire: a job runs at least once, not exactly once. */
 enum { RUN_ON, RUN_RETURNED, RUN_HANDED };
 
 struct srv {
@@ -924,6 +929,11 @@ static int job_run(void *arg, ctp_token *token)
 	struct job *j = arg;
 	int r, on = RUN_ON;
 
+	/* acquire: pairs with claim_running's CAS. Claimed before it
+	 * started (it was queued in the pool at the claim): it is handed
+	 * back, so it does not run here. */
+	if (atomic_load_explicit(&j->run, memory_order_acquire) != RUN_ON)
+		return -ESHUTDOWN;
 	j->ran = true;
 	r = j->kind->fn(j->payload, j->len, j->attempt, j->out, token,
 	                j->kind->arg);
