@@ -1854,6 +1854,8 @@ static void hand_back_running(struct srv *s)
 	int tries = 0;
 
 	for (j = s->jobs; j; j = j->next) {
+		/* relaxed: RUN_HANDED is only ever set by this thread
+		 * (claim_running) */
 		if (j->handed || (j->kind->flags & CTP_JOB_ISOLATED) ||
 		    atomic_load_explicit(&j->run, memory_order_relaxed) !=
 		    RUN_HANDED)

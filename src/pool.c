@@ -46,7 +46,8 @@
  *
  *   Idle workers (next_task). A worker that finds the queue empty either
  *   becomes the scout (runq.scout: at most one), which polls `head` (on a
- *   line of its own, without the lock) for SPIN_NS before it parks, or
+ *   line of its own, without the lock, yielding its CPU between looks)
+ *   for SPIN_NS before it parks, or
  *   parks: under the lock it lists itself on runq.idle and sleeps on its
  *   own futex word until a waker takes it off the list (a claim) and
  *   wakes it. A submit that links a task claims one idle worker unless
@@ -732,7 +733,9 @@ static void put_task(ctp_task *t)
  * oversubscribed (more workers and submitters than CPUs: the throughput
  * rows of bench/) the submitter or a busy worker runs instead of the spin.
  * With a pause there instead, 4 workers and 1 submitter on 2 CPUs made
- * about 0.7x the tasks per second (bench/results/profile.md, item 1). */
+ * about 0.63x the tasks per second (`bench_ctpool throughput --producers 1
+ * --workers 4`, old and new builds alternated; bench/results/profile.md,
+ * item 1, for where the spin's time went). */
 static bool scout_poll(ctp_pool *pool, int64_t end)
 {
 	struct ctp__runq *q = &pool->runq;
