@@ -389,7 +389,9 @@ CTP_EXPORT void ctp_task_release(ctp_task *task);
  * running or a worker has already taken it (for a periodic task, its next
  * run is then due `delay` after this call); -EALREADY when it has finished
  * or its token has fired; -EINVAL for NULL or a negative delay; -ENOMEM
- * when the timer cannot hold one more delayed task. */
+ * when the timer cannot hold one more delayed task (or, for a task
+ * submitted without a delay, timeout, parent or period, the memory for its
+ * due time cannot be had: a task object gets that only when it needs it). */
 CTP_EXPORT int ctp_task_reschedule(ctp_task *task, int64_t delay);
 
 /* ---- tokens ------------------------------------------------------------- */
@@ -549,7 +551,10 @@ CTP_EXPORT int ctp_queue_create(ctp_queue **queue, size_t capacity);
 /* Appends item, waiting up to timeout for room. Returns 0; -EAGAIN when
  * timeout is 0 and the queue is full; -ETIMEDOUT when the wait ran out (never
  * early); the token's reason as soon as token (may be NULL) fires, also when
- * it had fired before the call; -ESHUTDOWN once the queue is closed; -EINVAL.
+ * it had fired before the call; -ESHUTDOWN once the queue is closed; -EINVAL;
+ * -ENOMEM only when token is a task's token waited on for the first time and
+ * the few bytes its wake needs cannot be had (a task object gets them only
+ * when its token is first waited on, watched, given children or an fd).
  * A fired token wins over a free slot and over a closed queue. */
 CTP_EXPORT int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
                               int64_t timeout);
@@ -559,7 +564,8 @@ CTP_EXPORT int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
  * reason as soon as it fires; -ESHUTDOWN once the queue is closed and empty
  * (also with timeout 0: on a closed queue it waits out a push or pop that is
  * under way on another thread, so it never says -EAGAIN there); -ECHILD;
- * -EINVAL. A fired token wins over an available item. */
+ * -EINVAL; -ENOMEM as for ctp_queue_push. A fired token wins over an
+ * available item. */
 CTP_EXPORT int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
                              int64_t timeout);
 

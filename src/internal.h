@@ -291,8 +291,9 @@ CTP__HIDDEN void ctp__queue_unreserve(struct ctp_queue *q);
 CTP__HIDDEN void ctp__queue_unreserve_n(struct ctp_queue *q, size_t n);
 
 /* Waits until the event count moves away from snap, token fires, or abs
- * passes. Returns 0 (moved, or a spurious wake: re-check), -ETIMEDOUT, or the
- * token's reason. token and abs may be NULL. */
+ * passes. Returns 0 (moved, or a spurious wake: re-check), -ETIMEDOUT, the
+ * token's reason, or -ENOMEM (a task's token's first wait could not get its
+ * ext). token and abs may be NULL. */
 CTP__HIDDEN int  ctp__ec_wait(ck_ec32_t *ec, uint32_t snap, ctp_token *token,
                               const struct timespec *abs);
 CTP__HIDDEN uint32_t ctp__ec_value(const ck_ec32_t *ec);
@@ -337,21 +338,20 @@ CTP__HIDDEN void ctp__ec_bump(ck_ec32_t *ec);
 enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2,
                        CTP__TOKEN_REMOTE = 3 };
 
-struct ctp_token {
-	/* what firing a tree reads per token comes first, together (the
-	 * object is malloc'd or part of a task: 16-byte aligned, so these
-	 * share lines with their neighbours, not a line of their own) */
-	_Atomic uint32_t state;     /* reason | phase; see above */
-	_Atomic uint32_t sleepers;  /* threads in ctp_token_sleep on `state` */
-	_Atomic uint32_t refs;      /* for a task token: the task's references */
-	_Atomic uint32_t linked;    /* 1 once it may have children, watches or
-	                               an fd: firing must then take `lock` */
-	uint8_t          kind;      /* immutable */
-	uint32_t         gen;       /* fork generation it was made in */
+/*
+ * A token's rare parts: what only a token with a parent, children, watches
+ * or an fd uses. A standalone token and an isolated task's page token carry
+ * theirs inline (ctp__token_init); a task object gets one the first time
+ * its token needs it (ctp__token_ext_get: a child task at submit, or its fn
+ * making children, watching it, waiting on it, asking for its fd) and keeps
+ * it until the object is freed for good, so steady state allocates nothing
+ * and a plain task's object is not made bigger by any of it.
+ */
+struct ctp__token_ext {
+	pthread_mutex_t  lock;      /* protects children, watches, fd, fire */
+	ctp_token       *parent;    /* immutable while referenced; holds a ref */
 	ctp_token       *sib_next;  /* in parent->children: protected by */
-	ctp_token       *sib_prev;  /*   parent->lock, not by this lock */
-	ctp_token       *fire_next; /* list of one fire call; written only by
-	                               the thread whose CAS fired this token */
+	ctp_token       *sib_prev;  /*   the parent's lock, not by this lock */
 	ctp_token       *wait_next; /* list of the subtrees one fire call waits
 	                               for; written only by the firer of this
 	                               token's parent (the one thread that walks
@@ -361,17 +361,34 @@ struct ctp_token {
 	                               `linked`); lock. A token fires once, so
 	                               while one of its watches is pending after
 	                               the fire, this record is live */
-	ctp_token       *parent;    /* immutable while referenced; holds a ref */
-	ctp_token       *children;  /* first child (tokens and task tokens);
-	                               lock */
-	pthread_mutex_t  lock;      /* protects children and the fields below */
+	ctp_token       *children;  /* first child (tokens and task tokens) */
 	struct ctp_watch *watches;  /* pending watches, in registration order */
 	struct ctp_watch *watches_tail;
 	int              fd;        /* eventfd, -1 until ctp_token_fd */
+};
+
+struct ctp_token {
+	/* what firing a tree reads per token comes first, together (the
+	 * object is malloc'd or part of a task: 16-byte aligned, so these
+	 * share lines with their neighbours, not a line of their own) */
+	_Atomic uint32_t state;     /* reason | phase; see above */
+	_Atomic uint32_t sleepers;  /* threads in ctp_token_sleep on `state` */
+	_Atomic uint32_t refs;      /* for a task token: the task's references */
+	_Atomic uint32_t linked;    /* 1 once it may have children, watches or
+	                               an fd: firing must then take ext->lock
+	                               (ext is attached before it is set) */
+	uint8_t          kind;      /* immutable */
+	uint32_t         gen;       /* fork generation it was made in */
+	ctp_token       *fire_next; /* list of one fire call; written only by
+	                               the thread whose CAS fired this token */
 	ctp_token       *caught_next; /* the caught list of the fire call that
 	                               fired it (a periodic task between runs
 	                               is on its walk list too); written only
 	                               by that call's thread */
+	/* NULL until attached (a task's token only), then fixed until the
+	 * object is freed for good: set once by a CAS (acq_rel), read with
+	 * acquire, or after `linked` (whoever sets linked attached it first) */
+	struct ctp__token_ext *_Atomic ext;
 };
 
 enum ctp__watch_state { CTP__WATCH_PENDING, CTP__WATCH_RUNNING,
@@ -389,13 +406,21 @@ struct ctp_watch {
 	bool             internal;  /* on a waiter's stack: never freed */
 };
 
-CTP__HIDDEN void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state);
-CTP__HIDDEN void ctp__token_fini(ctp_token *t);
-/* A task object's token between uses (task.c): its mutex is made once,
- * when the object is, and destroyed with it; free closes the fd only,
- * reuse resets the rest. */
+/* ext: the token's inline ext (standalone and page tokens), or NULL (a
+ * task's: attached when needed). */
+CTP__HIDDEN void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state,
+                                 struct ctp__token_ext *ext);
+/* Closes the fd and, with free_ext, frees a task's attached ext. */
+CTP__HIDDEN void ctp__token_fini(ctp_token *t, bool free_ext);
+/* A task object's token between uses (task.c): its ext (if any) stays
+ * with the object, its mutex made once; free closes the fd only, reuse
+ * resets the rest. */
 CTP__HIDDEN void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state);
 CTP__HIDDEN void ctp__token_release_fd(ctp_token *t);
+/* t's ext, attached now if it had none; NULL when out of memory. */
+CTP__HIDDEN struct ctp__token_ext *ctp__token_ext_get(ctp_token *t);
+/* t's parent, or NULL (immutable while t is referenced). */
+CTP__HIDDEN ctp_token *ctp__token_parent(const ctp_token *t);
 /* One fire call in progress (token.c). On the firer's stack, or for the
  * timer's fires in the task's `dfire`, carried from the timer thread
  * (begin) to the timer-callback thread (end). */
@@ -450,7 +475,8 @@ CTP__HIDDEN bool ctp__token_tryref(ctp_token *t);
 CTP__HIDDEN void ctp__token_put(ctp_token *t);
 CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
 /* Registers an internal watch living on the caller's stack; returns false
- * when the token had already fired (fn is then not called). */
+ * when the token had already fired (fn is then not called). t's ext must
+ * be attached (ctp__token_ext_get returned non-NULL). */
 CTP__HIDDEN bool ctp__token_watch_internal(ctp_token *t, struct ctp_watch *w,
                                            void (*fn)(void *), void *arg);
 CTP__HIDDEN void ctp__token_unwatch_internal(struct ctp_watch *w);
@@ -484,7 +510,7 @@ struct ctp_task {
 	};
 	ctp_done_fn      done;      /* set before publication */
 	void            *arg;
-	int64_t          deadline;  /* ns, CLOCK_MONOTONIC; 0 = none */
+	ctp_task_fn      fn;
 	int              status;    /* written before `fin` is released */
 	uint8_t          qstate;    /* enum ctp__qstate; runq.lock */
 	bool             qref_owed; /* a fire unlinked it (runq.lock): that
@@ -511,10 +537,22 @@ struct ctp_task {
 	                               before publication or under runq.lock
 	                               while it waits (a worker reads it after
 	                               its pop) */
-	ctp_task_fn      fn;
-	struct ctp__iso *iso;       /* an isolated task's record, else NULL;
-	                               set before publication, freed with the
-	                               object */
+	bool             timed;     /* has a deadline (ext.deadline); set
+	                               before publication */
+	bool             isolated;  /* ext.iso is set; before publication */
+};
+
+/*
+ * A task's rare parts: its token's ext (first, so the token layer treats
+ * it as one) and what only deadlines, delays, periods and isolated tasks
+ * use. Attached at submit when the task is timed, delayed, periodic or
+ * isolated (ctp__token_ext_get makes a task token's ext this size), or
+ * when its token first needs its ext; kept with the object until it is
+ * freed for good, so steady state allocates nothing.
+ */
+struct ctp__task_ext {
+	struct ctp__token_ext tok;
+	int64_t          deadline;  /* ns, CLOCK_MONOTONIC; valid if timed */
 	size_t           heap_idx;  /* timer heap slot; timer->lock */
 	struct ctp__fire *dfire;    /* the timer's fire record for this object
 	                               (made for its first deadline, kept with
@@ -522,6 +560,9 @@ struct ctp_task {
 	                               the timer thread, then read by the
 	                               timer-callback thread after the queue's
 	                               lock */
+	struct ctp__iso *iso;       /* an isolated task's record, else NULL;
+	                               set before publication, freed with the
+	                               object */
 	/* scheduling (pool.c, "Scheduling") */
 	int64_t          due;       /* when it is (or was last) due, ns; the
 	                               due heap's key; timer->lock and
@@ -534,6 +575,25 @@ struct ctp_task {
 	size_t           due_idx;   /* due heap slot; timer->lock */
 };
 
+/* The ext of a task that has one (timed, scheduled, isolated, or its
+ * token was linked). acquire: pairs with the attaching CAS. */
+static inline struct ctp__task_ext *ctp__tx(const ctp_task *t)
+{
+	struct ctp__task_ext *x = (struct ctp__task_ext *)
+	    atomic_load_explicit(&((ctp_task *)t)->token.ext,
+	    memory_order_acquire);
+
+	assert(x != NULL);
+	return x;
+}
+
+/* The same, or NULL if it has none. */
+static inline struct ctp__task_ext *ctp__tx_or_null(const ctp_task *t)
+{
+	return (struct ctp__task_ext *)atomic_load_explicit(
+	    &((ctp_task *)t)->token.ext, memory_order_acquire);
+}
+
 #define CTP__HEAP_NONE ((size_t)-1)
 
 /* False for a task whose deadline comes no later than its due time: it is
@@ -541,7 +601,7 @@ struct ctp_task {
  * place and pool_promote, timer.c). Read under timer->lock. */
 static inline bool ctp__task_due_first(const ctp_task *t)
 {
-	return t->deadline == 0 || t->deadline > t->due;
+	return !t->timed || ctp__tx(t)->deadline > ctp__tx(t)->due;
 }
 /* pool->freed after ctp_pool_destroy: a freed task object goes to free() */
 #define CTP__FREED_DEAD ((ctp_task *)(uintptr_t)1)
@@ -761,6 +821,9 @@ struct ctp__page {
 	_Atomic uint32_t taken; /* RUN messages the worker has read: a
 	                           process that died before reading its task
 	                           did not run it (the parent retries) */
+	struct ctp__token_ext token_ext; /* token's, inline: only the worker
+	                           process uses it (the parent fires the
+	                           word alone) */
 };
 _Static_assert(sizeof(struct ctp__page) <= CTP__PAGE_SIZE, "page");
 
@@ -868,7 +931,7 @@ CTP__HIDDEN int  ctp__iso_new(ctp_pool *pool, ctp_isolated_fn fn,
 /* The outcome of a finished isolated task (RAN for others). */
 static inline enum ctp__iso_outcome ctp__iso_outcome(const ctp_task *t)
 {
-	return t->iso != NULL ? t->iso->outcome : CTP__ISO_RAN;
+	return t->isolated ? ctp__tx(t)->iso->outcome : CTP__ISO_RAN;
 }
 CTP__HIDDEN void ctp__iso_stats(ctp_pool *pool, ctp_stats *s);
 /* Counts a finished isolated task whose outcome is not RAN. */

@@ -3,7 +3,7 @@
  *
  * Design notes
  *   An isolated task is a task of the pool whose fn is iso_run, with its
- *   record in task->iso (the user's function, a copy of the input, the
+ *   record in the task ext's iso (the user's function, a copy of the input, the
  *   output as it arrives, the exit signal, the outcome; internal.h).
  *   ctp_pool_submit_isolated (pool.c) makes it here (ctp__iso_new) and
  *   submits it like any task, so this file calls no pool.c function: the
@@ -227,7 +227,7 @@ void ctp__iso_count(ctp_pool *pool, const ctp_task *t, int status)
 {
 	struct ctp__iso_pool *ip = pool->iso;
 
-	switch (t->iso->outcome) {
+	switch (ctp__tx(t)->iso->outcome) {
 	case CTP__ISO_KILLED:
 		atomic_fetch_add_explicit(&ip->st_killed, 1,
 		    memory_order_relaxed);
@@ -509,7 +509,7 @@ struct lost {
 static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t,
                     bool *retry)
 {
-	struct ctp__iso *iso = t->iso;
+	struct ctp__iso *iso = ctp__tx(t)->iso;
 	struct fire_ctx fc = { s->p.page, s->p.efd, s->tfd, ip->kill_after,
 	                       t, false };
 	static const struct itimerspec disarm;
@@ -657,6 +657,7 @@ static int iso_run(void *arg, ctp_token *token)
 {
 	ctp_task *t = (ctp_task *)ctp__tls.task;
 	struct ctp__iso_pool *ip = t->pool->iso;
+	struct ctp__iso *iso = ctp__tx(t)->iso;
 	struct ctp__worker *w = ctp__tls.worker;
 	struct slot *s = NULL;
 	int r;
@@ -673,14 +674,14 @@ static int iso_run(void *arg, ctp_token *token)
 			r = dispatch(ip, s, t, &retry);
 		while (retry && ++tries < 8);
 		if (retry)
-			t->iso->outcome = CTP__ISO_NOPROC; /* -EAGAIN */
+			iso->outcome = CTP__ISO_NOPROC; /* -EAGAIN */
 		release(ip, s);
 	} else {
-		t->iso->outcome = r == -EAGAIN ? CTP__ISO_NOPROC :
+		iso->outcome = r == -EAGAIN ? CTP__ISO_NOPROC :
 		    CTP__ISO_UNRUN;
 	}
-	free(t->iso->in);
-	t->iso->in = NULL;
+	free(iso->in);
+	iso->in = NULL;
 	/* Back to user code (done follows), unless a shutdown's grace is
 	 * over: it killed this task's process and waits for it, done
 	 * included, rather than count it a straggler it must abandon. */
@@ -722,18 +723,21 @@ int ctp__iso_new(ctp_pool *pool, ctp_isolated_fn fn, const void *in,
 
 int ctp_task_output(ctp_task *task, const void **data, size_t *len)
 {
-	if (task == NULL || data == NULL || len == NULL || task->iso == NULL)
+	const struct ctp__iso *iso;
+
+	if (task == NULL || data == NULL || len == NULL || !task->isolated)
 		return -EINVAL;
 	if (!ctp__task_finished(task))
 		return -EINPROGRESS;
-	*data = task->iso->out_len > 0 ? task->iso->out : NULL;
-	*len = task->iso->out_len;
+	iso = ctp__tx(task)->iso;
+	*data = iso->out_len > 0 ? iso->out : NULL;
+	*len = iso->out_len;
 	return 0;
 }
 
 int ctp_task_exit_signal(const ctp_task *task)
 {
-	if (task == NULL || task->iso == NULL || !ctp__task_finished(task))
+	if (task == NULL || !task->isolated || !ctp__task_finished(task))
 		return 0;
-	return task->iso->exit_signal;
+	return ctp__tx(task)->iso->exit_signal;
 }

@@ -509,14 +509,14 @@ _Static_assert(CTP_PRIORITY_LOW == -1 && CTP_PRIORITY_HIGH == 1,
     "submit's priority check and the list index assume -1..1");
 
 /* timer->lock and runq.lock held: t holds a slot and is in no list and not
- * in the due heap; it waits for t->due: linked at once if that has come,
+ * in the due heap; it waits for its due time: linked at once if that has come,
  * else in the due heap (t->dres then holds its place there) */
 static void place(ctp_pool *pool, ctp_task *t, int64_t now, struct after *a)
 {
 	struct ctp__runq *q = &pool->runq;
 
 	CTP__ASSERT_HELD(&pool->timer.lock);
-	if (t->due <= now && ctp__task_due_first(t)) {
+	if (ctp__tx(t)->due <= now && ctp__task_due_first(t)) {
 		q_link(q, t);
 		q_wake_for_work(q, a);
 	} else {
@@ -542,7 +542,7 @@ static void pool_promote(ctp_pool *pool, int64_t now)
 
 		/* one whose deadline is not later waits for that (the
 		 * timer handles a deadline before a due time on a tie) */
-		if (t->due > now || !ctp__task_due_first(t))
+		if (ctp__tx(t)->due > now || !ctp__task_due_first(t))
 			break;
 		ctp__timer_ddelete(pool, t);
 		q_link(q, t);
@@ -557,17 +557,18 @@ static void pool_promote(ctp_pool *pool, int64_t now)
  * grid; if that has passed, at once, and the missed runs are skipped */
 static int64_t next_due(ctp_task *t, int64_t now)
 {
+	struct ctp__task_ext *x = ctp__tx(t);
 	int64_t next;
 
-	if (t->resched >= 0) {
-		next = t->resched;
-		t->resched = -1;
+	if (x->resched >= 0) {
+		next = x->resched;
+		x->resched = -1;
 		return next;
 	}
-	next = add_sat(t->due, t->period);
+	next = add_sat(x->due, x->period);
 	if (next > now)
 		return next;
-	return t->due + (now - t->due) / t->period * t->period;
+	return x->due + (now - x->due) / x->period * x->period;
 }
 
 /* A periodic run is over (ran) or was skipped because a shutdown has
@@ -609,7 +610,7 @@ static bool requeue(ctp_pool *pool, ctp_task *t, bool ran)
 		/* the queue's reference for the next run (the one we popped
 		 * goes at this worker's next lock) */
 		ctp__token_ref(&t->token);
-		t->due = next_due(t, now);
+		ctp__tx(t)->due = next_due(t, now);
 		place(pool, t, now, &a);
 	}
 	q_unlock(q, &a);
@@ -648,6 +649,11 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 		return -EINVAL;
 	if (ctp__forked(t->token.gen))
 		return -ECHILD;
+	/* a task submitted without a delay gets its ext (due time, heap
+	 * slot) here; a task that cannot wait does not need one, but a
+	 * reschedule of one is rare enough to ask for it anyway */
+	if (ctp__token_ext_get(&t->token) == NULL)
+		return -ENOMEM;
 	pool = t->pool;
 	q = &pool->runq;
 	pthread_mutex_lock(&pool->timer.lock);
@@ -655,7 +661,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	due = add_sat(now, delay);
 	/* where place() will put it: the due heap unless it is due now and
 	 * its deadline is later (deadline: immutable since its submit) */
-	heap = due > now || (t->deadline != 0 && t->deadline <= due);
+	heap = due > now || (t->timed && ctp__tx(t)->deadline <= due);
 	/* a place in the due heap first (it arms the fire's side before
 	 * the look at the token below: pool_unqueue); a failure only
 	 * matters if the task turns out to wait */
@@ -674,7 +680,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 		/* running, or a worker has taken it (a periodic one's next
 		 * run is then due `delay` from now) */
 		if (t->periodic)
-			t->resched = due;
+			ctp__tx(t)->resched = due;
 		r = -EINPROGRESS;
 	} else if (heap && !t->dres && !reserved) {
 		/* r: why the due heap could not take it */
@@ -687,7 +693,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 			t->dres = true; /* our reservation is the task's now */
 			reserved = false;
 		}
-		t->due = due;
+		ctp__tx(t)->due = due;
 		place(pool, t, now, &a);
 		r = 0;
 	}
@@ -878,7 +884,7 @@ static void run_task(struct ctp__worker *w, ctp_task *t)
 			return;
 		}
 	}
-	if (t->iso == NULL || ctp__iso_outcome(t) == CTP__ISO_RAN)
+	if (!t->isolated || ctp__iso_outcome(t) == CTP__ISO_RAN)
 		own_add64(&w->st_completed, 1, memory_order_relaxed);
 	else
 		ctp__iso_count(pool, t, status); /* killed, crashed, unrun */
@@ -1229,6 +1235,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 {
 	static const ctp_task_opts defaults; /* all zero */
 	const ctp_task_opts *o = opts != NULL ? opts : &defaults;
+	struct ctp__task_ext *x = NULL;
 	bool deadline, fast, sched;
 	ctp_task *t;
 	int r;
@@ -1258,7 +1265,6 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	deadline = o->timeout > 0;
 	sched = (o->delay | o->period) != 0; /* both >= 0 here */
 	fast = !deadline && o->parent == NULL && o->delay == 0;
-	t->iso = iso;
 	t->prio = (uint8_t)(o->priority - CTP_PRIORITY_LOW);
 	t->periodic = o->period > 0;
 	t->fn = fn;
@@ -1268,10 +1274,24 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	t->qstate = CTP__Q_OUT;
 	t->qref_owed = false;
 	/* Everything that can fail comes before the task becomes visible:
-	 * for a deadline, the timer's fire record (kept with the object) and
-	 * a heap slot. */
-	if (deadline && t->dfire == NULL &&
-	    (t->dfire = malloc(sizeof(*t->dfire))) == NULL) {
+	 * the ext of a timed, delayed, periodic or isolated task (kept with
+	 * the object: steady state allocates nothing; an isolated task's
+	 * dispatch also watches its token there), and for a deadline the
+	 * timer's fire record (kept with the object too) and a heap slot. */
+	if (deadline || sched || iso != NULL) {
+		if ((x = (struct ctp__task_ext *)ctp__token_ext_get(
+		    &t->token)) == NULL) {
+			if (iso != NULL)
+				ctp__iso_task_free(iso);
+			discard(t);
+			return -ENOMEM;
+		}
+		x->iso = iso;
+		t->isolated = iso != NULL;
+		x->heap_idx = CTP__HEAP_NONE;
+	}
+	if (deadline && x->dfire == NULL &&
+	    (x->dfire = malloc(sizeof(*x->dfire))) == NULL) {
 		discard(t);
 		return -ENOMEM;
 	}
@@ -1292,13 +1312,13 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 			return r;
 		}
 		t->dres = true;
-		t->period = o->period;
-		t->resched = -1;
-		t->due_idx = CTP__HEAP_NONE;
+		x->period = o->period;
+		x->resched = -1;
+		x->due_idx = CTP__HEAP_NONE;
 		/* a delay-0 periodic task's grid starts now (it may be
 		 * linked at its admission); a delayed one's due time is set
 		 * below, from its acceptance, like its deadline */
-		t->due = ctp__now_ns();
+		x->due = ctp__now_ns();
 	}
 	/* the pool's reference, the queue's, and the handle's: set before
 	 * the fast path's link publishes it */
@@ -1321,9 +1341,11 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 		 * fires first (the timer takes a deadline first on a tie) */
 		int64_t now = ctp__now_ns();
 
-		if (deadline)
-			t->deadline = add_sat(now, o->timeout);
-		t->due = add_sat(now, o->delay);
+		if (deadline) {
+			x->deadline = add_sat(now, o->timeout);
+			t->timed = true;
+		}
+		x->due = add_sat(now, o->delay);
 	}
 	if (o->parent != NULL && (r = ctp__token_link(o->parent, &t->token))) {
 		unreserve(pool, t);
@@ -1497,7 +1519,7 @@ static void close_queue(ctp_pool *pool)
 	for (size_t i = 0; i < tm->dlen; i++) {
 		t = tm->dues[i];
 		if (t->periodic) {
-			t->due_idx = CTP__HEAP_NONE;
+			ctp__tx(t)->due_idx = CTP__HEAP_NONE;
 			t->qstate = CTP__Q_OUT;
 			q_release(q, &a);
 			t->qnext = ended;

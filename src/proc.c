@@ -312,10 +312,11 @@ void ctp_output_free(ctp_output *out)
  * process's eventfd (ctp_token_fd returns it; the parent writes it; the
  * parent drains it between tasks). The fork server runs this on a new
  * page before the fork, so the parent may dispatch at once. */
-static void token_reset(ctp_token *t, int efd)
+static void token_reset(struct ctp__page *pg, int efd)
 {
-	ctp__token_init(t, CTP__TOKEN_REMOTE, CTP__PHASE_DONE);
-	t->fd = efd;
+	ctp__token_init(&pg->token, CTP__TOKEN_REMOTE, CTP__PHASE_DONE,
+	    &pg->token_ext);
+	pg->token_ext.fd = efd;
 }
 
 /* The relay thread: adopts the parent's fires (internal.h, PENDING) when
@@ -344,8 +345,9 @@ static void *relay_main(void *arg)
 static bool task_end(void)
 {
 	ctp_token *t = &wp.page->token;
+	struct ctp__token_ext *x = &wp.page->token_ext;
 	bool dirty;
-	int efd = t->fd;
+	int efd = x->fd;
 	uint64_t v;
 
 	pthread_mutex_lock(&wp.relay_lock);
@@ -362,16 +364,16 @@ static bool task_end(void)
 		    (s & CTP__REASON_MASK) | CTP__PHASE_DONE))
 			break;
 	}
-	dirty = atomic_load(&t->refs) != 1 || t->children != NULL ||
-	    t->watches != NULL;
+	dirty = atomic_load(&t->refs) != 1 || x->children != NULL ||
+	    x->watches != NULL;
 	/* our own writes to the eventfd (a fire run here); the parent drains
 	 * its own after the task */
 	while (read(efd, &v, sizeof(v)) > 0)
 		;
 	if (!dirty) {
-		t->fd = -1; /* the process's, not the token's to close */
-		ctp__token_fini(t);
-		token_reset(t, efd);
+		x->fd = -1; /* the process's, not the token's to close */
+		ctp__token_fini(t, false);
+		token_reset(wp.page, efd);
 		t->gen = ctp__gen();
 	}
 	pthread_mutex_unlock(&wp.relay_lock);
@@ -529,7 +531,7 @@ static int make_worker(struct child *c)
 		r = -errno;
 		goto fail;
 	}
-	token_reset(&pg->token, efd); /* the same fd number in the worker */
+	token_reset(pg, efd); /* the same fd number in the worker */
 	munmap(pg, CTP__PAGE_SIZE);
 	pid = fork();
 	if (pid < 0) {

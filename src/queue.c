@@ -133,6 +133,9 @@ int ctp__ec_wait(ck_ec32_t *ec, uint32_t snap, ctp_token *token,
 	struct ctp_watch w;
 	int r;
 
+	/* a task's token gets its ext the first time it is waited on */
+	if (token != NULL && ctp__token_ext_get(token) == NULL)
+		return -ENOMEM;
 	if (token != NULL && !ctp__token_watch_internal(token, &w, wake_ec, ec))
 		return ctp_token_reason(token);
 	r = ck_ec32_wait_pred(ec, &ctp__ec_mode, snap, wait_pred, &c, abs);

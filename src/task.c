@@ -69,6 +69,14 @@
  *   submits gets -ESHUTDOWN (from the refill, or from the closed queue if
  *   its cache still had an object).
 
+ *   An object is 120 bytes (its token's hot part and the task's). What a
+ *   deadline, a delay, a period or an isolated run needs (and its token's
+ *   lock, tree links, watches and fd) is in its ext (internal.h, struct
+ *   ctp__task_ext), attached at submit for such a task or when its token
+ *   is first linked, and kept with the object (reset on reuse, freed by
+ *   ctp__task_dealloc): a plain task never touches it, and the `timed`
+ *   and `isolated` flags say whether the ext's deadline and iso are set.
+
  *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
  *   in 1 (release, after writing status) and wakes only if bit 1 was set.
  *   Only a handle can wait, so a task without one skips the exchange.
@@ -259,25 +267,24 @@ int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
 		if (t == NULL)
 			return -ENOMEM;
 		t->pool = pool;
-		t->dfire = NULL;
 		ctp__pool_ref(pool);
-		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
+		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
+		    NULL);
 	} else {
-		/* its mutex lives as long as the object (unlocked) */
+		/* its token's ext (if any) lives as long as the object */
 		ctp__token_reset(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
 	}
 	t->fn = NULL;
 	t->arg = NULL;
 	t->done = NULL;
-	t->deadline = 0;
-	t->heap_idx = CTP__HEAP_NONE;
 	t->status = 0;
 	atomic_init(&t->fin, 0);
 	t->free_next = NULL;
-	t->iso = NULL;
-	/* due, period, resched and due_idx (the object's last line) are
-	 * written only for a scheduled task (submit, reschedule): a plain
-	 * task never touches that line */
+	/* the ext's deadline, heap slots, due times and isolated record are
+	 * written only for a task that uses them (submit, reschedule): a
+	 * plain task never touches the ext */
+	t->timed = false;
+	t->isolated = false;
 	t->periodic = false;
 	t->prio = (uint8_t)(CTP_PRIORITY_NORMAL - CTP_PRIORITY_LOW);
 	t->ran = false;
@@ -289,11 +296,14 @@ int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
 void ctp__task_dealloc(ctp_task *t)
 {
 	ctp_pool *pool = t->pool;
+	struct ctp__task_ext *x = ctp__tx_or_null(t);
 
-	free(t->dfire);
-	if (t->iso != NULL)
-		ctp__iso_task_free(t->iso);
-	pthread_mutex_destroy(&t->token.lock);
+	if (x != NULL) {
+		free(x->dfire);
+		if (x->iso != NULL)
+			ctp__iso_task_free(x->iso);
+	}
+	ctp__token_fini(&t->token, true);
 	free(t);
 	ctp__pool_put(pool);
 }
@@ -313,11 +323,12 @@ void ctp__task_free(ctp_task *t)
 	struct ctp__worker *w = ctp__tls.worker;
 	struct ctp__acache *c = &ctp__tls.alloc;
 
-	/* ctp__token_put unlinked it; the mutex stays for the next use */
+	/* ctp__token_put unlinked it; its ext stays for the next use */
 	ctp__token_release_fd(&t->token);
-	if (t->iso != NULL) {
-		ctp__iso_task_free(t->iso);
-		t->iso = NULL;
+	if (t->isolated) {
+		ctp__iso_task_free(ctp__tx(t)->iso);
+		ctp__tx(t)->iso = NULL;
+		t->isolated = false;
 	}
 	if (w != NULL && w->pool == pool) {
 		t->free_next = w->cache;
@@ -453,7 +464,7 @@ void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 		b->pool = pool;
 		pool->up->finishing_begin(pool);
 	}
-	if (t->deadline != 0)
+	if (t->timed)
 		ctp__timer_remove(pool, t);
 	if (b->nout == sizeof(b->out) / sizeof(b->out[0]))
 		flush_out(b);
@@ -531,7 +542,7 @@ static void finish_worker(ctp_task *t, int status, uint32_t end)
 	    memory_order_relaxed))
 		;
 	CTP__PERTURB();
-	if (t->deadline != 0)
+	if (t->timed)
 		ctp__timer_remove(pool, t);
 	if (t->dres) {
 		/* a delayed or periodic task: its place in the due heap */
@@ -552,7 +563,7 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 
 	/* an isolated task that never reached a process never ran (the
 	 * outcome is asked only of isolated tasks: no call per task) */
-	if (t->iso != NULL) {
+	if (t->isolated) {
 		enum ctp__iso_outcome o = ctp__iso_outcome(t);
 
 		if (o == CTP__ISO_UNRUN || o == CTP__ISO_NOPROC)

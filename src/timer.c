@@ -103,11 +103,12 @@ void ctp__timer_fini(struct ctp__timer *tm)
 /* ---- heaps ------------------------------------------------------------- */
 
 /* Both heaps are binary min-heaps of tasks: the deadline heap (`heap`, on
- * task->deadline, slot in task->heap_idx) and the due heap (`dues`, on
- * task->due, slot in task->due_idx). `due` picks which. */
+ * the task ext's deadline, slot in its heap_idx) and the due heap (`dues`,
+ * on its due, slot in its due_idx). `due` picks which. A task in either
+ * has its ext (internal.h, struct ctp__task_ext). */
 static inline int64_t key(const ctp_task *t, bool due)
 {
-	return due ? t->due : t->deadline;
+	return due ? ctp__tx(t)->due : ctp__tx(t)->deadline;
 }
 
 static void heap_set(struct ctp__timer *tm, bool due, size_t i, ctp_task *t)
@@ -115,10 +116,10 @@ static void heap_set(struct ctp__timer *tm, bool due, size_t i, ctp_task *t)
 	CTP__ASSERT_HELD(&tm->lock);
 	if (due) {
 		tm->dues[i] = t;
-		t->due_idx = i;
+		ctp__tx(t)->due_idx = i;
 	} else {
 		tm->heap[i] = t;
-		t->heap_idx = i;
+		ctp__tx(t)->heap_idx = i;
 	}
 }
 
@@ -166,14 +167,14 @@ static void heap_delete(struct ctp__timer *tm, bool due, size_t i)
 	ctp_task *last = a[--*len];
 
 	if (due)
-		a[i]->due_idx = CTP__HEAP_NONE;
+		ctp__tx(a[i])->due_idx = CTP__HEAP_NONE;
 	else
-		a[i]->heap_idx = CTP__HEAP_NONE;
+		ctp__tx(a[i])->heap_idx = CTP__HEAP_NONE;
 	if (i == *len)
 		return;
 	heap_set(tm, due, i, last);
 	sift_down(tm, due, i);
-	sift_up(tm, due, due ? last->due_idx : last->heap_idx);
+	sift_up(tm, due, due ? ctp__tx(last)->due_idx : ctp__tx(last)->heap_idx);
 }
 
 /* ---- threads ----------------------------------------------------------- */
@@ -192,14 +193,16 @@ static void *timer_main(void *arg)
 	pthread_mutex_lock(&tm->lock);
 	while (!tm->stop) {
 		int64_t now = ctp__now_ns();
-		int64_t dl = tm->len != 0 ? tm->heap[0]->deadline : INT64_MAX;
+		int64_t dl = tm->len != 0 ? ctp__tx(tm->heap[0])->deadline :
+		    INT64_MAX;
 		/* a first due task whose deadline is not later waits for
 		 * that deadline (here, or a fire in progress elsewhere,
 		 * whose unqueue takes it out of the heap and signals us) */
 		int64_t due = tm->dlen != 0 &&
-		    ctp__task_due_first(tm->dues[0]) ? tm->dues[0]->due :
+		    ctp__task_due_first(tm->dues[0]) ? ctp__tx(tm->dues[0])->due :
 		    INT64_MAX;
 		int64_t next = dl < due ? dl : due;
+		struct ctp__fire *f;
 		ctp_task *t;
 		int r;
 
@@ -229,15 +232,16 @@ static void *timer_main(void *arg)
 		CTP__PERTURB();
 		/* fire, wake, retire: no user code; the rest (done calls,
 		 * watchers) goes to the callback thread */
-		r = ctp__token_fire_begin(&t->token, -ETIMEDOUT, t->dfire);
+		f = ctp__tx(t)->dfire;
+		r = ctp__token_fire_begin(&t->token, -ETIMEDOUT, f);
 		pthread_mutex_lock(&tm->lock);
 		if (r >= 0) {
-			t->dfire->next = NULL;
+			f->next = NULL;
 			if (tm->cb_tail != NULL)
-				tm->cb_tail->next = t->dfire;
+				tm->cb_tail->next = f;
 			else
-				tm->cb_head = t->dfire;
-			tm->cb_tail = t->dfire;
+				tm->cb_head = f;
+			tm->cb_tail = f;
 			pthread_cond_signal(&tm->cb_cond);
 		}
 		pthread_mutex_unlock(&tm->lock);
@@ -384,8 +388,8 @@ void ctp__timer_add(ctp_pool *pool, ctp_task *t)
 		return;
 	}
 	tm->heap[tm->len] = t;
-	t->heap_idx = tm->len++;
-	sift_up(tm, false, t->heap_idx);
+	ctp__tx(t)->heap_idx = tm->len++;
+	sift_up(tm, false, ctp__tx(t)->heap_idx);
 	if (tm->heap[0] == t) /* a new earliest deadline: re-arm the wait */
 		pthread_cond_signal(&tm->cond);
 	pthread_mutex_unlock(&tm->lock);
@@ -396,8 +400,8 @@ void ctp__timer_remove(ctp_pool *pool, ctp_task *t)
 	struct ctp__timer *tm = &pool->timer;
 
 	pthread_mutex_lock(&tm->lock);
-	if (t->heap_idx != CTP__HEAP_NONE)
-		heap_delete(tm, false, t->heap_idx);
+	if (ctp__tx(t)->heap_idx != CTP__HEAP_NONE) /* a timed task's */
+		heap_delete(tm, false, ctp__tx(t)->heap_idx);
 	pthread_mutex_unlock(&tm->lock);
 }
 
@@ -441,8 +445,8 @@ void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t)
 	CTP__ASSERT_HELD(&tm->lock);
 	assert(tm->dlen < tm->dres && t->dres);
 	tm->dues[tm->dlen] = t;
-	t->due_idx = tm->dlen++;
-	sift_up(tm, true, t->due_idx);
+	ctp__tx(t)->due_idx = tm->dlen++;
+	sift_up(tm, true, ctp__tx(t)->due_idx);
 	/* a new earliest due time: re-arm the timer thread's wait */
 	if (tm->dues[0] == t)
 		pthread_cond_signal(&tm->cond);
@@ -451,14 +455,14 @@ void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t)
 void ctp__timer_ddelete(ctp_pool *pool, ctp_task *t)
 {
 	CTP__ASSERT_HELD(&pool->timer.lock);
-	if (t->due_idx == CTP__HEAP_NONE)
+	if (ctp__tx(t)->due_idx == CTP__HEAP_NONE)
 		return;
 	/* the first one leaves: the timer thread may be waiting for a
 	 * later time than the next one's (it skips a first task that
 	 * waits for its deadline) */
-	if (t->due_idx == 0)
+	if (ctp__tx(t)->due_idx == 0)
 		pthread_cond_signal(&pool->timer.cond);
-	heap_delete(&pool->timer, true, t->due_idx);
+	heap_delete(&pool->timer, true, ctp__tx(t)->due_idx);
 }
 
 void ctp__timer_dheapify(ctp_pool *pool)
@@ -467,7 +471,7 @@ void ctp__timer_dheapify(ctp_pool *pool)
 
 	CTP__ASSERT_HELD(&tm->lock);
 	for (size_t i = 0; i < tm->dlen; i++)
-		tm->dues[i]->due_idx = i;
+		ctp__tx(tm->dues[i])->due_idx = i;
 	for (size_t i = tm->dlen / 2; i-- > 0;)
 		sift_down(tm, true, i);
 	pthread_cond_signal(&tm->cond);
@@ -509,13 +513,15 @@ uint32_t ctp__timer_busy(ctp_pool *pool)
 struct ctp__fire *ctp__timer_claim(ctp_task *t)
 {
 	struct ctp__timer *tm = &t->pool->timer;
+	struct ctp__task_ext *x = ctp__tx_or_null(t);
 	struct ctp__fire *f = NULL, **pp;
 
-	if (t->dfire == NULL)
+	/* a task that was never timed has no fire record */
+	if (x == NULL || x->dfire == NULL)
 		return NULL;
 	pthread_mutex_lock(&tm->lock);
 	for (pp = &tm->cb_head; *pp != NULL; pp = &(*pp)->next) {
-		if (*pp == t->dfire) {
+		if (*pp == x->dfire) {
 			f = *pp;
 			*pp = f->next;
 			if (tm->cb_tail == f) {

@@ -2,6 +2,21 @@
  * token.c: cancellation tokens.
  *
  * Design notes
+ *   Two parts. What every fire, sleep and cancel touches is in ctp_token
+ *   (state, sleepers, refs, linked, the fire call's list links: 48
+ *   bytes, so a task object stays small); what only a token with a parent,
+ *   children, watches or an fd uses is in its ext (internal.h, struct
+ *   ctp__token_ext: the lock, the tree links, the watch list, the fd). A
+ *   standalone token and a worker process's page token carry their ext
+ *   inline; a task's token gets one the first time it needs it
+ *   (ctp__token_ext_get: a CAS from NULL, the loser frees its copy) and
+ *   keeps it until its object is freed for good, so steady state allocates
+ *   nothing. `linked` is set only after the ext is attached, so a firer
+ *   that reads `linked` set finds the ext; everything else reads it only
+ *   where it must exist (a child, a watched token). Attaching is the one
+ *   thing here that can fail: link, watch, fd and a wait on a task's token
+ *   (queue.c) answer -ENOMEM then, before anything changed.
+ *
  *   State. One 32-bit word, `state` (internal.h): the reason in the low byte
  *   (0 = not fired) and, for a task's token, the task's phase. A token fires
  *   once, by one CAS that sets the reason; the first reason stays. For a task
@@ -136,50 +151,131 @@ static void token_futex_wake(ctp_token *t)
 		ctp__futex_wake(&t->state, INT_MAX);
 }
 
+/* t's ext, or NULL if a task's token has none yet. acquire: pairs with
+ * the attaching CAS (the ext's initialisation before its use). */
+static struct ctp__token_ext *ext_of(const ctp_token *t)
+{
+	return atomic_load_explicit(&((ctp_token *)t)->ext,
+	    memory_order_acquire);
+}
+
+/* The ext of a token known to have one: one with `linked` set, a parent,
+ * children, watches, or an fd. */
+static struct ctp__token_ext *X(const ctp_token *t)
+{
+	struct ctp__token_ext *x = ext_of(t);
+
+	assert(x != NULL);
+	return x;
+}
+
 static void lock(ctp_token *t)
 {
-	pthread_mutex_lock(&t->lock);
+	pthread_mutex_lock(&X(t)->lock);
 }
 
 static void unlock(ctp_token *t)
 {
-	pthread_mutex_unlock(&t->lock);
+	pthread_mutex_unlock(&X(t)->lock);
 }
 
-void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state)
+static void ext_clear(struct ctp__token_ext *x)
 {
-	pthread_mutex_init(&t->lock, NULL); /* default mutex: cannot fail */
+	x->parent = NULL;
+	x->sib_prev = x->sib_next = NULL;
+	x->wait_next = NULL;
+	x->fire = NULL;
+	x->children = NULL;
+	x->watches = x->watches_tail = NULL;
+	x->fd = -1;
+}
+
+static void ext_init(struct ctp__token_ext *x)
+{
+	pthread_mutex_init(&x->lock, NULL); /* default mutex: cannot fail */
+	ext_clear(x);
+}
+
+void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state,
+                     struct ctp__token_ext *ext)
+{
+	if (ext != NULL)
+		ext_init(ext);
+	atomic_init(&t->ext, ext);
 	ctp__token_reset(t, kind, state);
 }
 
 void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state)
 {
+	/* the object is the caller's alone: relaxed */
+	struct ctp__token_ext *x = atomic_load_explicit(&t->ext,
+	    memory_order_relaxed);
+
 	atomic_init(&t->state, state);
 	atomic_init(&t->sleepers, 0);
 	atomic_init(&t->refs, 1);
 	atomic_init(&t->linked, 0);
 	t->kind = kind;
 	t->gen = ctp__gen();
-	t->parent = NULL;
-	t->children = NULL;
-	t->sib_prev = t->sib_next = NULL;
-	t->watches = t->watches_tail = NULL;
-	t->fire = NULL;
-	t->fire_next = t->wait_next = NULL;
-	t->fd = -1;
+	t->fire_next = t->caught_next = NULL;
+	if (x != NULL)
+		ext_clear(x); /* its fd was closed when the object was freed */
+}
+
+struct ctp__token_ext *ctp__token_ext_get(ctp_token *t)
+{
+	struct ctp__token_ext *x = ext_of(t), *seen = NULL;
+
+	if (x != NULL)
+		return x;
+	/* a task token's ext is the task's (struct ctp__task_ext, its
+	 * token part first): its task part starts zeroed (no fire record,
+	 * no isolated record) and is the task layer's to fill */
+	if (t->kind == CTP__TOKEN_TASK)
+		x = calloc(1, sizeof(struct ctp__task_ext));
+	else
+		x = malloc(sizeof(*x));
+	if (x == NULL)
+		return NULL;
+	ext_init(x);
+	/* acq_rel: our initialisation before any use of x by a thread that
+	 * reads it (acquire); on a lost race, the winner's before ours */
+	if (!atomic_compare_exchange_strong_explicit(&t->ext, &seen, x,
+	    memory_order_acq_rel, memory_order_acquire)) {
+		pthread_mutex_destroy(&x->lock);
+		free(x);
+		x = seen;
+	}
+	return x;
+}
+
+ctp_token *ctp__token_parent(const ctp_token *t)
+{
+	struct ctp__token_ext *x = ext_of(t);
+
+	return x != NULL ? x->parent : NULL;
 }
 
 void ctp__token_release_fd(ctp_token *t)
 {
-	if (t->fd >= 0)
-		close(t->fd);
-	t->fd = -1;
+	struct ctp__token_ext *x = ext_of(t);
+
+	if (x != NULL && x->fd >= 0) {
+		close(x->fd);
+		x->fd = -1;
+	}
 }
 
-void ctp__token_fini(ctp_token *t)
+void ctp__token_fini(ctp_token *t, bool free_ext)
 {
+	struct ctp__token_ext *x = ext_of(t);
+
 	ctp__token_release_fd(t);
-	pthread_mutex_destroy(&t->lock);
+	if (x == NULL)
+		return;
+	pthread_mutex_destroy(&x->lock);
+	if (free_ext)
+		free(x);
 }
 
 /* ---- references --------------------------------------------------------- */
@@ -211,20 +307,22 @@ bool ctp__token_tryref(ctp_token *t)
  * caller's to drop. */
 static ctp_token *detach(ctp_token *child)
 {
-	ctp_token *p = child->parent;
+	struct ctp__token_ext *cx = ext_of(child);
+	ctp_token *p = cx != NULL ? cx->parent : NULL;
 
 	if (p == NULL)
 		return NULL;
 	lock(p);
-	if (child->sib_prev != NULL)
-		child->sib_prev->sib_next = child->sib_next;
+	/* siblings are children too: each has an ext */
+	if (cx->sib_prev != NULL)
+		X(cx->sib_prev)->sib_next = cx->sib_next;
 	else
-		p->children = child->sib_next;
-	if (child->sib_next != NULL)
-		child->sib_next->sib_prev = child->sib_prev;
+		X(p)->children = cx->sib_next;
+	if (cx->sib_next != NULL)
+		X(cx->sib_next)->sib_prev = cx->sib_prev;
 	unlock(p);
-	child->parent = NULL;
-	child->sib_prev = child->sib_next = NULL;
+	cx->parent = NULL;
+	cx->sib_prev = cx->sib_next = NULL;
 	return p;
 }
 
@@ -253,7 +351,8 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 		if (t->kind == CTP__TOKEN_TASK) {
 			((ctp_task *)t)->pool->up->task_free((ctp_task *)t);
 		} else {
-			ctp__token_fini(t);
+			/* a standalone token: its ext is inline */
+			ctp__token_fini(t, false);
 			free(t);
 		}
 		t = parent;
@@ -264,23 +363,28 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 
 int ctp__token_link(ctp_token *parent, ctp_token *child)
 {
+	struct ctp__token_ext *px, *cx;
 	uint32_t s;
 
-	lock(parent);
+	/* the child is not published yet: its ext is the caller's */
+	if ((cx = ctp__token_ext_get(child)) == NULL ||
+	    (px = ctp__token_ext_get(parent)) == NULL)
+		return -ENOMEM;
+	pthread_mutex_lock(&px->lock);
 	atomic_store(&parent->linked, 1);   /* seq_cst: Dekker with the firer */
 	s = atomic_load(&parent->state);
 	if (fired(s)) {
-		unlock(parent);
+		pthread_mutex_unlock(&px->lock);
 		return ctp__reason_of(s);
 	}
 	ctp__token_ref(parent);
-	child->parent = parent;
-	child->sib_prev = NULL;
-	child->sib_next = parent->children;
-	if (parent->children != NULL)
-		parent->children->sib_prev = child;
-	parent->children = child;
-	unlock(parent);
+	cx->parent = parent;
+	cx->sib_prev = NULL;
+	cx->sib_next = px->children;
+	if (px->children != NULL)
+		X(px->children)->sib_prev = child;
+	px->children = child;
+	pthread_mutex_unlock(&px->lock);
 	return 0;
 }
 
@@ -297,15 +401,17 @@ static void watch_free(struct ctp_watch *w)
 /* Takes w out of t's pending list. Called with t's lock held. */
 static void watch_unlink(ctp_token *t, struct ctp_watch *w)
 {
-	CTP__ASSERT_HELD(&t->lock);
+	struct ctp__token_ext *x = X(t);
+
+	CTP__ASSERT_HELD(&x->lock);
 	if (w->prev != NULL)
 		w->prev->next = w->next;
 	else
-		t->watches = w->next;
+		x->watches = w->next;
 	if (w->next != NULL)
 		w->next->prev = w->prev;
 	else
-		t->watches_tail = w->prev;
+		x->watches_tail = w->prev;
 	w->next = w->prev = NULL;
 }
 
@@ -325,8 +431,8 @@ static void run_internal_watches(ctp_token *t)
 {
 	struct ctp_watch *w, *next;
 
-	CTP__ASSERT_HELD(&t->lock);
-	for (w = t->watches; w != NULL; w = next) {
+	CTP__ASSERT_HELD(&X(t)->lock);
+	for (w = X(t)->watches; w != NULL; w = next) {
 		next = w->next;
 		if (!w->internal)
 			continue;
@@ -344,7 +450,7 @@ static void run_user_watches(ctp_token *t)
 	struct ctp_watch *w;
 
 	lock(t);
-	while ((w = t->watches) != NULL) {
+	while ((w = X(t)->watches) != NULL) {
 		watch_unlink(t, w);
 		w->runner = pthread_self();
 		atomic_store_explicit(&w->state, CTP__WATCH_RUNNING,
@@ -376,22 +482,24 @@ static void watch_init(struct ctp_watch *w, ctp_token *t, void (*fn)(void *),
 	w->internal = internal;
 }
 
-/* Appends w unless t has fired; returns false if it had. */
+/* Appends w unless t has fired; returns false if it had. t has an ext. */
 static bool watch_add(ctp_token *t, struct ctp_watch *w)
 {
-	lock(t);
+	struct ctp__token_ext *x = X(t);
+
+	pthread_mutex_lock(&x->lock);
 	atomic_store(&t->linked, 1);  /* seq_cst: Dekker with the firer */
 	if (fired(atomic_load(&t->state))) {
-		unlock(t);
+		pthread_mutex_unlock(&x->lock);
 		return false;
 	}
-	w->prev = t->watches_tail;
-	if (t->watches_tail != NULL)
-		t->watches_tail->next = w;
+	w->prev = x->watches_tail;
+	if (x->watches_tail != NULL)
+		x->watches_tail->next = w;
 	else
-		t->watches = w;
-	t->watches_tail = w;
-	unlock(t);
+		x->watches = w;
+	x->watches_tail = w;
+	pthread_mutex_unlock(&x->lock);
 	return true;
 }
 
@@ -430,7 +538,8 @@ static bool watch_remove(struct ctp_watch *w)
 			 * all run. It is NULL until the firer walked t, and
 			 * the firer is not this thread then. */
 			if (!fired(atomic_load(&t->state)) ||
-			    (t->fire != NULL && on_this_thread(t->fire))) {
+			    (X(t)->fire != NULL &&
+			    on_this_thread(X(t)->fire))) {
 				watch_unlink(t, w);
 				break;
 			}
@@ -469,6 +578,8 @@ int ctp_token_watch(ctp_token *token, void (*fn)(void *arg), void *arg,
 		return -EINVAL;
 	if (ctp__forked(token->gen))
 		return -ECHILD;
+	if (ctp__token_ext_get(token) == NULL)
+		return -ENOMEM;
 	w = malloc(sizeof(*w));
 	if (w == NULL)
 		return -ENOMEM;
@@ -555,8 +666,8 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 	if (atomic_load(&t->linked) == 0) /* seq_cst: Dekker with link */
 		return;
 	lock(t);
-	t->fire = f;
-	for (c = t->children; c != NULL; c = c->sib_next) {
+	X(t)->fire = f;
+	for (c = X(t)->children; c != NULL; c = X(c)->sib_next) {
 		uint32_t s;
 		bool one = false; /* a guard for c alone (task.c) */
 		bool won;
@@ -592,7 +703,7 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 				append(c, walk);
 		} else if (ctp__tls.fires == NULL && (s & CTP__FIRING) &&
 		    ctp__token_tryref(c)) {
-			c->wait_next = f->waits;
+			X(c)->wait_next = f->waits;
 			f->waits = c;
 		}
 	}
@@ -610,11 +721,11 @@ static void wake(ctp_token *t)
 	if (atomic_load(&t->linked) == 0)
 		return;
 	lock(t);
-	if (t->fd >= 0) {
+	if (X(t)->fd >= 0) {
 		uint64_t one = 1;
 
 		/* cannot block (EFD_NONBLOCK) or overflow (at most 2 writes) */
-		(void)!write(t->fd, &one, sizeof(one));
+		(void)!write(X(t)->fd, &one, sizeof(one));
 	}
 	run_internal_watches(t);
 	unlock(t);
@@ -647,7 +758,7 @@ static void wait_fire_end(ctp_token *t)
 
 static void end_fire(ctp_token *t)
 {
-	if (t->parent == NULL)
+	if (ctp__token_parent(t) == NULL)
 		return; /* no CTP__FIRING was set */
 	atomic_fetch_and(&t->state, ~CTP__FIRING);
 	if (atomic_load(&t->sleepers) != 0)
@@ -705,7 +816,7 @@ int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
 		    (ctp_task *)t);
 	/* Only a firer of an ancestor can wait for this call: a token with
 	 * no parent (immutable while referenced) needs no CTP__FIRING */
-	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0,
+	if (!fire_cas(t, reason, ctp__token_parent(t) != NULL ? CTP__FIRING : 0,
 	    &phase)) {
 		guards_drop(&guard);
 		return -EALREADY;
@@ -756,7 +867,7 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	}
 	/* Phase 3: subtrees other calls were firing when we met them */
 	for (c = f->waits; c != NULL; c = next) {
-		next = c->wait_next;
+		next = X(c)->wait_next;
 		wait_fire_end(c);
 		ctp__token_put(c);
 	}
@@ -833,21 +944,24 @@ int ctp_token_sleep(ctp_token *token, int64_t ns)
 
 int ctp_token_fd(ctp_token *token)
 {
+	struct ctp__token_ext *x;
 	int fd;
 
 	if (token == NULL)
 		return -EINVAL;
 	if (ctp__forked(token->gen))
 		return -ECHILD;
+	if ((x = ctp__token_ext_get(token)) == NULL)
+		return -ENOMEM;
 	lock(token);
-	if (token->fd < 0) {
+	if (x->fd < 0) {
 		fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 		if (fd < 0) {
 			fd = -errno;
 			unlock(token);
 			return fd;
 		}
-		token->fd = fd;
+		x->fd = fd;
 		atomic_store(&token->linked, 1); /* seq_cst: Dekker with firer */
 		if (fired(atomic_load(&token->state))) {
 			uint64_t one = 1;
@@ -855,13 +969,20 @@ int ctp_token_fd(ctp_token *token)
 			(void)!write(fd, &one, sizeof(one));
 		}
 	}
-	fd = token->fd;
+	fd = x->fd;
 	unlock(token);
 	return fd;
 }
 
+/* A standalone token and its ext, one allocation (t first: freed as t) */
+struct standalone {
+	ctp_token             t;
+	struct ctp__token_ext x;
+};
+
 int ctp_token_create(ctp_token **token, ctp_token *parent)
 {
+	struct standalone *s;
 	ctp_token *t;
 	int r;
 
@@ -869,12 +990,18 @@ int ctp_token_create(ctp_token **token, ctp_token *parent)
 		return -EINVAL;
 	if (parent != NULL && ctp__forked(parent->gen))
 		return -ECHILD;
-	t = malloc(sizeof(*t));
-	if (t == NULL)
+	s = malloc(sizeof(*s));
+	if (s == NULL)
 		return -ENOMEM;
-	ctp__token_init(t, CTP__TOKEN_STANDALONE, 0);
+	t = &s->t;
+	ctp__token_init(t, CTP__TOKEN_STANDALONE, 0, &s->x);
 	if (parent != NULL) {
 		r = ctp__token_link(parent, t);
+		if (r == -ENOMEM) { /* the parent's ext */
+			ctp__token_fini(t, false);
+			free(s);
+			return r;
+		}
 		if (r != 0) /* born fired, with the parent's reason */
 			atomic_store(&t->state, (uint32_t)-r);
 	}

@@ -707,14 +707,17 @@ static void test_fault_queue_create(void **state)
 
 /*
  * From inside a running task (so the calls come from a worker thread):
- * submit a child task with the task's token as parent, create a child token
- * of it, and watch it. The test arms around the task's calls only.
+ * wait on a queue with the task's token (its first use of the token's
+ * rare part, which a task object gets only when needed), submit a child
+ * task with the task's token as parent, create a child token of it, and
+ * watch it. The test arms around the task's calls only.
  */
 struct in_task {
 	ctp_pool   *pool;
+	ctp_queue  *queue;          /* empty */
 	sem_t       ready, go, finished;
-	int         r_submit, r_token, r_watch;
-	int         e_submit, e_token, e_watch;
+	int         r_pop, r_submit, r_token, r_watch;
+	int         e_pop, e_submit, e_token, e_watch;
 	ctp_token  *child;
 	ctp_watch  *watch;
 	_Atomic int watched;
@@ -726,9 +729,14 @@ static int in_task_fn(void *arg, ctp_token *token)
 	ctp_task_opts o = { .done = done_cb, .parent = token };
 	ctp_pool *pool = it->pool;
 	unsigned long before;
+	void *item;
 
 	tu_sem_post(&it->ready);
 	tu_sem_wait(&it->go);
+	before = fault_mark();
+	it->r_pop = ctp_queue_pop(it->queue, &item, token, CTP_USEC(1));
+	it->e_pop = fault_mark() != before ? expected_since(before) :
+	    -ETIMEDOUT;
 	before = fault_mark();
 	it->r_submit = ctp_pool_submit(pool, quick_fn, &slots[0], &o, NULL);
 	it->e_submit = fault_mark() != before ? expected_submit() : 0;
@@ -762,6 +770,7 @@ static bool run_in_task(const void *param, unsigned long k, bool from)
 	slots_reset();
 	pool = make_pool(2);
 	it.pool = pool;
+	assert_int_equal(ctp_queue_create(&it.queue, 1), 0);
 	assert_int_equal(ctp_pool_submit(pool, in_task_fn, &it, NULL, &t), 0);
 	tu_sem_wait(&it.ready);
 	fault_arm(k, from);
@@ -773,6 +782,8 @@ static bool run_in_task(const void *param, unsigned long k, bool from)
 	ctp_task_release(t);
 	assert_int_equal(ctp_pool_wait_idle(pool, CTP_SEC(30)), 0);
 
+	assert_int_equal(it.r_pop, it.e_pop);
+	ctp_queue_destroy(it.queue);
 	assert_int_equal(it.r_submit, it.e_submit);
 	assert_int_equal(atomic_load(&slots[0].calls), it.r_submit == 0);
 	if (it.r_submit == 0)
@@ -802,7 +813,8 @@ static bool run_in_task(const void *param, unsigned long k, bool from)
 static void test_fault_in_task(void **state)
 {
 	(void)state;
-	sweep("in task: submit(parent=task) + token_create + token_watch",
+	sweep("in task: queue_pop(task token) + submit(parent=task) + "
+	    "token_create + token_watch",
 	    run_in_task, NULL);
 }
 

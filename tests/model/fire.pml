@@ -43,6 +43,10 @@
  *   Phase 3 (wait_fire_end): for each token of the wait list, announce in
  *   its `sleepers`, then load the word and futex-wait while FIRING is set.
  *   Then end_fire: clear FIRING on t, then wake if `sleepers` != 0; return.
+ *   Not modelled: a token's ext (its lock, children and watches, attached
+ *   by a CAS the first time a task's token needs them): it is attached
+ *   before `linked` is set, by the same thread, so it adds no ordering the
+ *   model's `linked` and lock steps do not already have.
  *
  * Properties:
  *   - at the return of a fire that won its CAS, every task of its tree is
