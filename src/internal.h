@@ -674,6 +674,11 @@ CTP__HIDDEN void ctp__task_complete_unrun(ctp_task *t, int reason,
 /* Ends the batch's segment (of either pass); the batch is then empty. */
 CTP__HIDDEN void ctp__batch_end_retire(struct ctp__batch *b);
 CTP__HIDDEN void ctp__batch_end_complete(struct ctp__batch *b);
+/* A fire call's whole work on its root t, a task it caught queued with no
+ * parent and nothing linked: retire and complete in one pass (done runs
+ * here). The guard the call raised on t's pool before its CAS serves as
+ * the segment's `finishing` and is lowered here, after done. */
+CTP__HIDDEN void ctp__task_fire_queued(ctp_task *t, int reason);
 /* A worker ran the task: finish it with fn's status. */
 CTP__HIDDEN void ctp__task_finish_ran(ctp_task *t, int status);
 /* A periodic task a worker started but did not run (a shutdown had begun)
@@ -1073,6 +1078,9 @@ struct ctp__pool_up {
 	void (*task_complete_unrun)(ctp_task *t, int reason,
 	                            struct ctp__batch *b);
 	void (*batch_end_complete)(struct ctp__batch *b);
+	/* both passes at once for a fire whose root is a leaf task caught
+	 * queued (token.c, ctp__token_fire); lowers the root's guard */
+	void (*task_fire_queued)(ctp_task *t, int reason);
 	void (*task_free)(ctp_task *t);
 	struct ctp__fire *(*timer_claim)(ctp_task *t);
 };

@@ -938,6 +938,7 @@ static const struct ctp__pool_up pool_up = {
 	.batch_end_retire    = ctp__batch_end_retire,
 	.task_complete_unrun = ctp__task_complete_unrun,
 	.batch_end_complete  = ctp__batch_end_complete,
+	.task_fire_queued    = ctp__task_fire_queued,
 	.task_free           = ctp__task_free,
 	.timer_claim         = ctp__timer_claim,
 };

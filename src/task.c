@@ -515,6 +515,24 @@ void ctp__task_complete_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 	b->held = t;
 }
 
+void ctp__task_fire_queued(ctp_task *t, int reason)
+{
+	ctp_pool *pool = t->pool;
+	/* b.pool set: the retire raises no `finishing` of its own (the
+	 * caller's guard, raised before its CAS, is this segment's) */
+	struct ctp__batch b = { .pool = pool };
+
+	ctp__task_retire(t, reason, &b);
+	flush_out(&b);
+	call_done(t, reason);
+	publish(t, reason);
+	/* as a complete segment's end: counted, then the guard, then the
+	 * borrowed references (the object holds the pool until then) */
+	pool->up->tasks_finished(pool, 1);
+	pool->up->finishing_done(pool);
+	ctp__token_put_n(&t->token, t->qref_owed ? 2 : 1);
+}
+
 void ctp__batch_end_complete(struct ctp__batch *b)
 {
 	ctp_pool *pool = b->pool;

@@ -57,6 +57,12 @@
  *     then clear CTP__FIRING on t and drop the walk list's references.
  *   The timer splits the call: it runs 1-2a (ctp__token_fire_begin, no
  *   user code), and its callback thread runs 2b-3 (ctp__token_fire_end).
+ *   A leaf (ctp__token_fire on a task it catches queued, with no parent
+ *   and nothing linked: a cancel by handle, the shutdown's drop step)
+ *   needs none of the lists: task.c retires and completes it in one pass
+ *   (ctp__task_fire_queued), under the pool guard taken before the CAS
+ *   (callgrind, bench_ctpool cancel --by handle: 751 -> 449 instructions
+ *   and 11 -> 9 atomics per cancel).
  *   What a fire does to a task token (guard its pool, retire, complete,
  *   and free the object when its last reference goes) is task.c's, reached
  *   through the task's pool (pool->up, internal.h "The way up"): this file
@@ -805,22 +811,31 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 		wake(c);
 }
 
+/* The start of every fire call: guards a task's pool (task.c, fire
+ * guards: before the CAS), then the CAS on t. False if it lost (the guard
+ * is dropped). */
+static bool fire_start(ctp_token *t, int reason, struct ctp__guards *g,
+                       uint32_t *phase)
+{
+	if (t->kind == CTP__TOKEN_TASK)
+		(void)((ctp_task *)t)->pool->up->task_guard(g, (ctp_task *)t);
+	/* Only a firer of an ancestor can wait for this call: a token with
+	 * no parent (immutable while referenced) needs no CTP__FIRING */
+	if (!fire_cas(t, reason, ctp__token_parent(t) != NULL ? CTP__FIRING : 0,
+	    phase)) {
+		guards_drop(g);
+		return false;
+	}
+	return true;
+}
+
 int ctp__token_fire_begin(ctp_token *t, int reason, struct ctp__fire *f)
 {
 	struct ctp__guards guard = { .n = 0 };
 	uint32_t phase;
 
-	/* a task's pool is guarded before the CAS (task.c, fire guards) */
-	if (t->kind == CTP__TOKEN_TASK)
-		(void)((ctp_task *)t)->pool->up->task_guard(&guard,
-		    (ctp_task *)t);
-	/* Only a firer of an ancestor can wait for this call: a token with
-	 * no parent (immutable while referenced) needs no CTP__FIRING */
-	if (!fire_cas(t, reason, ctp__token_parent(t) != NULL ? CTP__FIRING : 0,
-	    &phase)) {
-		guards_drop(&guard);
+	if (!fire_start(t, reason, &guard, &phase))
 		return -EALREADY;
-	}
 	fire_walk(t, reason, phase, f);
 	guards_drop(&guard);
 	return (int)(phase >> CTP__PHASE_SHIFT);
@@ -887,12 +902,37 @@ void ctp__token_fire_end(struct ctp__fire *f)
 
 int ctp__token_fire(ctp_token *t, int reason)
 {
+	struct ctp__guards guard = { .n = 0 };
 	struct ctp__fire f;
-	int r = ctp__token_fire_begin(t, reason, &f);
+	uint32_t phase;
 
-	if (r >= 0)
-		ctp__token_fire_end(&f);
-	return r;
+	if (!fire_start(t, reason, &guard, &phase))
+		return -EALREADY;
+	/* A leaf: a task caught queued with no parent and nothing linked (a
+	 * cancel by handle, the shutdown's drop step). Nothing is below it,
+	 * nothing waits on it but ctp_task_wait, nobody can wait for this
+	 * call (no CTP__FIRING): task.c retires and completes it in one
+	 * pass, under the guard taken before the CAS. `linked` is read
+	 * after the CAS (seq_cst, the Dekker pair of "Two parts"): a watch
+	 * or child added later sees the token fired and acts by itself.
+	 * The call is on this thread's fire list while done runs, as in
+	 * ctp__token_fire_end. */
+	if (phase == CTP__PHASE_QUEUED && atomic_load(&t->linked) == 0 &&
+	    ctp__token_parent(t) == NULL) {
+		f.root = t;
+		f.list = f.caught = f.waits = NULL;
+		f.reason = reason;
+		f.prev = ctp__tls.fires;
+		ctp__tls.fires = &f;
+		((ctp_task *)t)->pool->up->task_fire_queued((ctp_task *)t,
+		    reason);
+		ctp__tls.fires = f.prev;
+		return CTP_TASK_QUEUED;
+	}
+	fire_walk(t, reason, phase, &f);
+	guards_drop(&guard);
+	ctp__token_fire_end(&f);
+	return (int)(phase >> CTP__PHASE_SHIFT);
 }
 
 /* ---- public API --------------------------------------------------------- */

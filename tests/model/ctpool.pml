@@ -290,11 +290,12 @@ inline count_stat(r) {
 	fi
 }
 
-/* token.c ctp__token_fire of a task token (no children): the CAS; if it
- * caught the task queued: retire (pool_finishing_begin, then
- * flush_out: statistics and pool_unqueue under runq.lock, its
- * futex/ec work after), wake (nothing to model), complete (done(reason),
- * publish; ctp__batch_end_complete: tasks_finished, finishing_done).
+/* token.c ctp__token_fire of a task token with no parent and nothing
+ * linked (its leaf path): the guard (pool_finishing_begin) and the CAS;
+ * if it caught the task queued, ctp__task_fire_queued: retire (flush_out:
+ * statistics and pool_unqueue under runq.lock, its futex/ec work after),
+ * complete (done(reason), publish, tasks_finished), then the guard comes
+ * down (finishing_done): one raise before the CAS, held to the end.
  * Locals of the caller: aw, anf, adr. */
 inline fire_task(t, r, old) {
 #ifndef BUG_GUARD_AFTER_CAS
