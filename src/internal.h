@@ -339,19 +339,17 @@ enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2,
                        CTP__TOKEN_REMOTE = 3 };
 
 /*
- * A token's rare parts: what only a token with a parent, children, watches
- * or an fd uses. A standalone token and an isolated task's page token carry
+ * A token's rare parts: what only a token with children, watches or an fd
+ * uses (a child's own links are in ctp_token: a group of n child tasks
+ * needs no ext but its parent's). A standalone token and an isolated task's page token carry
  * theirs inline (ctp__token_init); a task object gets one the first time
- * its token needs it (ctp__token_ext_get: a child task at submit, or its fn
- * making children, watching it, waiting on it, asking for its fd) and keeps
+ * its token needs it (ctp__token_ext_get: its fn making children, watching
+ * it, waiting on it, asking for its fd) and keeps
  * it until the object is freed for good, so steady state allocates nothing
  * and a plain task's object is not made bigger by any of it.
  */
 struct ctp__token_ext {
 	pthread_mutex_t  lock;      /* protects children, watches, fd, fire */
-	ctp_token       *parent;    /* immutable while referenced; holds a ref */
-	ctp_token       *sib_next;  /* in parent->children: protected by */
-	ctp_token       *sib_prev;  /*   the parent's lock, not by this lock */
 	ctp_token       *wait_next; /* list of the subtrees one fire call waits
 	                               for; written only by the firer of this
 	                               token's parent (the one thread that walks
@@ -379,6 +377,9 @@ struct ctp_token {
 	                               (ext is attached before it is set) */
 	uint8_t          kind;      /* immutable */
 	uint32_t         gen;       /* fork generation it was made in */
+	ctp_token       *parent;    /* immutable while referenced; holds a ref */
+	ctp_token       *sib_next;  /* in parent's ext->children: protected */
+	ctp_token       *sib_prev;  /*   by the parent's lock, not by ours */
 	ctp_token       *fire_next; /* list of one fire call; written only by
 	                               the thread whose CAS fired this token */
 	ctp_token       *caught_next; /* the caught list of the fire call that
@@ -419,8 +420,6 @@ CTP__HIDDEN void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state);
 CTP__HIDDEN void ctp__token_release_fd(ctp_token *t);
 /* t's ext, attached now if it had none; NULL when out of memory. */
 CTP__HIDDEN struct ctp__token_ext *ctp__token_ext_get(ctp_token *t);
-/* t's parent, or NULL (immutable while t is referenced). */
-CTP__HIDDEN ctp_token *ctp__token_parent(const ctp_token *t);
 /* One fire call in progress (token.c). On the firer's stack, or for the
  * timer's fires in the task's `dfire`, carried from the timer thread
  * (begin) to the timer-callback thread (end). */
@@ -517,29 +516,26 @@ struct ctp_task {
 	                               fire's complete pass drops the queue's
 	                               reference with the pool's (read by the
 	                               fire's own threads, in order) */
-	bool             handle;    /* submitted with a handle; set before
-	                               publication */
-	uint8_t          prio;      /* list index (CTP__NPRIO); set before
-	                               publication */
-	_Atomic uint32_t fin;       /* bit 0 finished, bit 1 waiters; futex;
-	                               kept only when `handle` (nobody else
-	                               can wait on it) */
-	/* scheduling flags, on the line the queue and the worker read (the
-	 * rest of the scheduling state is at the end: only scheduled tasks
-	 * touch it) */
-	bool             periodic;  /* period > 0; set before publication */
+	/* Set before publication (submit), or while the object is nobody
+	 * else's (allocation, free), and only read meanwhile: one byte of
+	 * bits is safe (no two threads write it at once) */
+	bool             handle : 1;   /* submitted with a handle */
+	unsigned         prio : 2;     /* list index (CTP__NPRIO) */
+	bool             periodic : 1; /* period > 0 */
+	bool             timed : 1;    /* has a deadline (ext.deadline) */
+	bool             isolated : 1; /* ext.iso is set */
 	bool             ran;       /* a periodic task ran once: written by its
 	                               worker before the CAS that queues it
 	                               again, read by a fire that catches it
 	                               queued (after its CAS) */
+	_Atomic uint32_t fin;       /* bit 0 finished, bit 1 waiters; futex;
+	                               kept only when `handle` (nobody else
+	                               can wait on it) */
 	bool             dres;      /* holds a due heap reservation (the heap
 	                               can always take it); timer->lock, set
 	                               before publication or under runq.lock
 	                               while it waits (a worker reads it after
 	                               its pop) */
-	bool             timed;     /* has a deadline (ext.deadline); set
-	                               before publication */
-	bool             isolated;  /* ext.iso is set; before publication */
 };
 
 /*

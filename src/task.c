@@ -69,9 +69,10 @@
  *   submits gets -ESHUTDOWN (from the refill, or from the closed queue if
  *   its cache still had an object).
 
- *   An object is 120 bytes (its token's hot part and the task's). What a
- *   deadline, a delay, a period or an isolated run needs (and its token's
- *   lock, tree links, watches and fd) is in its ext (internal.h, struct
+ *   An object is 136 bytes (its token's hot part, with its own parent and
+ *   sibling links, and the task's). What a deadline, a delay, a period or
+ *   an isolated run needs (and its token's lock, children, watches and fd)
+ *   is in its ext (internal.h, struct
  *   ctp__task_ext), attached at submit for such a task or when its token
  *   is first linked, and kept with the object (reset on reuse, freed by
  *   ctp__task_dealloc): a plain task never touches it, and the `timed`

@@ -3,17 +3,18 @@
  *
  * Design notes
  *   Two parts. What every fire, sleep and cancel touches is in ctp_token
- *   (state, sleepers, refs, linked, the fire call's list links: 48
- *   bytes, so a task object stays small); what only a token with a parent,
- *   children, watches or an fd uses is in its ext (internal.h, struct
- *   ctp__token_ext: the lock, the tree links, the watch list, the fd). A
+ *   (state, sleepers, refs, linked, its own parent and sibling links, the
+ *   fire call's list links: 72 bytes, so a task object stays small); what
+ *   only a token with children, watches or an fd uses is in its ext
+ *   (internal.h, struct ctp__token_ext: the lock, the children, the watch
+ *   list, the fd). A
  *   standalone token and a worker process's page token carry their ext
  *   inline; a task's token gets one the first time it needs it
  *   (ctp__token_ext_get: a CAS from NULL, the loser frees its copy) and
  *   keeps it until its object is freed for good, so steady state allocates
  *   nothing. `linked` is set only after the ext is attached, so a firer
  *   that reads `linked` set finds the ext; everything else reads it only
- *   where it must exist (a child, a watched token). Attaching is the one
+ *   where it must exist (a parent, a watched token). Attaching is the one
  *   thing here that can fail: link, watch, fd and a wait on a task's token
  *   (queue.c) answer -ENOMEM then, before anything changed.
  *
@@ -187,8 +188,6 @@ static void unlock(ctp_token *t)
 
 static void ext_clear(struct ctp__token_ext *x)
 {
-	x->parent = NULL;
-	x->sib_prev = x->sib_next = NULL;
 	x->wait_next = NULL;
 	x->fire = NULL;
 	x->children = NULL;
@@ -223,6 +222,8 @@ void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state)
 	atomic_init(&t->linked, 0);
 	t->kind = kind;
 	t->gen = ctp__gen();
+	t->parent = NULL;
+	t->sib_prev = t->sib_next = NULL;
 	t->fire_next = t->caught_next = NULL;
 	if (x != NULL)
 		ext_clear(x); /* its fd was closed when the object was freed */
@@ -253,13 +254,6 @@ struct ctp__token_ext *ctp__token_ext_get(ctp_token *t)
 		x = seen;
 	}
 	return x;
-}
-
-ctp_token *ctp__token_parent(const ctp_token *t)
-{
-	struct ctp__token_ext *x = ext_of(t);
-
-	return x != NULL ? x->parent : NULL;
 }
 
 void ctp__token_release_fd(ctp_token *t)
@@ -313,22 +307,20 @@ bool ctp__token_tryref(ctp_token *t)
  * caller's to drop. */
 static ctp_token *detach(ctp_token *child)
 {
-	struct ctp__token_ext *cx = ext_of(child);
-	ctp_token *p = cx != NULL ? cx->parent : NULL;
+	ctp_token *p = child->parent;
 
 	if (p == NULL)
 		return NULL;
 	lock(p);
-	/* siblings are children too: each has an ext */
-	if (cx->sib_prev != NULL)
-		X(cx->sib_prev)->sib_next = cx->sib_next;
+	if (child->sib_prev != NULL)
+		child->sib_prev->sib_next = child->sib_next;
 	else
-		X(p)->children = cx->sib_next;
-	if (cx->sib_next != NULL)
-		X(cx->sib_next)->sib_prev = cx->sib_prev;
+		X(p)->children = child->sib_next;
+	if (child->sib_next != NULL)
+		child->sib_next->sib_prev = child->sib_prev;
 	unlock(p);
-	cx->parent = NULL;
-	cx->sib_prev = cx->sib_next = NULL;
+	child->parent = NULL;
+	child->sib_prev = child->sib_next = NULL;
 	return p;
 }
 
@@ -369,12 +361,10 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 
 int ctp__token_link(ctp_token *parent, ctp_token *child)
 {
-	struct ctp__token_ext *px, *cx;
+	struct ctp__token_ext *px;
 	uint32_t s;
 
-	/* the child is not published yet: its ext is the caller's */
-	if ((cx = ctp__token_ext_get(child)) == NULL ||
-	    (px = ctp__token_ext_get(parent)) == NULL)
+	if ((px = ctp__token_ext_get(parent)) == NULL)
 		return -ENOMEM;
 	pthread_mutex_lock(&px->lock);
 	atomic_store(&parent->linked, 1);   /* seq_cst: Dekker with the firer */
@@ -384,11 +374,11 @@ int ctp__token_link(ctp_token *parent, ctp_token *child)
 		return ctp__reason_of(s);
 	}
 	ctp__token_ref(parent);
-	cx->parent = parent;
-	cx->sib_prev = NULL;
-	cx->sib_next = px->children;
+	child->parent = parent;
+	child->sib_prev = NULL;
+	child->sib_next = px->children;
 	if (px->children != NULL)
-		X(px->children)->sib_prev = child;
+		px->children->sib_prev = child;
 	px->children = child;
 	pthread_mutex_unlock(&px->lock);
 	return 0;
@@ -673,7 +663,7 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 		return;
 	lock(t);
 	X(t)->fire = f;
-	for (c = X(t)->children; c != NULL; c = X(c)->sib_next) {
+	for (c = X(t)->children; c != NULL; c = c->sib_next) {
 		uint32_t s;
 		bool one = false; /* a guard for c alone (task.c) */
 		bool won;
@@ -764,7 +754,7 @@ static void wait_fire_end(ctp_token *t)
 
 static void end_fire(ctp_token *t)
 {
-	if (ctp__token_parent(t) == NULL)
+	if (t->parent == NULL)
 		return; /* no CTP__FIRING was set */
 	atomic_fetch_and(&t->state, ~CTP__FIRING);
 	if (atomic_load(&t->sleepers) != 0)
@@ -821,7 +811,7 @@ static bool fire_start(ctp_token *t, int reason, struct ctp__guards *g,
 		(void)((ctp_task *)t)->pool->up->task_guard(g, (ctp_task *)t);
 	/* Only a firer of an ancestor can wait for this call: a token with
 	 * no parent (immutable while referenced) needs no CTP__FIRING */
-	if (!fire_cas(t, reason, ctp__token_parent(t) != NULL ? CTP__FIRING : 0,
+	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0,
 	    phase)) {
 		guards_drop(g);
 		return false;
@@ -918,7 +908,7 @@ int ctp__token_fire(ctp_token *t, int reason)
 	 * The call is on this thread's fire list while done runs, as in
 	 * ctp__token_fire_end. */
 	if (phase == CTP__PHASE_QUEUED && atomic_load(&t->linked) == 0 &&
-	    ctp__token_parent(t) == NULL) {
+	    t->parent == NULL) {
 		f.root = t;
 		f.list = f.caught = f.waits = NULL;
 		f.reason = reason;
