@@ -350,10 +350,8 @@ enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2,
  */
 struct ctp__token_ext {
 	pthread_mutex_t  lock;      /* protects children, watches, fd, fire */
-	ctp_token       *wait_next; /* list of the subtrees one fire call waits
-	                               for; written only by the firer of this
-	                               token's parent (the one thread that walks
-	                               the parent's children) */
+	uint32_t         gen;       /* a standalone or page token's fork
+	                               generation (a task's is its pool's) */
 	struct ctp__fire *fire;     /* the fire call that fired this token, set
 	                               when it walks it (only tokens that are
 	                               `linked`); lock. A token fires once, so
@@ -372,11 +370,10 @@ struct ctp_token {
 	_Atomic uint32_t state;     /* reason | phase; see above */
 	_Atomic uint32_t sleepers;  /* threads in ctp_token_sleep on `state` */
 	_Atomic uint32_t refs;      /* for a task token: the task's references */
-	_Atomic uint32_t linked;    /* 1 once it may have children, watches or
+	_Atomic uint8_t  linked;    /* 1 once it may have children, watches or
 	                               an fd: firing must then take ext->lock
 	                               (ext is attached before it is set) */
 	uint8_t          kind;      /* immutable */
-	uint32_t         gen;       /* fork generation it was made in */
 	ctp_token       *parent;    /* immutable while referenced; holds a ref */
 	ctp_token       *sib_next;  /* in parent's ext->children: protected */
 	ctp_token       *sib_prev;  /*   by the parent's lock, not by ours */
@@ -386,6 +383,10 @@ struct ctp_token {
 	                               fired it (a periodic task between runs
 	                               is on its walk list too); written only
 	                               by that call's thread */
+	ctp_token       *wait_next; /* list of the subtrees one fire call waits
+	                               for; written only by the firer of this
+	                               token's parent (the one thread that walks
+	                               the parent's children) */
 	/* NULL until attached (a task's token only), then fixed until the
 	 * object is freed for good: set once by a CAS (acq_rel), read with
 	 * acquire, or after `linked` (whoever sets linked attached it first) */
@@ -1175,6 +1176,17 @@ static inline void ctp__pool_put(ctp_pool *pool)
 	assert(old != 0);
 	if (old == 1)
 		pool->up->free(pool);
+}
+
+/* The fork generation a token was made in: a task's is its pool's (a
+ * task is made only in its pool's process), a standalone or page token's
+ * is in its inline ext. */
+static inline uint32_t ctp__token_gen(const ctp_token *t)
+{
+	if (t->kind == CTP__TOKEN_TASK)
+		return ((const ctp_task *)t)->pool->gen;
+	return atomic_load_explicit(&((ctp_token *)t)->ext,
+	    memory_order_relaxed)->gen;
 }
 
 #endif /* CTP_INTERNAL_H */

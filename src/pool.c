@@ -647,7 +647,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 
 	if (t == NULL || delay < 0)
 		return -EINVAL;
-	if (ctp__forked(t->token.gen))
+	if (ctp__forked(t->pool->gen))
 		return -ECHILD;
 	/* a task submitted without a delay gets its ext (due time, heap
 	 * slot) here; a task that cannot wait does not need one, but a
@@ -1242,7 +1242,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	int r;
 
 	if (ctp__forked(pool->gen) ||
-	    (o->parent != NULL && ctp__forked(o->parent->gen)))
+	    (o->parent != NULL && ctp__forked(ctp__token_gen(o->parent))))
 		r = -ECHILD;
 	else if (!ctp__duration_ok(o->timeout) ||
 	    !ctp__duration_ok(o->queue_wait) || (o->delay | o->period) < 0 ||

@@ -374,7 +374,7 @@ static bool task_end(void)
 		x->fd = -1; /* the process's, not the token's to close */
 		ctp__token_fini(t, false);
 		token_reset(wp.page, efd);
-		t->gen = ctp__gen();
+		x->gen = ctp__gen();
 	}
 	pthread_mutex_unlock(&wp.relay_lock);
 	return dirty;
@@ -402,7 +402,7 @@ static _Noreturn void worker_main(const struct ctp__spawn_ctx *cx, int sock,
 		_exit(126);
 	/* made by the fork server (token_reset); the parent may have fired
 	 * it already: only what is ours changes */
-	wp.page->token.gen = ctp__gen();
+	wp.page->token_ext.gen = ctp__gen();
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, 256 * 1024);
 	if (pthread_create(&relay, &attr, relay_main, NULL) != 0)

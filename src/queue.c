@@ -258,7 +258,7 @@ int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
 	if (queue == NULL || !ctp__duration_ok(timeout))
 		return -EINVAL;
 	if (ctp__forked(queue->gen) ||
-	    (token != NULL && ctp__forked(token->gen)))
+	    (token != NULL && ctp__forked(ctp__token_gen(token))))
 		return -ECHILD;
 	timed = ctp__deadline(timeout, &abs);
 	r = ctp__queue_reserve(queue, token, timeout == 0, timed ? &abs : NULL);
@@ -280,7 +280,7 @@ int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
 	if (queue == NULL || item == NULL || !ctp__duration_ok(timeout))
 		return -EINVAL;
 	if (ctp__forked(queue->gen) ||
-	    (token != NULL && ctp__forked(token->gen)))
+	    (token != NULL && ctp__forked(ctp__token_gen(token))))
 		return -ECHILD;
 	timed = ctp__deadline(timeout, &abs);
 	for (;;) {

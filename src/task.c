@@ -617,7 +617,7 @@ int ctp_task_cancel(ctp_task *task)
 
 	if (task == NULL)
 		return -EINVAL;
-	if (ctp__forked(task->token.gen))
+	if (ctp__forked(task->pool->gen))
 		return -ECHILD;
 	r = ctp__token_fire(&task->token, -ECANCELED);
 	if (r < 0)
@@ -632,7 +632,7 @@ int ctp_task_wait(ctp_task *task, int64_t timeout, int *status)
 
 	if (task == NULL || !ctp__duration_ok(timeout))
 		return -EINVAL;
-	if (ctp__forked(task->token.gen))
+	if (ctp__forked(task->pool->gen))
 		return -ECHILD;
 	if (in_own_task(task))
 		return -EDEADLK;
@@ -678,6 +678,6 @@ int ctp_task_state(const ctp_task *task)
 
 void ctp_task_release(ctp_task *task)
 {
-	if (task != NULL && !ctp__forked(task->token.gen))
+	if (task != NULL && !ctp__forked(task->pool->gen))
 		ctp__token_put(&task->token);
 }

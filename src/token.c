@@ -188,7 +188,6 @@ static void unlock(ctp_token *t)
 
 static void ext_clear(struct ctp__token_ext *x)
 {
-	x->wait_next = NULL;
 	x->fire = NULL;
 	x->children = NULL;
 	x->watches = x->watches_tail = NULL;
@@ -221,10 +220,11 @@ void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state)
 	atomic_init(&t->refs, 1);
 	atomic_init(&t->linked, 0);
 	t->kind = kind;
-	t->gen = ctp__gen();
+	if (x != NULL)
+		x->gen = ctp__gen(); /* a task's is its pool's */
 	t->parent = NULL;
 	t->sib_prev = t->sib_next = NULL;
-	t->fire_next = t->caught_next = NULL;
+	t->fire_next = t->caught_next = t->wait_next = NULL;
 	if (x != NULL)
 		ext_clear(x); /* its fd was closed when the object was freed */
 }
@@ -572,7 +572,7 @@ int ctp_token_watch(ctp_token *token, void (*fn)(void *arg), void *arg,
 
 	if (token == NULL || fn == NULL || watch == NULL)
 		return -EINVAL;
-	if (ctp__forked(token->gen))
+	if (ctp__forked(ctp__token_gen(token)))
 		return -ECHILD;
 	if (ctp__token_ext_get(token) == NULL)
 		return -ENOMEM;
@@ -593,7 +593,7 @@ int ctp_token_watch(ctp_token *token, void (*fn)(void *arg), void *arg,
 
 void ctp_token_unwatch(ctp_watch *watch)
 {
-	if (watch != NULL && !ctp__forked(watch->token->gen) &&
+	if (watch != NULL && !ctp__forked(ctp__token_gen(watch->token)) &&
 	    watch_remove(watch))
 		watch_free(watch);
 }
@@ -699,7 +699,7 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 				append(c, walk);
 		} else if (ctp__tls.fires == NULL && (s & CTP__FIRING) &&
 		    ctp__token_tryref(c)) {
-			X(c)->wait_next = f->waits;
+			c->wait_next = f->waits;
 			f->waits = c;
 		}
 	}
@@ -872,7 +872,7 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	}
 	/* Phase 3: subtrees other calls were firing when we met them */
 	for (c = f->waits; c != NULL; c = next) {
-		next = X(c)->wait_next;
+		next = c->wait_next;
 		wait_fire_end(c);
 		ctp__token_put(c);
 	}
@@ -948,7 +948,7 @@ int ctp_token_sleep(ctp_token *token, int64_t ns)
 
 	if (token == NULL || !ctp__duration_ok(ns))
 		return -EINVAL;
-	if (ctp__forked(token->gen))
+	if (ctp__forked(ctp__token_gen(token)))
 		return -ECHILD;
 	timed = ctp__deadline(ns, &abs);
 	for (;;) {
@@ -979,7 +979,7 @@ int ctp_token_fd(ctp_token *token)
 
 	if (token == NULL)
 		return -EINVAL;
-	if (ctp__forked(token->gen))
+	if (ctp__forked(ctp__token_gen(token)))
 		return -ECHILD;
 	if ((x = ctp__token_ext_get(token)) == NULL)
 		return -ENOMEM;
@@ -1018,7 +1018,7 @@ int ctp_token_create(ctp_token **token, ctp_token *parent)
 
 	if (token == NULL)
 		return -EINVAL;
-	if (parent != NULL && ctp__forked(parent->gen))
+	if (parent != NULL && ctp__forked(ctp__token_gen(parent)))
 		return -ECHILD;
 	s = malloc(sizeof(*s));
 	if (s == NULL)
@@ -1045,7 +1045,7 @@ int ctp_token_cancel(ctp_token *token)
 
 	if (token == NULL)
 		return -EINVAL;
-	if (ctp__forked(token->gen))
+	if (ctp__forked(ctp__token_gen(token)))
 		return -ECHILD;
 	r = ctp__token_fire(token, -ECANCELED);
 	return r < 0 ? r : 0;
@@ -1055,6 +1055,6 @@ void ctp_token_release(ctp_token *token)
 {
 	/* a task's token belongs to its task: releasing it is a no-op */
 	if (token != NULL && token->kind == CTP__TOKEN_STANDALONE &&
-	    !ctp__forked(token->gen))
+	    !ctp__forked(ctp__token_gen(token)))
 		ctp__token_put(token);
 }
