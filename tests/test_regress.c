@@ -543,6 +543,84 @@ static void test_regress_2_root_cancel_waits_for_sub_firer(void **state)
 }
 
 /*
+ * The same with a child task as the subtree B fires: B cancels task x1
+ * (a child of root, by its handle) and is held inside x1's done; A's
+ * cancel of root meets x1 with B's fire in progress and must wait for it.
+ * A child task has no ext (token.c, "Two parts"): A's wait list must be
+ * linked through the token itself (on 80c2318 it went through the ext:
+ * an assertion failure, or a write through NULL without asserts).
+ */
+static void test_regress_2_root_cancel_waits_for_child_task_firer(
+    void **state)
+{
+	(void)state;
+	ctp_pool *pool = pool_new(1, 0);
+	struct parked p;
+	struct tree2 t;
+	struct rec x3;
+	struct canceller b = { 0 }, a = { 0 };
+	ctp_token *root = NULL;
+	ctp_task *x1 = NULL;
+	ctp_task_opts o = { .done = tree2_done };
+
+	parked_init(&p, 0);
+	rec_init(&x3, 0);
+	tree2_init(&t, &x3);
+	assert_int_equal(submit(pool, parked_fn, &p, NO_OPTS, NULL), 0);
+	tu_sem_wait(&p.started);
+	assert_int_equal(ctp_token_create(&root, NULL), 0);
+	o.parent = root;
+	assert_int_equal(ctp_pool_submit(pool, tree2_fn, &t, &o, &x1), 0);
+	assert_int_equal(submit_rec(pool, &x3,
+	                 (ctp_task_opts){ .parent = root }, NULL), 0);
+
+	pthread_t bt = canceller_start(&b, NULL, x1);
+	bool b_in = sem_wait_for(&t.in_done, BOUND);
+	a.after = tree2_snapshot;
+	a.after_arg = &t;
+	pthread_t at = canceller_start(&a, root, NULL);
+	bool a_early = sem_wait_for(&a.returned, NOT_YET);
+	tu_sem_post(&t.gate);
+	bool a_back = a_early || sem_wait_for(&a.returned, BOUND);
+	bool b_back = sem_wait_for(&b.returned, BOUND);
+	if (a_back)
+		tu_join(at);
+	if (b_back)
+		tu_join(bt);
+	unpark(&p, 1);
+	int ir = ctp_pool_wait_idle(pool, BOUND);
+	ctp_stats s = stats_of(pool);
+	int dr = ctp_pool_destroy(pool);
+	ctp_task_release(x1);
+	ctp_token_release(root);
+
+	assert_int_equal(ir, 0);
+	assert_int_equal(dr, 0);
+	assert_true(b_in);
+	assert_true(a_back);
+	assert_true(b_back);
+	assert_int_equal(b.ret, 0);     /* B caught x1 queued */
+	assert_int_equal(a.ret, 0);     /* A fired root */
+	assert_false(a_early);          /* A waited for B's fire of x1 */
+	assert_int_equal(t.a_calls, 1);
+	assert_int_equal(t.a_x3_calls, 1);
+	assert_int_equal(t.calls, 1);
+	assert_int_equal(t.ran, 0);
+	assert_int_equal(t.bad_status, 0);
+	assert_int_equal(t.gate_ok, 1);
+	assert_int_equal(x3.ran, 0);
+	assert_int_equal(x3.calls, 1);
+	assert_int_equal(x3.status, -ECANCELED);
+	assert_int_equal(s.cancelled, 2);
+	assert_identity(&s);
+	sem_destroy(&a.returned);
+	sem_destroy(&b.returned);
+	tree2_fini(&t);
+	rec_fini(&x3);
+	parked_fini(&p);
+}
+
+/*
  * The exception: inside the done that B's fire of sub runs, B itself
  * cancels root. That cancel fires root (x3 gets its done) and must not wait
  * for B's own fire of sub.
@@ -1613,6 +1691,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_regress_1_shutdown_waits_for_group_cancel_done),
 		cmocka_unit_test(test_regress_1_destroy_after_wait_idle_while_firer_in_call),
 		cmocka_unit_test(test_regress_2_root_cancel_waits_for_sub_firer),
+		cmocka_unit_test(
+		    test_regress_2_root_cancel_waits_for_child_task_firer),
 		cmocka_unit_test(test_regress_2_cancel_root_from_sub_done_no_self_deadlock),
 		cmocka_unit_test(test_regress_4_second_shutdown_waits_for_drop_dones),
 		cmocka_unit_test(test_regress_4_second_shutdown_grace0_times_out),
