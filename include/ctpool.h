@@ -389,9 +389,10 @@ CTP_EXPORT void ctp_task_release(ctp_task *task);
  * running or a worker has already taken it (for a periodic task, its next
  * run is then due `delay` after this call); -EALREADY when it has finished
  * or its token has fired; -EINVAL for NULL or a negative delay; -ENOMEM
- * when the timer cannot hold one more delayed task (or, for a task
- * submitted without a delay, timeout, parent or period, the memory for its
- * due time cannot be had: a task object gets that only when it needs it). */
+ * when the timer cannot hold one more delayed task, or when a task that
+ * was submitted without a timeout, delay or period (and not isolated)
+ * cannot get the few bytes for its due time (a task object gets them only
+ * when it needs them). */
 CTP_EXPORT int ctp_task_reschedule(ctp_task *task, int64_t delay);
 
 /* ---- tokens ------------------------------------------------------------- */
@@ -553,8 +554,9 @@ CTP_EXPORT int ctp_queue_create(ctp_queue **queue, size_t capacity);
  * early); the token's reason as soon as token (may be NULL) fires, also when
  * it had fired before the call; -ESHUTDOWN once the queue is closed; -EINVAL;
  * -ENOMEM only when token is a task's token waited on for the first time and
- * the few bytes its wake needs cannot be had (a task object gets them only
- * when its token is first waited on, watched, given children or an fd).
+ * the few bytes its wake needs cannot be had (a task object gets them at
+ * submit when it has a timeout, delay or period or is isolated, else when
+ * its token is first waited on, watched, given children or an fd).
  * A fired token wins over a free slot and over a closed queue. */
 CTP_EXPORT int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
                               int64_t timeout);

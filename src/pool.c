@@ -637,6 +637,7 @@ static void release_held(ctp_pool *pool, ctp_task *t)
 
 int ctp_task_reschedule(ctp_task *t, int64_t delay)
 {
+	struct ctp__task_ext *x;
 	struct ctp__runq *q;
 	struct after a = { 0 };
 	bool reserved = false, heap;
@@ -649,11 +650,10 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 		return -EINVAL;
 	if (ctp__forked(t->pool->gen))
 		return -ECHILD;
-	/* a task submitted without a delay gets its ext (due time, heap
-	 * slot) here; a task that cannot wait does not need one, but a
-	 * reschedule of one is rare enough to ask for it anyway */
-	if (ctp__token_ext_get(&t->token) == NULL)
-		return -ENOMEM;
+	/* a task submitted without a timeout, delay or period (and not
+	 * isolated) has no ext for its due time yet: attached here, before
+	 * the locks; without it only a task that would be placed fails */
+	x = (struct ctp__task_ext *)ctp__token_ext_get(&t->token);
 	pool = t->pool;
 	q = &pool->runq;
 	pthread_mutex_lock(&pool->timer.lock);
@@ -661,7 +661,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	due = add_sat(now, delay);
 	/* where place() will put it: the due heap unless it is due now and
 	 * its deadline is later (deadline: immutable since its submit) */
-	heap = due > now || (t->timed && ctp__tx(t)->deadline <= due);
+	heap = due > now || (t->timed && x->deadline <= due);
 	/* a place in the due heap first (it arms the fire's side before
 	 * the look at the token below: pool_unqueue); a failure only
 	 * matters if the task turns out to wait */
@@ -682,6 +682,8 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 		if (t->periodic)
 			ctp__tx(t)->resched = due;
 		r = -EINPROGRESS;
+	} else if (x == NULL) {
+		r = -ENOMEM; /* no ext for its due time (above) */
 	} else if (heap && !t->dres && !reserved) {
 		/* r: why the due heap could not take it */
 	} else {
@@ -693,7 +695,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 			t->dres = true; /* our reservation is the task's now */
 			reserved = false;
 		}
-		ctp__tx(t)->due = due;
+		x->due = due;
 		place(pool, t, now, &a);
 		r = 0;
 	}

@@ -401,7 +401,11 @@ static _Noreturn void worker_main(const struct ctp__spawn_ctx *cx, int sock,
 	if (wp.page == MAP_FAILED || inbuf == NULL || out.buf == NULL)
 		_exit(126);
 	/* made by the fork server (token_reset); the parent may have fired
-	 * it already: only what is ours changes */
+	 * it already: only what is ours changes. Its ext pointer is the fork
+	 * server's address of the page: ours may differ (the parent never
+	 * follows it: it reads the word, sleepers and linked only) */
+	atomic_store_explicit(&wp.page->token.ext, &wp.page->token_ext,
+	    memory_order_relaxed);
 	wp.page->token_ext.gen = ctp__gen();
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, 256 * 1024);

@@ -677,8 +677,10 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 			((ctp_task *)c)->pool->up->task_retire((ctp_task *)c,
 			    f->reason, b);
 			/* a periodic task between runs may have children,
-			 * watches or an fd from its runs: walk it too */
-			if (atomic_load(&c->linked) != 0 &&
+			 * watches or an fd from its runs, or a sleeper its
+			 * token was given to: walk it too */
+			if ((atomic_load(&c->linked) != 0 ||
+			    atomic_load(&c->sleepers) != 0) &&
 			    ctp__token_tryref(c))
 				append(c, walk);
 		} else if (won && ctp__token_tryref(c)) {
@@ -782,7 +784,10 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 		append_caught(t, &caught);
 		((ctp_task *)t)->pool->up->task_retire((ctp_task *)t,
 		    reason, &batch);
-		if (atomic_load(&t->linked) != 0)
+		/* or a periodic task's earlier run gave its token to a
+		 * thread that sleeps on it: the wake phase wakes it */
+		if (atomic_load(&t->linked) != 0 ||
+		    atomic_load(&t->sleepers) != 0)
 			append(t, &walk);
 	} else {
 		append(t, &walk);
@@ -898,17 +903,18 @@ int ctp__token_fire(ctp_token *t, int reason)
 
 	if (!fire_start(t, reason, &guard, &phase))
 		return -EALREADY;
-	/* A leaf: a task caught queued with no parent and nothing linked (a
-	 * cancel by handle, the shutdown's drop step). Nothing is below it,
-	 * nothing waits on it but ctp_task_wait, nobody can wait for this
-	 * call (no CTP__FIRING): task.c retires and completes it in one
-	 * pass, under the guard taken before the CAS. `linked` is read
-	 * after the CAS (seq_cst, the Dekker pair of "Two parts"): a watch
-	 * or child added later sees the token fired and acts by itself.
+	/* A leaf: a task caught queued with no parent, nothing linked and
+	 * no sleeper (a cancel by handle, the shutdown's drop step).
+	 * Nothing is below it, nothing waits on it but ctp_task_wait,
+	 * nobody can wait for this call (no CTP__FIRING): task.c retires
+	 * and completes it in one pass, under the guard taken before the
+	 * CAS. `linked` and `sleepers` are read after the CAS (seq_cst, the
+	 * Dekker pairs of "Two parts" and ctp_token_sleep): a watch, child
+	 * or sleeper that comes later sees the token fired by itself.
 	 * The call is on this thread's fire list while done runs, as in
 	 * ctp__token_fire_end. */
 	if (phase == CTP__PHASE_QUEUED && atomic_load(&t->linked) == 0 &&
-	    t->parent == NULL) {
+	    atomic_load(&t->sleepers) == 0 && t->parent == NULL) {
 		f.root = t;
 		f.list = f.caught = f.waits = NULL;
 		f.reason = reason;

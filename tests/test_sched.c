@@ -37,6 +37,8 @@
  * Only the test's own thread calls assert_*; tasks and done callbacks record
  * into the structs below.
  */
+#include <sys/syscall.h>
+
 #include "fixtures.h"
 
 static int failures;
@@ -1111,6 +1113,96 @@ static void test_sched_periodic_children_fire_with_series(void **state)
 	parked_fini(&blk);
 }
 
+/*
+ * A periodic task's first run gives its token to a thread that sleeps on
+ * it (ctp_token_sleep, 60 s). Between runs the task is queued with nothing
+ * linked: a cancel by handle catches it queued and must still wake that
+ * sleeper (found by review: the fire woke only tokens it walked, and a
+ * task caught queued with nothing linked was not walked).
+ */
+struct handed {
+	ctp_token  *tok;
+	sem_t       given, woke;
+	atomic_int  runs, ret;
+	_Atomic pid_t tid;
+};
+
+static int handed_fn(void *arg, ctp_token *token)
+{
+	struct handed *h = arg;
+
+	if (atomic_fetch_add(&h->runs, 1) == 0) {
+		h->tok = token;
+		tu_sem_post(&h->given);
+	}
+	return 0;
+}
+
+static void *handed_sleeper(void *arg)
+{
+	struct handed *h = arg;
+
+	tu_sem_wait(&h->given);
+	atomic_store(&h->tid, (pid_t)syscall(SYS_gettid));
+	atomic_store(&h->ret, ctp_token_sleep(h->tok, CTP_SEC(60)));
+	tu_sem_post(&h->woke);
+	return NULL;
+}
+
+/* True once thread tid is asleep (state S in /proc), within bound. */
+static bool thread_asleep(pid_t tid, int64_t bound)
+{
+	int64_t end = tu_now_ns() + bound;
+	char path[64], buf[256];
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
+	while (tu_now_ns() < end) {
+		FILE *f = fopen(path, "r");
+		char *p = NULL;
+
+		if (f != NULL) {
+			if (fgets(buf, sizeof(buf), f) != NULL)
+				p = strrchr(buf, ')');
+			fclose(f);
+		}
+		if (p != NULL && p[1] == ' ' && p[2] == 'S')
+			return true;
+		sched_yield();
+	}
+	return false;
+}
+
+static void test_sched_periodic_cancel_between_runs_wakes_sleeper(
+    void **state)
+{
+	(void)state;
+	ctp_pool *pool = pool_new(1, 0);
+	struct handed h;
+	ctp_task *t = NULL;
+	pthread_t th;
+
+	memset(&h, 0, sizeof(h));
+	tu_sem_init(&h.given, 0);
+	tu_sem_init(&h.woke, 0);
+	th = tu_spawn(handed_sleeper, &h);
+	assert_int_equal(ctp_pool_submit(pool, handed_fn, &h,
+	                 &(ctp_task_opts){ .period = CTP_SEC(3600) }, &t), 0);
+	assert_true(wait_state(t, CTP_TASK_QUEUED, BOUND)); /* between runs */
+	while (atomic_load(&h.tid) == 0)
+		sched_yield(); /* set right after `given`, which the run posted */
+	assert_true(thread_asleep(atomic_load(&h.tid), BOUND));
+	assert_int_equal(ctp_task_cancel(t), 0);
+	assert_true(sem_wait_for(&h.woke, BOUND)); /* not its 60 s */
+	tu_join(th);
+	assert_int_equal(atomic_load(&h.ret), -ECANCELED);
+	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	ctp_task_release(t);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	assert_int_equal(atomic_load(&h.runs), 1);
+	sem_destroy(&h.given);
+	sem_destroy(&h.woke);
+}
+
 static void test_sched_periodic_stats_queued_between_runs(void **state)
 {
 	(void)state;
@@ -1590,6 +1682,8 @@ int main(void)
 		cmocka_unit_test(test_sched_periodic_timeout_ends_series),
 		cmocka_unit_test(test_sched_periodic_cancel_before_first_run),
 		cmocka_unit_test(test_sched_periodic_children_fire_with_series),
+		cmocka_unit_test(
+		    test_sched_periodic_cancel_between_runs_wakes_sleeper),
 		cmocka_unit_test(test_sched_periodic_stats_queued_between_runs),
 		cmocka_unit_test(test_sched_reschedule_queued_delays_start),
 		cmocka_unit_test(test_sched_reschedule_zero_moves_to_end),
