@@ -1122,7 +1122,7 @@ static void test_sched_periodic_children_fire_with_series(void **state)
  */
 struct handed {
 	ctp_token  *tok;
-	sem_t       given, woke;
+	sem_t       given, ran, woke;
 	atomic_int  runs, ret;
 	_Atomic pid_t tid;
 };
@@ -1134,6 +1134,7 @@ static int handed_fn(void *arg, ctp_token *token)
 	if (atomic_fetch_add(&h->runs, 1) == 0) {
 		h->tok = token;
 		tu_sem_post(&h->given);
+		tu_sem_post(&h->ran); /* RUNNING until after we return */
 	}
 	return 0;
 }
@@ -1177,17 +1178,21 @@ static void test_sched_periodic_cancel_between_runs_wakes_sleeper(
 {
 	(void)state;
 	ctp_pool *pool = pool_new(1, 0);
-	struct handed h;
+	/* static: on a failure below the sleeper may outlive this frame */
+	static struct handed h;
 	ctp_task *t = NULL;
 	pthread_t th;
 
 	memset(&h, 0, sizeof(h));
 	tu_sem_init(&h.given, 0);
+	tu_sem_init(&h.ran, 0);
 	tu_sem_init(&h.woke, 0);
 	th = tu_spawn(handed_sleeper, &h);
 	assert_int_equal(ctp_pool_submit(pool, handed_fn, &h,
 	                 &(ctp_task_opts){ .period = CTP_SEC(3600) }, &t), 0);
-	assert_true(wait_state(t, CTP_TASK_QUEUED, BOUND)); /* between runs */
+	/* QUEUED after its run started: the run is over (between runs) */
+	tu_sem_wait(&h.ran);
+	assert_true(wait_state(t, CTP_TASK_QUEUED, BOUND));
 	while (atomic_load(&h.tid) == 0)
 		sched_yield(); /* set right after `given`, which the run posted */
 	assert_true(thread_asleep(atomic_load(&h.tid), BOUND));
@@ -1200,6 +1205,7 @@ static void test_sched_periodic_cancel_between_runs_wakes_sleeper(
 	assert_int_equal(ctp_pool_destroy(pool), 0);
 	assert_int_equal(atomic_load(&h.runs), 1);
 	sem_destroy(&h.given);
+	sem_destroy(&h.ran);
 	sem_destroy(&h.woke);
 }
 
