@@ -341,17 +341,18 @@ enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2,
 /*
  * A token's rare parts: what only a token with children, watches or an fd
  * uses (a child's own links are in ctp_token: a group of n child tasks
- * needs no ext but its parent's). A standalone token and an isolated task's page token carry
- * theirs inline (ctp__token_init); a task object gets one the first time
- * its token needs it (ctp__token_ext_get: its fn making children, watching
- * it, waiting on it, asking for its fd) and keeps
- * it until the object is freed for good, so steady state allocates nothing
- * and a plain task's object is not made bigger by any of it.
+ * needs no ext but its parent's). A standalone token and an isolated
+ * task's page token carry theirs inline (ctp__token_init); a task object
+ * gets one the first time its token needs it (ctp__token_ext_get: its fn
+ * making children, watching it, waiting on it, asking for its fd) and
+ * keeps it until the object is freed for good, so steady state allocates
+ * nothing and a plain task's object is not made bigger by any of it.
  */
 struct ctp__token_ext {
 	pthread_mutex_t  lock;      /* protects children, watches, fd, fire */
 	uint32_t         gen;       /* a standalone or page token's fork
-	                               generation (a task's is its pool's) */
+	                               generation, set by ctp__token_init (a
+	                               task's is its pool's) */
 	struct ctp__fire *fire;     /* the fire call that fired this token, set
 	                               when it walks it (only tokens that are
 	                               `linked`); lock. A token fires once, so
@@ -591,6 +592,13 @@ static inline struct ctp__task_ext *ctp__tx_or_null(const ctp_task *t)
 	    &((ctp_task *)t)->token.ext, memory_order_acquire);
 }
 
+/* t's ext, attached now if it had none; NULL when out of memory (a task
+ * token's ext is a struct ctp__task_ext: ctp__token_ext_get) */
+static inline struct ctp__task_ext *ctp__tx_get(ctp_task *t)
+{
+	return (struct ctp__task_ext *)ctp__token_ext_get(&t->token);
+}
+
 #define CTP__HEAP_NONE ((size_t)-1)
 
 /* False for a task whose deadline comes no later than its due time: it is
@@ -672,8 +680,8 @@ CTP__HIDDEN void ctp__task_complete_unrun(ctp_task *t, int reason,
 CTP__HIDDEN void ctp__batch_end_retire(struct ctp__batch *b);
 CTP__HIDDEN void ctp__batch_end_complete(struct ctp__batch *b);
 /* A fire call's whole work on its root t, a task it caught queued with no
- * parent and nothing linked: retire and complete in one pass (done runs
- * here). The guard the call raised on t's pool before its CAS serves as
+ * parent and nothing waiting on it (token.c, waited_on): retire and
+ * complete in one pass (done runs here, under no library lock). The guard the call raised on t's pool before its CAS serves as
  * the segment's `finishing` and is lowered here, after done. */
 CTP__HIDDEN void ctp__task_fire_queued(ctp_task *t, int reason);
 /* A worker ran the task: finish it with fn's status. */

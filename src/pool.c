@@ -653,7 +653,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	/* a task submitted without a timeout, delay or period (and not
 	 * isolated) has no ext for its due time yet: attached here, before
 	 * the locks; without it only a task that would be placed fails */
-	x = (struct ctp__task_ext *)ctp__token_ext_get(&t->token);
+	x = ctp__tx_get(t);
 	pool = t->pool;
 	q = &pool->runq;
 	pthread_mutex_lock(&pool->timer.lock);
@@ -1282,8 +1282,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	 * dispatch also watches its token there), and for a deadline the
 	 * timer's fire record (kept with the object too) and a heap slot. */
 	if (deadline || sched || iso != NULL) {
-		if ((x = (struct ctp__task_ext *)ctp__token_ext_get(
-		    &t->token)) == NULL) {
+		if ((x = ctp__tx_get(t)) == NULL) {
 			if (iso != NULL)
 				ctp__iso_task_free(iso);
 			discard(t);

@@ -373,8 +373,7 @@ static bool task_end(void)
 	if (!dirty) {
 		x->fd = -1; /* the process's, not the token's to close */
 		ctp__token_fini(t, false);
-		token_reset(wp.page, efd);
-		x->gen = ctp__gen();
+		token_reset(wp.page, efd); /* this process's gen */
 	}
 	pthread_mutex_unlock(&wp.relay_lock);
 	return dirty;

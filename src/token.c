@@ -7,9 +7,9 @@
  *   fire call's list links: 72 bytes, so a task object stays small); what
  *   only a token with children, watches or an fd uses is in its ext
  *   (internal.h, struct ctp__token_ext: the lock, the children, the watch
- *   list, the fd). A
- *   standalone token and a worker process's page token carry their ext
- *   inline; a task's token gets one the first time it needs it
+ *   list, the fd). A standalone token and a worker process's page token
+ *   carry their ext inline; a task's token gets one the first time it
+ *   needs it
  *   (ctp__token_ext_get: a CAS from NULL, the loser frees its copy) and
  *   keeps it until its object is freed for good, so steady state allocates
  *   nothing. `linked` is set only after the ext is attached, so a firer
@@ -58,12 +58,13 @@
  *     then clear CTP__FIRING on t and drop the walk list's references.
  *   The timer splits the call: it runs 1-2a (ctp__token_fire_begin, no
  *   user code), and its callback thread runs 2b-3 (ctp__token_fire_end).
- *   A leaf (ctp__token_fire on a task it catches queued, with no parent
- *   and nothing linked: a cancel by handle, the shutdown's drop step)
- *   needs none of the lists: task.c retires and completes it in one pass
- *   (ctp__task_fire_queued), under the pool guard taken before the CAS
- *   (callgrind, bench_ctpool cancel --by handle: 751 -> 449 instructions
- *   and 11 -> 9 atomics per cancel).
+ *   A leaf (ctp__token_fire on a task it catches queued, with no parent,
+ *   nothing linked and no sleeper: a cancel by handle, the shutdown's drop
+ *   step) needs none of the lists: task.c retires and completes it in one
+ *   pass (ctp__task_fire_queued), under the pool guard taken before the
+ *   CAS (callgrind, bench_ctpool cancel --by handle: 751 -> 451
+ *   instructions and 11 -> 9 atomics per cancel). A task caught queued
+ *   that is not a leaf that way is walked (waited_on).
  *   What a fire does to a task token (guard its pool, retire, complete,
  *   and free the object when its last reference goes) is task.c's, reached
  *   through the task's pool (pool->up, internal.h "The way up"): this file
@@ -141,6 +142,17 @@ static bool fired(uint32_t state)
 	return (state & CTP__REASON_MASK) != 0;
 }
 
+/* A task caught queued is walked by its fire (woken, its watchers run)
+ * only if something hangs on its token: children, watches or an fd from a
+ * periodic task's earlier runs (`linked`), or a thread sleeping on it (a
+ * run gave the token away). Read after the fire's CAS (seq_cst: the
+ * Dekker pairs with the adders and with ctp_token_sleep), so whatever
+ * comes later sees the token fired by itself. */
+static bool waited_on(ctp_token *t)
+{
+	return atomic_load(&t->linked) != 0 || atomic_load(&t->sleepers) != 0;
+}
+
 /* A remote token's word is shared with another process (internal.h). */
 static int token_futex_wait(ctp_token *t, uint32_t v,
                             const struct timespec *abs)
@@ -203,8 +215,10 @@ static void ext_init(struct ctp__token_ext *x)
 void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state,
                      struct ctp__token_ext *ext)
 {
-	if (ext != NULL)
+	if (ext != NULL) {
 		ext_init(ext);
+		ext->gen = ctp__gen(); /* a task's is its pool's */
+	}
 	atomic_init(&t->ext, ext);
 	ctp__token_reset(t, kind, state);
 }
@@ -220,8 +234,6 @@ void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state)
 	atomic_init(&t->refs, 1);
 	atomic_init(&t->linked, 0);
 	t->kind = kind;
-	if (x != NULL)
-		x->gen = ctp__gen(); /* a task's is its pool's */
 	t->parent = NULL;
 	t->sib_prev = t->sib_next = NULL;
 	t->fire_next = t->caught_next = t->wait_next = NULL;
@@ -676,12 +688,8 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 			append_caught(c, caught);
 			((ctp_task *)c)->pool->up->task_retire((ctp_task *)c,
 			    f->reason, b);
-			/* a periodic task between runs may have children,
-			 * watches or an fd from its runs, or a sleeper its
-			 * token was given to: walk it too */
-			if ((atomic_load(&c->linked) != 0 ||
-			    atomic_load(&c->sleepers) != 0) &&
-			    ctp__token_tryref(c))
+			/* a periodic task between runs: walk it too */
+			if (waited_on(c) && ctp__token_tryref(c))
 				append(c, walk);
 		} else if (won && ctp__token_tryref(c)) {
 			append(c, walk);
@@ -779,15 +787,12 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	f->reason = reason;
 	if (phase == CTP__PHASE_QUEUED) {
 		/* a queued task: nothing below it, nothing waits on it,
-		 * unless it is a periodic task between runs (its runs may
-		 * have left children, watches or an fd): walk it too */
+		 * unless it is a periodic task between runs (waited_on):
+		 * walk it too */
 		append_caught(t, &caught);
 		((ctp_task *)t)->pool->up->task_retire((ctp_task *)t,
 		    reason, &batch);
-		/* or a periodic task's earlier run gave its token to a
-		 * thread that sleeps on it: the wake phase wakes it */
-		if (atomic_load(&t->linked) != 0 ||
-		    atomic_load(&t->sleepers) != 0)
+		if (waited_on(t))
 			append(t, &walk);
 	} else {
 		append(t, &walk);
@@ -903,18 +908,15 @@ int ctp__token_fire(ctp_token *t, int reason)
 
 	if (!fire_start(t, reason, &guard, &phase))
 		return -EALREADY;
-	/* A leaf: a task caught queued with no parent, nothing linked and
-	 * no sleeper (a cancel by handle, the shutdown's drop step).
+	/* A leaf: a task caught queued with no parent and nothing waiting
+	 * on it (waited_on; a cancel by handle, the shutdown's drop step).
 	 * Nothing is below it, nothing waits on it but ctp_task_wait,
 	 * nobody can wait for this call (no CTP__FIRING): task.c retires
 	 * and completes it in one pass, under the guard taken before the
-	 * CAS. `linked` and `sleepers` are read after the CAS (seq_cst, the
-	 * Dekker pairs of "Two parts" and ctp_token_sleep): a watch, child
-	 * or sleeper that comes later sees the token fired by itself.
-	 * The call is on this thread's fire list while done runs, as in
-	 * ctp__token_fire_end. */
-	if (phase == CTP__PHASE_QUEUED && atomic_load(&t->linked) == 0 &&
-	    atomic_load(&t->sleepers) == 0 && t->parent == NULL) {
+	 * CAS. The call is on this thread's fire list while done runs, as
+	 * in ctp__token_fire_end. */
+	if (phase == CTP__PHASE_QUEUED && t->parent == NULL &&
+	    !waited_on(t)) {
 		f.root = t;
 		f.list = f.caught = f.waits = NULL;
 		f.reason = reason;

@@ -474,6 +474,43 @@ static void tree2_build(ctp_pool *pool, struct parked *p, struct tree2 *t,
 	                 (ctp_task_opts){ .parent = *root }, NULL), 0);
 }
 
+/* The race of the "A waits for B" cases: B fires b_token (or cancels
+ * b_task) and is held inside the first done; A cancels root, and has
+ * NOT_YET to return before the gate opens; then both are joined, the
+ * parked worker goes on, and the pool is waited for and destroyed. */
+struct race2 {
+	bool      b_in, a_early, a_back, b_back;
+	int       ir, dr;
+	ctp_stats s;
+};
+
+static struct race2 tree2_race(ctp_pool *pool, struct parked *p,
+                               struct tree2 *t, struct canceller *b,
+                               ctp_token *b_token, ctp_task *b_task,
+                               struct canceller *a, ctp_token *root)
+{
+	struct race2 o;
+	pthread_t bt = canceller_start(b, b_token, b_task), at;
+
+	o.b_in = sem_wait_for(&t->in_done, BOUND);
+	a->after = tree2_snapshot;
+	a->after_arg = t;
+	at = canceller_start(a, root, NULL);
+	o.a_early = sem_wait_for(&a->returned, NOT_YET);
+	tu_sem_post(&t->gate);
+	o.a_back = o.a_early || sem_wait_for(&a->returned, BOUND);
+	o.b_back = sem_wait_for(&b->returned, BOUND);
+	if (o.a_back)
+		tu_join(at);
+	if (o.b_back)
+		tu_join(bt);
+	unpark(p, 1);
+	o.ir = ctp_pool_wait_idle(pool, BOUND);
+	o.s = stats_of(pool);
+	o.dr = ctp_pool_destroy(pool);
+	return o;
+}
+
 /*
  * B cancels sub and is held inside the done of one of sub's queued tasks.
  * A's cancel of root must not return before the other task of sub has had
@@ -495,37 +532,21 @@ static void test_regress_2_root_cancel_waits_for_sub_firer(void **state)
 	tree2_init(&t, &x3);
 	tree2_build(pool, &p, &t, &x3, &root, &sub);
 
-	pthread_t bt = canceller_start(&b, sub, NULL);
-	bool b_in = sem_wait_for(&t.in_done, BOUND);
-	a.after = tree2_snapshot;
-	a.after_arg = &t;
-	pthread_t at = canceller_start(&a, root, NULL);
-	bool a_early = sem_wait_for(&a.returned, NOT_YET);
-	tu_sem_post(&t.gate);
-	bool a_back = a_early || sem_wait_for(&a.returned, BOUND);
-	bool b_back = sem_wait_for(&b.returned, BOUND);
-	if (a_back)
-		tu_join(at);
-	if (b_back)
-		tu_join(bt);
-	unpark(&p, 1);
-	int ir = ctp_pool_wait_idle(pool, BOUND);
-	ctp_stats s = stats_of(pool);
-	int dr = ctp_pool_destroy(pool);
+	struct race2 o = tree2_race(pool, &p, &t, &b, sub, NULL, &a, root);
 	ctp_token_release(sub);
 	ctp_token_release(root);
 
-	assert_int_equal(ir, 0);
-	assert_int_equal(dr, 0);
-	assert_true(b_in);
-	assert_true(a_back);
-	assert_true(b_back);
+	assert_int_equal(o.ir, 0);
+	assert_int_equal(o.dr, 0);
+	assert_true(o.b_in);
+	assert_true(o.a_back);
+	assert_true(o.b_back);
 	assert_int_equal(a.ret, 0);     /* A fired root */
 	assert_int_equal(b.ret, 0);     /* B fired sub */
 	/* when A returned, every queued task of root's tree had its done */
 	assert_int_equal(t.a_x3_calls, 1);
 	assert_int_equal(t.a_calls, 2);
-	assert_false(a_early);
+	assert_false(o.a_early);
 	assert_int_equal(t.calls, 2);
 	assert_int_equal(t.ran, 0);
 	assert_int_equal(t.bad_status, 0);
@@ -533,8 +554,8 @@ static void test_regress_2_root_cancel_waits_for_sub_firer(void **state)
 	assert_int_equal(x3.ran, 0);
 	assert_int_equal(x3.calls, 1);
 	assert_int_equal(x3.status, -ECANCELED);
-	assert_int_equal(s.cancelled, 3);
-	assert_identity(&s);
+	assert_int_equal(o.s.cancelled, 3);
+	assert_identity(&o.s);
 	sem_destroy(&a.returned);
 	sem_destroy(&b.returned);
 	tree2_fini(&t);
@@ -561,7 +582,7 @@ static void test_regress_2_root_cancel_waits_for_child_task_firer(
 	struct canceller b = { 0 }, a = { 0 };
 	ctp_token *root = NULL;
 	ctp_task *x1 = NULL;
-	ctp_task_opts o = { .done = tree2_done };
+	ctp_task_opts opts = { .done = tree2_done };
 
 	parked_init(&p, 0);
 	rec_init(&x3, 0);
@@ -569,39 +590,23 @@ static void test_regress_2_root_cancel_waits_for_child_task_firer(
 	assert_int_equal(submit(pool, parked_fn, &p, NO_OPTS, NULL), 0);
 	tu_sem_wait(&p.started);
 	assert_int_equal(ctp_token_create(&root, NULL), 0);
-	o.parent = root;
-	assert_int_equal(ctp_pool_submit(pool, tree2_fn, &t, &o, &x1), 0);
+	opts.parent = root;
+	assert_int_equal(ctp_pool_submit(pool, tree2_fn, &t, &opts, &x1), 0);
 	assert_int_equal(submit_rec(pool, &x3,
 	                 (ctp_task_opts){ .parent = root }, NULL), 0);
 
-	pthread_t bt = canceller_start(&b, NULL, x1);
-	bool b_in = sem_wait_for(&t.in_done, BOUND);
-	a.after = tree2_snapshot;
-	a.after_arg = &t;
-	pthread_t at = canceller_start(&a, root, NULL);
-	bool a_early = sem_wait_for(&a.returned, NOT_YET);
-	tu_sem_post(&t.gate);
-	bool a_back = a_early || sem_wait_for(&a.returned, BOUND);
-	bool b_back = sem_wait_for(&b.returned, BOUND);
-	if (a_back)
-		tu_join(at);
-	if (b_back)
-		tu_join(bt);
-	unpark(&p, 1);
-	int ir = ctp_pool_wait_idle(pool, BOUND);
-	ctp_stats s = stats_of(pool);
-	int dr = ctp_pool_destroy(pool);
+	struct race2 o = tree2_race(pool, &p, &t, &b, NULL, x1, &a, root);
 	ctp_task_release(x1);
 	ctp_token_release(root);
 
-	assert_int_equal(ir, 0);
-	assert_int_equal(dr, 0);
-	assert_true(b_in);
-	assert_true(a_back);
-	assert_true(b_back);
+	assert_int_equal(o.ir, 0);
+	assert_int_equal(o.dr, 0);
+	assert_true(o.b_in);
+	assert_true(o.a_back);
+	assert_true(o.b_back);
 	assert_int_equal(b.ret, 0);     /* B caught x1 queued */
 	assert_int_equal(a.ret, 0);     /* A fired root */
-	assert_false(a_early);          /* A waited for B's fire of x1 */
+	assert_false(o.a_early);          /* A waited for B's fire of x1 */
 	assert_int_equal(t.a_calls, 1);
 	assert_int_equal(t.a_x3_calls, 1);
 	assert_int_equal(t.calls, 1);
@@ -611,8 +616,8 @@ static void test_regress_2_root_cancel_waits_for_child_task_firer(
 	assert_int_equal(x3.ran, 0);
 	assert_int_equal(x3.calls, 1);
 	assert_int_equal(x3.status, -ECANCELED);
-	assert_int_equal(s.cancelled, 2);
-	assert_identity(&s);
+	assert_int_equal(o.s.cancelled, 2);
+	assert_identity(&o.s);
 	sem_destroy(&a.returned);
 	sem_destroy(&b.returned);
 	tree2_fini(&t);

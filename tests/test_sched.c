@@ -1150,23 +1150,15 @@ static void *handed_sleeper(void *arg)
 	return NULL;
 }
 
-/* True once thread tid is asleep (state S in /proc), within bound. */
+/* True once thread tid is asleep (state S), within bound. This polls the
+ * kernel (tu_thread_info); it orders nothing. */
 static bool thread_asleep(pid_t tid, int64_t bound)
 {
 	int64_t end = tu_now_ns() + bound;
-	char path[64], buf[256];
+	char st = '?';
 
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
 	while (tu_now_ns() < end) {
-		FILE *f = fopen(path, "r");
-		char *p = NULL;
-
-		if (f != NULL) {
-			if (fgets(buf, sizeof(buf), f) != NULL)
-				p = strrchr(buf, ')');
-			fclose(f);
-		}
-		if (p != NULL && p[1] == ' ' && p[2] == 'S')
+		if (tu_thread_info(tid, NULL, &st) && st == 'S')
 			return true;
 		sched_yield();
 	}
