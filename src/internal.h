@@ -375,7 +375,19 @@ struct ctp_token {
 	                               an fd: firing must then take ext->lock
 	                               (ext is attached before it is set) */
 	uint8_t          kind;      /* immutable */
-	ctp_token       *parent;    /* immutable while referenced; holds a ref */
+	uint8_t          unlisted;  /* 1: the firer of its parent caught it
+	                               queued and took it out of the parent's
+	                               children, with its reference on the
+	                               parent (token.c, mark_children); its
+	                               death then does neither. Written under
+	                               the parent's lock before that firer drops
+	                               the task's references; read only at the
+	                               death, which the last drop (acq_rel on
+	                               refs) orders after it */
+	ctp_token       *parent;    /* immutable while referenced; holds a ref
+	                               until `unlisted` (then only compared
+	                               with NULL, never followed: it may
+	                               dangle) */
 	ctp_token       *sib_next;  /* in parent's ext->children: protected */
 	ctp_token       *sib_prev;  /*   by the parent's lock, not by ours */
 	ctp_token       *fire_next; /* list of one fire call; written only by

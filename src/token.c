@@ -117,6 +117,15 @@
  *   parent and sits in the parent's `children` list (protected by the
  *   parent's lock) until its own last reference goes; then it unlinks itself
  *   under the parent's lock, so a child seen under that lock is valid memory.
+ *   One exception: a task the parent's firer catches queued is taken out of
+ *   the list by that firer, under the same lock, in its mark (unlist), and
+ *   its reference on the parent goes with it (one drop per parent, after
+ *   the lock): its death then takes no lock of the parent's. Nothing walks a
+ *   fired parent's children again, and the task's `parent` is never followed
+ *   after (`unlisted`). A group cancel of queued tasks so costs no lock and
+ *   no atomic per task beyond its CAS and its last reference (callgrind,
+ *   bench_ctpool cancel --by group: 340 -> 295 instructions and 5.1 -> 2.1
+ *   atomics per task).
  *   Marking takes a reference on each child it fires with "increment if not
  *   zero": a child already being freed has no task, sleeper or watch left.
  *   ctp__token_put frees up a chain in a loop: the freed child's reference
@@ -234,6 +243,7 @@ void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state)
 	atomic_init(&t->refs, 1);
 	atomic_init(&t->linked, 0);
 	t->kind = kind;
+	t->unlisted = 0;
 	t->parent = NULL;
 	t->sib_prev = t->sib_next = NULL;
 	t->fire_next = t->caught_next = t->wait_next = NULL;
@@ -316,13 +326,18 @@ bool ctp__token_tryref(ctp_token *t)
 
 /* Takes a dying child out of its parent's children, under the parent's
  * lock, and returns the parent: the child's reference on it is now the
- * caller's to drop. */
+ * caller's to drop. A child its parent's firer unlisted is out already,
+ * and that firer dropped the reference (mark_children): NULL. */
 static ctp_token *detach(ctp_token *child)
 {
 	ctp_token *p = child->parent;
 
 	if (p == NULL)
 		return NULL;
+	if (child->unlisted) {
+		child->parent = NULL; /* the dying child is ours alone */
+		return NULL;
+	}
 	lock(p);
 	if (child->sib_prev != NULL)
 		child->sib_prev->sib_next = child->sib_next;
@@ -652,6 +667,25 @@ static void append_caught(ctp_token *t, ctp_token ***tail)
 	*tail = &t->caught_next;
 }
 
+/* Under t's lock: takes a task t's firer caught queued out of t's
+ * children, with its reference on t (which the firer drops), so its
+ * death takes no lock of t's and drops nothing on t (detach): a group
+ * cancel costs no lock per task. Only the firer of t walks t's children
+ * (a token fires once; a finished task is walked through by its parent's
+ * firer only), and nothing follows the child's `parent` any more. */
+static void unlist(ctp_token *t, ctp_token *c)
+{
+	CTP__ASSERT_HELD(&X(t)->lock);
+	if (c->sib_prev != NULL)
+		c->sib_prev->sib_next = c->sib_next;
+	else
+		X(t)->children = c->sib_next;
+	if (c->sib_next != NULL)
+		c->sib_next->sib_prev = c->sib_prev;
+	c->sib_prev = c->sib_next = NULL;
+	c->unlisted = 1;
+}
+
 /* Phase 1 for one token t of f's walk list (t has fired, or is a finished
  * task walked through): under t's lock (the only lock held), fires each
  * child. A task caught queued goes to f's caught list on the pool's
@@ -668,23 +702,26 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
                           ctp_token ***walk, ctp_token ***caught,
                           struct ctp__batch *b, struct ctp__guards *g)
 {
-	ctp_token *c;
-	uint32_t phase;
+	ctp_token *c, *next;
+	uint32_t phase, unlisted = 0;
 
 	if (atomic_load(&t->linked) == 0) /* seq_cst: Dekker with link */
 		return;
 	lock(t);
 	X(t)->fire = f;
-	for (c = X(t)->children; c != NULL; c = c->sib_next) {
+	for (c = X(t)->children; c != NULL; c = next) {
 		uint32_t s;
 		bool one = false; /* a guard for c alone (task.c) */
 		bool won;
 
+		next = c->sib_next;
 		if (c->kind == CTP__TOKEN_TASK)
 			one = ((ctp_task *)c)->pool->up->task_guard(g,
 			    (ctp_task *)c);
 		won = fire_cas(c, f->reason, 0, &phase);
 		if (won && phase == CTP__PHASE_QUEUED) {
+			unlist(t, c);
+			unlisted++;
 			append_caught(c, caught);
 			((ctp_task *)c)->pool->up->task_retire((ctp_task *)c,
 			    f->reason, b);
@@ -714,6 +751,10 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 		}
 	}
 	unlock(t);
+	/* the unlisted children's references on t: this call holds its own
+	 * (the caller's or the walk list's), so t stays */
+	if (unlisted != 0)
+		ctp__token_put_n(t, unlisted);
 }
 
 /* Phase 2a: wakes whatever waits on t inside the library: sleepers, the

@@ -46,7 +46,11 @@
  *   Not modelled: a token's ext (its lock, children and watches, attached
  *   by a CAS the first time a task's token needs them): it is attached
  *   before `linked` is set, by the same thread, so it adds no ordering the
- *   model's `linked` and lock steps do not already have.
+ *   model's `linked` and lock steps do not already have. Nor lifetimes: a
+ *   child unlinks itself at its death, or (a task caught queued) its
+ *   parent's firer takes it out of the list under the parent's lock
+ *   (token.c, unlist); either way no fire call walks a fired parent's
+ *   children again, so `inlist` here keeps its meaning, "in the tree".
  *
  * Properties:
  *   - at the return of a fire that won its CAS, every task of its tree is
