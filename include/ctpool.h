@@ -552,12 +552,11 @@ CTP_EXPORT int ctp_queue_create(ctp_queue **queue, size_t capacity);
 /* Appends item, waiting up to timeout for room. Returns 0; -EAGAIN when
  * timeout is 0 and the queue is full; -ETIMEDOUT when the wait ran out (never
  * early); the token's reason as soon as token (may be NULL) fires, also when
- * it had fired before the call; -ESHUTDOWN once the queue is closed; -EINVAL;
- * -ENOMEM only when token is a task's token waited on for the first time and
- * the few bytes its wake needs cannot be had (a task object gets them at
- * submit when it has a timeout, delay or period or is isolated, else when
- * its token is first waited on, watched, given children or an fd).
- * A fired token wins over a free slot and over a closed queue. */
+ * it had fired before the call; -ESHUTDOWN once the queue is closed; -EINVAL.
+ * A fired token wins over a free slot and over a closed queue. (The few bytes
+ * the token's wake needs are allocated the first time a task's token is
+ * waited on; if they cannot be had, the wait looks at the token every
+ * millisecond instead, so it still ends within about 1 ms of the fire.) */
 CTP_EXPORT int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
                               int64_t timeout);
 
@@ -566,8 +565,8 @@ CTP_EXPORT int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
  * reason as soon as it fires; -ESHUTDOWN once the queue is closed and empty
  * (also with timeout 0: on a closed queue it waits out a push or pop that is
  * under way on another thread, so it never says -EAGAIN there); -ECHILD;
- * -EINVAL; -ENOMEM as for ctp_queue_push. A fired token wins over an
- * available item. */
+ * -EINVAL. A fired token wins over an available item (and waits as for
+ * ctp_queue_push). */
 CTP_EXPORT int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
                              int64_t timeout);
 

@@ -291,9 +291,9 @@ CTP__HIDDEN void ctp__queue_unreserve(struct ctp_queue *q);
 CTP__HIDDEN void ctp__queue_unreserve_n(struct ctp_queue *q, size_t n);
 
 /* Waits until the event count moves away from snap, token fires, or abs
- * passes. Returns 0 (moved, or a spurious wake: re-check), -ETIMEDOUT, the
- * token's reason, or -ENOMEM (a task's token's first wait could not get its
- * ext). token and abs may be NULL. */
+ * passes. Returns 0 (moved, or a spurious wake: re-check), -ETIMEDOUT or the
+ * token's reason (within about 1 ms of the fire when a task's token's first
+ * wait could not get its ext: queue.c). token and abs may be NULL. */
 CTP__HIDDEN int  ctp__ec_wait(ck_ec32_t *ec, uint32_t snap, ctp_token *token,
                               const struct timespec *abs);
 CTP__HIDDEN uint32_t ctp__ec_value(const ck_ec32_t *ec);

@@ -29,7 +29,11 @@
  *   - A token-aware wait registers an internal watch (on the waiter's stack)
  *     whose function bumps the event count being waited on; the predicate
  *     then sees the fired token. Registration happens only on the slow path,
- *     just before sleeping.
+ *     just before sleeping. The watch list is in the token's ext, which a
+ *     task's token gets the first time it needs it (token.c): when that
+ *     allocation fails the wait registers nothing and its predicate caps
+ *     every sleep at 1 ms (POLL_NS) instead, so it sees the fire within
+ *     about a millisecond. No wait answers -ENOMEM (API.md lists none).
  *   - Closing is a bit in the same word as the count (CTP__QUEUE_CLOSED),
  *     set with fetch_or: an admission is a CAS from a value without the
  *     bit, so none can succeed once the bit is set. (With `closed` apart, a
@@ -99,7 +103,11 @@ void ctp__queue_fini(struct ctp_queue *q)
 struct wait_ctx {
 	ctp_token             *token;
 	const struct timespec *abs;
+	bool                   poll;  /* no watch: look at the token each ms */
 };
+
+/* How often a wait that could not register its watch looks at its token. */
+#define POLL_NS 1000000L
 
 #define WAIT_TOKEN 1 /* predicate result: the token fired */
 
@@ -116,6 +124,17 @@ static int wait_pred(const struct ck_ec_wait_state *st, struct timespec *iter)
 
 	if (c->token != NULL && ctp_token_cancelled(c->token))
 		return WAIT_TOKEN;
+	if (c->poll) {
+		struct timespec next = st->now;
+
+		next.tv_nsec += POLL_NS;
+		if (next.tv_nsec >= 1000000000L) {
+			next.tv_sec++;
+			next.tv_nsec -= 1000000000L;
+		}
+		if (ts_after(iter, &next))
+			*iter = next;
+	}
 	if (c->abs != NULL && ts_after(iter, c->abs))
 		*iter = *c->abs; /* the clamp: never sleep past our deadline */
 	return 0;
@@ -133,13 +152,17 @@ int ctp__ec_wait(ck_ec32_t *ec, uint32_t snap, ctp_token *token,
 	struct ctp_watch w;
 	int r;
 
-	/* a task's token gets its ext the first time it is waited on */
+	/* A task's token gets its ext (where the watch list is) the first
+	 * time it is waited on. Without memory for it the wait cannot be
+	 * woken by the fire, so it looks at the token every POLL_NS instead:
+	 * a wait never fails for memory, it only sees a fire later. */
 	if (token != NULL && ctp__token_ext_get(token) == NULL)
-		return -ENOMEM;
-	if (token != NULL && !ctp__token_watch_internal(token, &w, wake_ec, ec))
+		c.poll = true;
+	if (token != NULL && !c.poll &&
+	    !ctp__token_watch_internal(token, &w, wake_ec, ec))
 		return ctp_token_reason(token);
 	r = ck_ec32_wait_pred(ec, &ctp__ec_mode, snap, wait_pred, &c, abs);
-	if (token != NULL)
+	if (token != NULL && !c.poll)
 		ctp__token_unwatch_internal(&w);
 	if (r == WAIT_TOKEN)
 		return ctp_token_reason(token);

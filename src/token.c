@@ -15,8 +15,9 @@
  *   nothing. `linked` is set only after the ext is attached, so a firer
  *   that reads `linked` set finds the ext; everything else reads it only
  *   where it must exist (a parent, a watched token). Attaching is the one
- *   thing here that can fail: link, watch, fd and a wait on a task's token
- *   (queue.c) answer -ENOMEM then, before anything changed.
+ *   thing here that can fail: link, watch and fd answer -ENOMEM then,
+ *   before anything changed; a wait on a task's token (queue.c) waits
+ *   without a watch instead, looking at the token every millisecond.
  *
  *   State. One 32-bit word, `state` (internal.h): the reason in the low byte
  *   (0 = not fired) and, for a task's token, the task's phase. A token fires

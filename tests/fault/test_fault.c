@@ -735,8 +735,10 @@ static int in_task_fn(void *arg, ctp_token *token)
 	tu_sem_wait(&it->go);
 	before = fault_mark();
 	it->r_pop = ctp_queue_pop(it->queue, &item, token, CTP_USEC(1));
-	it->e_pop = fault_mark() != before ? expected_since(before) :
-	    -ETIMEDOUT;
+	/* a wait never fails for memory: without its watch it polls the
+	 * token (test_fault_pop_without_memory_polls_its_token) */
+	it->e_pop = -ETIMEDOUT;
+	(void)before;
 	before = fault_mark();
 	it->r_submit = ctp_pool_submit(pool, quick_fn, &slots[0], &o, NULL);
 	it->e_submit = fault_mark() != before ? expected_submit() : 0;
@@ -816,6 +818,105 @@ static void test_fault_in_task(void **state)
 	sweep("in task: queue_pop(task token) + submit(parent=task) + "
 	    "token_create + token_watch",
 	    run_in_task, NULL);
+}
+
+/*
+ * A wait on a task's token whose watch cannot be had (the token's ext, the
+ * first allocation of the pop, fails) is still ended by a cancel: it polls
+ * the token every millisecond. The test sees the polling itself, not a
+ * time: the thread's voluntary context switches go up by POLLS while the
+ * queue stays empty and the token unfired (ck_ec's own backoff, 2 ms then
+ * x8, would take minutes for that many), then the cancel ends the pop
+ * with the token's reason.
+ */
+#define POLLS 20
+
+struct poller {
+	ctp_queue  *queue;
+	sem_t       ready, go;
+	_Atomic int tid;
+	atomic_bool popping;
+	_Atomic int r_pop;
+};
+
+static int poller_fn(void *arg, ctp_token *token)
+{
+	struct poller *p = arg;
+	void *item;
+
+	atomic_store(&p->tid, (int)gettid());
+	tu_sem_post(&p->ready);
+	tu_sem_wait(&p->go);
+	atomic_store(&p->popping, true);
+	int r = ctp_queue_pop(p->queue, &item, token, CTP_FOREVER);
+
+	atomic_store(&p->r_pop, r);
+	return r;
+}
+
+/* The thread's voluntary context switches (each sleep that ended), or -1. */
+static long vcsw(int tid)
+{
+	char path[64], buf[4096], *at;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/status", tid);
+	if ((f = fopen(path, "r")) == NULL)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	at = strstr(buf, "\nvoluntary_ctxt_switches:");
+	return at != NULL ? strtol(at + 26, NULL, 10) : -1;
+}
+
+static void test_fault_pop_without_memory_polls_its_token(void **state)
+{
+	struct poller p = { .r_pop = 1 };
+	struct fault_res f;
+	ctp_pool *pool = make_pool(1);
+	ctp_task *t;
+	int64_t end = tu_now_ns() + CTP_SEC(30);
+	long first = -1, now = -1;
+	char st = '?';
+	int status = 1;
+
+	(void)state;
+	tu_sem_init(&p.ready, 0);
+	tu_sem_init(&p.go, 0);
+	assert_int_equal(ctp_queue_create(&p.queue, 1), 0);
+	/* a new pool's first task object: its token has no ext yet */
+	assert_int_equal(ctp_pool_submit(pool, poller_fn, &p, NULL, &t), 0);
+	tu_sem_wait(&p.ready);
+	/* fopen below allocates: the file is read only after the pop's one
+	 * allocation failed (f_injected), before it is disarmed */
+	fault_arm(1, false);
+	tu_sem_post(&p.go);
+	while (atomic_load(&p.popping) == false || fault_mark() == 0 ||
+	    !tu_thread_info(atomic_load(&p.tid), NULL, &st) || st != 'S') {
+		assert_true(tu_now_ns() < end);
+		sched_yield();
+	}
+	f = fault_disarm();
+	assert_int_equal(f.injected, 1);
+	first = vcsw(atomic_load(&p.tid));
+	assert_true(first >= 0);
+	do {
+		assert_true(tu_now_ns() < end); /* it does not poll */
+		usleep(1000);
+		now = vcsw(atomic_load(&p.tid));
+	} while (now - first < POLLS);
+	assert_int_equal(atomic_load(&p.r_pop), 1); /* still in the pop */
+	assert_int_equal(ctp_task_cancel(t), -EINPROGRESS);
+	assert_int_equal(ctp_task_wait(t, CTP_SEC(30), &status), 0);
+	assert_int_equal(status, -ECANCELED);
+	assert_int_equal(atomic_load(&p.r_pop), -ECANCELED);
+	ctp_task_release(t);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	ctp_queue_destroy(p.queue);
+	sem_destroy(&p.ready);
+	sem_destroy(&p.go);
 }
 
 /* ---- calls that must not allocate --------------------------------------- */
@@ -1079,6 +1180,7 @@ int main(void)
 		cmocka_unit_test(test_fault_token_watch),
 		cmocka_unit_test(test_fault_queue_create),
 		cmocka_unit_test(test_fault_in_task),
+		cmocka_unit_test(test_fault_pop_without_memory_polls_its_token),
 		cmocka_unit_test(test_fault_no_alloc_paths),
 		cmocka_unit_test(test_fault_token_fd_emfile),
 		cmocka_unit_test(test_fault_nproc),
