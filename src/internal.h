@@ -517,7 +517,8 @@ struct ctp_task {
 		                        freed */
 	};
 	union {
-		ctp_task *qprev;     /* runq.lock */
+		ctp_task *qprev;     /* runq.lock; stale in a list's first
+		                        task (pool.c, q_unhook) */
 		ctp_task *free_batch; /* a batch's first object: the next batch
 		                        in pool->freed or pool->spare */
 	};

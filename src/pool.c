@@ -346,7 +346,7 @@ static void q_link(struct ctp__runq *q, ctp_task *t)
 	CTP__ASSERT_HELD(&q->lock);
 	t->qstate = CTP__Q_LINKED;
 	t->qnext = NULL;
-	t->qprev = q->tail[p];
+	t->qprev = q->tail[p]; /* stale once t is first (q_unhook) */
 	if (q->tail[p] != NULL)
 		q->tail[p]->qnext = t;
 	else
@@ -364,21 +364,26 @@ static void q_linked_closed(struct ctp__runq *q, struct after *a)
 }
 
 /* lock held: takes t out of its list, keeping its slot (the state is the
- * caller's to set) */
+ * caller's to set). A list's first task has a stale qprev (the task before
+ * it, long gone): taking the first task, what a worker does for every
+ * task, writes nothing into the next one, whose line then goes from its
+ * submitter to the worker that takes it, not through this one. */
 static void q_unhook(struct ctp__runq *q, ctp_task *t)
 {
 	unsigned p = t->prio;
+	bool first = atomic_load_explicit(&q->head[p],
+	    memory_order_relaxed) == t;
 
 	CTP__ASSERT_HELD(&q->lock);
-	if (t->qprev != NULL)
-		t->qprev->qnext = t->qnext;
-	else
+	if (first)
 		atomic_store_explicit(&q->head[p], t->qnext,
 		    memory_order_relaxed);
-	if (t->qnext != NULL)
-		t->qnext->qprev = t->qprev;
 	else
-		q->tail[p] = t->qprev;
+		t->qprev->qnext = t->qnext;
+	if (t->qnext == NULL)
+		q->tail[p] = first ? NULL : t->qprev;
+	else if (!first)
+		t->qnext->qprev = t->qprev;
 	q->linked--;
 }
 
