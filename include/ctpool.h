@@ -565,8 +565,9 @@ CTP_EXPORT int ctp_queue_push(ctp_queue *queue, void *item, ctp_token *token,
  * reason as soon as it fires; -ESHUTDOWN once the queue is closed and empty
  * (also with timeout 0: on a closed queue it waits out a push or pop that is
  * under way on another thread, so it never says -EAGAIN there); -ECHILD;
- * -EINVAL. A fired token wins over an available item (and waits as for
- * ctp_queue_push). */
+ * -EINVAL. A fired token wins over an available item. (A task's token
+ * whose first wait cannot get its few bytes is looked at every millisecond,
+ * as in ctp_queue_push.) */
 CTP_EXPORT int ctp_queue_pop(ctp_queue *queue, void **item, ctp_token *token,
                              int64_t timeout);
 

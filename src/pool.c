@@ -3,8 +3,9 @@
  *
  * Design notes
  *   Queue (struct ctp__runq). One lock, runq.lock, over three FIFOs of
- *   the queued tasks, one per priority (intrusive: task->qnext/qprev; a
- *   worker pops the first task of the highest non-empty one), the
+ *   the queued tasks, one per priority (intrusive: task->qnext/qprev, the
+ *   first task's qprev stale, so a pop writes nothing into the next task;
+ *   a worker pops the first task of the highest non-empty one), the
  *   admission count (<= capacity: the "queued" figure, less the `held`
  *   ones), `closed`, the idle workers and each worker's `current`. Each
  *   task's qstate says where it is:

@@ -33,7 +33,9 @@
  *     task's token gets the first time it needs it (token.c): when that
  *     allocation fails the wait registers nothing and its predicate caps
  *     every sleep at 1 ms (POLL_NS) instead, so it sees the fire within
- *     about a millisecond. No wait answers -ENOMEM (API.md lists none).
+ *     about a millisecond; after a second of that (RETRY_NS) it returns
+ *     as a spurious wake, and its caller's next wait tries the allocation
+ *     again. No wait answers -ENOMEM (API.md lists none).
  *   - Closing is a bit in the same word as the count (CTP__QUEUE_CLOSED),
  *     set with fetch_or: an admission is a CAS from a value without the
  *     bit, so none can succeed once the bit is set. (With `closed` apart, a
@@ -106,10 +108,16 @@ struct wait_ctx {
 	bool                   poll;  /* no watch: look at the token each ms */
 };
 
-/* How often a wait that could not register its watch looks at its token. */
-#define POLL_NS 1000000L
+/* How often a wait that could not register its watch looks at its token,
+ * and how long it polls before its caller waits again (and so tries the
+ * allocation again). */
+#define POLL_NS  1000000L
+#define RETRY_NS 1000000000L
 
 #define WAIT_TOKEN 1 /* predicate result: the token fired */
+#define WAIT_AGAIN 2 /* predicate result: a polling wait gives its caller a
+                        spurious wake, so its next wait tries the watch's
+                        allocation again */
 
 static bool ts_after(const struct timespec *a, const struct timespec *b)
 {
@@ -126,6 +134,10 @@ static int wait_pred(const struct ck_ec_wait_state *st, struct timespec *iter)
 		return WAIT_TOKEN;
 	if (c->poll) {
 		struct timespec next = st->now;
+
+		if ((st->now.tv_sec - st->start.tv_sec) * 1000000000L +
+		    (st->now.tv_nsec - st->start.tv_nsec) >= RETRY_NS)
+			return WAIT_AGAIN;
 
 		next.tv_nsec += POLL_NS;
 		if (next.tv_nsec >= 1000000000L) {
@@ -164,7 +176,11 @@ int ctp__ec_wait(ck_ec32_t *ec, uint32_t snap, ctp_token *token,
 	r = ck_ec32_wait_pred(ec, &ctp__ec_mode, snap, wait_pred, &c, abs);
 	if (token != NULL && !c.poll)
 		ctp__token_unwatch_internal(&w);
-	if (r == WAIT_TOKEN)
+	/* a fire wins over our deadline: ck_ec looks at the deadline before
+	 * the predicate, so a fire just before it (within a poll's
+	 * millisecond, or the watch's wake-up) ends here */
+	if (token != NULL && (r == WAIT_TOKEN || (r == -1 &&
+	    ctp_token_cancelled(token))))
 		return ctp_token_reason(token);
 	return r == -1 ? -ETIMEDOUT : 0;
 }

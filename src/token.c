@@ -123,12 +123,15 @@
  *   its reference on the parent goes with it (one drop per parent, after
  *   the lock): its death then takes no lock of the parent's. Nothing walks a
  *   fired parent's children again, and the task's `parent` is never followed
- *   after (`unlisted`). A group cancel of queued tasks so costs no lock and
- *   no atomic per task beyond its CAS and its last reference (callgrind,
- *   bench_ctpool cancel --by group: 340 -> 295 instructions and 5.1 -> 2.1
- *   atomics per task).
+ *   after (`unlisted`). A group cancel of queued tasks with no handle and
+ *   no deadline so costs no lock and no atomic per task beyond its CAS and
+ *   its last reference (callgrind, bench_ctpool cancel --by group: 340 ->
+ *   295 instructions and 5.1 -> 2.1 atomics per task; a handle adds the
+ *   exchange on `fin`, a deadline the timer's lock).
  *   Marking takes a reference on each child it fires with "increment if not
- *   zero": a child already being freed has no task, sleeper or watch left.
+ *   zero" (a task it catches queued rides on its pool's reference instead,
+ *   lent until its done ran): a child already being freed has no task,
+ *   sleeper or watch left.
  *   ctp__token_put frees up a chain in a loop: the freed child's reference
  *   on its parent is dropped by the same loop, never by a recursive call.
  */
@@ -698,7 +701,8 @@ static void unlist(ctp_token *t, ctp_token *c)
  * (CTP__FIRING) goes, with a reference, to f->waits, unless this thread
  * is inside a fire call's callbacks (see "Two firers"). Children cannot be
  * added to a fired token, and a child seen under t's lock is valid memory
- * (it unlinks itself under that lock before it is freed). */
+ * (it unlinks itself under that lock before it is freed, unless this
+ * call unlists it here: a task caught queued, see unlist). */
 static void mark_children(ctp_token *t, struct ctp__fire *f,
                           ctp_token ***walk, ctp_token ***caught,
                           struct ctp__batch *b, struct ctp__guards *g)
