@@ -694,8 +694,9 @@ CTP__HIDDEN void ctp__batch_end_retire(struct ctp__batch *b);
 CTP__HIDDEN void ctp__batch_end_complete(struct ctp__batch *b);
 /* A fire call's whole work on its root t, a task it caught queued with no
  * parent and nothing waiting on it (token.c, waited_on): retire and
- * complete in one pass (done runs here, under no library lock). The guard the call raised on t's pool before its CAS serves as
- * the segment's `finishing` and is lowered here, after done. */
+ * complete in one pass (done runs here, under no library lock). The guard
+ * the call raised on t's pool before its CAS serves as the segment's
+ * `finishing` and is lowered here, after done. */
 CTP__HIDDEN void ctp__task_fire_queued(ctp_task *t, int reason);
 /* A worker ran the task: finish it with fn's status. */
 CTP__HIDDEN void ctp__task_finish_ran(ctp_task *t, int status);

@@ -9,15 +9,15 @@
  *   (internal.h, struct ctp__token_ext: the lock, the children, the watch
  *   list, the fd). A standalone token and a worker process's page token
  *   carry their ext inline; a task's token gets one the first time it
- *   needs it
- *   (ctp__token_ext_get: a CAS from NULL, the loser frees its copy) and
- *   keeps it until its object is freed for good, so steady state allocates
- *   nothing. `linked` is set only after the ext is attached, so a firer
- *   that reads `linked` set finds the ext; everything else reads it only
- *   where it must exist (a parent, a watched token). Attaching is the one
- *   thing here that can fail: link, watch and fd answer -ENOMEM then,
- *   before anything changed; a wait on a task's token (queue.c) waits
- *   without a watch instead, looking at the token every millisecond.
+ *   needs it (ctp__token_ext_get: a CAS from NULL, the loser frees its
+ *   copy) and keeps it until its object is freed for good, so steady
+ *   state allocates nothing. `linked` is set only after the ext is
+ *   attached, so a firer that reads `linked` set finds the ext; everything
+ *   else reads it only where it must exist (a parent, a watched token).
+ *   Attaching is the one thing here that can fail: link, watch and fd
+ *   answer -ENOMEM then, before anything changed; a wait on a task's token
+ *   (queue.c) waits without a watch instead, looking at the token every
+ *   millisecond.
  *
  *   State. One 32-bit word, `state` (internal.h): the reason in the low byte
  *   (0 = not fired) and, for a task's token, the task's phase. A token fires
@@ -328,6 +328,20 @@ bool ctp__token_tryref(ctp_token *t)
 	return false;
 }
 
+/* Under p's lock: takes c out of p's children (its death, detach, or
+ * p's firer, unlist). */
+static void children_remove(ctp_token *p, ctp_token *c)
+{
+	CTP__ASSERT_HELD(&X(p)->lock);
+	if (c->sib_prev != NULL)
+		c->sib_prev->sib_next = c->sib_next;
+	else
+		X(p)->children = c->sib_next;
+	if (c->sib_next != NULL)
+		c->sib_next->sib_prev = c->sib_prev;
+	c->sib_prev = c->sib_next = NULL;
+}
+
 /* Takes a dying child out of its parent's children, under the parent's
  * lock, and returns the parent: the child's reference on it is now the
  * caller's to drop. A child its parent's firer unlisted is out already,
@@ -338,20 +352,12 @@ static ctp_token *detach(ctp_token *child)
 
 	if (p == NULL)
 		return NULL;
-	if (child->unlisted) {
-		child->parent = NULL; /* the dying child is ours alone */
+	child->parent = NULL; /* the dying child is ours alone */
+	if (child->unlisted)
 		return NULL;
-	}
 	lock(p);
-	if (child->sib_prev != NULL)
-		child->sib_prev->sib_next = child->sib_next;
-	else
-		X(p)->children = child->sib_next;
-	if (child->sib_next != NULL)
-		child->sib_next->sib_prev = child->sib_prev;
+	children_remove(p, child);
 	unlock(p);
-	child->parent = NULL;
-	child->sib_prev = child->sib_next = NULL;
 	return p;
 }
 
@@ -679,14 +685,7 @@ static void append_caught(ctp_token *t, ctp_token ***tail)
  * firer only), and nothing follows the child's `parent` any more. */
 static void unlist(ctp_token *t, ctp_token *c)
 {
-	CTP__ASSERT_HELD(&X(t)->lock);
-	if (c->sib_prev != NULL)
-		c->sib_prev->sib_next = c->sib_next;
-	else
-		X(t)->children = c->sib_next;
-	if (c->sib_next != NULL)
-		c->sib_next->sib_prev = c->sib_prev;
-	c->sib_prev = c->sib_next = NULL;
+	children_remove(t, c);
 	c->unlisted = 1;
 }
 
