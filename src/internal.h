@@ -525,7 +525,12 @@ struct ctp_task {
 	ctp_done_fn      done;      /* set before publication */
 	void            *arg;
 	ctp_task_fn      fn;
-	int              status;    /* written before `fin` is released */
+	union {
+		int      status;    /* written before `fin` is released */
+		unsigned free_count; /* a free batch's first object: how many
+		                        objects the batch holds (task.c), so
+		                        taking a batch walks none of them */
+	};
 	uint8_t          qstate;    /* enum ctp__qstate; runq.lock */
 	bool             qref_owed; /* a fire unlinked it (runq.lock): that
 	                               fire's complete pass drops the queue's
