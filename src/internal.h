@@ -76,9 +76,10 @@
  *  finished,accepted|         finisher: count, load        waiter: waiters++,
  *    idle_waiters (pool.c)    idle_waiters, bump idle_seq  snapshot idle_seq,
  *                                                          pool_idle, wait
- *  finished, accepted         pool_idle reads finished,    submit counts
- *    (pool.c)                 then accepted                accepted before it
- *                                                          asks for a slot
+ *  finished, accepted         pool_idle reads finished     submit counts
+ *    (pool.c; finished: the   (modulo 2^32), then          accepted before it
+ *    workers' and the high    accepted                     asks for a slot
+ *    half of finishing)
  *  timer.armed|token.state    arm (first due-heap          fire: CAS the token,
  *    (pool.c, timer.c)        reservation), then look at   then load armed; true
  *                             the token (reschedule,       -> take timer->lock
@@ -91,9 +92,12 @@
  *  pool.alive (pool.c)        threads (exit)               shutdown: futex wait
  *                                                          for 0 (grace)
  *  pool.finishing (pool.c)    fire-call segments: +1       shutdown after the
- *                             before their first slot is   drop step: flags
- *                             given back, -1 after dones;  WAITER, futex wait
- *                             the last wakes if WAITER     for 0 (grace)
+ *                             before their first slot is   drop step: loads
+ *                             given back, -1 after dones   finishing_seq, then
+ *                             (with their finished count   finishing; CASes
+ *                             in the high half); the last  WAITER in, futex
+ *                             bumps finishing_seq and      wait on the seq
+ *                             wakes if WAITER              (grace)
  *  fire guard: finishing|     firer: finishing +1 (its     popper (worker, drop
  *    task.state, and          task's pool), then the CAS   step): slot back,
  *    alive|finishing          on the task (task.c "Fire    its start CAS or
@@ -1030,6 +1034,12 @@ struct ctp__runq {
 	                               written under lock, read without it
 	                               only by stats (relaxed) */
 	size_t             linked;  /* tasks in the lists; lock */
+	/* what fire calls retired (pool_unqueue: counted with the slots
+	 * they give back, in the same lock); written under the lock (a load
+	 * and a store), read without it by stats (relaxed); the rest of
+	 * each count is in the pool's st_ fields */
+	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped;
+	_Atomic uint64_t   st_completed;
 	_Atomic size_t     held;    /* periodic tasks in CTP__Q_HELD: they
 	                               count in `count` but are not waiting
 	                               (stats.queued, the drop step);
@@ -1069,9 +1079,10 @@ struct ctp__pool_up {
 	void (*free)(ctp_pool *pool);
 	/* a thread of the pool (the timer's) exits; drops its reference */
 	void (*thread_exit)(ctp_pool *pool);
-	/* n tasks' done have returned: counts them finished, wakes idle
-	 * waiters (task.c, a fire's complete pass) */
-	void (*tasks_finished)(ctp_pool *pool, uint64_t n);
+	/* the end of a fire's complete segment (task.c): its n tasks' done
+	 * have returned: counts them finished, wakes idle waiters, and
+	 * lowers the segment's `finishing` (finishing_done) */
+	void (*segment_done)(ctp_pool *pool, uint64_t n);
 	/* the calling worker's task is over (its done returned): it leaves
 	 * user code, then counts the task finished */
 	void (*worker_finished)(ctp_pool *pool);
@@ -1080,12 +1091,14 @@ struct ctp__pool_up {
 	 * returned (task.c); the shutdown waits for it as for a thread */
 	void (*finishing_begin)(ctp_pool *pool);
 	void (*finishing_done)(ctp_pool *pool);
-	/* tasks a fire caught queued leave the run queue: each one still in
-	 * it (linked, or admitted and not yet linked) gives its slot back
-	 * now, and a linked one is unlinked; its queue reference is then owed
-	 * (qref_owed) and dropped with the pool's by the fire's complete
-	 * pass; one taking of runq.lock for all n */
-	void (*unqueue)(ctp_pool *pool, ctp_task *const *tasks, size_t n);
+	/* the tasks a fire caught queued (b->out, b->nout; b->pool) leave
+	 * the run queue: each one still in it (linked, or admitted and not
+	 * yet linked) gives its slot back now, and a linked one is unlinked;
+	 * its queue reference is then owed (qref_owed) and dropped with the
+	 * pool's by the fire's complete pass. The batch's statistics are
+	 * counted in the same lock, before any slot is free; one taking of
+	 * runq.lock for the lot */
+	void (*unqueue)(struct ctp__batch *b);
 	/* timer thread, timer->lock held: moves the tasks due by `now` from
 	 * the due heap to their priority lists (at most a batch per call) */
 	void (*promote)(ctp_pool *pool, int64_t now);
@@ -1124,18 +1137,21 @@ struct ctp_pool {
 	_Atomic uint64_t   st_rejected; /* relaxed */
 
 	/* written by whoever finishes a task (workers, cancellers, timer) */
-	CTP__LINE _Atomic uint64_t finished; /* tasks whose done has returned,
-	                                  finished by threads other than the
-	                                  workers (each worker counts its own);
-	                                  unfinished = accepted - all of them */
+	/* One word, so that a fire's segment counts its tasks finished and
+	 * lowers its guard with one atomic (pool.c, pool_segment_done):
+	 *   low 32 bits: fire calls' segments of this pool's tasks caught
+	 *     queued whose done has not returned (task.c), with
+	 *     FINISHING_WAITER while a shutdown waits for them to end;
+	 *   high 32 bits: tasks whose done has returned, finished by
+	 *     threads other than the pool's workers (each worker counts its
+	 *     own), modulo 2^32; unfinished = accepted - all of them. */
+	CTP__LINE _Atomic uint64_t finishing;
+	_Atomic uint32_t   finishing_seq; /* futex: bumped when the last
+	                                  segment ends while FINISHING_WAITER
+	                                  is set */
 	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped; /* relaxed */
 	_Atomic uint64_t   st_completed; /* periodic series that ran and were
 	                                  ended between runs (relaxed) */
-	_Atomic uint32_t   finishing;  /* fire calls' segments of this pool's
-	                                  tasks caught queued whose done has
-	                                  not returned (task.c), and
-	                                  FINISHING_WAITER while a shutdown
-	                                  waits for 0 (futex) */
 
 	/* rarely written: read on every submit or finish */
 	CTP__LINE _Atomic uint32_t idle_waiters; /* threads in wait_idle or the

@@ -132,16 +132,20 @@
  *   Idle. `accepted` (submitters' cache line) counts accepted tasks; the
  *   finished ones are counted by each worker in its own struct (one writer,
  *   a store) and by any other finisher (canceller, timer, shutdown) in
- *   pool->finished. The pool is idle when their sum equals `accepted`, so
- *   no line is written per task by both sides or by two workers.
+ *   the high half of pool->finishing, whose low half counts the fire
+ *   segments a shutdown waits for: a segment's end counts its tasks and
+ *   lowers its guard in one atomic. The pool is idle when their sum
+ *   equals `accepted` (modulo 2^32: pool_idle), so no line is written
+ *   per task by both sides or by two workers.
  *   wait_idle and the drain announce themselves in idle_waiters, then look;
  *   a finisher counts, then reads idle_waiters and, when the pool is idle,
  *   wakes them (idle_seq).
 
  *   Memory order. Statistics are relaxed counters (snapshots); a worker's
  *   own (completed, running) have one writer and are summed when read.
- *   `stopped`, `alive`, `finishing`, `busy`, `accepted`, `finished`,
- *   `idle_waiters` and `started` use seq_cst: each pairs a state change
+ *   `stopped`, `alive`, `finishing`, `finishing_seq`, `busy`,
+ *   `accepted`, the workers' `finished`, `idle_waiters` and `started`
+ *   use seq_cst: each pairs a state change
  *   with a sleeper's announce-then-look (the table in internal.h). The
  *   run queue's fields are under its lock; the few read without it
  *   (`head` by the scout, `count` by stats, `closed` by submit's early
@@ -182,8 +186,11 @@ static void pool_thread_exit(ctp_pool *pool)
 	ctp__pool_put(pool); /* may free the pool: the last thing we do */
 }
 
-/* In pool->finishing, above any count: a shutdown waits for 0. */
+/* In pool->finishing's low half, above any count of segments: a
+ * shutdown waits for 0 (internal.h, struct ctp_pool). */
 #define FINISHING_WAITER 0x80000000u
+#define FINISHING_SEGS(v) ((uint32_t)(v) & ~FINISHING_WAITER)
+#define FINISHING_DONE(v) ((uint32_t)((v) >> 32)) /* finished, mod 2^32 */
 
 static void pool_finishing_begin(ctp_pool *pool)
 {
@@ -192,14 +199,23 @@ static void pool_finishing_begin(ctp_pool *pool)
 	atomic_fetch_add(&pool->finishing, 1);
 }
 
-static void pool_finishing_done(ctp_pool *pool)
+/* old: pool->finishing before a segment's end took its 1 off: the last
+ * segment wakes a shutdown that flagged itself */
+static void finishing_wake(ctp_pool *pool, uint64_t old)
 {
-	/* the last segment wakes a shutdown that flagged itself */
-	if (atomic_fetch_sub(&pool->finishing, 1) == (FINISHING_WAITER | 1))
-		ctp__futex_wake(&pool->finishing, INT_MAX);
+	if ((uint32_t)old == (FINISHING_WAITER | 1)) {
+		atomic_fetch_add(&pool->finishing_seq, 1);
+		ctp__futex_wake(&pool->finishing_seq, INT_MAX);
+	}
 }
 
-/* Adds d to a counter only one thread writes: a load and a store, no
+static void pool_finishing_done(ctp_pool *pool)
+{
+	finishing_wake(pool, atomic_fetch_sub(&pool->finishing, 1));
+}
+
+/* Adds d to a counter only one thread writes at a time (its owner's, or
+ * one written only under a lock): a load and a store, no
  * read-modify-write on a shared line. */
 static void own_add64(_Atomic uint64_t *c, uint64_t d, memory_order order)
 {
@@ -219,12 +235,15 @@ static void own_add64(_Atomic uint64_t *c, uint64_t d, memory_order order)
  * never missed; one submitted during it may be (as if it came after). */
 static bool pool_idle(ctp_pool *pool)
 {
-	uint64_t f;
+	/* modulo 2^32 (the outside threads' count is kept so): fewer than
+	 * 2^32 tasks are ever unfinished at once, so the difference of the
+	 * true totals is 0 exactly when the difference modulo 2^32 is */
+	uint32_t f;
 
-	f = atomic_load(&pool->finished);
+	f = FINISHING_DONE(atomic_load(&pool->finishing));
 	for (unsigned i = 0; i < pool->nthreads; i++)
-		f += atomic_load(&pool->workers[i].finished);
-	return f == atomic_load(&pool->accepted);
+		f += (uint32_t)atomic_load(&pool->workers[i].finished);
+	return f == (uint32_t)atomic_load(&pool->accepted);
 }
 
 /* Wakes the threads in wait_idle_for once nothing is unfinished. Called
@@ -254,15 +273,24 @@ static void pool_worker_finished(ctp_pool *pool)
 	idle_check(pool);
 }
 
-static void pool_tasks_finished(ctp_pool *pool, uint64_t n)
+static void pool_segment_done(ctp_pool *pool, uint64_t n)
 {
 	struct ctp__worker *w = ctp__tls.worker;
+	uint64_t old;
 
-	if (w != NULL && w->pool == pool)
+	if (w != NULL && w->pool == pool) {
 		own_add64(&w->finished, n, memory_order_seq_cst);
-	else
-		atomic_fetch_add(&pool->finished, n);
+		idle_check(pool);
+		pool_finishing_done(pool);
+		return;
+	}
+	/* n finished in the high half and the segment's 1 off the low half,
+	 * in one seq_cst atomic: adding n * 2^32 - 1 (the low half is at
+	 * least 1, ours, so nothing borrows from the high one). Counted
+	 * before the guard is seen down, as they must be, and at once. */
+	old = atomic_fetch_add(&pool->finishing, (n << 32) - 1);
 	idle_check(pool);
+	finishing_wake(pool, old);
 }
 
 /* Waits up to `timeout` ns (0: only looks; CTP_FOREVER: no limit) until the
@@ -441,8 +469,11 @@ static void q_wake_all(struct ctp__runq *q)
 	}
 }
 
-static void pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
+static void pool_unqueue(struct ctp__batch *b)
 {
+	ctp_pool *pool = b->pool;
+	ctp_task *const *tasks = b->out;
+	size_t n = b->nout;
 	struct ctp__runq *q = &pool->runq;
 	struct after a = { 0 };
 	/* seq_cst, after the fire's CAS on every task here: a task can be
@@ -456,6 +487,11 @@ static void pool_unqueue(ctp_pool *pool, ctp_task *const *tasks, size_t n)
 	if (timed)
 		pthread_mutex_lock(&pool->timer.lock);
 	q_lock(q);
+	/* the statistics (here, not one atomic each outside the lock) */
+	own_add64(&q->st_cancelled, b->cancelled, memory_order_relaxed);
+	own_add64(&q->st_timed_out, b->timed_out, memory_order_relaxed);
+	own_add64(&q->st_dropped, b->dropped, memory_order_relaxed);
+	own_add64(&q->st_completed, b->completed, memory_order_relaxed);
 	for (size_t i = 0; i < n; i++) {
 		t = tasks[i];
 		switch (t->qstate) {
@@ -934,7 +970,7 @@ static void *worker_main(void *arg)
 static const struct ctp__pool_up pool_up = {
 	.free                = pool_free,
 	.thread_exit         = pool_thread_exit,
-	.tasks_finished      = pool_tasks_finished,
+	.segment_done        = pool_segment_done,
 	.worker_finished     = pool_worker_finished,
 	.finishing_begin     = pool_finishing_begin,
 	.finishing_done      = pool_finishing_done,
@@ -1587,16 +1623,20 @@ static int wait_quiet(ctp_pool *pool, const struct timespec *abs)
 	bool late = false;
 
 	for (;;) {
-		/* alive first: a worker that exits after popping a task whose
-		 * firer won (and raised `finishing` before its CAS) is seen
-		 * gone only together with that guard */
+		/* the wake-up count before `finishing`: a last segment that
+		 * ends after our look bumps it, and our futex wait then
+		 * returns at once. alive before `finishing`: a worker that
+		 * exits after popping a task whose firer won (and raised
+		 * `finishing` before its CAS) is seen gone only together
+		 * with that guard */
+		uint32_t seq = atomic_load(&pool->finishing_seq);
 		uint32_t v = atomic_load(&pool->alive);
-		uint32_t f = atomic_load(&pool->finishing);
+		uint64_t f = atomic_load(&pool->finishing);
 		const struct timespec *lim = abs;
 		struct timespec ms;
 		int r;
 
-		if ((f & ~FINISHING_WAITER) == 0 && v == 0)
+		if (FINISHING_SEGS(f) == 0 && v == 0)
 			return 0;
 		if (late) {
 			/* isolated tasks are killed, not abandoned */
@@ -1606,14 +1646,14 @@ static int wait_quiet(ctp_pool *pool, const struct timespec *abs)
 			ctp__deadline(CTP_MSEC(1), &ms);
 			lim = &ms;
 		}
-		if ((f & ~FINISHING_WAITER) != 0) {
-			/* flag ourselves: the last segment then wakes us */
+		if (FINISHING_SEGS(f) != 0) {
+			/* flag ourselves: the last segment then wakes us (a
+			 * segment that ended since our look fails the CAS) */
 			if (!(f & FINISHING_WAITER) &&
 			    !atomic_compare_exchange_strong(&pool->finishing,
 			    &f, f | FINISHING_WAITER))
 				continue;
-			r = ctp__futex_wait(&pool->finishing,
-			    f | FINISHING_WAITER, lim);
+			r = ctp__futex_wait(&pool->finishing_seq, seq, lim);
 		} else {
 			r = ctp__futex_wait(&pool->alive, v, lim);
 		}
@@ -1758,10 +1798,10 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 		s->completed += atomic_load_explicit(&w->st_completed,
 		    memory_order_relaxed);
 	}
-	s->cancelled = LOAD(st_cancelled);
-	s->timed_out = LOAD(st_timed_out);
+	s->cancelled = LOAD(st_cancelled) + LOAD(runq.st_cancelled);
+	s->timed_out = LOAD(st_timed_out) + LOAD(runq.st_timed_out);
 	s->rejected = LOAD(st_rejected);
-	s->dropped = LOAD(st_dropped);
+	s->dropped = LOAD(st_dropped) + LOAD(runq.st_dropped);
 	{
 		/* two snapshots: the held ones are among the counted */
 		size_t count = atomic_load_explicit(&pool->runq.count,
@@ -1771,7 +1811,7 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 
 		s->queued = count > held ? count - held : 0;
 	}
-	s->completed += LOAD(st_completed);
+	s->completed += LOAD(st_completed) + LOAD(runq.st_completed);
 	s->threads = LOAD(st_threads);
 #undef LOAD
 	ctp__iso_stats(pool, s);

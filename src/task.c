@@ -24,12 +24,14 @@
  *   over the fire's list (internal.h, struct ctp__batch):
  *     retire:   leave the deadline heap, count the statistic and the slot
  *               in the batch; the slots and statistics go to the pool at
- *               the end of each pool's segment, before any done runs;
+ *               the end of each pool's segment (one runq.lock for both),
+ *               before any done runs;
  *     complete: done (outside every lock), publish the status (`fin`,
  *               waking ctp_task_wait); the finished count goes to the pool
  *               at the segment's end.
  *   A segment raises its pool's `finishing` before its first slot is given
- *   back and lowers it after its dones, so a shutdown that sees the queue
+ *   back and lowers it after its dones, in the same atomic that counts
+ *   them finished (pool.c, pool_segment_done), so a shutdown that sees the queue
  *   empty still waits for those dones (pool.c). The fire call borrows the
  *   pool's reference of every task it caught queued until its done has
  *   run, and the last task of a complete segment until the segment's end,
@@ -429,28 +431,15 @@ static void publish(ctp_task *t, int status)
 	CTP__PERTURB();
 }
 
-/* Statistics first: once a slot is free a submit can follow, and a done
- * (which comes later) sees them counted. Then the tasks leave the run
- * queue (their slots, one lock for the lot). */
+/* The tasks leave the run queue, their statistics counted in the same
+ * lock before their slots are free (once a slot is free a submit can
+ * follow, and a done, which comes later, sees them counted). Every
+ * counted task is in out[]. */
 static void flush_out(struct ctp__batch *b)
 {
-	ctp_pool *pool = b->pool;
-
-	if (b->cancelled != 0)
-		atomic_fetch_add_explicit(&pool->st_cancelled, b->cancelled,
-		    memory_order_relaxed);
-	if (b->timed_out != 0)
-		atomic_fetch_add_explicit(&pool->st_timed_out, b->timed_out,
-		    memory_order_relaxed);
-	if (b->dropped != 0)
-		atomic_fetch_add_explicit(&pool->st_dropped, b->dropped,
-		    memory_order_relaxed);
-	if (b->completed != 0)
-		atomic_fetch_add_explicit(&pool->st_completed, b->completed,
-		    memory_order_relaxed);
-	b->cancelled = b->timed_out = b->dropped = b->completed = 0;
 	if (b->nout != 0)
-		pool->up->unqueue(pool, b->out, b->nout);
+		b->pool->up->unqueue(b);
+	b->cancelled = b->timed_out = b->dropped = b->completed = 0;
 	b->nout = 0;
 }
 
@@ -556,10 +545,10 @@ void ctp__task_fire_queued(ctp_task *t, int reason)
 	flush_out(&b);
 	call_done(t, reason);
 	publish(t, reason);
-	/* as a complete segment's end: counted, then the guard, then the
-	 * borrowed references (the object holds the pool until then) */
-	pool->up->tasks_finished(pool, 1);
-	pool->up->finishing_done(pool);
+	/* as a complete segment's end: counted and the guard lowered (one
+	 * atomic), then the borrowed references (the object holds the pool
+	 * until then) */
+	pool->up->segment_done(pool, 1);
 	ctp__token_put_n(&t->token, t->qref_owed ? 2 : 1);
 }
 
@@ -570,8 +559,7 @@ void ctp__batch_end_complete(struct ctp__batch *b)
 
 	/* wait_idle may return once this is counted: the held task's
 	 * reference on its pool keeps the pool valid until the last line */
-	pool->up->tasks_finished(pool, b->finished);
-	pool->up->finishing_done(pool);
+	pool->up->segment_done(pool, b->finished);
 	*b = (struct ctp__batch){ 0 };
 	ctp__token_put_n(&held->token, held->qref_owed ? 2 : 1);
 }

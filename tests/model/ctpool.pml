@@ -294,8 +294,9 @@ inline count_stat(r) {
  * linked (its leaf path): the guard (pool_finishing_begin) and the CAS;
  * if it caught the task queued, ctp__task_fire_queued: retire (flush_out:
  * statistics and pool_unqueue under runq.lock, its futex/ec work after),
- * complete (done(reason), publish, tasks_finished), then the guard comes
- * down (finishing_done): one raise before the CAS, held to the end.
+ * complete (done(reason), publish), then one atomic counts it finished
+ * and lowers the guard (pool_segment_done: both halves of one word):
+ * one raise before the CAS, held to the end.
  * Locals of the caller: aw, anf, adr. */
 inline fire_task(t, r, old) {
 #ifndef BUG_GUARD_AFTER_CAS
@@ -319,8 +320,7 @@ inline fire_task(t, r, old) {
 			done_count[t]++;
 			status[t] = r
 		}
-		unfinished--;
-		finishing--
+		d_step { unfinished--; finishing-- }
 #ifndef BUG_GUARD_AFTER_CAS
 	:: else -> finishing--
 #else
@@ -802,8 +802,12 @@ proctype canceller()
 					i++
 				:: else -> break
 				od;
-				unfinished = unfinished - n;
-				finishing--
+				/* pool_segment_done: one atomic (atomic, not
+				 * d_step: the break above jumps to it) */
+				atomic {
+					unfinished = unfinished - n;
+					finishing--
+				}
 #ifndef BUG_GUARD_AFTER_CAS
 			:: else -> finishing--
 #else

@@ -410,7 +410,8 @@ inline unqueue_one(t, timed) {
 
 /* token.c ctp__token_fire of a task token: the guard (finishing++), the
  * CAS; caught queued: pool_unqueue (load `armed`, then the timer
- * lock if set, runq.lock), the done, the finished count, the guard down.
+ * lock if set, runq.lock), the done, then the finished count and the
+ * guard down in one atomic.
  * Caller's locals: aw, anf, adr, tm. */
 inline fire_task(t, r, old) {
 	finishing++;
@@ -438,8 +439,9 @@ inline fire_task(t, r, old) {
 			}
 		fi;
 		q_after();
-		/* the done, then the finished count (one step: only the
-		 * order matters) */
+		/* the done, then the finished count and the guard down
+		 * (pool_segment_done: one atomic; one step with the done:
+		 * only the order matters) */
 		d_step {
 			/* nothing of it stays queued, nor in the timer */
 			assert(qs[t] == Q_OUT && !dres[t]);
@@ -447,9 +449,9 @@ inline fire_task(t, r, old) {
 			done_count[t]++;
 			status[t] = r;
 			tm = false;
-			unfinished--
+			unfinished--;
+			finishing--
 		}
-		finishing--
 	:: else -> finishing--
 	fi;
 	old = 0
