@@ -76,10 +76,11 @@
  *  finished,accepted|         finisher: count, load        waiter: waiters++,
  *    idle_waiters (pool.c)    idle_waiters, bump idle_seq  snapshot idle_seq,
  *                                                          pool_idle, wait
- *  finished, accepted         pool_idle reads finished     submit counts
- *    (pool.c; finished: the   (modulo 2^32), then          accepted before it
- *    workers' and the high    accepted                     asks for a slot
- *    half of finishing)
+ *  finished, accepted         pool_idle reads finished     admission counts
+ *    (pool.c; finished: the   (modulo 2^32), then          accepted with the
+ *    workers' and the high    accepted                     slot, under
+ *    half of finishing)                                    runq.lock, before
+ *                                                          the task can run
  *  timer.armed|token.state    arm (first due-heap          fire: CAS the token,
  *    (pool.c, timer.c)        reservation), then look at   then load armed; true
  *                             the token (reschedule,       -> take timer->lock
@@ -94,10 +95,10 @@
  *  pool.finishing (pool.c)    fire-call segments: +1       shutdown after the
  *                             before their first slot is   drop step: loads
  *                             given back, -1 after dones   finishing_seq, then
- *                             (with their finished count   finishing; CASes
- *                             in the high half); the last  WAITER in, futex
- *                             bumps finishing_seq and      wait on the seq
- *                             wakes if WAITER              (grace)
+ *                             (off the workers, with their finishing; CASes
+ *                             finished count, high half);  WAITER in, futex
+ *                             the last bumps finishing_seq wait on the seq
+ *                             and wakes if WAITER          (grace)
  *  fire guard: finishing|     firer: finishing +1 (its     popper (worker, drop
  *    task.state, and          task's pool), then the CAS   step): slot back,
  *    alive|finishing          on the task (task.c "Fire    its start CAS or
@@ -531,7 +532,8 @@ struct ctp_task {
 	ctp_task_fn      fn;
 	union {
 		int      status;    /* written before `fin` is released */
-		unsigned free_count; /* a free batch's first object: how many
+		unsigned free_count; /* the first object of a batch in
+		                        pool->freed or pool->spare: how many
 		                        objects the batch holds (task.c), so
 		                        taking a batch walks none of them */
 	};
@@ -976,6 +978,11 @@ CTP__HIDDEN void ctp__iso_count(ctp_pool *pool, const ctp_task *t,
 struct ctp__worker {
 	ctp_task       *current;    /* started task, the queue's ref held;
 	                               pool->runq.lock */
+	uint32_t        current_refs; /* references this worker drops on
+	                               `current` when it takes the next one:
+	                               the queue's, and the pool's once it
+	                               finished it (pool_worker_finished); only
+	                               this thread */
 	/* statistics written only by this worker (single writer: a relaxed
 	 * load and store, no read-modify-write); summed by ctp_pool_stats */
 	CTP__LINE _Atomic uint64_t st_completed;
@@ -1034,6 +1041,12 @@ struct ctp__runq {
 	                               written under lock, read without it
 	                               only by stats (relaxed) */
 	size_t             linked;  /* tasks in the lists; lock */
+	_Atomic uint64_t   accepted; /* tasks accepted, ever: counted by
+	                               admission, with the slot (a submit that
+	                               backs out after it takes it back);
+	                               written under the lock (a load and a
+	                               store), read without it by pool_idle
+	                               (seq_cst) and stats (relaxed) */
 	/* what fire calls retired (pool_unqueue: counted with the slots
 	 * they give back, in the same lock); written under the lock (a load
 	 * and a store), read without it by stats (relaxed); the rest of
@@ -1080,11 +1093,13 @@ struct ctp__pool_up {
 	/* a thread of the pool (the timer's) exits; drops its reference */
 	void (*thread_exit)(ctp_pool *pool);
 	/* the end of a fire's complete segment (task.c): its n tasks' done
-	 * have returned: counts them finished, wakes idle waiters, and
-	 * lowers the segment's `finishing` (finishing_done) */
+	 * have returned: counts them finished and lowers the segment's
+	 * `finishing` (off the pool's workers, one atomic; on one, its own
+	 * count then finishing_done), and wakes idle waiters */
 	void (*segment_done)(ctp_pool *pool, uint64_t n);
 	/* the calling worker's task is over (its done returned): it leaves
-	 * user code, then counts the task finished */
+	 * user code, then counts the task finished; the task's pool
+	 * reference passes to the worker (dropped at its next lock) */
 	void (*worker_finished)(ctp_pool *pool);
 	/* a fire call's segment of this pool's tasks caught queued: begins
 	 * before any of their slots is given back, is done once their done
@@ -1131,17 +1146,15 @@ struct ctp_pool {
 	struct ctp__runq   runq;       /* admission + the queued tasks */
 
 	/* written by submitters */
-	CTP__LINE _Atomic uint64_t accepted; /* tasks accepted, ever (a submit
-	                                  that backs out after admission takes
-	                                  its increment back) */
-	_Atomic uint64_t   st_rejected; /* relaxed */
+	CTP__LINE _Atomic uint64_t st_rejected; /* relaxed */
 
 	/* written by whoever finishes a task (workers, cancellers, timer) */
 	/* One word, so that a fire's segment counts its tasks finished and
 	 * lowers its guard with one atomic (pool.c, pool_segment_done):
 	 *   low 32 bits: fire calls' segments of this pool's tasks caught
 	 *     queued whose done has not returned (task.c), with
-	 *     FINISHING_WAITER while a shutdown waits for them to end;
+	 *     FINISHING_WAITER once a shutdown waited for them to end (it
+	 *     stays set: later last segments bump finishing_seq and wake);
 	 *   high 32 bits: tasks whose done has returned, finished by
 	 *     threads other than the pool's workers (each worker counts its
 	 *     own), modulo 2^32; unfinished = accepted - all of them. */

@@ -38,7 +38,8 @@
  *   Worker loop (worker_main / next_task / run_task). Under runq.lock a
  *   worker drops its previous task from `current`, checks `stopping`,
  *   pops the first task and records it as `current`. After the unlock it
- *   drops the previous task's queue reference and starts the task (the
+ *   drops the previous task's queue reference (and the pool's, in the
+ *   same atomic, if this worker finished it) and starts the task (the
  *   CAS QUEUED -> RUNNING, which fails for a task whose token fired
  *   first: it then loops, and the next lock drops it), then runs fn;
  *   `busy` is 1 from just before fn until its done has returned
@@ -77,9 +78,10 @@
  *   before the close may still link its task, a canceller may still give
  *   a slot back; either bumps `drained` after a snapshot taken under the
  *   lock. Stop the timer. Set `stopped`: later shutdown calls wait for
- *   it. (4) Grace (wait_quiet): wait on `finishing` for every fire call's
- *   segment of this pool (a group cancel on another thread running the
- *   done of a task it caught queued) to complete, and on `alive` for
+ *   it. (4) Grace (wait_quiet): wait (futex on `finishing_seq`) for
+ *   every fire call's segment of this pool counted in `finishing` (a
+ *   group cancel on another thread running the done of a task it caught
+ *   queued) to complete, and on `alive` for
  *   every thread to exit, up to `grace`; past it, go on waiting for what
  *   runs no user code (idle workers leaving) and abandon only what does.
  *   Then join.
@@ -129,7 +131,8 @@
  *   thread may still call the pool: submit meets the closed queue, or the
  *   DEAD free list (-ESHUTDOWN).
  *
- *   Idle. `accepted` (submitters' cache line) counts accepted tasks; the
+ *   Idle. `accepted` (runq, under its lock: admission counts a task
+ *   with its slot, no atomic of its own) counts accepted tasks; the
  *   finished ones are counted by each worker in its own struct (one writer,
  *   a store) and by any other finisher (canceller, timer, shutdown) in
  *   the high half of pool->finishing, whose low half counts the fire
@@ -224,8 +227,9 @@ static void own_add64(_Atomic uint64_t *c, uint64_t d, memory_order order)
 }
 
 /* True when no accepted task is unfinished (queued, running, or its done
- * not yet returned). A submit counts its task in `accepted` before it
- * even asks for a slot (and takes it back if it fails), so every task in
+ * not yet returned). Admission counts a task in `accepted` with its slot,
+ * under runq.lock, before it can be linked, fired or run (a submit that
+ * backs out afterwards takes it back in the same lock), so every task in
  * the pool is counted there. Read in this order, each seq_cst: the
  * finished counts, then `accepted`. The finished total never exceeds
  * `accepted` (a task is counted accepted before it can finish; `accepted`
@@ -235,15 +239,17 @@ static void own_add64(_Atomic uint64_t *c, uint64_t d, memory_order order)
  * never missed; one submitted during it may be (as if it came after). */
 static bool pool_idle(ctp_pool *pool)
 {
-	/* modulo 2^32 (the outside threads' count is kept so): fewer than
-	 * 2^32 tasks are ever unfinished at once, so the difference of the
-	 * true totals is 0 exactly when the difference modulo 2^32 is */
+	/* Modulo 2^32 (the outside threads' count is kept so): the totals
+	 * differ by the tasks unfinished when `accepted` is read plus those
+	 * that finished while the counts were being read, so a false "idle"
+	 * would take 2^32 of them at once: 584 GB of task objects, or four
+	 * billion tasks finishing within one call. */
 	uint32_t f;
 
 	f = FINISHING_DONE(atomic_load(&pool->finishing));
 	for (unsigned i = 0; i < pool->nthreads; i++)
 		f += (uint32_t)atomic_load(&pool->workers[i].finished);
-	return f == (uint32_t)atomic_load(&pool->accepted);
+	return f == (uint32_t)atomic_load(&pool->runq.accepted);
 }
 
 /* Wakes the threads in wait_idle_for once nothing is unfinished. Called
@@ -271,6 +277,9 @@ static void pool_worker_finished(ctp_pool *pool)
 	atomic_store_explicit(&w->busy, 0, memory_order_relaxed);
 	own_add64(&w->finished, 1, memory_order_seq_cst);
 	idle_check(pool);
+	/* the pool's reference on `current` is ours now: dropped with the
+	 * queue's at the next lock (put_task) */
+	w->current_refs = 2;
 }
 
 static void pool_segment_done(ctp_pool *pool, uint64_t n)
@@ -772,10 +781,13 @@ static ctp_task *q_take(struct ctp__runq *q, struct after *a)
 	return t;
 }
 
-static void put_task(ctp_task *t)
+/* Drops the n references this worker held on its previous task: the
+ * queue's, and the pool's too if it finished the task (current_refs, read
+ * when the task stopped being `current`: one atomic for both) */
+static void put_task(ctp_task *t, uint32_t n)
 {
 	if (t != NULL)
-		ctp__token_put(&t->token);
+		ctp__token_put_n(&t->token, n);
 }
 
 /* The scout polls `head` (no lock, no write) until a task is there or the
@@ -808,11 +820,13 @@ static bool scout_poll(ctp_pool *pool, int64_t end)
 
 /* Returns the next task popped and recorded as `current` (not yet
  * started), or NULL when the worker must exit. The previous task's queue
- * reference is dropped after the lock. */
+ * reference (and pool reference, if this worker finished it) is dropped
+ * after the lock. */
 static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 {
 	struct ctp__runq *q = &pool->runq;
 	ctp_task *prev, *t = NULL;
+	uint32_t prev_refs = w->current_refs; /* before a pop resets it */
 	bool scout = false;   /* this worker holds q->scout */
 	bool spun = false;    /* its polling ran out of time: park next */
 	int64_t end = 0;
@@ -833,6 +847,7 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 		t = q_take(q, &a);
 		if (t != NULL) {
 			w->current = t;
+			w->current_refs = 1; /* the queue's */
 			if (scout)
 				q->scout = false;
 			/* tasks left while workers sleep: wake one (which
@@ -850,7 +865,7 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 				end = ctp__now_ns() + SPIN_NS;
 			}
 			q_unlock(q, &a);
-			put_task(prev);
+			put_task(prev, prev_refs);
 			prev = NULL;
 			spun = !scout_poll(pool, end);
 			q_lock(q);
@@ -864,7 +879,7 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 		w->park_next = q->idle;
 		q->idle = w;
 		q_unlock(q, &a);
-		put_task(prev);
+		put_task(prev, prev_refs);
 		prev = NULL;
 		ctp__task_cache_flush(w); /* submitters may need them */
 		while (atomic_load_explicit(&w->park, memory_order_acquire) != 0)
@@ -873,7 +888,7 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 		q->waking--; /* the claimer counted us */
 		spun = false;
 	}
-	put_task(prev);
+	put_task(prev, prev_refs);
 	return t;
 }
 
@@ -1169,6 +1184,11 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 			atomic_store_explicit(&q->count,
 			    atomic_load_explicit(&q->count,
 			    memory_order_relaxed) + 1, memory_order_relaxed);
+			/* accepted with its slot, before anyone can take it:
+			 * the unlock orders this before whatever finishes it,
+			 * so pool_idle never sees it finished uncounted
+			 * (relaxed: the lock gives that order) */
+			own_add64(&q->accepted, 1, memory_order_relaxed);
 			t->qstate = CTP__Q_RESERVED;
 			r = 0;
 			break;
@@ -1265,6 +1285,9 @@ static void unreserve(ctp_pool *pool, ctp_task *t)
 	if (t->qstate == CTP__Q_RESERVED) {
 		t->qstate = CTP__Q_OUT;
 		q_release(q, &a);
+		/* no longer accepted; seq_cst: the caller's idle_check loads
+		 * idle_waiters after it */
+		own_add64(&q->accepted, (uint64_t)-1, memory_order_seq_cst);
 	}
 	q_unlock(q, &a);
 }
@@ -1365,13 +1388,10 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	 * the fast path's link publishes it */
 	atomic_store_explicit(&t->token.refs, task != NULL ? 3 : 2,
 	    memory_order_relaxed);
-	/* Counted accepted before it is admitted, so it is never seen
-	 * finished before it is counted (pool_idle; the statistics
-	 * identity); a failed admission takes it back. */
-	atomic_fetch_add(&pool->accepted, 1); /* also stats.submitted */
+	/* admit counts it accepted (stats.submitted) with its slot */
 	r = admit(pool, t, o->queue_wait, o->parent, fast);
 	if (r != 0)
-		goto undo_count;
+		goto back_out;
 	if (fast)
 		goto out;
 	/* The deadline is written before the link makes the task visible: a
@@ -1390,7 +1410,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	}
 	if (o->parent != NULL && (r = ctp__token_link(o->parent, &t->token))) {
 		unreserve(pool, t);
-		goto undo_count;
+		goto back_out;
 	}
 	CTP__PERTURB();
 	/* Accepted. From here a cascade from the parent may finish it. */
@@ -1403,9 +1423,8 @@ out:
 		*task = t;
 	return 0;
 
-undo_count:
-	atomic_fetch_sub(&pool->accepted, 1);
-	idle_check(pool);
+back_out:
+	idle_check(pool); /* unreserve took it out of `accepted` */
 	if (deadline)
 		ctp__timer_unreserve(pool);
 	if (t->dres) {
@@ -1787,7 +1806,7 @@ void ctp_pool_stats(ctp_pool *pool, ctp_stats *s)
 	if (pool == NULL || s == NULL)
 		return;
 #define LOAD(x) atomic_load_explicit(&pool->x, memory_order_relaxed)
-	s->submitted = LOAD(accepted);
+	s->submitted = LOAD(runq.accepted);
 	s->completed = 0;
 	s->running = 0;
 	for (unsigned i = 0; i < pool->nthreads; i++) {

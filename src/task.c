@@ -24,29 +24,31 @@
  *   over the fire's list (internal.h, struct ctp__batch):
  *     retire:   leave the deadline heap, count the statistic and the slot
  *               in the batch; the slots and statistics go to the pool at
- *               the end of each pool's segment (one runq.lock for both),
- *               before any done runs;
+ *               the end of each pool's segment (one runq.lock for
+ *               both), before any done runs;
  *     complete: done (outside every lock), publish the status (`fin`,
  *               waking ctp_task_wait); the finished count goes to the pool
  *               at the segment's end.
  *   A segment raises its pool's `finishing` before its first slot is given
- *   back and lowers it after its dones, in the same atomic that counts
- *   them finished (pool.c, pool_segment_done), so a shutdown that sees the queue
- *   empty still waits for those dones (pool.c). The fire call borrows the
- *   pool's reference of every task it caught queued until its done has
- *   run, and the last task of a complete segment until the segment's end,
+ *   back and lowers it after its dones (off the pool's workers, in the
+ *   same atomic that counts them finished: pool.c, pool_segment_done), so
+ *   a shutdown that sees the queue empty still waits for those dones.
+ *   The fire call borrows the pool's reference of every task it caught
+ *   queued until its done has run, and the last task of a complete
+ *   segment until the segment's end,
  *   whose object holds a reference on the pool: the pool cannot be freed
  *   while a pass touches it, even if the user destroys it as soon as
  *   wait_idle returns. Cancelling a tree of n tasks
  *   of one pool costs a few shared read-modify-writes on the pool, not 3n.
  *
- *   References (token.refs): the pool's (dropped after done returns), the
- *   queue's (dropped by whoever takes the task out of the run queue: the
- *   worker that popped it, when it takes its next task or finds it
- *   cancelled; the fire that caught it linked, which unlinks it at once;
- *   the shutdown's drop step; or its own submit, if a fire retired it
- *   before it was linked), the handle's (if the caller asked for one), and temporary ones (timer,
- *   fire calls, shutdown).
+ *   References (token.refs): the pool's (dropped after done returns; by
+ *   a worker that ran the task, together with the queue's, when it takes
+ *   its next task), the queue's (dropped by whoever takes the task out of
+ *   the run queue: the worker that popped it, when it takes its next task
+ *   or finds it cancelled; the fire that caught it linked, which unlinks
+ *   it at once; the shutdown's drop step; or its own submit, if a fire
+ *   retired it before it was linked), the handle's (if the caller asked
+ *   for one), and temporary ones (timer, fire calls, shutdown).
  *   The object goes back to the pool's free list when the last one goes, or
  *   is freed if the pool has been destroyed (`freed` is DEAD). Objects
  *   travel in batches of up to 32, so no thread touches a shared word per
@@ -57,9 +59,12 @@
  *   under alloc_lock and allocates from it without any lock until it is
  *   empty; objects it frees itself (a cancel) go there too, and a full
  *   cache (32) goes back to the pool as one batch. A batch's first
- *   object carries its count (free_count), so taking a batch touches
- *   one object, not 32 whose lines are all in the freeing thread's
- *   cache; each allocation prefetches the next object's lines, for
+ *   object carries its count (free_count, written when the batch is
+ *   pushed: a thread's or worker's own cache keeps its count in c->n or
+ *   ncache), so taking a batch touches one object, not 32 whose lines
+ *   are all in the freeing thread's cache (only a thread without an exit
+ *   destructor, which keeps one object, walks the rest to give them
+ *   back); each allocation prefetches the next object's lines, for
  *   writing. (Walking the batch was 75 of a submitter's 420 CPU ns per
  *   task: bench/profile/profile.sh, throughput p1w2.)
  *   A thread's cache holds one pool's objects (never, once empty, those
@@ -135,8 +140,9 @@ static pthread_key_t  cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
 /* Pushes the batch first..last of n objects (chained by free_next,
- * last->free_next NULL; first->free_count = n) onto pool->freed (release: the objects' last writes and links
- * before an allocator takes them). Only whole-list exchanges take from
+ * last->free_next NULL; first->free_count = n) onto pool->freed
+ * (release: the objects' last writes and links before an allocator
+ * takes them). Only whole-list exchanges take from
  * it, so a head seen here cannot be popped and pushed back under us (no
  * ABA). Once the pool is destroyed the head stays DEAD for good and no
  * push can succeed: the objects are freed. */
@@ -589,8 +595,9 @@ static void finish_worker(ctp_task *t, int status, uint32_t end)
 	}
 	call_done(t, status);
 	publish(t, status);
+	/* takes over the pool's reference: the worker drops it with the
+	 * queue's, in one atomic, when it takes its next task */
 	pool->up->worker_finished(pool);
-	ctp__token_put(&t->token); /* the pool's reference */
 }
 
 void ctp__task_finish_ran(ctp_task *t, int status)

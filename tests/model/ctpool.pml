@@ -540,8 +540,6 @@ proctype submitter()
 #endif
 #endif
 		fi;
-		/* counted accepted before it is admitted (pool_idle) */
-		unfinished++;
 		/* admit: q_lock, then look (a parent that fired while we
 		 * slept ends the wait: relock, then return its reason) */
 		do
@@ -572,6 +570,9 @@ proctype submitter()
 				:: !closed && count < CAP ->
 #endif
 					count++;
+					/* accepted with its slot, in
+					 * the same lock (pool_idle) */
+					unfinished++;
 					qs[t] = Q_RES;
 					acc[t] = true;
 					r = A_OK
@@ -644,12 +645,14 @@ proctype submitter()
 			}
 			if
 			:: r == A_PARENT ->
-				/* unreserve: the submit backs out */
+				/* unreserve: the submit backs out (no
+				 * longer accepted, in the same lock) */
 				d_step {
 					qlock == 0 ->
 					if
 					:: qs[t] == Q_RES ->
 						qs[t] = Q_OUT;
+						unfinished--;
 						q_release()
 					:: else -> skip
 					fi;
@@ -691,8 +694,7 @@ proctype submitter()
 			:: fireable[t] == 0 -> fireable[t] = R_CANCEL
 			:: else -> skip
 			fi
-		:: else ->
-			unfinished--              /* undo_count */
+		:: else -> skip  /* not counted, or unreserve took it back */
 		fi;
 		d_step { t++; r = 0; path = 0 }
 	od;

@@ -776,7 +776,6 @@ proctype submitter()
 		:: r != 0 -> goto next   /* never counted */
 		:: else -> skip
 		fi;
-		unfinished++;
 		/* admit (CAP >= NT: room); the fast path links here */
 		d_step {
 			qlock == 0 -> qlock = _pid;
@@ -784,6 +783,7 @@ proctype submitter()
 			:: closed -> r = 2
 			:: else ->
 				count++;
+				unfinished++;  /* accepted with its slot */
 				qs[t] = Q_RES;
 				acc[t] = true;
 				r = 1;
@@ -857,8 +857,8 @@ proctype submitter()
 			fi;
 			handle[t] = true
 		:: else ->
-			/* undo_count; the reservation back */
-			unfinished--;
+			/* back out: never counted (refused by admit); the
+			 * reservation back */
 			if
 			:: dres[t] ->
 				d_step {
