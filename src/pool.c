@@ -1410,6 +1410,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	}
 	if (o->parent != NULL && (r = ctp__token_link(o->parent, &t->token))) {
 		unreserve(pool, t);
+		idle_check(pool); /* it left `accepted` */
 		goto back_out;
 	}
 	CTP__PERTURB();
@@ -1424,7 +1425,6 @@ out:
 	return 0;
 
 back_out:
-	idle_check(pool); /* unreserve took it out of `accepted` */
 	if (deadline)
 		ctp__timer_unreserve(pool);
 	if (t->dres) {

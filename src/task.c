@@ -208,7 +208,9 @@ void ctp__task_cache_return(ctp_pool *pool)
 /* Asks for the lines of the object the next allocation will take, for
  * writing: it was freed on another thread (a worker), so without this
  * the next submit would stall on each of its lines in turn, first to
- * read free_next, then to write. */
+ * read free_next, then to write. (bench_ctpool throughput, alternated
+ * with a build without it: p1w2 faster in 15 of 20 runs, medians 2.21
+ * and 2.42 M/s against 1.81 and 2.29; p2w2 level.) */
 static inline void prefetch_object(const ctp_task *t)
 {
 	const char *p = (const char *)t;
