@@ -389,13 +389,36 @@ struct ctp_token {
 	                               the task's references; read only at the
 	                               death, which the last drop (acq_rel on
 	                               refs) orders after it */
+	uint8_t          tree;      /* immutable for the object's life: 1 when
+	                               a struct ctp__tnode comes right before
+	                               the token in memory (a standalone token,
+	                               a task submitted with a parent); only
+	                               such a token can have a parent */
+	/* NULL until attached (a task's token only), then fixed until the
+	 * object is freed for good: set once by a CAS (acq_rel), read with
+	 * acquire, or after `linked` (whoever sets linked attached it first) */
+	struct ctp__token_ext *_Atomic ext;
+};
+
+/*
+ * A token's place in a tree: its parent and siblings, and the links of
+ * the fire calls that reach it from above. Only a token that can have a
+ * parent has one, just before the token in the same allocation
+ * (ctp__tn): a standalone token, a task submitted with a parent. A root
+ * of a fire call is never on that call's lists (struct ctp__fire keeps
+ * it apart), and only a call that fired its parent can put a token on
+ * one, so a task with no parent (a plain task, a handle's) needs none
+ * of it, and its object is 48 bytes smaller (task.c, "Two sizes").
+ */
+struct ctp__tnode {
 	ctp_token       *parent;    /* immutable while referenced; holds a ref
 	                               until `unlisted` (then only compared
 	                               with NULL, never followed: it may
 	                               dangle) */
 	ctp_token       *sib_next;  /* in parent's ext->children: protected */
 	ctp_token       *sib_prev;  /*   by the parent's lock, not by ours */
-	ctp_token       *fire_next; /* list of one fire call; written only by
+	ctp_token       *fire_next; /* the walk list of the fire call that
+	                               fired it from above; written only by
 	                               the thread whose CAS fired this token */
 	ctp_token       *caught_next; /* the caught list of the fire call that
 	                               fired it (a periodic task between runs
@@ -405,11 +428,15 @@ struct ctp_token {
 	                               for; written only by the firer of this
 	                               token's parent (the one thread that walks
 	                               the parent's children) */
-	/* NULL until attached (a task's token only), then fixed until the
-	 * object is freed for good: set once by a CAS (acq_rel), read with
-	 * acquire, or after `linked` (whoever sets linked attached it first) */
-	struct ctp__token_ext *_Atomic ext;
 };
+
+/* The tree node of a token that has one (t->tree). */
+static inline struct ctp__tnode *ctp__tn(const ctp_token *t)
+{
+	assert(t->tree);
+	return (struct ctp__tnode *)(void *)((char *)(uintptr_t)t -
+	    sizeof(struct ctp__tnode));
+}
 
 enum ctp__watch_state { CTP__WATCH_PENDING, CTP__WATCH_RUNNING,
                         CTP__WATCH_DONE };
@@ -428,8 +455,9 @@ struct ctp_watch {
 
 /* ext: the token's inline ext (standalone and page tokens), or NULL (a
  * task's: attached when needed). */
+/* tree: a struct ctp__tnode comes right before t (ctp__tn). */
 CTP__HIDDEN void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state,
-                                 struct ctp__token_ext *ext);
+                                 struct ctp__token_ext *ext, bool tree);
 /* Closes the fd and, with free_ext, frees a task's attached ext. */
 CTP__HIDDEN void ctp__token_fini(ctp_token *t, bool free_ext);
 /* A task object's token between uses (task.c): its ext (if any) stays
@@ -444,18 +472,22 @@ CTP__HIDDEN struct ctp__token_ext *ctp__token_ext_get(ctp_token *t);
  * (begin) to the timer-callback thread (end). */
 struct ctp__fire {
 	ctp_token        *root;    /* the token this call fired first */
-	ctp_token        *list;    /* the walk list: every token it fired but
-	                              the tasks it caught queued (except
-	                              periodic ones with something linked),
-	                              and finished tasks it walked through,
-	                              root first,
-	                              breadth first, by fire_next; each with a
-	                              reference of this call, but the root,
-	                              which lives on the caller's */
-	ctp_token        *caught;  /* the tasks it caught queued, in the order
-	                              it caught them, by caught_next, each on the
+	ctp_token        *list;    /* the walk list below the root: every
+	                              token it fired but the tasks it caught
+	                              queued (except periodic ones with
+	                              something linked), and finished tasks it
+	                              walked through, breadth first, by
+	                              ctp__tn(t)->fire_next; each with a
+	                              reference of this call */
+	ctp_token        *caught;  /* the tasks below the root it caught
+	                              queued, in the order it caught them, by
+	                              ctp__tn(t)->caught_next, each on the
 	                              pool's reference (borrowed until its
 	                              done has run) */
+	bool              walk_root;   /* the root is walked, before `list`
+	                                  (it lives on the caller's reference) */
+	bool              caught_root; /* the root was caught queued: it is
+	                                  completed before `caught` */
 	ctp_token        *waits;   /* subtrees other fire calls are firing
 	                              (CTP__FIRING), by wait_next, each with a
 	                              reference; waited for before `end` returns */
@@ -635,18 +667,20 @@ static inline bool ctp__task_due_first(const ctp_task *t)
 /* pool->freed after ctp_pool_destroy: a freed task object goes to free() */
 #define CTP__FREED_DEAD ((ctp_task *)(uintptr_t)1)
 
-/* A task object for a submit: 0, -ENOMEM, or -ESHUTDOWN once the pool is
- * destroyed (an abandoned thread of the pool submitting). */
-CTP__HIDDEN int  ctp__task_alloc(ctp_pool *pool, ctp_task **t);
+/* A task object for a submit (tree: with a tree node, for a task with a
+ * parent): 0, -ENOMEM, or -ESHUTDOWN once the pool is destroyed (an
+ * abandoned thread of the pool submitting). */
+CTP__HIDDEN int  ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **t);
 /* Frees an object for good (the pool is destroyed): its pool reference. */
 CTP__HIDDEN void ctp__task_dealloc(ctp_task *t);
 /* Called when a task's last reference is dropped (from ctp__token_put). */
 CTP__HIDDEN void ctp__task_free(ctp_task *t);
 /* Gives a worker's cached free task objects to the pool. */
 CTP__HIDDEN void ctp__task_cache_flush(struct ctp__worker *w);
-/* Gives this thread's allocation cache back to its pool if it is pool's
- * (ctp_pool_destroy, before it frees the list). */
-CTP__HIDDEN void ctp__task_cache_return(ctp_pool *pool);
+/* ctp_pool_destroy: frees the pool's free lists (with this thread's
+ * cache of its objects) and makes them DEAD, so objects freed later are
+ * freed for good. */
+CTP__HIDDEN void ctp__task_free_lists(ctp_pool *pool);
 /*
  * A fire call finishes the tasks it caught queued in two passes over its
  * list, one pool at a time (a run of the list's tasks of one pool is a
@@ -728,14 +762,16 @@ struct ctp__done_frame {
 	const ctp_task         *task;
 	struct ctp__done_frame *prev;
 };
-/* A thread's allocation cache (task.c): task objects of one pool, taken
- * a batch at a time from the pool's free list or freed by this thread. */
+/* A thread's allocation cache of one object size (task.c): task objects
+ * of one pool, taken a batch at a time from the pool's free list or freed
+ * by this thread. */
 struct ctp__acache {
 	ctp_pool *pool;      /* whose objects `list` holds; NULL when empty */
 	ctp_task *list;      /* chained by free_next */
 	unsigned  n;
-	bool      keyed;     /* the exit destructor is registered */
 };
+/* Task object sizes (task.c, "Two sizes"): an index by token.tree */
+#define CTP__NSIZES 2
 
 struct ctp__tls {
 	const ctp_pool         *pool;   /* worker or timer thread of this pool */
@@ -744,7 +780,10 @@ struct ctp__tls {
 	struct ctp__done_frame *dones;  /* innermost done callback first */
 	struct ctp__fire       *fires;  /* fire calls in progress here,
 	                                   innermost first */
-	struct ctp__acache      alloc;  /* this thread's spare task objects */
+	struct ctp__acache      alloc[CTP__NSIZES]; /* this thread's spare
+	                                   task objects, by size */
+	bool                    alloc_keyed; /* the exit destructor that
+	                                   gives them back is registered */
 };
 /* initial-exec: one instruction per access instead of a __tls_get_addr
  * call (the library is linked, not dlopen'ed late: glibc keeps room for a
@@ -1001,8 +1040,8 @@ struct ctp__worker {
 	/* task objects this worker freed, pushed to pool->freed in batches
 	 * (task.c) or taken by its own submits; only this thread touches
 	 * them */
-	ctp_task       *cache, *cache_tail;
-	unsigned        ncache;
+	ctp_task       *cache[CTP__NSIZES], *cache_tail[CTP__NSIZES];
+	unsigned        ncache[CTP__NSIZES];
 	_Atomic uint32_t park;      /* futex word: 1 while it sleeps unclaimed;
 	                               a waker that took it off the idle list
 	                               (under runq.lock) stores 0 and wakes it */
@@ -1192,13 +1231,14 @@ struct ctp_pool {
 	 * so that workers (which free) never contend with submitters (which
 	 * allocate) on a lock, and a submitter takes the lock once per
 	 * batch (task.c): */
-	CTP__LINE _Atomic(ctp_task *) freed; /* pushed by any thread with a CAS;
+	CTP__LINE _Atomic(ctp_task *) freed[CTP__NSIZES]; /* by size: pushed
+	                                       by any thread with a CAS;
 	                                       taken whole by an allocator
 	                                       (exchange, so no ABA); once
 	                                       destroyed: CTP__FREED_DEAD */
 	CTP__LINE pthread_mutex_t alloc_lock; /* allocators refilling their
 	                                       caches among themselves */
-	ctp_task          *spare;           /* alloc_lock: the allocators'
+	ctp_task          *spare[CTP__NSIZES]; /* alloc_lock: the allocators'
 	                                       part, batches */
 	/* immutable after create */
 	CTP__LINE ctp_pool_opts opts;

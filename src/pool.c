@@ -1321,7 +1321,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	else if (o->parent != NULL && ctp_token_cancelled(o->parent))
 		r = ctp_token_reason(o->parent);
 	else
-		r = ctp__task_alloc(pool, &t);
+		r = ctp__task_alloc(pool, o->parent != NULL, &t);
 	if (r != 0) {
 		if (iso != NULL)
 			ctp__iso_task_free(iso);
@@ -1731,7 +1731,6 @@ int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace)
 
 int ctp_pool_destroy(ctp_pool *pool)
 {
-	ctp_task *list, *spare, *t;
 	bool called;
 
 	if (pool == NULL)
@@ -1767,25 +1766,7 @@ int ctp_pool_destroy(ctp_pool *pool)
 	 * objects freed later see DEAD. Another thread's cache keeps its
 	 * objects (at most 32) and with them the pool's memory
 	 * until that thread allocates from another pool or exits. */
-	ctp__task_cache_return(pool);
-	pthread_mutex_lock(&pool->alloc_lock);
-	list = atomic_exchange_explicit(&pool->freed, CTP__FREED_DEAD,
-	    memory_order_acquire);
-	spare = pool->spare;
-	pool->spare = NULL;
-	pthread_mutex_unlock(&pool->alloc_lock);
-	for (int part = 0; part < 2; part++) {
-		while (list != NULL) {
-			ctp_task *batch = list;
-
-			list = batch->free_batch;
-			while ((t = batch) != NULL) {
-				batch = t->free_next;
-				ctp__task_dealloc(t);
-			}
-		}
-		list = spare;
-	}
+	ctp__task_free_lists(pool);
 	ctp__pool_put(pool); /* the owner's */
 	return 0;
 }

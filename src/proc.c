@@ -315,7 +315,7 @@ void ctp_output_free(ctp_output *out)
 static void token_reset(struct ctp__page *pg, int efd)
 {
 	ctp__token_init(&pg->token, CTP__TOKEN_REMOTE, CTP__PHASE_DONE,
-	    &pg->token_ext);
+	    &pg->token_ext, false);
 	pg->token_ext.fd = efd;
 }
 

@@ -81,8 +81,18 @@
  *   submits gets -ESHUTDOWN (from the refill, or from the closed queue if
  *   its cache still had an object).
 
- *   An object is 136 bytes (its token's hot part, with its own parent and
- *   sibling links, and the task's). What a deadline, a delay, a period or
+ *   Two sizes. A task submitted without a parent is an 88-byte object:
+ *   its token's hot part (state, references, flags, ext: 24 bytes) and
+ *   the task's (pool, queue links, fn, arg, done, status, flags). One
+ *   submitted with a parent is 136: a struct ctp__tnode (its parent and
+ *   sibling links and the fire calls' list links, 48 bytes) comes right
+ *   before it in the same allocation (token.c: only a token with a parent
+ *   is ever on another fire call's lists). `token.tree` says which, for
+ *   the object's whole life, so each size has its own free list in the
+ *   pool (freed[k], spare[k]), its own cache in a thread (alloc[k]) and
+ *   in a worker (cache[k]); everything above is per size. (bench_ctpool
+ *   memory: 136 -> 88 heap bytes per queued task.)
+ *   What a deadline, a delay, a period or
  *   an isolated run needs (and its token's lock, children, watches and fd)
  *   is in its ext (internal.h, struct
  *   ctp__task_ext), attached at submit for such a task or when its token
@@ -139,18 +149,30 @@ static bool in_own_task(const ctp_task *t)
 static pthread_key_t  cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
-/* Pushes the batch first..last of n objects (chained by free_next,
- * last->free_next NULL; first->free_count = n) onto pool->freed
- * (release: the objects' last writes and links before an allocator
- * takes them). Only whole-list exchanges take from
+/* The size index of an object (struct ctp__tls.alloc, pool->freed). */
+static unsigned size_of_class(const ctp_task *t)
+{
+	return t->token.tree;
+}
+
+/* Where an object's allocation starts: its tree node, if it has one. */
+static void *object_base(ctp_task *t)
+{
+	return t->token.tree ? (void *)ctp__tn(&t->token) : (void *)t;
+}
+
+/* Pushes the batch first..last of n objects of one size (chained by
+ * free_next, last->free_next NULL; first->free_count = n) onto that
+ * size's pool->freed (release: the objects' last writes and links before
+ * an allocator takes them). Only whole-list exchanges take from
  * it, so a head seen here cannot be popped and pushed back under us (no
  * ABA). Once the pool is destroyed the head stays DEAD for good and no
  * push can succeed: the objects are freed. */
 static void push_freed(ctp_pool *pool, ctp_task *first, ctp_task *last,
                        unsigned n)
 {
-	ctp_task *head = atomic_load_explicit(&pool->freed,
-	    memory_order_relaxed);
+	_Atomic(ctp_task *) *freed = &pool->freed[size_of_class(first)];
+	ctp_task *head = atomic_load_explicit(freed, memory_order_relaxed);
 
 	last->free_next = NULL;
 	first->free_count = n;
@@ -165,11 +187,11 @@ static void push_freed(ctp_pool *pool, ctp_task *first, ctp_task *last,
 			return;
 		}
 		first->free_batch = head;
-	} while (!atomic_compare_exchange_weak_explicit(&pool->freed, &head,
+	} while (!atomic_compare_exchange_weak_explicit(freed, &head,
 	    first, memory_order_release, memory_order_relaxed));
 }
 
-/* Gives this thread's cache back to its pool as one batch. */
+/* Gives one of this thread's caches back to its pool as one batch. */
 static void acache_flush(struct ctp__acache *c)
 {
 	ctp_task *last;
@@ -187,10 +209,12 @@ static void acache_flush(struct ctp__acache *c)
 
 static void acache_exit(void *arg)
 {
-	struct ctp__acache *c = arg;
+	struct ctp__tls *tls = arg;
 
-	acache_flush(c);
-	c->keyed = false; /* a later use on this thread registers again */
+	for (unsigned k = 0; k < CTP__NSIZES; k++)
+		acache_flush(&tls->alloc[k]);
+	tls->alloc_keyed = false; /* a later use on this thread registers
+	                             again */
 }
 
 static void cache_key_create(void)
@@ -199,57 +223,52 @@ static void cache_key_create(void)
 		abort(); /* only EAGAIN (out of keys) at the first alloc */
 }
 
-void ctp__task_cache_return(ctp_pool *pool)
-{
-	if (ctp__tls.alloc.pool == pool)
-		acache_flush(&ctp__tls.alloc);
-}
-
 /* Asks for the lines of the object the next allocation will take, for
  * writing: it was freed on another thread (a worker), so without this
  * the next submit would stall on each of its lines in turn, first to
  * read free_next, then to write. (bench_ctpool throughput, alternated
  * with a build without it: p1w2 faster in 15 of 20 runs, medians 2.21
  * and 2.42 M/s against 1.81 and 2.29; p2w2 level.) */
-static inline void prefetch_object(const ctp_task *t)
+static inline void prefetch_object(ctp_task *t)
 {
-	const char *p = (const char *)t;
+	const char *p = object_base(t), *end = (const char *)(t + 1);
 
-	for (size_t off = 0; off < sizeof(*t); off += 64)
-		__builtin_prefetch(p + off, 1, 3);
-	__builtin_prefetch(p + sizeof(*t) - 1, 1, 3);
+	for (; p < end; p += 64)
+		__builtin_prefetch(p, 1, 3);
+	__builtin_prefetch(end - 1, 1, 3);
 }
 
-/* Takes one batch of pool's free objects into this thread's (empty)
- * cache. Returns -ESHUTDOWN once the pool is destroyed (only an abandoned
- * thread of the pool can get here then). */
-static int acache_refill(struct ctp__acache *c, ctp_pool *pool)
+/* Takes one batch of pool's free objects of size k into this thread's
+ * (empty) cache c. Returns -ESHUTDOWN once the pool is destroyed (only
+ * an abandoned thread of the pool can get here then). */
+static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 {
 	ctp_task *b;
 	unsigned n = 0;
 
-	if (!c->keyed) {
-		/* the destructor gives the cache back when the thread exits
+	if (!ctp__tls.alloc_keyed) {
+		/* the destructor gives the caches back when the thread exits
 		 * (pthread_exit or its function's return; not the main
 		 * thread's exit()); without it, no cache: one object a call */
 		pthread_once(&cache_once, cache_key_create);
-		c->keyed = pthread_setspecific(cache_key, c) == 0;
+		ctp__tls.alloc_keyed = pthread_setspecific(cache_key,
+		    &ctp__tls) == 0;
 	}
 	pthread_mutex_lock(&pool->alloc_lock);
-	if (pool->spare == NULL) {
-		/* ctp_pool_destroy makes the list DEAD under this lock */
-		if (atomic_load_explicit(&pool->freed, memory_order_relaxed) ==
-		    CTP__FREED_DEAD) {
+	if (pool->spare[k] == NULL) {
+		/* ctp__task_free_lists makes the lists DEAD under this lock */
+		if (atomic_load_explicit(&pool->freed[k],
+		    memory_order_relaxed) == CTP__FREED_DEAD) {
 			pthread_mutex_unlock(&pool->alloc_lock);
 			return -ESHUTDOWN;
 		}
 		/* acquire: the pushers' writes to the objects and links */
-		pool->spare = atomic_exchange_explicit(&pool->freed, NULL,
-		    memory_order_acquire);
+		pool->spare[k] = atomic_exchange_explicit(&pool->freed[k],
+		    NULL, memory_order_acquire);
 	}
-	b = pool->spare;
+	b = pool->spare[k];
 	if (b != NULL)
-		pool->spare = b->free_batch;
+		pool->spare[k] = b->free_batch;
 	pthread_mutex_unlock(&pool->alloc_lock);
 	if (b != NULL) {
 		/* its count, not a walk: each object's lines are still with
@@ -258,7 +277,7 @@ static int acache_refill(struct ctp__acache *c, ctp_pool *pool)
 		prefetch_object(b);
 		n = b->free_count;
 	}
-	if (!c->keyed && n > 1) {
+	if (!ctp__tls.alloc_keyed && n > 1) {
 		/* no exit destructor: keep one object, give the rest back */
 		ctp_task *last = b->free_next;
 
@@ -274,24 +293,25 @@ static int acache_refill(struct ctp__acache *c, ctp_pool *pool)
 	return 0;
 }
 
-int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
+int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
 {
 	struct ctp__worker *w = ctp__tls.worker;
-	struct ctp__acache *c = &ctp__tls.alloc;
+	unsigned k = tree;
+	struct ctp__acache *c = &ctp__tls.alloc[k];
 	ctp_task *t = NULL;
 	int r;
 
-	if (w != NULL && w->pool == pool && w->cache != NULL) {
+	if (w != NULL && w->pool == pool && w->cache[k] != NULL) {
 		/* a task submitting from a worker: what the worker freed */
-		t = w->cache;
-		w->cache = t->free_next;
-		if (w->cache == NULL)
-			w->cache_tail = NULL;
-		w->ncache--;
+		t = w->cache[k];
+		w->cache[k] = t->free_next;
+		if (w->cache[k] == NULL)
+			w->cache_tail[k] = NULL;
+		w->ncache[k]--;
 	} else {
 		if (c->list == NULL || c->pool != pool) {
 			acache_flush(c); /* another pool's objects */
-			if ((r = acache_refill(c, pool)) != 0)
+			if ((r = acache_refill(c, k, pool)) != 0)
 				return r;
 		}
 		if ((t = c->list) != NULL) {
@@ -303,13 +323,17 @@ int ctp__task_alloc(ctp_pool *pool, ctp_task **out)
 		}
 	}
 	if (t == NULL) {
-		t = malloc(sizeof(*t));
-		if (t == NULL)
+		char *p = malloc((tree ? sizeof(struct ctp__tnode) : 0) +
+		    sizeof(*t));
+
+		if (p == NULL)
 			return -ENOMEM;
+		t = (ctp_task *)(void *)(p + (tree ? sizeof(struct ctp__tnode) :
+		    0));
 		t->pool = pool;
 		ctp__pool_ref(pool);
 		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
-		    NULL);
+		    NULL, tree);
 	} else {
 		/* its token's ext (if any) lives as long as the object */
 		ctp__token_reset(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
@@ -344,24 +368,56 @@ void ctp__task_dealloc(ctp_task *t)
 			ctp__iso_task_free(x->iso);
 	}
 	ctp__token_fini(&t->token, true);
-	free(t);
+	free(object_base(t));
 	ctp__pool_put(pool);
+}
+
+void ctp__task_free_lists(ctp_pool *pool)
+{
+	for (unsigned k = 0; k < CTP__NSIZES; k++) {
+		ctp_task *list, *spare, *t;
+
+		if (ctp__tls.alloc[k].pool == pool)
+			acache_flush(&ctp__tls.alloc[k]);
+		pthread_mutex_lock(&pool->alloc_lock);
+		list = atomic_exchange_explicit(&pool->freed[k],
+		    CTP__FREED_DEAD, memory_order_acquire);
+		spare = pool->spare[k];
+		pool->spare[k] = NULL;
+		pthread_mutex_unlock(&pool->alloc_lock);
+		for (int part = 0; part < 2; part++) {
+			while (list != NULL) {
+				ctp_task *batch = list;
+
+				list = batch->free_batch;
+				while ((t = batch) != NULL) {
+					batch = t->free_next;
+					ctp__task_dealloc(t);
+				}
+			}
+			list = spare;
+		}
+	}
 }
 
 void ctp__task_cache_flush(struct ctp__worker *w)
 {
-	if (w->cache == NULL)
-		return;
-	push_freed(w->pool, w->cache, w->cache_tail, w->ncache);
-	w->cache = w->cache_tail = NULL;
-	w->ncache = 0;
+	for (unsigned k = 0; k < CTP__NSIZES; k++) {
+		if (w->cache[k] == NULL)
+			continue;
+		push_freed(w->pool, w->cache[k], w->cache_tail[k],
+		    w->ncache[k]);
+		w->cache[k] = w->cache_tail[k] = NULL;
+		w->ncache[k] = 0;
+	}
 }
 
 void ctp__task_free(ctp_task *t)
 {
 	ctp_pool *pool = t->pool;
 	struct ctp__worker *w = ctp__tls.worker;
-	struct ctp__acache *c = &ctp__tls.alloc;
+	unsigned k = size_of_class(t);
+	struct ctp__acache *c = &ctp__tls.alloc[k];
 
 	/* ctp__token_put unlinked it; its ext stays for the next use */
 	ctp__token_release_fd(&t->token);
@@ -371,16 +427,20 @@ void ctp__task_free(ctp_task *t)
 		t->isolated = false;
 	}
 	if (w != NULL && w->pool == pool) {
-		t->free_next = w->cache;
-		w->cache = t;
-		if (w->cache_tail == NULL)
-			w->cache_tail = t;
-		if (++w->ncache >= CACHE_BATCH)
-			ctp__task_cache_flush(w);
+		t->free_next = w->cache[k];
+		w->cache[k] = t;
+		if (w->cache_tail[k] == NULL)
+			w->cache_tail[k] = t;
+		if (++w->ncache[k] >= CACHE_BATCH) {
+			push_freed(pool, w->cache[k], w->cache_tail[k],
+			    w->ncache[k]);
+			w->cache[k] = w->cache_tail[k] = NULL;
+			w->ncache[k] = 0;
+		}
 		return;
 	}
-	if (c->keyed && (c->pool == pool || (c->pool == NULL &&
-	    atomic_load_explicit(&pool->freed, memory_order_relaxed) !=
+	if (ctp__tls.alloc_keyed && (c->pool == pool || (c->pool == NULL &&
+	    atomic_load_explicit(&pool->freed[k], memory_order_relaxed) !=
 	    CTP__FREED_DEAD))) {
 		/* a canceller's or submitter's own next allocation; a full
 		 * cache goes to the pool as one batch (a group cancel frees

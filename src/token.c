@@ -2,9 +2,17 @@
  * token.c: cancellation tokens.
  *
  * Design notes
- *   Two parts. What every fire, sleep and cancel touches is in ctp_token
- *   (state, sleepers, refs, linked, its own parent and sibling links, the
- *   fire call's list links: 72 bytes, so a task object stays small); what
+ *   Three parts. What every fire, sleep and cancel touches is in
+ *   ctp_token (state, sleepers, refs, flags, the ext pointer: 24 bytes,
+ *   so a task object stays small). A token that can have a parent (a
+ *   standalone token, a task submitted with one: `tree`) has a tree node
+ *   right before it in the same allocation (internal.h, struct
+ *   ctp__tnode, ctp__tn): its parent and sibling links and the links of
+ *   the lists of the fire call that fires it from above. A fire call
+ *   keeps its root off its own lists (struct ctp__fire: walk_root,
+ *   caught_root), and only the firer of a token's parent puts it on a
+ *   list (walk, caught, waits), so a token with no parent never needs a
+ *   node. What
  *   only a token with children, watches or an fd uses is in its ext
  *   (internal.h, struct ctp__token_ext: the lock, the children, the watch
  *   list, the fd). A standalone token and a worker process's page token
@@ -226,8 +234,9 @@ static void ext_init(struct ctp__token_ext *x)
 }
 
 void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state,
-                     struct ctp__token_ext *ext)
+                     struct ctp__token_ext *ext, bool tree)
 {
+	t->tree = tree;
 	if (ext != NULL) {
 		ext_init(ext);
 		ext->gen = ctp__gen(); /* a task's is its pool's */
@@ -248,9 +257,8 @@ void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state)
 	atomic_init(&t->linked, 0);
 	t->kind = kind;
 	t->unlisted = 0;
-	t->parent = NULL;
-	t->sib_prev = t->sib_next = NULL;
-	t->fire_next = t->caught_next = t->wait_next = NULL;
+	if (t->tree) /* fixed for the object's life (ctp__token_init) */
+		*ctp__tn(t) = (struct ctp__tnode){ 0 };
 	if (x != NULL)
 		ext_clear(x); /* its fd was closed when the object was freed */
 }
@@ -332,14 +340,22 @@ bool ctp__token_tryref(ctp_token *t)
  * p's firer, unlist). */
 static void children_remove(ctp_token *p, ctp_token *c)
 {
+	struct ctp__tnode *n = ctp__tn(c);
+
 	CTP__ASSERT_HELD(&X(p)->lock);
-	if (c->sib_prev != NULL)
-		c->sib_prev->sib_next = c->sib_next;
+	if (n->sib_prev != NULL)
+		ctp__tn(n->sib_prev)->sib_next = n->sib_next;
 	else
-		X(p)->children = c->sib_next;
-	if (c->sib_next != NULL)
-		c->sib_next->sib_prev = c->sib_prev;
-	c->sib_prev = c->sib_next = NULL;
+		X(p)->children = n->sib_next;
+	if (n->sib_next != NULL)
+		ctp__tn(n->sib_next)->sib_prev = n->sib_prev;
+	n->sib_prev = n->sib_next = NULL;
+}
+
+/* t's parent: NULL for a token that has no tree node (it has none). */
+static ctp_token *parent_of(const ctp_token *t)
+{
+	return t->tree ? ctp__tn(t)->parent : NULL;
 }
 
 /* Takes a dying child out of its parent's children, under the parent's
@@ -348,11 +364,11 @@ static void children_remove(ctp_token *p, ctp_token *c)
  * and that firer dropped the reference (mark_children): NULL. */
 static ctp_token *detach(ctp_token *child)
 {
-	ctp_token *p = child->parent;
+	ctp_token *p = parent_of(child);
 
 	if (p == NULL)
 		return NULL;
-	child->parent = NULL; /* the dying child is ours alone */
+	ctp__tn(child)->parent = NULL; /* the dying child is ours alone */
 	if (child->unlisted)
 		return NULL;
 	lock(p);
@@ -388,7 +404,7 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 		} else {
 			/* a standalone token: its ext is inline */
 			ctp__token_fini(t, false);
-			free(t);
+			free(ctp__tn(t)); /* struct standalone's start */
 		}
 		t = parent;
 	}
@@ -398,6 +414,7 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 
 int ctp__token_link(ctp_token *parent, ctp_token *child)
 {
+	struct ctp__tnode *cn = ctp__tn(child); /* made with one */
 	struct ctp__token_ext *px;
 	uint32_t s;
 
@@ -411,11 +428,11 @@ int ctp__token_link(ctp_token *parent, ctp_token *child)
 		return ctp__reason_of(s);
 	}
 	ctp__token_ref(parent);
-	child->parent = parent;
-	child->sib_prev = NULL;
-	child->sib_next = px->children;
+	cn->parent = parent;
+	cn->sib_prev = NULL;
+	cn->sib_next = px->children;
 	if (px->children != NULL)
-		px->children->sib_prev = child;
+		ctp__tn(px->children)->sib_prev = child;
 	px->children = child;
 	pthread_mutex_unlock(&px->lock);
 	return 0;
@@ -663,18 +680,18 @@ static bool fire_cas(ctp_token *t, int reason, uint32_t extra,
  * call that owns t's place in the list). */
 static void append(ctp_token *t, ctp_token ***tail)
 {
-	t->fire_next = NULL;
+	ctp__tn(t)->fire_next = NULL;
 	**tail = t;
-	*tail = &t->fire_next;
+	*tail = &ctp__tn(t)->fire_next;
 }
 
 /* Appends a task caught queued to the caught list (caught_next: a task
  * may also be on the walk list, below). */
 static void append_caught(ctp_token *t, ctp_token ***tail)
 {
-	t->caught_next = NULL;
+	ctp__tn(t)->caught_next = NULL;
 	**tail = t;
-	*tail = &t->caught_next;
+	*tail = &ctp__tn(t)->caught_next;
 }
 
 /* Under t's lock: takes a task t's firer caught queued out of t's
@@ -718,7 +735,7 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 		bool one = false; /* a guard for c alone (task.c) */
 		bool won;
 
-		next = c->sib_next;
+		next = ctp__tn(c)->sib_next;
 		if (c->kind == CTP__TOKEN_TASK)
 			one = ((ctp_task *)c)->pool->up->task_guard(g,
 			    (ctp_task *)c);
@@ -750,7 +767,7 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 				append(c, walk);
 		} else if (ctp__tls.fires == NULL && (s & CTP__FIRING) &&
 		    ctp__token_tryref(c)) {
-			c->wait_next = f->waits;
+			ctp__tn(c)->wait_next = f->waits;
 			f->waits = c;
 		}
 	}
@@ -809,7 +826,7 @@ static void wait_fire_end(ctp_token *t)
 
 static void end_fire(ctp_token *t)
 {
-	if (t->parent == NULL)
+	if (parent_of(t) == NULL)
 		return; /* no CTP__FIRING was set */
 	atomic_fetch_and(&t->state, ~CTP__FIRING);
 	if (atomic_load(&t->sleepers) != 0)
@@ -826,25 +843,27 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	ctp_token **walk = &f->list, **caught = &f->caught, *c;
 
 	CTP__PERTURB();
-	/* t lives on the caller's reference until the end has returned */
+	/* t lives on the caller's reference until the end has returned; it
+	 * is on none of the lists (the root may have no tree node) */
 	f->root = t;
 	f->list = f->caught = f->waits = NULL;
 	f->reason = reason;
+	f->walk_root = true;
+	f->caught_root = false;
 	if (phase == CTP__PHASE_QUEUED) {
 		/* a queued task: nothing below it, nothing waits on it,
 		 * unless it is a periodic task between runs (waited_on):
 		 * walk it too */
-		append_caught(t, &caught);
+		f->caught_root = true;
 		((ctp_task *)t)->pool->up->task_retire((ctp_task *)t,
 		    reason, &batch);
-		if (waited_on(t))
-			append(t, &walk);
-	} else {
-		append(t, &walk);
+		f->walk_root = waited_on(t);
 	}
 	/* Phase 1: mark, breadth first (the walk list grows as it is
 	 * walked); the tasks caught queued leave their queues at once */
-	for (c = f->list; c != NULL; c = c->fire_next)
+	if (f->walk_root)
+		mark_children(t, f, &walk, &caught, &batch, &guards);
+	for (c = f->list; c != NULL; c = ctp__tn(c)->fire_next)
 		mark_children(c, f, &walk, &caught, &batch, &guards);
 	if (batch.pool != NULL)
 		batch.pool->up->batch_end_retire(&batch);
@@ -852,7 +871,9 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	guards_drop(&guards);
 	CTP__PERTURB();
 	/* Phase 2a: wake: it is what makes running work stop */
-	for (c = f->list; c != NULL; c = c->fire_next)
+	if (f->walk_root)
+		wake(t);
+	for (c = f->list; c != NULL; c = ctp__tn(c)->fire_next)
 		wake(c);
 }
 
@@ -866,7 +887,7 @@ static bool fire_start(ctp_token *t, int reason, struct ctp__guards *g,
 		(void)((ctp_task *)t)->pool->up->task_guard(g, (ctp_task *)t);
 	/* Only a firer of an ancestor can wait for this call: a token with
 	 * no parent (immutable while referenced) needs no CTP__FIRING */
-	if (!fire_cas(t, reason, t->parent != NULL ? CTP__FIRING : 0,
+	if (!fire_cas(t, reason, parent_of(t) != NULL ? CTP__FIRING : 0,
 	    phase)) {
 		guards_drop(g);
 		return false;
@@ -910,8 +931,8 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	ctp__tls.fires = f;
 	/* Phase 2b: finish every task caught queued (done runs here); each
 	 * drops the pool's reference it lent us (the batch holds the pool) */
-	for (c = f->caught; c != NULL; c = next) {
-		next = c->caught_next;
+	for (c = f->caught_root ? root : f->caught; c != NULL; c = next) {
+		next = c == root ? f->caught : ctp__tn(c)->caught_next;
 		((ctp_task *)c)->pool->up->task_complete_unrun(
 		    (ctp_task *)c, f->reason, &batch);
 	}
@@ -920,27 +941,27 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	CTP__PERTURB();
 	/* Phase 2c: the user's watchers (the root lives on its caller's
 	 * reference, the others on ours) */
-	for (c = f->list; c != NULL; c = c->fire_next) {
+	for (c = f->walk_root ? root : f->list; c != NULL;
+	    c = c == root ? f->list : ctp__tn(c)->fire_next) {
 		if (atomic_load(&c->linked) != 0 &&
 		    fired(atomic_load(&c->state)))
 			run_user_watches(c);
 	}
 	/* Phase 3: subtrees other calls were firing when we met them */
 	for (c = f->waits; c != NULL; c = next) {
-		next = c->wait_next;
+		next = ctp__tn(c)->wait_next;
 		wait_fire_end(c);
 		ctp__token_put(c);
 	}
 	ctp__tls.fires = f->prev;
-	end_fire(root);
-	/* Drop the walk list's references, the root's aside (its caller's).
-	 * f may live in the root task (dfire): read nothing of it after the
-	 * root's caller may drop it, and no list pointer after a put. */
+	/* Drop the walk list's references (the root is on none: it lives on
+	 * its caller's). f may live in the root task (dfire): read nothing
+	 * of it after the root's caller may drop it, and no list pointer
+	 * after a put. */
 	c = f->list;
-	if (c == root)
-		c = c->fire_next;
+	end_fire(root);
 	for (; c != NULL; c = next) {
-		next = c->fire_next;
+		next = ctp__tn(c)->fire_next;
 		ctp__token_put(c);
 	}
 }
@@ -960,10 +981,11 @@ int ctp__token_fire(ctp_token *t, int reason)
 	 * and completes it in one pass, under the guard taken before the
 	 * CAS. The call is on this thread's fire list while done runs, as
 	 * in ctp__token_fire_end. */
-	if (phase == CTP__PHASE_QUEUED && t->parent == NULL &&
+	if (phase == CTP__PHASE_QUEUED && parent_of(t) == NULL &&
 	    !waited_on(t)) {
 		f.root = t;
 		f.list = f.caught = f.waits = NULL;
+		f.walk_root = f.caught_root = false;
 		f.reason = reason;
 		f.prev = ctp__tls.fires;
 		ctp__tls.fires = &f;
@@ -1057,11 +1079,15 @@ int ctp_token_fd(ctp_token *token)
 	return fd;
 }
 
-/* A standalone token and its ext, one allocation (t first: freed as t) */
+/* A standalone token, its tree node and its ext, one allocation (the
+ * node first: freed as ctp__tn(t)) */
 struct standalone {
+	struct ctp__tnode     n;
 	ctp_token             t;
 	struct ctp__token_ext x;
 };
+_Static_assert(offsetof(struct standalone, t) == sizeof(struct ctp__tnode),
+    "the node right before the token");
 
 int ctp_token_create(ctp_token **token, ctp_token *parent)
 {
@@ -1077,7 +1103,7 @@ int ctp_token_create(ctp_token **token, ctp_token *parent)
 	if (s == NULL)
 		return -ENOMEM;
 	t = &s->t;
-	ctp__token_init(t, CTP__TOKEN_STANDALONE, 0, &s->x);
+	ctp__token_init(t, CTP__TOKEN_STANDALONE, 0, &s->x, true);
 	if (parent != NULL) {
 		r = ctp__token_link(parent, t);
 		if (r == -ENOMEM) { /* the parent's ext */
