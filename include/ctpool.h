@@ -272,7 +272,7 @@ CTP_EXPORT int ctp_pool_shutdown(ctp_pool *pool, int64_t drain, int64_t grace);
  * Must not race any other call on the same pool; after it returns the pool
  * must not be used. Task handles still held stay valid (ctp_task_state,
  * ctp_task_wait, ctp_task_cancel, ctp_task_release). Each thread that
- * submits keeps a few spare task objects (at most 32) of one pool, the
+ * submits keeps a few spare task objects (at most 64) of one pool, the
  * last it submitted to or freed a task of; this call frees the calling
  * thread's, and those another thread kept (with the pool's memory) are
  * freed when that thread submits to another pool or exits (the main

@@ -345,8 +345,8 @@ enum ctp__token_kind { CTP__TOKEN_STANDALONE = 1, CTP__TOKEN_TASK = 2,
 
 /*
  * A token's rare parts: what only a token with children, watches or an fd
- * uses (a child's own links are in ctp_token: a group of n child tasks
- * needs no ext but its parent's). A standalone token and an isolated
+ * uses (a child's own links are in its tree node, struct ctp__tnode: a
+ * group of n child tasks needs no ext but its parent's). A standalone token and an isolated
  * task's page token carry theirs inline (ctp__token_init); a task object
  * gets one the first time its token needs it (ctp__token_ext_get: its fn
  * making children, watching it, waiting on it, asking for its fd) and
@@ -429,6 +429,10 @@ struct ctp__tnode {
 	                               token's parent (the one thread that walks
 	                               the parent's children) */
 };
+
+/* The token right after it stays 16-byte aligned (malloc's), as the
+ * comment in struct ctp_token assumes. */
+_Static_assert(sizeof(struct ctp__tnode) % 16 == 0, "tnode keeps alignment");
 
 /* The tree node of a token that has one (t->tree). */
 static inline struct ctp__tnode *ctp__tn(const ctp_token *t)
@@ -1231,11 +1235,14 @@ struct ctp_pool {
 	 * so that workers (which free) never contend with submitters (which
 	 * allocate) on a lock, and a submitter takes the lock once per
 	 * batch (task.c): */
-	CTP__LINE _Atomic(ctp_task *) freed[CTP__NSIZES]; /* by size: pushed
-	                                       by any thread with a CAS;
-	                                       taken whole by an allocator
-	                                       (exchange, so no ABA); once
-	                                       destroyed: CTP__FREED_DEAD */
+	struct {
+		/* one line each: the sizes' pushers do not share one */
+		CTP__LINE _Atomic(ctp_task *) head;
+	} freed[CTP__NSIZES];               /* by size: pushed by any thread
+	                                       with a CAS; taken whole by an
+	                                       allocator (exchange, so no
+	                                       ABA); once destroyed:
+	                                       CTP__FREED_DEAD */
 	CTP__LINE pthread_mutex_t alloc_lock; /* allocators refilling their
 	                                       caches among themselves */
 	ctp_task          *spare[CTP__NSIZES]; /* alloc_lock: the allocators'

@@ -1763,8 +1763,8 @@ int ctp_pool_destroy(ctp_pool *pool)
 	/* Free both parts of the free list, with this thread's cache. An
 	 * abandoned thread of the pool may be allocating (its submit then
 	 * fails with -ESHUTDOWN): the list turns DEAD under alloc_lock, and
-	 * objects freed later see DEAD. Another thread's cache keeps its
-	 * objects (at most 32) and with them the pool's memory
+	 * objects freed later see DEAD. Another thread's caches keep their
+	 * objects (at most 32 of each size) and with them the pool's memory
 	 * until that thread allocates from another pool or exits. */
 	ctp__task_free_lists(pool);
 	ctp__pool_put(pool); /* the owner's */

@@ -67,13 +67,15 @@
  *   back); each allocation prefetches the next object's lines, for
  *   writing. (Walking the batch was 75 of a submitter's 420 CPU ns per
  *   task: bench/profile/profile.sh, throughput p1w2.)
- *   A thread's cache holds one pool's objects (never, once empty, those
- *   of a destroyed pool): allocating from another pool gives it back
- *   first, and so do the thread's exit (a pthread_key destructor; it
- *   does not run for the main thread's exit(), whose cache stays until
- *   the process ends) and ctp_pool_destroy on that thread; another
- *   thread's cache keeps the destroyed pool's memory (at most 32
- *   objects) until one of those happens. Each object holds a reference
+ *   A thread's caches (one per size) hold one pool's objects (never,
+ *   once empty, those of a destroyed pool): allocating from another
+ *   pool, or keeping an object it freed of another pool, gives them
+ *   back first (acache_claim), and so do the thread's exit (a
+ *   pthread_key destructor; it does not run for the main thread's
+ *   exit(), whose caches stay until the process ends) and
+ *   ctp_pool_destroy on that thread; another thread's caches keep the
+ *   destroyed pool's memory (at most 32 objects of each size) until one
+ *   of those happens. Each object holds a reference
  *   on its pool, so a handle or a cache can outlive ctp_pool_destroy. A
  *   thread whose destructor could not be registered keeps no cache.
  *   The refill checks DEAD under alloc_lock, which ctp_pool_destroy
@@ -171,7 +173,7 @@ static void *object_base(ctp_task *t)
 static void push_freed(ctp_pool *pool, ctp_task *first, ctp_task *last,
                        unsigned n)
 {
-	_Atomic(ctp_task *) *freed = &pool->freed[size_of_class(first)];
+	_Atomic(ctp_task *) *freed = &pool->freed[size_of_class(first)].head;
 	ctp_task *head = atomic_load_explicit(freed, memory_order_relaxed);
 
 	last->free_next = NULL;
@@ -228,14 +230,40 @@ static void cache_key_create(void)
  * the next submit would stall on each of its lines in turn, first to
  * read free_next, then to write. (bench_ctpool throughput, alternated
  * with a build without it: p1w2 faster in 15 of 20 runs, medians 2.21
- * and 2.42 M/s against 1.81 and 2.29; p2w2 level.) */
-static inline void prefetch_object(ctp_task *t)
+ * and 2.42 M/s against 1.81 and 2.29; p2w2 level.) The caller gives
+ * the size (k): reading token.tree would be a demand load of the line
+ * being prefetched (and GCC at -O2 then dropped the whole call as pure);
+ * each size is a constant, so the loop unrolls. */
+static inline __attribute__((always_inline)) void
+prefetch_lines(const char *p, size_t n) /* n: a constant, so unrolled */
 {
-	const char *p = object_base(t), *end = (const char *)(t + 1);
+	for (size_t off = 0; off < n; off += 64)
+		__builtin_prefetch(p + off, 1, 3);
+	__builtin_prefetch(p + n - 1, 1, 3);
+}
 
-	for (; p < end; p += 64)
-		__builtin_prefetch(p, 1, 3);
-	__builtin_prefetch(end - 1, 1, 3);
+static inline __attribute__((always_inline)) void
+prefetch_object(const ctp_task *t, unsigned k)
+{
+	const size_t tn = sizeof(struct ctp__tnode);
+
+	if (k != 0)
+		prefetch_lines((const char *)t - tn, tn + sizeof(*t));
+	else
+		prefetch_lines((const char *)t, sizeof(*t));
+}
+
+/* A thread's caches hold one pool's objects (ctp_pool_destroy's
+ * contract): before it keeps an object of pool, it gives back any other
+ * pool's, of either size. */
+static void acache_claim(ctp_pool *pool)
+{
+	for (unsigned k = 0; k < CTP__NSIZES; k++) {
+		struct ctp__acache *c = &ctp__tls.alloc[k];
+
+		if (c->pool != NULL && c->pool != pool)
+			acache_flush(c);
+	}
 }
 
 /* Takes one batch of pool's free objects of size k into this thread's
@@ -257,14 +285,14 @@ static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 	pthread_mutex_lock(&pool->alloc_lock);
 	if (pool->spare[k] == NULL) {
 		/* ctp__task_free_lists makes the lists DEAD under this lock */
-		if (atomic_load_explicit(&pool->freed[k],
+		if (atomic_load_explicit(&pool->freed[k].head,
 		    memory_order_relaxed) == CTP__FREED_DEAD) {
 			pthread_mutex_unlock(&pool->alloc_lock);
 			return -ESHUTDOWN;
 		}
 		/* acquire: the pushers' writes to the objects and links */
-		pool->spare[k] = atomic_exchange_explicit(&pool->freed[k],
-		    NULL, memory_order_acquire);
+		pool->spare[k] = atomic_exchange_explicit(
+		    &pool->freed[k].head, NULL, memory_order_acquire);
 	}
 	b = pool->spare[k];
 	if (b != NULL)
@@ -274,7 +302,7 @@ static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 		/* its count, not a walk: each object's lines are still with
 		 * the thread that freed it, and ctp__task_alloc asks for them
 		 * one object ahead */
-		prefetch_object(b);
+		prefetch_object(b, k);
 		n = b->free_count;
 	}
 	if (!ctp__tls.alloc_keyed && n > 1) {
@@ -310,7 +338,7 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
 		w->ncache[k]--;
 	} else {
 		if (c->list == NULL || c->pool != pool) {
-			acache_flush(c); /* another pool's objects */
+			acache_claim(pool); /* another pool's objects */
 			if ((r = acache_refill(c, k, pool)) != 0)
 				return r;
 		}
@@ -319,7 +347,7 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
 			if (--c->n == 0)
 				c->pool = NULL;
 			else
-				prefetch_object(c->list);
+				prefetch_object(c->list, k);
 		}
 	}
 	if (t == NULL) {
@@ -380,7 +408,7 @@ void ctp__task_free_lists(ctp_pool *pool)
 		if (ctp__tls.alloc[k].pool == pool)
 			acache_flush(&ctp__tls.alloc[k]);
 		pthread_mutex_lock(&pool->alloc_lock);
-		list = atomic_exchange_explicit(&pool->freed[k],
+		list = atomic_exchange_explicit(&pool->freed[k].head,
 		    CTP__FREED_DEAD, memory_order_acquire);
 		spare = pool->spare[k];
 		pool->spare[k] = NULL;
@@ -440,12 +468,14 @@ void ctp__task_free(ctp_task *t)
 		return;
 	}
 	if (ctp__tls.alloc_keyed && (c->pool == pool || (c->pool == NULL &&
-	    atomic_load_explicit(&pool->freed[k], memory_order_relaxed) !=
+	    atomic_load_explicit(&pool->freed[k].head, memory_order_relaxed) !=
 	    CTP__FREED_DEAD))) {
 		/* a canceller's or submitter's own next allocation; a full
 		 * cache goes to the pool as one batch (a group cancel frees
 		 * many here); an object of a destroyed pool is freed at once
 		 * below, unless this cache already holds that pool's */
+		if (c->pool == NULL)
+			acache_claim(pool);
 		t->free_next = c->list;
 		c->list = t;
 		c->pool = pool;

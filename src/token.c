@@ -45,7 +45,9 @@
  *   Who wakes whom. A fire call (ctp__token_fire) on token t:
  *     1. mark: the CAS on t, which also sets CTP__FIRING on t if t has a
  *        parent (only an ancestor's firer could wait for it); then the
- *        tree, breadth first: for each token of the call's walk list,
+ *        tree, breadth first: for t (unless a task caught queued with
+ *        nothing linked) and then each token of the call's walk list
+ *        (the tokens below t it fired, in the order it fired them),
  *        under that token's lock (the only lock held), the CAS on each
  *        child; a task it caught queued goes to the caught list (on the
  *        pool's reference, lent until its done ran) and is retired at
@@ -55,14 +57,15 @@
  *        depth or width needs one lock at a time and no recursion, and a
  *        group of n queued tasks costs two passes over them (retire here,
  *        complete below);
- *     2a. wake, for every token of the walk list: sleepers (futex on
+ *     2a. wake, for t and every token of the walk list: sleepers (futex on
  *        `state`, only if `sleepers` > 0), the eventfd, and the library's
  *        internal watches (the event-count bumps of ctp_queue_pop/push
  *        and submit's wait); no user code, so nothing user-made delays
  *        any wake-up in the tree;
  *     2b. complete the caught tasks: done(reason) on this thread, each
  *        lent reference dropped once its done ran;
- *     2c. user watchers, token by token in walk-list order;
+ *     2c. user watchers, token by token, t first, then in walk-list
+ *        order;
  *     3. wait for the subtrees another call was firing (below);
  *     then clear CTP__FIRING on t and drop the walk list's references.
  *   The timer splits the call: it runs 1-2a (ctp__token_fire_begin, no
@@ -706,8 +709,8 @@ static void unlist(ctp_token *t, ctp_token *c)
 	c->unlisted = 1;
 }
 
-/* Phase 1 for one token t of f's walk list (t has fired, or is a finished
- * task walked through): under t's lock (the only lock held), fires each
+/* Phase 1 for f's root or one token t of f's walk list (t has fired, or
+ * is a finished task walked through): under t's lock (the only lock held), fires each
  * child. A task caught queued goes to f's caught list on the pool's
  * reference (borrowed until the end) and is retired at once (no user
  * code); any other token it fired goes, with a reference, to the walk
