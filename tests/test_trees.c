@@ -26,6 +26,17 @@
  *                           order (fixed seed): the last release frees a long
  *                           run of ancestors at once.
  *
+ *   sizes_mixed             task objects of both sizes (with a parent: a
+ *                           tree node before the object; without: none)
+ *                           recycled through every cache: tasks with and
+ *                           without a parent and a handle, submitted from
+ *                           the test thread and from workers, cancelled by
+ *                           handle, by a parent, and by a running task on
+ *                           its own token (a root with no tree node whose
+ *                           walk reaches its children); every done runs
+ *                           once (ASan catches an object used as the
+ *                           other size).
+ *
  * Depth: 1,000,000 in the plain and ASan builds. Under ThreadSanitizer the
  * chains that are cancelled are 1,000 deep (the old code held one lock per
  * level, and TSan aborts beyond 64 locks held) and the others 100,000 (TSan's
@@ -455,6 +466,98 @@ static void test_wide_100k_children(void **state)
 	assert_int_equal(st.completed, 2);
 }
 
+/* ---- both object sizes, every cache ---------------------------------------- */
+
+#define MIX_ROUNDS 200u
+#define MIX_TASKS  64u
+
+static ctp_pool        *mix_pool;
+static _Atomic unsigned mix_submitted, mix_dones, mix_bad;
+
+static void mix_done(void *arg, int status)
+{
+	(void)arg;
+	(void)status;
+	atomic_fetch_add(&mix_dones, 1);
+}
+
+static int mix_fn(void *arg, ctp_token *tok)
+{
+	ctp_task_opts plain = { .done = mix_done };
+	ctp_task_opts child = { .done = mix_done, .parent = tok };
+	ctp_token *c;
+	int r;
+
+	if (arg == NULL)
+		return 0;
+	/* from a worker: one of each size (the worker's own caches) */
+	if (ctp_pool_submit(mix_pool, mix_fn, NULL, &plain, NULL) == 0)
+		atomic_fetch_add(&mix_submitted, 1);
+	if (ctp_pool_submit(mix_pool, mix_fn, NULL, &child, NULL) == 0)
+		atomic_fetch_add(&mix_submitted, 1);
+	/* a child token under this task's token, then this task cancels
+	 * itself: the fire's root is this token (with or without a tree
+	 * node), its walk reaches the child token and the child task */
+	if (ctp_token_create(&c, tok) != 0) {
+		atomic_fetch_add(&mix_bad, 1);
+		return 0;
+	}
+	r = ctp_token_cancel(tok);
+	/* -EALREADY: the test thread's cancel (by handle, or the parent's)
+	 * fired it first, and that call may not have reached c yet */
+	if ((r != 0 && r != -EALREADY) || (r == 0 && !ctp_token_cancelled(c)))
+		atomic_fetch_add(&mix_bad, 1);
+	ctp_token_release(c);
+	return 0;
+}
+
+static void test_sizes_mixed(void **state)
+{
+	ctp_task *h[MIX_TASKS];
+	ctp_stats st;
+
+	(void)state;
+	mix_pool = pool_new(2, 1u << 16);
+	atomic_store(&mix_submitted, 0);
+	atomic_store(&mix_dones, 0);
+	atomic_store(&mix_bad, 0);
+	for (unsigned round = 0; round < MIX_ROUNDS; round++) {
+		ctp_token *g;
+		unsigned nh = 0;
+
+		assert_int_equal(ctp_token_create(&g, NULL), 0);
+		for (unsigned i = 0; i < MIX_TASKS; i++) {
+			ctp_task_opts o = { .done = mix_done };
+			bool handle = i & 1u;
+			void *spawn = (i & 4u) ? (void *)&o : NULL;
+			ctp_task *t = NULL;
+
+			if (i & 2u)
+				o.parent = g;
+			assert_int_equal(ctp_pool_submit(mix_pool, mix_fn,
+			    spawn, &o, handle ? &t : NULL), 0);
+			atomic_fetch_add(&mix_submitted, 1);
+			if (handle)
+				h[nh++] = t;
+		}
+		/* half of the handles by handle, the rest by their parent */
+		for (unsigned k = 0; k < nh; k += 2)
+			(void)ctp_task_cancel(h[k]);
+		assert_int_equal(ctp_token_cancel(g), 0);
+		assert_int_equal(ctp_pool_wait_idle(mix_pool, LONG_BOUND), 0);
+		for (unsigned k = 0; k < nh; k++)
+			ctp_task_release(h[k]);
+		ctp_token_release(g);
+	}
+	assert_int_equal(ctp_pool_wait_idle(mix_pool, LONG_BOUND), 0);
+	st = stats_of(mix_pool);
+	assert_int_equal(ctp_pool_destroy(mix_pool), 0);
+	assert_int_equal(atomic_load(&mix_bad), 0);
+	assert_int_equal(atomic_load(&mix_dones), atomic_load(&mix_submitted));
+	assert_int_equal(st.submitted, atomic_load(&mix_submitted));
+	assert_identity(&st);
+}
+
 /* ---- a chain released in random order ------------------------------------- */
 
 static void test_chain_release_random(void **state)
@@ -488,6 +591,7 @@ int main(void)
 		cmocka_unit_test(test_chain_cancel_from_task),
 		cmocka_unit_test(test_chain_leaf_parents_queued_task),
 		cmocka_unit_test(test_chain_release_random),
+		cmocka_unit_test(test_sizes_mixed),
 	};
 
 	/* CTP_TEST_FILTER=<pattern>: run only the matching tests */
