@@ -157,10 +157,17 @@ static unsigned size_of_class(const ctp_task *t)
 	return t->token.tree;
 }
 
-/* Where an object's allocation starts: its tree node, if it has one. */
+/* The bytes before an object of size k in its allocation: its tree
+ * node, if it has one. */
+static size_t head_bytes(unsigned k)
+{
+	return k != 0 ? sizeof(struct ctp__tnode) : 0;
+}
+
+/* Where an object's allocation starts. */
 static void *object_base(ctp_task *t)
 {
-	return t->token.tree ? (void *)ctp__tn(&t->token) : (void *)t;
+	return (char *)t - head_bytes(size_of_class(t));
 }
 
 /* Pushes the batch first..last of n objects of one size (chained by
@@ -245,10 +252,9 @@ prefetch_lines(const char *p, size_t n) /* n: a constant, so unrolled */
 static inline __attribute__((always_inline)) void
 prefetch_object(const ctp_task *t, unsigned k)
 {
-	const size_t tn = sizeof(struct ctp__tnode);
-
 	if (k != 0)
-		prefetch_lines((const char *)t - tn, tn + sizeof(*t));
+		prefetch_lines((const char *)t - head_bytes(1),
+		    head_bytes(1) + sizeof(*t));
 	else
 		prefetch_lines((const char *)t, sizeof(*t));
 }
@@ -351,13 +357,11 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
 		}
 	}
 	if (t == NULL) {
-		char *p = malloc((tree ? sizeof(struct ctp__tnode) : 0) +
-		    sizeof(*t));
+		char *p = malloc(head_bytes(k) + sizeof(*t));
 
 		if (p == NULL)
 			return -ENOMEM;
-		t = (ctp_task *)(void *)(p + (tree ? sizeof(struct ctp__tnode) :
-		    0));
+		t = (ctp_task *)(void *)(p + head_bytes(k));
 		t->pool = pool;
 		ctp__pool_ref(pool);
 		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
@@ -428,16 +432,20 @@ void ctp__task_free_lists(ctp_pool *pool)
 	}
 }
 
+/* Gives worker w's cache of size k to its pool as one batch. */
+static void worker_flush(struct ctp__worker *w, unsigned k)
+{
+	if (w->cache[k] == NULL)
+		return;
+	push_freed(w->pool, w->cache[k], w->cache_tail[k], w->ncache[k]);
+	w->cache[k] = w->cache_tail[k] = NULL;
+	w->ncache[k] = 0;
+}
+
 void ctp__task_cache_flush(struct ctp__worker *w)
 {
-	for (unsigned k = 0; k < CTP__NSIZES; k++) {
-		if (w->cache[k] == NULL)
-			continue;
-		push_freed(w->pool, w->cache[k], w->cache_tail[k],
-		    w->ncache[k]);
-		w->cache[k] = w->cache_tail[k] = NULL;
-		w->ncache[k] = 0;
-	}
+	for (unsigned k = 0; k < CTP__NSIZES; k++)
+		worker_flush(w, k);
 }
 
 void ctp__task_free(ctp_task *t)
@@ -459,12 +467,8 @@ void ctp__task_free(ctp_task *t)
 		w->cache[k] = t;
 		if (w->cache_tail[k] == NULL)
 			w->cache_tail[k] = t;
-		if (++w->ncache[k] >= CACHE_BATCH) {
-			push_freed(pool, w->cache[k], w->cache_tail[k],
-			    w->ncache[k]);
-			w->cache[k] = w->cache_tail[k] = NULL;
-			w->ncache[k] = 0;
-		}
+		if (++w->ncache[k] >= CACHE_BATCH)
+			worker_flush(w, k);
 		return;
 	}
 	if (ctp__tls.alloc_keyed && (c->pool == pool || (c->pool == NULL &&

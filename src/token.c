@@ -679,6 +679,31 @@ static bool fire_cas(ctp_token *t, int reason, uint32_t extra,
 	return true;
 }
 
+/* The walk of fire call f: its root first if it is walked, then its walk
+ * list (the root is on no list: it may have no tree node). next is read
+ * when asked, so a walk list that grows while it is walked (phase 1) is
+ * walked whole. */
+static ctp_token *walk_first(const struct ctp__fire *f)
+{
+	return f->walk_root ? f->root : f->list;
+}
+
+static ctp_token *walk_next(const struct ctp__fire *f, ctp_token *c)
+{
+	return c == f->root ? f->list : ctp__tn(c)->fire_next;
+}
+
+/* The tasks f caught queued, its root first if it was one of them. */
+static ctp_token *caught_first(const struct ctp__fire *f)
+{
+	return f->caught_root ? f->root : f->caught;
+}
+
+static ctp_token *next_caught(const struct ctp__fire *f, ctp_token *c)
+{
+	return c == f->root ? f->caught : ctp__tn(c)->caught_next;
+}
+
 /* Appends t to the list at **tail (fire_next is written only by the fire
  * call that owns t's place in the list). */
 static void append(ctp_token *t, ctp_token ***tail)
@@ -864,9 +889,7 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	}
 	/* Phase 1: mark, breadth first (the walk list grows as it is
 	 * walked); the tasks caught queued leave their queues at once */
-	if (f->walk_root)
-		mark_children(t, f, &walk, &caught, &batch, &guards);
-	for (c = f->list; c != NULL; c = ctp__tn(c)->fire_next)
+	for (c = walk_first(f); c != NULL; c = walk_next(f, c))
 		mark_children(c, f, &walk, &caught, &batch, &guards);
 	if (batch.pool != NULL)
 		batch.pool->up->batch_end_retire(&batch);
@@ -874,9 +897,7 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	guards_drop(&guards);
 	CTP__PERTURB();
 	/* Phase 2a: wake: it is what makes running work stop */
-	if (f->walk_root)
-		wake(t);
-	for (c = f->list; c != NULL; c = ctp__tn(c)->fire_next)
+	for (c = walk_first(f); c != NULL; c = walk_next(f, c))
 		wake(c);
 }
 
@@ -934,8 +955,8 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	ctp__tls.fires = f;
 	/* Phase 2b: finish every task caught queued (done runs here); each
 	 * drops the pool's reference it lent us (the batch holds the pool) */
-	for (c = f->caught_root ? root : f->caught; c != NULL; c = next) {
-		next = c == root ? f->caught : ctp__tn(c)->caught_next;
+	for (c = caught_first(f); c != NULL; c = next) {
+		next = next_caught(f, c);
 		((ctp_task *)c)->pool->up->task_complete_unrun(
 		    (ctp_task *)c, f->reason, &batch);
 	}
@@ -944,8 +965,7 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	CTP__PERTURB();
 	/* Phase 2c: the user's watchers (the root lives on its caller's
 	 * reference, the others on ours) */
-	for (c = f->walk_root ? root : f->list; c != NULL;
-	    c = c == root ? f->list : ctp__tn(c)->fire_next) {
+	for (c = walk_first(f); c != NULL; c = walk_next(f, c)) {
 		if (atomic_load(&c->linked) != 0 &&
 		    fired(atomic_load(&c->state)))
 			run_user_watches(c);
