@@ -125,7 +125,17 @@ typedef int (*ctp_isolated_fn)(const void *in, size_t in_len, ctp_output *out,
 typedef struct ctp_pool_opts {
 	unsigned    threads;         /* workers; 0 = CPUs in this process's
 	                                affinity mask (sched_getaffinity);
-	                                at most CTP_MAX_THREADS */
+	                                at most CTP_MAX_THREADS. With more
+	                                workers than CPUs in the creating
+	                                thread's mask, queued tasks keep at
+	                                most that many workers awake while
+	                                they make progress; another wakes
+	                                once one has been in the same task
+	                                for 1-2 ms (blocked, or long). A
+	                                worker asleep in a wait of this
+	                                library (ctp_token_sleep, a queue
+	                                wait, an isolated task) does not
+	                                count */
 	size_t      queue_capacity;  /* tasks that may wait to start; 0 = 4096;
 	                                rounded up to a power of two; at most
 	                                CTP_MAX_CAPACITY */

@@ -92,12 +92,16 @@ check design-2w-1t    pass '' -DNW=2 -DNT=1 -DCAP=1
 check design-1w-2t    pass '' -DNW=1 -DNT=2 -DCAP=1
 check design-2w-2t-submits-first pass '' -DNW=2 -DNT=2 -DCAP=1 -DSUBMITS_FIRST -DNO_PARENT
 check design-2w-2t-cap2-fast pass '' -DNW=2 -DNT=2 -DCAP=2 -DNO_SLOW
+# the CPU cap: 2 workers on 1 CPU; task 1 waits for task 2 to start
+check design-cpu1-blocks    pass '' -DNW=2 -DNT=2 -DCAP=2 -DNCPU=1 -DBLOCKS -DNO_SLOW -DSUBMITS_FIRST
+check design-cpu1-blocks-deadline pass '' -DNW=2 -DNT=2 -DCAP=2 -DNCPU=1 -DBLOCKS -DNO_PARENT -DSUBMITS_FIRST
 
 echo "== planted bugs: each must be caught"
 check bug-stop-outside-lock fail 'assertion violated.*passed' -DNO_QUIET_CHECK -DBUG_STOP_OUTSIDE_LOCK -DNW=1 -DNT=1
 check bug-no-lock-pass      fail 'assertion violated.*passed' -DNO_QUIET_CHECK -DBUG_NO_LOCK_PASS
 check bug-park-no-recheck  fail 'invalid end state'          -DNO_QUIET_CHECK -DBUG_PARK_NO_RECHECK
 check bug-no-announce       fail 'invalid end state'          -DNO_QUIET_CHECK -DBUG_NO_ANNOUNCE -DNW=1 -DNT=2 -DCAP=1 -DSUBMITS_FIRST
+check bug-cap-no-sentinel   fail 'invalid end state'          -DNO_QUIET_CHECK -DBUG_CAP_NO_SENTINEL -DNW=2 -DNT=2 -DCAP=2 -DNCPU=1 -DBLOCKS -DNO_SLOW -DSUBMITS_FIRST
 echo "== bugs the model found in the old design (fixed), re-expressed: each must be caught"
 check bug-admit-after-close fail 'assertion violated'         -DNO_QUIET_CHECK -DBUG_ADMIT_AFTER_CLOSE
 check bug-drop-no-wake      fail 'invalid end state'          -DNO_QUIET_CHECK -DBUG_DROP_NO_WAKE

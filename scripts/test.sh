@@ -30,6 +30,7 @@ export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1"
 
 passed=0
 failed=0
+failures=() # what failed, repeated at the end (CI shows only the tail)
 
 # run NAME SUITE [env...]: meson test in build-NAME; counts results.
 run() {
@@ -46,10 +47,16 @@ run() {
 	if [[ -z $ok ]]; then
 		cat "$log"
 		failed=$((failed + 1))
+		failures+=("$dir: suite $suite $*: meson test did not run")
 	else
 		passed=$((passed + ok))
 		failed=$((failed + ${fail:-0} + ${to:-0}))
-		[[ ${fail:-0} -eq 0 && ${to:-0} -eq 0 ]] || tail -200 "$log"
+		if [[ ${fail:-0} -ne 0 || ${to:-0} -ne 0 ]]; then
+			tail -200 "$log"
+			while read -r line; do
+				failures+=("$dir: suite $suite $*: $line")
+			done < <(grep -E "^ *[0-9]+/[0-9]+ .*(FAIL|TIMEOUT)" "$log")
+		fi
 	fi
 	rm -f "$log"
 }
@@ -63,6 +70,7 @@ step() {
 	else
 		echo "== $name: FAILED"
 		failed=$((failed + 1))
+		failures+=("$name: $*")
 	fi
 }
 
@@ -131,5 +139,8 @@ for v in "${variants[@]}"; do
 	esac
 done
 
+for f in "${failures[@]}"; do
+	echo "failed: $f"
+done
 echo "tests: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -1110,6 +1110,28 @@ struct ctp__runq {
 	                               the lock; lock */
 	uint32_t           full_waiters; /* submitters waiting for room; lock */
 	struct ctp__worker *idle;   /* parked workers not yet claimed; lock */
+	/* The CPU cap (pool.c, "Awake workers"): */
+	uint32_t           awake;   /* workers neither parked nor the
+	                               sentinel (running, polling, or on their
+	                               way back after a claim); lock */
+	uint32_t           cap;     /* at most this many awake workers are
+	                               woken for queued tasks while they make
+	                               progress: the CPUs of the pool's
+	                               affinity mask (UINT32_MAX when the pool
+	                               has no more workers than that);
+	                               immutable */
+	struct ctp__worker *sentinel; /* the worker that looks every
+	                               STALL_NS whether the awake ones are
+	                               stuck, while a wake is held back by the
+	                               cap; lock */
+	_Atomic uint32_t   blocked; /* awake workers blocked in a library
+	                               wait (ctp__worker_blocked): not counted
+	                               against the cap. Changed by the worker
+	                               itself (relaxed RMW), read under the
+	                               lock as a hint: a
+	                               stale value only delays a wake to the
+	                               sentinel's next look, or wakes one
+	                               worker too many */
 	/* on its own line: the scout polls it, and must not pull the lock's
 	 * line away from its holder while it does */
 	CTP__LINE _Atomic(ctp_task *) head[CTP__NPRIO]; /* lock; peeked
@@ -1253,11 +1275,28 @@ struct ctp_pool {
 	uint32_t           gen;     /* fork generation it was made in */
 	unsigned           nthreads;
 	struct ctp__worker *workers;
+	uint64_t          *stall;           /* nthreads slots: the sentinel's
+	                                       last look at each worker
+	                                       (finished << 1 | busy); runq.lock */
 	ctp_task          **scan;           /* nthreads slots: cancel step only,
 	                                       run by the first shutdown caller */
 	struct ctp__iso_pool *iso;          /* worker processes, or NULL */
 	const struct ctp__pool_up *up;      /* pool.c's table */
 };
+
+/* A worker of a pool enters (d = 1) or leaves (d = -1) a wait of the
+ * library that takes no CPU (a token sleep or queue wait, an isolated
+ * task's process): meanwhile it does not count against its pool's CPU cap
+ * (pool.c, "Awake workers"). Relaxed: the count is a hint (struct
+ * ctp__runq, `blocked`). No-op on other threads. */
+static inline void ctp__worker_blocked(int d)
+{
+	struct ctp__worker *w = ctp__tls.worker;
+
+	if (w != NULL)
+		atomic_fetch_add_explicit(&w->pool->runq.blocked,
+		    (uint32_t)d, memory_order_relaxed);
+}
 
 /* The pool's references (pool->refs): the owner, every thread, every task
  * object. */

@@ -665,6 +665,8 @@ static int iso_run(void *arg, ctp_token *token)
 	(void)arg;
 	/* killable, so never abandoned by a shutdown past its grace */
 	atomic_store_explicit(&w->busy, 2, memory_order_relaxed);
+	/* this worker waits for a process: it takes no CPU */
+	ctp__worker_blocked(1);
 	r = acquire(ip, token, &s);
 	if (r == 0) {
 		bool retry;
@@ -682,6 +684,7 @@ static int iso_run(void *arg, ctp_token *token)
 	}
 	free(iso->in);
 	iso->in = NULL;
+	ctp__worker_blocked(-1);
 	/* Back to user code (done follows), unless a shutdown's grace is
 	 * over: it killed this task's process and waits for it, done
 	 * included, rather than count it a straggler it must abandon. */

@@ -63,6 +63,39 @@
  *   lock: there is no announce-then-look protocol between submitters and
  *   idle workers.
  *
+ *   Awake workers (the CPU cap). With more workers than CPUs (runq.cap:
+ *   the CPUs of the creating thread's affinity mask), waking a worker
+ *   for every queued task makes them fight for the CPUs and the lock.
+ *   With the cap, `bench_ctpool throughput --tasks 1000000` on 2 CPUs,
+ *   alternated with the build before it: 2 submitters and 4 workers,
+ *   medians of 9 runs 1.43 -> 1.94 M tasks/s (8 of 9 pairs won); 1 and
+ *   4, 7 runs, 1.71 -> 1.85 (7 of 7). So
+ *   q_wake_for_work wakes a worker only while the awake ones (runq.awake:
+ *   not parked and not the sentinel, less runq.blocked, those asleep in
+ *   a wait of the library: a token sleep, a queue wait, an isolated
+ *   task's process; ctp__worker_blocked) are fewer than the CPUs. At
+ *   the cap it claims one parked worker as the sentinel instead, if there
+ *   is none: the sentinel sleeps STALL_NS at a time (on its park word,
+ *   with a timeout) and at each look, under the lock (q_keep_watch), ends
+ *   its watch and becomes an awake worker when tasks are no longer
+ *   queued, the awake ones are below the cap, or one of them is stuck:
+ *   in the same task as at the sentinel's last look (`busy` both times,
+ *   `finished` unchanged: q_stalled), so it is blocked (I/O, a lock, a
+ *   task waiting for one still queued) or runs long. The new awake worker
+ *   takes a task, and its own q_wake_for_work claims the next sentinel
+ *   while tasks remain: a queue behind k stuck workers gets k more
+ *   workers, one each 1-2 STALL_NS. States of a worker, all under the
+ *   lock: awake --park--> parked (runq.idle) --claim--> awake, or
+ *   --claim as sentinel--> sentinel --look: stuck, empty or below the
+ *   cap--> awake; the cancel step wakes the sentinel with the parked ones
+ *   (q_wake_all). The cap costs the hot path nothing: a comparison under
+ *   the lock the wake decision already takes; the sentinel reads the
+ *   workers' own `finished` and `busy`, which they write anyway. A pool
+ *   with no more workers than CPUs has no cap (runq.cap = UINT32_MAX).
+ *   The spin model (ctpool.pml, -DNCPU=1 -DBLOCKS) checks that a task
+ *   queued behind a stuck one starts, and catches a cap without a
+ *   sentinel (BUG_CAP_NO_SENTINEL).
+ *
  *   Shutdown. (1) close_queue sets `closed` under the lock (no admission
  *   after it) and wakes blocked submitters. Every shutdown call runs it
  *   before it can return, not only the first: a later call may return
@@ -174,6 +207,7 @@ static void pool_free(ctp_pool *pool)
 {
 	free(pool->workers);
 	free(pool->scan);
+	free(pool->stall);
 	ctp__iso_free(pool);
 	ctp__timer_fini(&pool->timer);
 	pthread_mutex_destroy(&pool->runq.lock);
@@ -448,8 +482,21 @@ static ctp_task *q_first(struct ctp__runq *q)
 	return NULL;
 }
 
+/* lock held: the awake workers, less those blocked in a library wait,
+ * already number the CPUs ("Awake workers") */
+static bool q_capped(const struct ctp__runq *q)
+{
+	uint32_t blocked = atomic_load_explicit(&q->blocked,
+	    memory_order_relaxed);
+
+	return q->awake >= q->cap && q->awake - q->cap >= blocked;
+}
+
 /* lock held: claims one idle worker to wake when queued tasks outnumber
- * the workers already on their way, unless the scout will see them */
+ * the workers already on their way, unless the scout will see them; when
+ * the awake workers already number the CPUs, the one claimed is the
+ * sentinel instead (unless there is one), which wakes another only once
+ * an awake one is stuck */
 static void q_wake_for_work(struct ctp__runq *q, struct after *a)
 {
 	struct ctp__worker *w = q->idle;
@@ -457,6 +504,12 @@ static void q_wake_for_work(struct ctp__runq *q, struct after *a)
 	CTP__ASSERT_HELD(&q->lock);
 	if (w == NULL || q->scout || a->wake != NULL ||
 	    q->linked <= q->waking)
+		return;
+	if (!q_capped(q))
+		q->awake++;
+	else if (q->sentinel == NULL)
+		q->sentinel = w;
+	else
 		return;
 	q->idle = w->park_next;
 	q->waking++;
@@ -472,9 +525,17 @@ static void q_wake_all(struct ctp__runq *q)
 	while ((w = q->idle) != NULL) {
 		q->idle = w->park_next;
 		q->waking++;
+		q->awake++;
 		atomic_store_explicit(&w->park, 0, memory_order_release);
 		ctp__futex_wake(&w->park, 1); /* rare: create's failure, the
 		                                 cancel step */
+	}
+	/* the sentinel, between two looks or on its way (claimed) */
+	if ((w = q->sentinel) != NULL) {
+		q->sentinel = NULL;
+		q->awake++;
+		atomic_store_explicit(&w->park, 0, memory_order_release);
+		ctp__futex_wake(&w->park, 1);
 	}
 }
 
@@ -818,6 +879,52 @@ static bool scout_poll(ctp_pool *pool, int64_t end)
 	}
 }
 
+/* How often the sentinel looks whether the awake workers are stuck. */
+#define STALL_NS 1000000
+
+/* runq.lock held, by the sentinel: whether another worker has been in
+ * the same task since the sentinel's last look (busy then and now, and
+ * its `finished` count unchanged: it finishes a task only after `busy`
+ * went to 0). A stuck worker's CPU may be idle: it is blocked (I/O, a
+ * lock, a wait for a task still queued), or runs a long task, which the
+ * queued ones should not wait behind either. */
+static bool q_stalled(ctp_pool *pool, const struct ctp__worker *self)
+{
+	bool stalled = false;
+
+	for (unsigned i = 0; i < pool->nthreads; i++) {
+		const struct ctp__worker *w = &pool->workers[i];
+		uint64_t v;
+
+		if (w == self)
+			continue;
+		/* relaxed: a hint; a stale value delays the decision by one
+		 * look, or wakes one worker too many */
+		v = atomic_load_explicit(&w->finished, memory_order_relaxed)
+		    << 1 | (atomic_load_explicit(&w->busy,
+		    memory_order_relaxed) != 0);
+		if ((v & 1) != 0 && v == pool->stall[i])
+			stalled = true;
+		pool->stall[i] = v;
+	}
+	return stalled;
+}
+
+/* runq.lock held, by the sentinel: whether it goes on looking (true), or
+ * gives the role up and becomes an awake worker (false): tasks are no
+ * longer queued, the awake ones are fewer than the CPUs, or one of them is
+ * stuck */
+static bool q_keep_watch(ctp_pool *pool, struct ctp__worker *w)
+{
+	struct ctp__runq *q = &pool->runq;
+
+	if (q->linked != 0 && q_capped(q) && !q_stalled(pool, w))
+		return true;
+	q->sentinel = NULL;
+	q->awake++;
+	return false;
+}
+
 /* Returns the next task popped and recorded as `current` (not yet
  * started), or NULL when the worker must exit. The previous task's queue
  * reference (and pool reference, if this worker finished it) is dropped
@@ -843,6 +950,23 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 				q->scout = false;
 			q_unlock(q, &a);
 			break;
+		}
+		if (q->sentinel == w && q_keep_watch(pool, w)) {
+			/* the next look in STALL_NS, or at once when the
+			 * cancel step wakes us (q_wake_all) */
+			struct timespec next;
+
+			atomic_store_explicit(&w->park, 1,
+			    memory_order_relaxed);
+			q_unlock(q, &a);
+			put_task(prev, prev_refs);
+			prev = NULL;
+			(void)ctp__deadline(STALL_NS, &next);
+			if (atomic_load_explicit(&w->park,
+			    memory_order_acquire) != 0)
+				ctp__futex_wait(&w->park, 1, &next);
+			q_lock(q);
+			continue;
 		}
 		t = q_take(q, &a);
 		if (t != NULL) {
@@ -878,6 +1002,7 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 		atomic_store_explicit(&w->park, 1, memory_order_relaxed);
 		w->park_next = q->idle;
 		q->idle = w;
+		q->awake--;
 		q_unlock(q, &a);
 		put_task(prev, prev_refs);
 		prev = NULL;
@@ -1015,7 +1140,7 @@ static unsigned cpu_count(void)
 }
 
 static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
-                      size_t cap)
+                      unsigned cpus, size_t cap)
 {
 	ctp_pool *pool = aligned_alloc(CTP__CACHELINE, sizeof(*pool));
 	int r = -ENOMEM;
@@ -1027,7 +1152,8 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	if (pool->workers != NULL)
 		memset(pool->workers, 0, n * sizeof(*pool->workers));
 	pool->scan = calloc(n, sizeof(*pool->scan));
-	if (pool->workers == NULL || pool->scan == NULL)
+	pool->stall = calloc(n, sizeof(*pool->stall));
+	if (pool->workers == NULL || pool->scan == NULL || pool->stall == NULL)
 		goto fail;
 	r = ctp__timer_init(&pool->timer);
 	if (r != 0)
@@ -1039,6 +1165,9 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	 * of 15 runs alternated in one binary) */
 	pthread_mutex_init(&pool->runq.lock, NULL);
 	pool->runq.capacity = cap;
+	/* every worker is awake until it parks */
+	pool->runq.awake = n;
+	pool->runq.cap = n > cpus ? cpus : UINT32_MAX;
 	ck_ec32_init(&pool->runq.not_full, 0);
 	ck_ec32_init(&pool->runq.drained, 0);
 	pthread_mutex_init(&pool->lock, NULL);
@@ -1060,6 +1189,7 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 fail:
 	free(pool->workers);
 	free(pool->scan);
+	free(pool->stall);
 	free(pool);
 	return r;
 }
@@ -1092,7 +1222,7 @@ int ctp_pool_create(ctp_pool **out, const ctp_pool_opts *opts)
 {
 	ctp_pool_opts o = { 0 };
 	ctp_pool *pool;
-	unsigned n, i;
+	unsigned n, i, cpus;
 	size_t cap;
 	int r;
 
@@ -1100,13 +1230,14 @@ int ctp_pool_create(ctp_pool **out, const ctp_pool_opts *opts)
 		return -EINVAL;
 	if (opts != NULL)
 		o = *opts;
-	n = o.threads != 0 ? o.threads : cpu_count();
+	cpus = cpu_count();
+	n = o.threads != 0 ? o.threads : cpus;
 	cap = ctp__round_capacity(o.queue_capacity != 0 ? o.queue_capacity :
 	    DEFAULT_CAPACITY);
 	if (n > CTP_MAX_THREADS || cap == 0 ||
 	    o.processes > CTP_MAX_PROCESSES || !ctp__duration_ok(o.kill_after))
 		return -EINVAL;
-	r = pool_alloc(&pool, &o, n, cap);
+	r = pool_alloc(&pool, &o, n, cpus, cap);
 	if (r != 0)
 		return r;
 	/* the fork server before any thread of the pool */

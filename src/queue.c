@@ -173,7 +173,9 @@ int ctp__ec_wait(ck_ec32_t *ec, uint32_t snap, ctp_token *token,
 	if (token != NULL && !c.poll &&
 	    !ctp__token_watch_internal(token, &w, wake_ec, ec))
 		return ctp_token_reason(token);
+	ctp__worker_blocked(1);
 	r = ck_ec32_wait_pred(ec, &ctp__ec_mode, snap, wait_pred, &c, abs);
+	ctp__worker_blocked(-1);
 	if (token != NULL && !c.poll)
 		ctp__token_unwatch_internal(&w);
 	/* a fire wins over our deadline: ck_ec looks at the deadline before

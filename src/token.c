@@ -1063,7 +1063,9 @@ int ctp_token_sleep(ctp_token *token, int64_t ns)
 			atomic_fetch_sub(&token->sleepers, 1);
 			return ctp__reason_of(s);
 		}
+		ctp__worker_blocked(1);
 		r = token_futex_wait(token, s, timed ? &abs : NULL);
+		ctp__worker_blocked(-1);
 		atomic_fetch_sub(&token->sleepers, 1);
 		if (r == -ETIMEDOUT)
 			return ctp_token_reason(token);

@@ -1138,37 +1138,71 @@ static int rendezvous_fn(void *arg, ctp_token *token)
 	return 0;
 }
 
+/* `rounds` times: n tasks submitted at once to a pool of n workers, each
+ * waiting until all n have started */
+static void rendezvous_rounds(unsigned n, int rounds)
+{
+	ctp_pool *pool = pool_new(n, 0);
+	struct rendezvous rv;
+
+	tu_sem_init(&rv.in, 0);
+	tu_sem_init(&rv.go, 0);
+	for (int round = 0; round < rounds; round++) {
+		for (unsigned i = 0; i < n; i++)
+			assert_int_equal(ctp_pool_submit(pool, rendezvous_fn,
+			    &rv, NULL, NULL), 0);
+		for (unsigned i = 0; i < n; i++)
+			tu_sem_wait(&rv.in);
+		for (unsigned i = 0; i < n; i++)
+			tu_sem_post(&rv.go);
+		assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	}
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	sem_destroy(&rv.in);
+	sem_destroy(&rv.go);
+}
+
 /* N tasks submitted at once to N idle workers all start together: none of
  * them waits in the queue for a busy worker while another worker sleeps.
  * (A regression: the submits saw the polling worker and woke nobody, and
- * the one worker it woke did not wake the next.) A task that never starts
- * makes tu_sem_wait abort after 30 s. */
+ * the one worker it woke did not wake the next.) With more workers than
+ * CPUs the cap holds the wakes back, and the sentinel wakes the rest as
+ * the awake ones are seen stuck (test_pool_cpu_cap_stuck_workers). A task
+ * that never starts makes tu_sem_wait abort after 30 s. */
 static void test_pool_idle_workers_all_start(void **state)
 {
 	(void)state;
 	static const unsigned sizes[] = { 2, 4, 8 };
 
-	for (unsigned k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
-		unsigned n = sizes[k];
-		ctp_pool *pool = pool_new(n, 0);
-		struct rendezvous rv;
+	for (unsigned k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++)
+		rendezvous_rounds(sizes[k], 200);
+}
 
-		tu_sem_init(&rv.in, 0);
-		tu_sem_init(&rv.go, 0);
-		for (int round = 0; round < 200; round++) {
-			for (unsigned i = 0; i < n; i++)
-				assert_int_equal(ctp_pool_submit(pool,
-				    rendezvous_fn, &rv, NULL, NULL), 0);
-			for (unsigned i = 0; i < n; i++)
-				tu_sem_wait(&rv.in);
-			for (unsigned i = 0; i < n; i++)
-				tu_sem_post(&rv.go);
-			assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
-		}
-		assert_int_equal(ctp_pool_destroy(pool), 0);
-		sem_destroy(&rv.in);
-		sem_destroy(&rv.go);
-	}
+/* The CPU cap (pool.c, "Awake workers"): a pool created on 1 CPU wakes
+ * one worker for queued tasks while it makes progress. Tasks that block
+ * until all N have started (a rendezvous) still all start: each time the
+ * awake workers are all stuck, the sentinel becomes one more and claims
+ * the next sentinel. Without the sentinel (the model's
+ * BUG_CAP_NO_SENTINEL) the second task never starts and tu_sem_wait
+ * aborts after 30 s. */
+static void test_pool_cpu_cap_stuck_workers(void **state)
+{
+	(void)state;
+	static const unsigned sizes[] = { 2, 3, 8 };
+	cpu_set_t old, one;
+	int cpu = -1;
+
+	assert_int_equal(sched_getaffinity(0, sizeof(old), &old), 0);
+	for (int i = 0; i < CPU_SETSIZE && cpu < 0; i++)
+		if (CPU_ISSET(i, &old))
+			cpu = i;
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	/* the workers inherit the mask, and the pool counts its CPUs in it */
+	assert_int_equal(sched_setaffinity(0, sizeof(one), &one), 0);
+	for (unsigned k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++)
+		rendezvous_rounds(sizes[k], 20);
+	assert_int_equal(sched_setaffinity(0, sizeof(old), &old), 0);
 }
 
 /* ---- ctp_strerror ------------------------------------------------------- */
@@ -1228,6 +1262,7 @@ int main(void)
 		cmocka_unit_test(test_pool_submit_parent_timed_out_while_waiting),
 		cmocka_unit_test(test_pool_task_objects_follow_threads_and_pools),
 		cmocka_unit_test(test_pool_idle_workers_all_start),
+		cmocka_unit_test(test_pool_cpu_cap_stuck_workers),
 		cmocka_unit_test(test_pool_strerror_names_every_code),
 	};
 

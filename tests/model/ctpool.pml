@@ -72,6 +72,18 @@
  *                          guards) and lowers it again if the CAS caught
  *                          nothing queued.
  *
+ *   BUG_CAP_NO_SENTINEL    q_wake_for_work holds a wake back for the CPU
+ *                          cap without claiming a sentinel: a task queued
+ *                          behind a stuck one waits forever (-DBLOCKS:
+ *                          task 1 waits for task 2 to start, as a task
+ *                          waiting for another one's result does).
+ *
+ * -DBLOCKS: task 1's fn waits (on a semaphore, say) until task 2 has
+ * started, or cannot start any more (cancelled, or not accepted); a
+ * fire of its own token (the shutdown's cancel step) also ends the wait,
+ * as a token-aware wait does. With the cap (NCPU < NW) only the sentinel
+ * can give task 2 a worker then.
+ *
  * -DNO_QUIET_CHECK leaves out the assertion at the shutdown's return that
  * every accepted task's done has returned (the planted bugs above are
  * judged by the property each one breaks).
@@ -85,6 +97,14 @@
 #endif
 #ifndef CAP
 #define CAP 1
+#endif
+/* CPUs of the pool's affinity mask (runq.cap): with NCPU < NW, at most
+ * NCPU awake workers are woken for queued tasks while they make progress,
+ * and the sentinel wakes another once one is stuck ("Awake workers" in
+ * pool.c). The default leaves the cap out, as src/ does for a pool with no
+ * more workers than CPUs. */
+#ifndef NCPU
+#define NCPU NW
 #endif
 
 /* task phases: CTP_TASK_* (the token state word) */
@@ -153,6 +173,11 @@ bool stopping;            /* pool->stopping (written under the lock) */
 byte nf;                  /* runq.not_full event count */
 byte dr;                  /* runq.drained event count */
 byte pk[NW];              /* worker->park (futex word) */
+byte awake;               /* runq.awake: neither parked nor the sentinel */
+byte sentinel;            /* runq.sentinel: 0 none, else worker + 1 */
+bool inrun[NW];           /* ghost: the worker is in a task (started, done
+                             not returned): `busy` */
+byte ninrun;              /* ... in how many workers */
 
 /* ---- the rest of the pool ---- */
 byte alive;               /* threads not yet exited */
@@ -194,6 +219,8 @@ inline q_check() {
 	:: else -> break
 	od;
 	assert(waking == ck_w);
+	/* every worker is parked, the sentinel, or awake */
+	assert(awake + nidle + (sentinel != 0 -> 1 : 0) == NW);
 	ck_i = 0; ck_r = 0; ck_l = 0; ck_w = 0
 }
 
@@ -217,14 +244,28 @@ inline q_release() {
 /* pool.c q_wake_for_work (lock held): claims the idle worker on top of the
  * list when linked tasks outnumber the workers already on their way,
  * unless the scout will see them */
+#define CAPPED (NCPU < NW && awake >= NCPU)
+
+inline q_claim() {
+	nidle--;
+	aw = istack[nidle] + 1;
+	istack[nidle] = 0;
+	waking++;
+	claimed[aw - 1] = true
+}
+
 inline q_wake_for_work() {
 	if
 	:: nidle > 0 && !qscout && aw == 0 && len(list) > waking ->
-		nidle--;
-		aw = istack[nidle] + 1;
-		istack[nidle] = 0;
-		waking++;
-		claimed[aw - 1] = true
+		if
+		:: !CAPPED -> awake++; q_claim()
+#ifndef BUG_CAP_NO_SENTINEL
+		:: CAPPED && sentinel == 0 ->
+			sentinel = istack[nidle - 1] + 1;
+			q_claim()
+#endif
+		:: else -> skip
+		fi
 	:: else -> skip
 	fi
 }
@@ -359,6 +400,27 @@ loop:
 		goto leave
 	:: else -> skip
 	fi;
+	/* next_popped: the sentinel goes on looking (q_keep_watch) while
+	 * tasks are queued, the awake workers number the CPUs and none of
+	 * them is stuck; it looks again STALL_NS later (a timed wait: it
+	 * ends when there may be something to see), or at once when the
+	 * cancel step wakes it. A worker in a task may be stuck (blocked) or
+	 * not yet: the look may go either way then. */
+	if
+	:: sentinel == w + 1 && len(list) != 0 && CAPPED ->
+		if
+		:: ninrun > 0 -> d_step { sentinel = 0; awake++ }
+		:: true ->
+			d_step { pk[w] = 1; q_unlock() }
+			(pk[w] == 0 || len(list) == 0 || !CAPPED ||
+			 ninrun > 0);
+			atomic { qlock == 0 -> qlock = _pid; stop = stopping }
+			goto loop
+		fi
+	:: sentinel == w + 1 && !(len(list) != 0 && CAPPED) ->
+		d_step { sentinel = 0; awake++ }
+	:: else -> skip
+	fi;
 #ifndef START_UNDER_LOCK
 	/* q_take: pop the head (OUT, its slot given back) and record it as
 	 * current, not yet started */
@@ -438,7 +500,20 @@ loop:
 		fi;
 #endif
 		/* run_task: fn runs (it may poll reason[t]) */
-		d_step { assert(!won_queued[t]); started[t] = true }
+		d_step {
+			assert(!won_queued[t]);
+			started[t] = true;
+			inrun[w] = true;
+			ninrun++
+		}
+#ifdef BLOCKS
+		if
+		:: t == 1 ->
+			(started[2] || reason[1] != 0 || phase[2] == CANCELLED ||
+			 (sub_done && !acc[2]))
+		:: else -> skip
+		fi;
+#endif
 		/* task.c ctp__task_finish_ran: RUNNING -> DONE keeping the
 		 * reason; then done(status), publish, worker_finished (the
 		 * completed statistic is counted before, relaxed) */
@@ -449,6 +524,8 @@ loop:
 			status[t] = 0;
 			st_completed++;
 			unfinished--;
+			inrun[w] = false;
+			ninrun--;
 			t = 0
 		}
 		goto next_task
@@ -489,6 +566,7 @@ loop:
 			pk[w] = 1;
 			istack[nidle] = w;
 			nidle++;
+			awake--;
 			q_check()
 		}
 #else
@@ -496,6 +574,7 @@ loop:
 			pk[w] = 1;
 			istack[nidle] = w;
 			nidle++;
+			awake--;
 			spun = false;
 			q_unlock()
 		}
@@ -864,10 +943,19 @@ proctype shutdown()
 			v = istack[nidle];
 			istack[nidle] = 0;
 			waking++;
+			awake++;
 			claimed[v] = true;
 			pk[v] = 0
 		:: else -> break
 		od;
+		/* the sentinel, between two looks or on its way */
+		if
+		:: sentinel != 0 ->
+			pk[sentinel - 1] = 0;
+			sentinel = 0;
+			awake++
+		:: else -> skip
+		fi;
 		v = 0;
 		i = 0;
 		n = 0;
@@ -915,10 +1003,19 @@ proctype shutdown()
 			v = istack[nidle];
 			istack[nidle] = 0;
 			waking++;
+			awake++;
 			claimed[v] = true;
 			pk[v] = 0
 		:: else -> break
 		od;
+		/* the sentinel, between two looks or on its way */
+		if
+		:: sentinel != 0 ->
+			pk[sentinel - 1] = 0;
+			sentinel = 0;
+			awake++
+		:: else -> skip
+		fi;
 		v = 0;
 		i = 0;
 		q_check()
@@ -1017,6 +1114,7 @@ init
 		:: else -> break
 		od;
 		alive = NW;
+		awake = NW;
 		i = 0
 	}
 	atomic {
@@ -1033,7 +1131,8 @@ init
 	d_step {
 		assert(alive == 0 && stopping);
 		assert(count == 0 && unfinished == 0 && finishing == 0);
-		assert(len(list) == 0 && fw == 0 && waking == 0 && nidle == 0);
+		assert(len(list) == 0 && fw == 0 && waking == 0 && nidle == 0 &&
+		       sentinel == 0);
 		i = 1;
 		n = 0;
 		do
