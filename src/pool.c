@@ -956,11 +956,12 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 			 * cancel step wakes us (q_wake_all) */
 			struct timespec next;
 
+			/* a sentinel was claimed off the idle list: it
+			 * dropped its previous task before it parked */
+			assert(prev == NULL);
 			atomic_store_explicit(&w->park, 1,
 			    memory_order_relaxed);
 			q_unlock(q, &a);
-			put_task(prev, prev_refs);
-			prev = NULL;
 			(void)ctp__deadline(STALL_NS, &next);
 			if (atomic_load_explicit(&w->park,
 			    memory_order_acquire) != 0)
