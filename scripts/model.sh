@@ -12,9 +12,10 @@
 #     BUG_GUARD_AFTER_CAS in the run queue's first version
 #     (tests/model/README.md, "Finding"). The other ctpool.pml variants run
 #     with -DNO_QUIET_CHECK: each is judged by the property it breaks.
-#     Two more are the bugs sched.pml found in src/ (fixed in 60cbd85),
-#     BUG_PLACE_NO_DRAINED_BUMP and BUG_SKIP_END_AS_RAN
-#     (tests/model/README.md, "Findings of sched.pml")
+#     Two more are real bugs of sched.pml's part of src/:
+#     BUG_PLACE_NO_DRAINED_BUMP (found by the model, fixed in 60cbd85)
+#     and BUG_SKIP_STARTED_RUN (found by the fuzzer)
+#     (tests/model/README.md, "Findings of sched.pml", "Finding 3")
 #   - fire.pml and sched.pml searches take seconds: their verifiers are
 #     compiled with -O0 (gcc -O2 of pan.c costs more than it saves there);
 #     ctpool.pml's long searches keep -O2
@@ -123,20 +124,20 @@ check fire-bug-no-wake      fail 'invalid end state'          -DBUG_NO_WAKE -DTH
 t_fire=$SECONDS
 model=sched.pml
 echo "== sched.pml, model of src/ (scheduling): must verify"
-check sched-periodic        pass '' -DK1=K_PER -DRESCHED=1
-check sched-periodic-2w     pass '' -DK1=K_PER -DNW=2 -DNO_SELF
+check sched-periodic        pass '' -DK1=K_PER -DRESCHED=1 -DLONG_PERIOD
+check sched-periodic-2w     pass '' -DK1=K_PER -DNW=2 -DNO_SELF -DLONG_PERIOD
 check sched-periodic-delayed-deadline pass '' -DK1=K_PERD -DDEADLINE
 check sched-delayed-resched pass '' -DK1=K_DELAY -DRESCHED=1 -DDEADLINE
 check sched-delayed-long    pass '' -DK1=K_DELAY -DLONG_DELAY
 check sched-resched-long    pass '' -DK1=K_ONCE -DRESCHED=1 -DLONG
 echo "== sched.pml, planted bugs: each must be caught"
-check sched-bug-requeue-no-closed-check fail 'assertion violated.*late' -DBUG_REQUEUE_NO_CLOSED_CHECK -DK1=K_PER
+check sched-bug-requeue-no-closed-check fail 'invalid end state' -DBUG_REQUEUE_NO_CLOSED_CHECK -DK1=K_PER -DLONG_PERIOD
 check sched-bug-unqueue-no-timer-lock fail 'assertion violated.*dres' -DBUG_UNQUEUE_NO_TIMER_LOCK -DK1=K_DELAY
 check sched-bug-armed-after-look fail 'assertion violated tm' -DBUG_ARMED_AFTER_LOOK -DK1=K_ONCE -DRESCHED=1
 check sched-bug-promote-no-wake  fail 'invalid end state'       -DBUG_PROMOTE_NO_WAKE -DK1=K_DELAY
-echo "== sched.pml, bugs the model found in src/ (fixed in 60cbd85), the old code kept: each must be caught"
+echo "== sched.pml, real bugs of src/ (fixed), the old code kept: each must be caught"
 check sched-bug-place-no-drained-bump fail 'invalid end state' -DBUG_PLACE_NO_DRAINED_BUMP -DK1=K_DELAY -DLONG_DELAY
-check sched-bug-skip-end-as-ran fail 'assertion violated.*status' -DBUG_SKIP_END_AS_RAN -DK1=K_PER
+check sched-bug-skip-started-run fail 'assertion violated.*ip_owed' -DBUG_SKIP_STARTED_RUN -DK1=K_PER
 
 t_sched=$SECONDS
 echo "time: ctpool.pml $t_ctpool s, fire.pml $((t_fire - t_ctpool)) s, sched.pml $((t_sched - t_fire)) s"

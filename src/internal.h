@@ -749,11 +749,6 @@ CTP__HIDDEN void ctp__batch_end_complete(struct ctp__batch *b);
 CTP__HIDDEN void ctp__task_fire_queued(ctp_task *t, int reason);
 /* A worker ran the task: finish it with fn's status. */
 CTP__HIDDEN void ctp__task_finish_ran(ctp_task *t, int status);
-/* A periodic task a worker started but did not run (a shutdown had begun)
- * whose token fired before it could be queued again: it ends with the
- * token's reason, DONE and completed if an earlier run ran, else
- * CANCELLED and counted by the reason. */
-CTP__HIDDEN void ctp__task_finish_skipped(ctp_task *t);
 /* True once the task's done has returned (only for a handle's task). */
 CTP__HIDDEN bool ctp__task_finished(const ctp_task *t);
 /* QUEUED -> RUNNING unless its token fired first. */

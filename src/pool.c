@@ -141,7 +141,10 @@
  *   the series ends, done gets the run's status) and re-places it for
  *   next_due (fixed rate; late runs skipped) under both locks, unless a
  *   fire caught it meanwhile (it is then OUT) or the queue is closed (it
- *   fires it with -ESHUTDOWN itself). close_queue ends every periodic
+ *   fires it with -ESHUTDOWN itself). A worker that pops a periodic task
+ *   once the queue is closed fires it the same way before its start
+ *   (next_task), so every start runs fn: a cancel's -EINPROGRESS is
+ *   never the answer for a run that does not happen. close_queue ends every periodic
  *   series waiting in a list or the heap (it takes them out, like the
  *   drop step, and fires them); the drop step also takes the delayed
  *   tasks. ctp_task_reschedule moves a LINKED or DELAYED task under both
@@ -684,20 +687,19 @@ static int64_t next_due(ctp_task *t, int64_t now)
 	return x->due + (now - x->due) / x->period * x->period;
 }
 
-/* A periodic run is over (ran) or was skipped because a shutdown has
- * begun: the task is queued again for its next run. False when its token
- * fired meanwhile: the series ends, and the caller finishes it. Once a
- * shutdown has begun the series ends here, as if its token had fired
- * with -ESHUTDOWN between runs (its done runs on this worker). */
-static bool requeue(ctp_pool *pool, ctp_task *t, bool ran)
+/* A periodic run is over: the task is queued again for its next run.
+ * False when its token fired meanwhile: the series ends, and the caller
+ * finishes it. Once a shutdown has begun the series ends here, as if its
+ * token had fired with -ESHUTDOWN between runs (its done runs on this
+ * worker). */
+static bool requeue(ctp_pool *pool, ctp_task *t)
 {
 	struct ctp__runq *q = &pool->runq;
 	uint32_t s = CTP__PHASE_RUNNING;
 	struct after a = { 0 };
 	bool shut = false;
 
-	if (ran)
-		t->ran = true;
+	t->ran = true;
 	CTP__PERTURB();
 	pthread_mutex_lock(&pool->timer.lock);
 	q_lock(q);
@@ -1030,6 +1032,17 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 
 	while ((t = next_popped(pool, w)) != NULL) {
 		CTP__PERTURB(); /* popped, not started */
+		/* a periodic series is not started again once a shutdown has
+		 * begun: it ends here, before the start, as if its token had
+		 * fired with -ESHUTDOWN between runs (its done runs on this
+		 * worker, and the start CAS below fails). Not a started run
+		 * that is then skipped: a ctp_task_cancel meanwhile would
+		 * answer -EINPROGRESS for a run that never happens. A close
+		 * racing this look may still let one run through (requeue
+		 * then ends the series). */
+		if (t->periodic && atomic_load_explicit(&pool->runq.closed,
+		    memory_order_relaxed))
+			(void)ctp__token_fire(&t->token, -ESHUTDOWN);
 		if (ctp__task_start(t))
 			return t;
 	}
@@ -1039,36 +1052,25 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 static void run_task(struct ctp__worker *w, ctp_task *t)
 {
 	ctp_pool *pool = w->pool;
-	/* a periodic series is not started again once a shutdown has
-	 * begun (a close racing this look may still let one run through) */
-	bool skip = t->periodic && atomic_load_explicit(&pool->runq.closed,
-	    memory_order_relaxed);
-	int status = 0;
+	int status;
 
 	/* relaxed: read only by a shutdown past its grace, after `stopping`
 	 * and the lock pass (which ordered this store before it) */
 	atomic_store_explicit(&w->busy, 1, memory_order_relaxed);
-	if (!skip) {
-		atomic_store_explicit(&w->st_running, 1, memory_order_relaxed);
-		ctp__tls.task = t;
-		status = t->fn(t->arg, &t->token);
-		ctp__tls.task = NULL;
-		/* counted before the task can be seen finished (wait_idle) */
-		atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
-	}
+	atomic_store_explicit(&w->st_running, 1, memory_order_relaxed);
+	ctp__tls.task = t;
+	status = t->fn(t->arg, &t->token);
+	ctp__tls.task = NULL;
+	/* counted before the task can be seen finished (wait_idle) */
+	atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
 	if (t->periodic) {
-		if (requeue(pool, t, !skip)) {
+		if (requeue(pool, t)) {
 			atomic_store_explicit(&w->busy, 0,
 			    memory_order_relaxed);
 			return;
 		}
-		/* its token fired during the run (or, for a skipped run,
-		 * since the start): the series ends here */
+		/* its token fired during the run: the series ends here */
 		release_held(pool, t);
-		if (skip) {
-			ctp__task_finish_skipped(t);
-			return;
-		}
 	}
 	if (!t->isolated || ctp__iso_outcome(t) == CTP__ISO_RAN)
 		own_add64(&w->st_completed, 1, memory_order_relaxed);

@@ -711,24 +711,6 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 	finish_worker(t, status, end);
 }
 
-void ctp__task_finish_skipped(ctp_task *t)
-{
-	ctp_pool *pool = t->pool;
-	int reason = ctp__reason_of(atomic_load(&t->token.state));
-
-	/* counted like a series caught between runs (ctp__task_retire) */
-	if (t->ran) {
-		atomic_fetch_add_explicit(&pool->st_completed, 1,
-		    memory_order_relaxed);
-		finish_worker(t, reason, CTP__PHASE_DONE);
-		return;
-	}
-	atomic_fetch_add_explicit(reason == -ETIMEDOUT ? &pool->st_timed_out :
-	    reason == -ESHUTDOWN ? &pool->st_dropped : &pool->st_cancelled, 1,
-	    memory_order_relaxed);
-	finish_worker(t, reason, CTP__PHASE_CANCELLED);
-}
-
 /* ---- public API --------------------------------------------------------- */
 
 int ctp_task_cancel(ctp_task *task)

@@ -26,6 +26,11 @@
  *                           0) and ctp_pool_destroy; the abandoned workers'
  *                           submits fail cleanly, every accepted task gets
  *                           one done, and every thread leaves (bounded).
+ *   periodic_cancel_answer_at_close  (found by the fuzzer) a periodic task's
+ *                           first run races a ctp_task_cancel and the
+ *                           shutdown's close: -EINPROGRESS only for a run
+ *                           whose fn is called, 0 only with done(-ECANCELED)
+ *                           returned, done once.
  *
  * Rules as in test_stress.c: threads other than the test's own only record
  * into atomics; checks are counted with CHECK and asserted at the end; every
@@ -1076,6 +1081,144 @@ static void test_later_shutdown_closes_admission(void **state)
 	assert_int_equal(atomic_load(&ls.late), 0);
 }
 
+/* ---- a periodic task popped as the shutdown closes the queue --------------
+ * Found by the fuzzer (fuzz_api_asan, 2026-12-03): run_task skipped the
+ * first run of a periodic task it had already started (RUNNING) when the
+ * queue had closed meanwhile, so a ctp_task_cancel in that window answered
+ * -EINPROGRESS for a run that never happened, and done got -ECANCELED. A
+ * worker now ends such a series before its start (pool.c next_task). The
+ * task is due at once with a period of an hour, so its first run is its
+ * only one; a canceller (at once when the task leaves QUEUED, or after a
+ * pause) and the shutdown race the worker's pop. The
+ * answer must match the behaviour (API.md, ctp_task_cancel and "Periodic
+ * tasks"): 0 -> not started or between runs, done(-ECANCELED) returned
+ * before the cancel did; -EINPROGRESS -> fn ran; done once in every
+ * case. The perturb
+ * build widens the window (a pause between the pop and the start). */
+
+#define PCC_RAN 4242
+
+static struct {
+	ctp_task       *task;
+	_Atomic int     go, answer, runs, dones, status, done_before;
+	unsigned        jitter_c;
+	bool            at_start; /* cancel as soon as it leaves QUEUED */
+} pcc;
+
+static int pcc_fn(void *arg, ctp_token *tok)
+{
+	(void)arg;
+	(void)tok;
+	atomic_fetch_add(&pcc.runs, 1);
+	return PCC_RAN;
+}
+
+static void pcc_done(void *arg, int status)
+{
+	(void)arg;
+	atomic_store(&pcc.status, status);
+	atomic_fetch_add(&pcc.dones, 1);
+}
+
+static void *pcc_canceller(void *arg)
+{
+	int r;
+
+	(void)arg;
+	tu_spin_until_ge(&pcc.go, 1, SPIN_TIGHT);
+	/* odd rounds: at once after the start (the window of the old
+	 * skip); even ones: after a pause */
+	if (pcc.at_start) {
+		while (ctp_task_state(pcc.task) == CTP_TASK_QUEUED)
+			tu_cpu_relax();
+	} else {
+		tu_delay_loop(pcc.jitter_c);
+	}
+	r = ctp_task_cancel(pcc.task);
+	/* 0 promises that done has returned already */
+	atomic_store(&pcc.done_before, atomic_load(&pcc.dones));
+	atomic_store(&pcc.answer, r);
+	return NULL;
+}
+
+static void test_periodic_cancel_answer_at_close(void **state)
+{
+	unsigned long rounds = tu_scaled(4000, 100), i, bad = 0;
+	unsigned long n0 = 0, nprog = 0, nalready = 0;
+	uint32_t rng = 0x9e1f0d1cu;
+	int64_t t0 = tu_now_ns();
+
+	(void)state;
+	for (i = 0; i < rounds; i++) {
+		ctp_pool_opts po = { .threads = 1 };
+		ctp_task_opts to = { .done = pcc_done,
+		                     .period = CTP_SEC(3600) };
+		int64_t drain = (i & 2) ? CTP_FOREVER : 0;
+		/* up to about a wake-up's time: the close lands before, in
+		 * or after the worker's pop */
+		unsigned jitter_a = tu_rng_next(&rng) % 16384;
+		ctp_pool *pool;
+		pthread_t c;
+		int r, runs, st;
+		unsigned long k;
+		bool ok;
+
+		pcc.jitter_c = rng_delay(&rng);
+		pcc.at_start = i & 1;
+		atomic_store(&pcc.go, 0);
+		atomic_store(&pcc.runs, 0);
+		atomic_store(&pcc.dones, 0);
+		atomic_store(&pcc.status, 0);
+		atomic_store(&pcc.done_before, -1);
+		atomic_store(&pcc.answer, 1);
+		assert_int_equal(ctp_pool_create(&pool, &po), 0);
+		/* 0-7 one-shot tasks first: the worker meets P after a
+		 * different number of the perturb build's points each round
+		 * (its pauses follow a per-thread sequence, which a new
+		 * worker starts again) */
+		for (k = (i >> 2) % 8; k > 0; k--)
+			assert_int_equal(ctp_pool_submit(pool, rc_noop_fn,
+			                 NULL, NULL, NULL), 0);
+		assert_int_equal(ctp_pool_submit(pool, pcc_fn, NULL, &to,
+		                 &pcc.task), 0);
+		c = tu_spawn(pcc_canceller, NULL);
+		atomic_store(&pcc.go, 1);
+		tu_delay_loop(jitter_a);
+		assert_int_equal(ctp_pool_shutdown(pool, drain, CTP_FOREVER),
+		                 0);
+		tu_join(c);
+		assert_int_equal(ctp_task_wait(pcc.task, CTP_SEC(10), NULL),
+		                 0);
+		r = atomic_load(&pcc.answer);
+		runs = atomic_load(&pcc.runs);
+		st = atomic_load(&pcc.status);
+		ok = atomic_load(&pcc.dones) == 1 && runs <= 1;
+		if (r == 0) {
+			n0++;
+			/* not started, or between runs: no run after it */
+			ok = ok && st == -ECANCELED &&
+			    atomic_load(&pcc.done_before) == 1;
+		} else if (r == -EINPROGRESS) {
+			nprog++;
+			ok = ok && runs == 1;
+		} else if (r == -EALREADY) {
+			nalready++;
+		} else {
+			ok = false;
+		}
+		if (!ok && bad++ == 0)
+			print_message("round %lu: answer %d, runs %d, dones "
+			              "%d, status %d\n", i, r, runs,
+			              atomic_load(&pcc.dones), st);
+		ctp_task_release(pcc.task);
+		assert_int_equal(ctp_pool_destroy(pool), 0);
+	}
+	print_message("periodic_cancel_answer_at_close: %lu rounds (0: %lu, "
+	              "-EINPROGRESS: %lu, -EALREADY: %lu), %.2f s\n", i, n0,
+	              nprog, nalready, secs_since(t0));
+	assert_int_equal(bad, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1087,6 +1230,7 @@ int main(void)
 		cmocka_unit_test(test_shutdown_waits_for_racing_cancel),
 		cmocka_unit_test(test_shutdown_zero_drain_with_delayed_submit),
 		cmocka_unit_test(test_later_shutdown_closes_admission),
+		cmocka_unit_test(test_periodic_cancel_answer_at_close),
 	};
 
 	/* CTP_TEST_FILTER=<pattern>: run only the matching tests */

@@ -37,7 +37,8 @@
  *   K_PER    periodic, no delay: the fast path (t->dres is set)
  *   K_PERD   periodic with a delay: admit, then enqueue places it
  * A periodic task's next due time after a run is at once (the run overran)
- * or SHORT, or what a reschedule made during the run asked for.
+ * or SHORT (or LONG, a period of hours, with -DLONG_PERIOD), or what a
+ * reschedule made during the run asked for.
  * With -DDEADLINE a non-fast task's deadline may fire from its admission
  * on (before enqueue: a fire that catches it RESERVED).
  *
@@ -55,8 +56,11 @@
  *
  * Planted bugs (each must make spin report an error):
  *   BUG_REQUEUE_NO_CLOSED_CHECK  requeue re-places a periodic task even when
- *                                the queue is closed: the series goes on
- *                                after the close (a drain never ends).
+ *                                the queue is closed: the series waits for
+ *                                its next due time after the close (the
+ *                                pop ends it then), so with a period of
+ *                                hours (-DLONG_PERIOD) a forever drain
+ *                                never ends.
  *   BUG_UNQUEUE_NO_TIMER_LOCK    pool_unqueue ignores `armed` and
  *                                DELAYED: a cancelled delayed task stays in
  *                                the due heap, holding its slot.
@@ -67,20 +71,23 @@
  *                                broken.
  *   BUG_PROMOTE_NO_WAKE          pool_promote links without
  *                                q_wake_for_work: a lost wake-up.
- * and the two bugs this model found in src/ (fixed in 60cbd85; README.md,
- * "Findings of sched.pml"), kept as planted bugs:
+ * and a bug this model found in src/ (fixed in 60cbd85; README.md,
+ * "Findings of sched.pml"), kept as a planted bug:
  *   BUG_PLACE_NO_DRAINED_BUMP    place() bumps `drained` (q_linked_closed)
  *                                only when it links, not when it puts the
  *                                task in the due heap: a delayed task
  *                                enqueued after the drop step's look makes
  *                                the drop step wait for its due time (with
  *                                a LONG one, forever: invalid end state).
- *   BUG_SKIP_END_AS_RAN          a periodic run that run_task skipped (it
- *                                saw `closed`) and whose token fired before
- *                                requeue's CAS ends like a run that ran:
- *                                DONE, counted completed, done(the reason
- *                                as read at the skip, maybe 0), even if fn
- *                                never ran.
+ * and one the fuzzer found (fixed after 2e79146), the old code kept:
+ *   BUG_SKIP_STARTED_RUN         run_task skips a periodic run it has
+ *                                started (RUNNING) when it sees `closed`,
+ *                                instead of next_task ending the series
+ *                                before the start: a ctp_task_cancel in
+ *                                between answers -EINPROGRESS for a run
+ *                                whose fn is never called (ip_owed).
+ * (BUG_SKIP_END_AS_RAN, the other bug this model found in 60cbd85, lived
+ * in that skip path, which is gone: so is its planted bug.)
  */
 
 #ifndef NW
@@ -155,6 +162,11 @@ byte fireable[NT + 1];    /* the canceller may fire it now, this reason */
 bool handle[NT + 1];      /* the submit returned it: reschedule may run */
 bool won_queued[NT + 1];  /* a fire CAS caught it QUEUED: never starts */
 bool started[NT + 1];     /* fn was called (at least once) */
+bool fnrun[NT + 1];       /* the current run (since the last start CAS)
+                             has called fn */
+bool ip_owed[NT + 1];     /* ctp_task_cancel answered -EINPROGRESS (its
+                             CAS caught RUNNING) and the run it caught has
+                             not called fn yet: it must (API.md) */
 bool late[NT + 1];        /* started once the queue was closed */
 bool dueok[NT + 1];       /* its due time has come: placed in a list at
                              once, or promoted */
@@ -358,6 +370,13 @@ inline fire_cas(t, r, old) {
 		:: else ->
 			old = phase[t];
 			reason[t] = r;
+			/* a cancel (the canceller's R_CANCEL; a run's own
+			 * cancel is inside fn) that answers -EINPROGRESS */
+			if
+			:: r == R_CANCEL && old == RUNNING && !fnrun[t] ->
+				ip_owed[t] = true
+			:: else -> skip
+			fi;
 			if
 			:: phase[t] == QUEUED ->
 				phase[t] = CANCELLED;
@@ -512,6 +531,15 @@ loop:
 	:: t != 0 ->
 		d_step { q_wake_for_work(); q_unlock() }
 		q_after();
+#ifndef BUG_SKIP_STARTED_RUN
+		/* next_task: a periodic series is not started again once
+		 * the queue is closed: fired with -ESHUTDOWN before the
+		 * start (`closed` read without the lock), which then fails */
+		if
+		:: per[t] && closed -> fire_task(t, R_SHUT, old)
+		:: else -> skip
+		fi;
+#endif
 		/* ctp__task_start: CAS QUEUED -> RUNNING */
 		d_step {
 			if
@@ -525,7 +553,8 @@ loop:
 				/* the close ends a series: at most the start
 				 * racing it comes after it */
 				assert(!(closed && late[t]));
-				late[t] = closed
+				late[t] = closed;
+				fnrun[t] = false
 			:: else -> t = 0
 			fi
 		}
@@ -539,6 +568,8 @@ loop:
 			 * counted before) */
 			d_step {
 				started[t] = true;
+				fnrun[t] = true;
+				ip_owed[t] = false;
 				assert(phase[t] == RUNNING);
 				phase[t] = DONE;
 				st_completed++;
@@ -546,17 +577,21 @@ loop:
 			}
 			finish_ran(t, st)
 		:: else ->
-			/* run_task, periodic: a shutdown has begun: not run */
+			/* run_task, periodic: fn. With BUG_SKIP_STARTED_RUN
+			 * the old run_task: a run started once the queue was
+			 * closed is skipped (skp) */
 			d_step {
+#ifdef BUG_SKIP_STARTED_RUN
 				skp = closed;
-				if
-				:: !skp -> started[t] = true
-#ifdef BUG_SKIP_END_AS_RAN
-				/* the old run_task: status = ctp_token_reason */
-				:: else -> st = reason[t]
 #else
-				:: else -> skip
+				skp = false;
 #endif
+				if
+				:: !skp ->
+					started[t] = true;
+					fnrun[t] = true;
+					ip_owed[t] = false
+				:: else -> skip
 				fi
 			}
 			if
@@ -606,6 +641,10 @@ loop:
 								if
 								:: d = D_NOW
 								:: d = D_SHORT
+#ifdef LONG_PERIOD
+								/* a period of hours */
+								:: d = D_LONG
+#endif
 								fi
 							fi;
 							place(t, d);
@@ -627,9 +666,10 @@ loop:
 				d_step { ok = false; skp = false; st = 0; t = 0 }
 			:: else ->
 				/* its token fired during the run (or, for a
-				 * skipped run, since the start): release_held,
-				 * then finish_ran (the worker's completed count)
-				 * or, skipped, ctp__task_finish_skipped */
+				 * skipped run of BUG_SKIP_STARTED_RUN, since the
+				 * start): release_held, then finish_ran (the
+				 * worker's completed count) or, skipped, the old
+				 * ctp__task_finish_skipped */
 				d_step {
 					qlock == 0 ->
 					assert(qs[t] == Q_HELD);
@@ -640,7 +680,6 @@ loop:
 				}
 				q_after();
 				d_step {
-#ifndef BUG_SKIP_END_AS_RAN
 					if
 					:: skp ->
 						/* ctp__task_finish_skipped: the
@@ -666,13 +705,9 @@ loop:
 							fi
 						fi
 					:: else ->
-#endif
 						st_completed++;
 						phase[t] = DONE
-#ifndef BUG_SKIP_END_AS_RAN
-					fi
-#endif
-					;
+					fi;
 					skp = false
 				}
 				finish_ran(t, st)
@@ -1239,6 +1274,8 @@ init
 		:: i <= NT ->
 			/* exactly once for every accepted task */
 			assert(done_count[i] == (acc[i] -> 1 : 0));
+			/* a cancel's -EINPROGRESS was true: the run ran */
+			assert(!ip_owed[i]);
 			assert(qs[i] == Q_OUT && !dres[i]);
 			/* ran: DONE, with the last run's status, or (a
 			 * periodic series ended between runs) the reason;
