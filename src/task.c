@@ -618,7 +618,7 @@ void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 void ctp__batch_end_retire(struct ctp__batch *b)
 {
 	flush_out(b);
-	*b = (struct ctp__batch){ 0 };
+	ctp__batch_init(b, NULL);
 }
 
 void ctp__task_complete_unrun(ctp_task *t, int reason, struct ctp__batch *b)
@@ -641,8 +641,9 @@ void ctp__task_fire_queued(ctp_task *t, int reason)
 	ctp_pool *pool = t->pool;
 	/* b.pool set: the retire raises no `finishing` of its own (the
 	 * caller's guard, raised before its CAS, is this segment's) */
-	struct ctp__batch b = { .pool = pool };
+	struct ctp__batch b;
 
+	ctp__batch_init(&b, pool);
 	ctp__task_retire(t, reason, &b);
 	flush_out(&b);
 	call_done(t, reason);
@@ -662,7 +663,7 @@ void ctp__batch_end_complete(struct ctp__batch *b)
 	/* wait_idle may return once this is counted: the held task's
 	 * reference on its pool keeps the pool valid until the last line */
 	pool->up->segment_done(pool, b->finished);
-	*b = (struct ctp__batch){ 0 };
+	ctp__batch_init(b, NULL);
 	ctp__token_put_n(&held->token, held->qref_owed ? 2 : 1);
 }
 

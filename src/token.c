@@ -866,10 +866,11 @@ static void end_fire(ctp_token *t)
 static void fire_walk(ctp_token *t, int reason, uint32_t phase,
                       struct ctp__fire *f)
 {
-	struct ctp__batch batch = { 0 };
+	struct ctp__batch batch;
 	struct ctp__guards guards = { .n = 0 };
 	ctp_token **walk = &f->list, **caught = &f->caught, *c;
 
+	ctp__batch_init(&batch, NULL);
 	CTP__PERTURB();
 	/* t lives on the caller's reference until the end has returned; it
 	 * is on none of the lists (the root may have no tree node) */
@@ -948,9 +949,10 @@ int ctp__token_adopt(ctp_token *t)
 
 void ctp__token_fire_end(struct ctp__fire *f)
 {
-	struct ctp__batch batch = { 0 };
+	struct ctp__batch batch;
 	ctp_token *c, *next, *root = f->root;
 
+	ctp__batch_init(&batch, NULL);
 	f->prev = ctp__tls.fires;
 	ctp__tls.fires = f;
 	/* Phase 2b: finish every task caught queued (done runs here); each
