@@ -180,6 +180,7 @@ static pthread_once_t perturb_once = PTHREAD_ONCE_INIT;
 static uint64_t perturb_seed;
 static unsigned perturb_rate; /* act at 1 point in `rate`; 0 = never */
 static __thread uint64_t perturb_state;
+static _Atomic uint64_t perturb_threads; /* threads seeded so far */
 
 static void perturb_init(void)
 {
@@ -197,9 +198,20 @@ void ctp__perturb(void)
 	pthread_once(&perturb_once, perturb_init);
 	if (perturb_rate == 0)
 		return;
-	if (perturb_state == 0) /* per thread: the seed and the thread's id */
-		perturb_state = (perturb_seed ^ (uint64_t)pthread_self()) *
-		    0x9e3779b97f4a7c15ull | 1;
+	if (perturb_state == 0) {
+		/* per thread: the seed and the thread's number in this
+		 * process (splitmix64). Not pthread_self(): a pool created
+		 * after another one was joined reuses its threads' ids, so
+		 * a stress loop of fresh pools replayed the same pauses in
+		 * every round. */
+		uint64_t z = perturb_seed + 0x9e3779b97f4a7c15ull *
+		    (atomic_fetch_add_explicit(&perturb_threads, 1,
+		    memory_order_relaxed) + 1);
+
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+		perturb_state = (z ^ (z >> 31)) | 1;
+	}
 	x = perturb_state; /* xorshift64 */
 	x ^= x << 13;
 	x ^= x >> 7;

@@ -1174,8 +1174,9 @@ static void test_periodic_cancel_answer_at_close(void **state)
 		assert_int_equal(ctp_pool_create(&pool, &po), 0);
 		/* 0-7 one-shot tasks first: the worker meets P after a
 		 * different number of the perturb build's points each round
-		 * (its pauses follow a per-thread sequence, which a new
-		 * worker starts again) */
+		 * (until platform.c seeded each thread by its number, a new
+		 * pool's worker replayed the last one's pauses, and this was
+		 * what varied them) */
 		for (k = (i >> 2) % 8; k > 0; k--)
 			assert_int_equal(ctp_pool_submit(pool, rc_noop_fn,
 			                 NULL, NULL, NULL), 0);
