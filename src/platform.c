@@ -180,7 +180,8 @@ static pthread_once_t perturb_once = PTHREAD_ONCE_INIT;
 static uint64_t perturb_seed;
 static unsigned perturb_rate; /* act at 1 point in `rate`; 0 = never */
 static __thread uint64_t perturb_state;
-static _Atomic uint64_t perturb_threads; /* threads seeded so far */
+/* threads seeded so far: relaxed, only each number's uniqueness matters */
+static _Atomic uint64_t perturb_threads;
 
 static void perturb_init(void)
 {

@@ -144,12 +144,12 @@
  *   fires it with -ESHUTDOWN itself). A worker that pops a periodic task
  *   once the queue is closed fires it the same way before its start
  *   (next_task), so every start runs fn: a cancel's -EINPROGRESS is
- *   never the answer for a run that does not happen. close_queue ends every periodic
- *   series waiting in a list or the heap (it takes them out, like the
- *   drop step, and fires them); the drop step also takes the delayed
- *   tasks. ctp_task_reschedule moves a LINKED or DELAYED task under both
- *   locks; a running or taken (HELD, popped) periodic task gets `resched`,
- *   which its requeue uses.
+ *   never the answer for a run that does not happen. close_queue ends
+ *   every periodic series waiting in a list or the heap (it takes them
+ *   out, like the drop step, and fires them); the drop step also takes
+ *   the delayed tasks. ctp_task_reschedule moves a LINKED or DELAYED task
+ *   under both locks; a running or taken (HELD, popped) periodic task gets
+ *   `resched`, which its requeue uses.
  *
  *   Layers. This file is the top of the library: it calls every file
  *   below it (task, isolated, timer, token, queue) and none of them calls

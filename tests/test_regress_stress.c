@@ -1089,12 +1089,11 @@ static void test_later_shutdown_closes_admission(void **state)
  * worker now ends such a series before its start (pool.c next_task). The
  * task is due at once with a period of an hour, so its first run is its
  * only one; a canceller (at once when the task leaves QUEUED, or after a
- * pause) and the shutdown race the worker's pop. The
- * answer must match the behaviour (API.md, ctp_task_cancel and "Periodic
- * tasks"): 0 -> not started or between runs, done(-ECANCELED) returned
- * before the cancel did; -EINPROGRESS -> fn ran; done once in every
- * case. The perturb
- * build widens the window (a pause between the pop and the start). */
+ * pause) and the shutdown race the worker's pop. The answer must match
+ * the behaviour (API.md, ctp_task_cancel and "Periodic tasks"): 0 -> not
+ * started or between runs, done(-ECANCELED) returned before the cancel
+ * did; -EINPROGRESS -> fn ran; done once in every case. The perturb build
+ * widens the window (a pause between the pop and the start). */
 
 #define PCC_RAN 4242
 
