@@ -685,6 +685,9 @@ CTP__HIDDEN void ctp__task_cache_flush(struct ctp__worker *w);
  * cache of its objects) and makes them DEAD, so objects freed later are
  * freed for good. */
 CTP__HIDDEN void ctp__task_free_lists(ctp_pool *pool);
+/* Frees the pool's slabs: called when its last reference goes, so no
+ * object carved from them is in use. */
+CTP__HIDDEN void ctp__task_slabs_free(ctp_pool *pool);
 /*
  * A fire call finishes the tasks it caught queued in two passes over its
  * list, one pool at a time (a run of the list's tasks of one pool is a
@@ -1275,6 +1278,19 @@ struct ctp_pool {
 	                                       caches among themselves */
 	ctp_task          *spare[CTP__NSIZES]; /* alloc_lock: the allocators'
 	                                       part, batches */
+	/* slabs (task.c, "Slabs"): where new objects are carved from */
+	struct ctp__slab  *slabs;           /* every slab of the pool, freed
+	                                       with the pool (pool_free);
+	                                       alloc_lock */
+	char              *carve[CTP__NSIZES]; /* the next uncarved object's
+	                                       allocation start in the
+	                                       current slab of that size;
+	                                       alloc_lock */
+	unsigned           carve_left[CTP__NSIZES]; /* uncarved objects left
+	                                       there; alloc_lock */
+	unsigned           slab_objs[CTP__NSIZES]; /* the next slab's object
+	                                       count (0: the first);
+	                                       alloc_lock */
 	/* immutable after create */
 	CTP__LINE ctp_pool_opts opts;
 	char               name[16];

@@ -213,6 +213,8 @@ static void pool_free(ctp_pool *pool)
 	free(pool->stall);
 	ctp__iso_free(pool);
 	ctp__timer_fini(&pool->timer);
+	ctp__task_slabs_free(pool); /* every object is gone: each held a
+	                               reference */
 	pthread_mutex_destroy(&pool->runq.lock);
 	pthread_mutex_destroy(&pool->lock);
 	pthread_mutex_destroy(&pool->alloc_lock);
@@ -1899,7 +1901,8 @@ int ctp_pool_destroy(ctp_pool *pool)
 	 * fails with -ESHUTDOWN): the list turns DEAD under alloc_lock, and
 	 * objects freed later see DEAD. Another thread's caches keep their
 	 * objects (at most 32 of each size) and with them the pool's memory
-	 * until that thread allocates from another pool or exits. */
+	 * (its slabs too: task.c) until that thread allocates from another
+	 * pool or exits. */
 	ctp__task_free_lists(pool);
 	ctp__pool_put(pool); /* the owner's */
 	return 0;

@@ -49,8 +49,10 @@
  *   it at once; the shutdown's drop step; or its own submit, if a fire
  *   retired it before it was linked), the handle's (if the caller asked
  *   for one), and temporary ones (timer, fire calls, shutdown).
- *   The object goes back to the pool's free list when the last one goes, or
- *   is freed if the pool has been destroyed (`freed` is DEAD). Objects
+ * *   The object goes back to the pool's free list when the last one goes, or
+ *   is freed for good if the pool has been destroyed (`freed` is DEAD):
+ *   its ext goes and so does its pool reference (the memory is its
+ *   slab's, below). Objects
  *   travel in batches of up to 32, so no thread touches a shared word per
  *   task: a worker keeps the objects it frees in its own cache (its own
  *   submits take from it) and pushes them to the pool's list as one batch
@@ -101,6 +103,22 @@
  *   is first linked, and kept with the object (reset on reuse, freed by
  *   ctp__task_dealloc): a plain task never touches it, and the `timed`
  *   and `isolated` flags say whether the ext's deadline and iso are set.
+
+ *   Slabs. New objects are carved from slabs, one malloc'd block per
+ *   size of 32 objects for a pool's first, then twice the last up to
+ *   512 (ctp__task_slabs_free frees them with the pool, when its last
+ *   reference goes: each object holds one, so no object is in use by
+ *   then). A refill that finds no free batch carves a batch (one object
+ *   for a thread without a cache) under alloc_lock and makes the objects
+ *   after it. So a queue that grows by n costs n/512 mallocs, not n,
+ *   and a queued task costs its object's bytes, not malloc's chunk
+ *   (8 bytes of header, rounded to 16). (bench_ctpool throughput, 2
+ *   submitters and 2 workers, 1,000,000 tasks: 251,767 objects were
+ *   malloc'd one by one, the queue that deep; alternated with the build
+ *   before, 8 of 8 runs faster, medians 1.98 -> 2.74 M/s.) The price:
+ *   a destroyed pool's task memory goes only with its last object (a
+ *   handle not yet released, another thread's cache), not object by
+ *   object.
 
  *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
  *   in 1 (release, after writing status) and wakes only if bit 1 was set.
@@ -164,10 +182,89 @@ static size_t head_bytes(unsigned k)
 	return k != 0 ? sizeof(struct ctp__tnode) : 0;
 }
 
-/* Where an object's allocation starts. */
-static void *object_base(ctp_task *t)
+/* The bytes of an object of size k: its tree node (if any) and itself. */
+static size_t object_bytes(unsigned k)
 {
-	return (char *)t - head_bytes(size_of_class(t));
+	return head_bytes(k) + sizeof(ctp_task);
+}
+
+/* ---- slabs -------------------------------------------------------------- */
+
+/* A slab: one malloc'd block of objects of one size, carved in order. Its
+ * header keeps the objects 16-byte aligned from the block's start. */
+struct ctp__slab {
+	struct ctp__slab *next;     /* pool->slabs; alloc_lock */
+	void             *pad;
+};
+_Static_assert(sizeof(struct ctp__slab) % 16 == 0, "slab keeps alignment");
+
+/* A pool's first slab of each size holds this many objects; each next one
+ * twice the last, up to SLAB_MAX (45 KB of 88-byte objects): a small pool
+ * stays small, a deep queue costs one malloc per 512 objects. */
+#define SLAB_FIRST 32
+#define SLAB_MAX   512
+
+/* alloc_lock held: carves up to `want` new objects of size k from the
+ * pool's current slab of that size (a new slab when it has none left);
+ * returns how many (0: out of memory) and the first one's allocation
+ * start (the others follow it, object_bytes(k) apart). */
+static unsigned slab_carve(ctp_pool *pool, unsigned k, unsigned want,
+                           char **first)
+{
+	if (pool->carve_left[k] == 0) {
+		unsigned n = pool->slab_objs[k] != 0 ? pool->slab_objs[k] :
+		    SLAB_FIRST;
+		struct ctp__slab *sl = malloc(sizeof(*sl) +
+		    (size_t)n * object_bytes(k));
+
+		if (sl == NULL)
+			return 0;
+		sl->next = pool->slabs;
+		pool->slabs = sl;
+		pool->carve[k] = (char *)(sl + 1);
+		pool->carve_left[k] = n;
+		pool->slab_objs[k] = n < SLAB_MAX ? 2 * n : SLAB_MAX;
+	}
+	if (want > pool->carve_left[k])
+		want = pool->carve_left[k];
+	*first = pool->carve[k];
+	pool->carve[k] += (size_t)want * object_bytes(k);
+	pool->carve_left[k] -= want;
+	return want;
+}
+
+/* Makes the n objects carved at `first` free objects of pool (each holds
+ * a pool reference, its token made once) chained by free_next; returns
+ * the first. The caller holds a pool reference. */
+static ctp_task *slab_init(ctp_pool *pool, unsigned k, char *first,
+                           unsigned n)
+{
+	ctp_task *head = NULL;
+
+	/* relaxed: the caller's reference keeps the count above 0 */
+	atomic_fetch_add_explicit(&pool->refs, n, memory_order_relaxed);
+	for (unsigned i = n; i-- > 0;) {
+		ctp_task *t = (ctp_task *)(void *)(first +
+		    (size_t)i * object_bytes(k) + head_bytes(k));
+
+		t->pool = pool;
+		t->isolated = false;
+		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
+		    NULL, k != 0);
+		t->free_next = head;
+		head = t;
+	}
+	return head;
+}
+
+void ctp__task_slabs_free(ctp_pool *pool)
+{
+	struct ctp__slab *sl;
+
+	while ((sl = pool->slabs) != NULL) {
+		pool->slabs = sl->next;
+		free(sl);
+	}
 }
 
 /* Pushes the batch first..last of n objects of one size (chained by
@@ -278,6 +375,7 @@ static void acache_claim(ctp_pool *pool)
 static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 {
 	ctp_task *b;
+	char *fresh = NULL;
 	unsigned n = 0;
 
 	if (!ctp__tls.alloc_keyed) {
@@ -301,8 +399,18 @@ static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 		    &pool->freed[k].head, NULL, memory_order_acquire);
 	}
 	b = pool->spare[k];
-	if (b != NULL)
+	if (b != NULL) {
 		pool->spare[k] = b->free_batch;
+	} else {
+		/* no free object: new ones, a batch of them (one without
+		 * an exit destructor keeps no cache: one) */
+		n = slab_carve(pool, k, ctp__tls.alloc_keyed ? CACHE_BATCH : 1,
+		    &fresh);
+		if (n == 0) {
+			pthread_mutex_unlock(&pool->alloc_lock);
+			return -ENOMEM;
+		}
+	}
 	pthread_mutex_unlock(&pool->alloc_lock);
 	if (b != NULL) {
 		/* its count, not a walk: each object's lines are still with
@@ -310,6 +418,8 @@ static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 		 * one object ahead */
 		prefetch_object(b, k);
 		n = b->free_count;
+	} else {
+		b = slab_init(pool, k, fresh, n);
 	}
 	if (!ctp__tls.alloc_keyed && n > 1) {
 		/* no exit destructor: keep one object, give the rest back */
@@ -356,20 +466,10 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
 				prefetch_object(c->list, k);
 		}
 	}
-	if (t == NULL) {
-		char *p = malloc(head_bytes(k) + sizeof(*t));
-
-		if (p == NULL)
-			return -ENOMEM;
-		t = (ctp_task *)(void *)(p + head_bytes(k));
-		t->pool = pool;
-		ctp__pool_ref(pool);
-		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
-		    NULL, tree);
-	} else {
-		/* its token's ext (if any) lives as long as the object */
-		ctp__token_reset(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
-	}
+	/* a refill always gives at least one object, or fails */
+	assert(t != NULL);
+	/* its token's ext (if any) lives as long as the object */
+	ctp__token_reset(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
 	t->fn = NULL;
 	t->arg = NULL;
 	t->done = NULL;
@@ -400,7 +500,8 @@ void ctp__task_dealloc(ctp_task *t)
 			ctp__iso_task_free(x->iso);
 	}
 	ctp__token_fini(&t->token, true);
-	free(object_base(t));
+	/* its memory is its slab's, freed with the pool: this reference
+	 * may be the pool's last */
 	ctp__pool_put(pool);
 }
 
