@@ -61,8 +61,9 @@
  *  watch.state (token.c)      firer under token lock       unwatcher under the
  *                                                          lock; futex wake
  *                                                          inside the lock
- *  task.fin (task.c)          waiter CAS bit 1, finisher   release/acquire;
- *                             exchange bit 0               wake if bit 1 seen
+ *  token.state FINISHED|      task waiter: sleepers++,     finisher: status,
+ *    sleepers (task.c)        load state, futex wait       fetch_or FINISHED,
+ *                                                          load sleepers, wake
  *  queue.count|full_waiters   producer: full_waiters++,    releaser: count -=,
  *    (queue.c, ctp_queue)     load count                   load full_waiters,
  *                                                          bump not_full
@@ -332,6 +333,11 @@ CTP__HIDDEN void ctp__ec_bump(ck_ec32_t *ec);
  * internal and user watches); cleared by the worker process's thread that
  * then runs that part (ctp__token_adopt). */
 #define CTP__PENDING         (1u << 12)
+/* A task's only: its status is published (task.c, publish: after its
+ * terminal phase, its done and `status`; set only when it has a handle,
+ * the one thing that can wait for it). ctp_task_wait sleeps on `state`
+ * counted in `sleepers`, like ctp_token_sleep. */
+#define CTP__FINISHED        (1u << 13)
 
 /* A remote token is the token an isolated task's function gets in its
  * worker process (proc.c). It lives in a page shared with the parent, which
@@ -374,7 +380,9 @@ struct ctp_token {
 	 * object is malloc'd or part of a task: 16-byte aligned, so these
 	 * share lines with their neighbours, not a line of their own) */
 	_Atomic uint32_t state;     /* reason | phase; see above */
-	_Atomic uint32_t sleepers;  /* threads in ctp_token_sleep on `state` */
+	_Atomic uint32_t sleepers;  /* threads asleep on `state`:
+	                               ctp_token_sleep, a fire's end waiting
+	                               for FIRING, ctp_task_wait */
 	_Atomic uint32_t refs;      /* for a task token: the task's references */
 	_Atomic uint8_t  linked;    /* 1 once it may have children, watches or
 	                               an fd: firing must then take ext->lock
@@ -565,9 +573,14 @@ struct ctp_task {
 	};
 	ctp_done_fn      done;      /* set before publication */
 	void            *arg;
-	ctp_task_fn      fn;
 	union {
-		int      status;    /* written before `fin` is released */
+		ctp_task_fn fn;     /* set before publication, read by the
+		                       worker that runs it; dead once it can
+		                       no longer run (its last run returned, or
+		                       a fire caught it queued), which is when
+		                       `status` is written */
+		int      status;    /* written by the task's finisher before
+		                       CTP__FINISHED is set (publish) */
 		unsigned free_count; /* the first object of a batch in
 		                        pool->freed or pool->spare: how many
 		                        objects the batch holds (task.c), so
@@ -590,9 +603,6 @@ struct ctp_task {
 	                               worker before the CAS that queues it
 	                               again, read by a fire that catches it
 	                               queued (after its CAS) */
-	_Atomic uint32_t fin;       /* bit 0 finished, bit 1 waiters; futex;
-	                               kept only when `handle` (nobody else
-	                               can wait on it) */
 	bool             dres;      /* holds a due heap reservation (the heap
 	                               can always take it); timer->lock, set
 	                               before publication or under runq.lock

@@ -26,8 +26,8 @@
  *               in the batch; the slots and statistics go to the pool at
  *               the end of each pool's segment (one runq.lock for
  *               both), before any done runs;
- *     complete: done (outside every lock), publish the status (`fin`,
- *               waking ctp_task_wait); the finished count goes to the pool
+ *     complete: done (outside every lock), publish the status
+ *               (CTP__FINISHED, waking ctp_task_wait); the finished count goes to the pool
  *               at the segment's end.
  *   A segment raises its pool's `finishing` before its first slot is given
  *   back and lowers it after its dones (off the pool's workers, in the
@@ -85,10 +85,10 @@
  *   submits gets -ESHUTDOWN (from the refill, or from the closed queue if
  *   its cache still had an object).
 
- *   Two sizes. A task submitted without a parent is an 88-byte object:
+ *   Two sizes. A task submitted without a parent is an 80-byte object:
  *   its token's hot part (state, references, flags, ext: 24 bytes) and
- *   the task's (pool, queue links, fn, arg, done, status, flags). One
- *   submitted with a parent is 136: a struct ctp__tnode (its parent and
+ *   the task's (pool, queue links, fn or status, arg, done, flags). One
+ *   submitted with a parent is 128: a struct ctp__tnode (its parent and
  *   sibling links and the fire calls' list links, 48 bytes) comes right
  *   before it in the same allocation (token.c: only a token with a parent
  *   is ever on another fire call's lists). `token.tree` says which, for
@@ -120,9 +120,15 @@
  *   handle not yet released, another thread's cache), not object by
  *   object.
 
- *   `fin`: bit 0 = finished, bit 1 = someone waits. The finisher exchanges
- *   in 1 (release, after writing status) and wakes only if bit 1 was set.
- *   Only a handle can wait, so a task without one skips the exchange.
+ *   Finished (publish). The finisher writes `status` (in fn's place: fn
+ *   is dead by then), sets CTP__FINISHED in the token's state word
+ *   (seq_cst RMW, after the terminal phase, so no CAS that expects a
+ *   phase meets it) and wakes the word's sleepers if `sleepers` says
+ *   there are any; ctp_task_wait counts itself there, then looks at the
+ *   word, then sleeps on it: the same announce-then-look as
+ *   ctp_token_sleep, with no word of its own. Only a handle can wait, so
+ *   a task without one skips it. (Both moved into words the object
+ *   already had: 88 -> 80 bytes, bench_ctpool memory.)
  */
 #include <errno.h>
 #include <limits.h>
@@ -130,8 +136,6 @@
 
 #include "internal.h"
 
-#define FIN_DONE    1u
-#define FIN_WAITERS 2u
 
 bool ctp__is_pool_context(const ctp_pool *pool)
 {
@@ -190,6 +194,10 @@ static size_t object_bytes(unsigned k)
 
 /* ---- slabs -------------------------------------------------------------- */
 
+/* The plain task's object, as "Two sizes" and bench_ctpool memory say:
+ * a field added here costs every queued task 8 bytes. */
+_Static_assert(sizeof(ctp_task) == 80, "a plain task object is 80 bytes");
+
 /* A slab: one malloc'd block of objects of one size, carved in order. Its
  * header keeps the objects 16-byte aligned from the block's start. */
 struct ctp__slab {
@@ -199,7 +207,7 @@ struct ctp__slab {
 _Static_assert(sizeof(struct ctp__slab) % 16 == 0, "slab keeps alignment");
 
 /* A pool's first slab of each size holds this many objects; each next one
- * twice the last, up to SLAB_MAX (45 KB of 88-byte objects): a small pool
+ * twice the last, up to SLAB_MAX (40 KB of 80-byte objects): a small pool
  * stays small, a deep queue costs one malloc per 512 objects. */
 #define SLAB_FIRST 32
 #define SLAB_MAX   512
@@ -473,8 +481,6 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
 	t->fn = NULL;
 	t->arg = NULL;
 	t->done = NULL;
-	t->status = 0;
-	atomic_init(&t->fin, 0);
 	t->free_next = NULL;
 	/* the ext's deadline, heap slots, due times and isolated record are
 	 * written only for a task that uses them (submit, reschedule): a
@@ -622,15 +628,19 @@ static void call_done(ctp_task *t, int status)
 	ctp__tls.dones = frame.prev;
 }
 
-/* Publishes the status to ctp_task_wait (only a handle can wait). */
+/* Publishes the status to ctp_task_wait (only a handle can wait). fn is
+ * dead by now: `status` takes its place. */
 static void publish(ctp_task *t, int status)
 {
-	t->status = status;
-	/* release: status and everything done did, before a waiter sees it */
-	if (t->handle &&
-	    atomic_exchange_explicit(&t->fin, FIN_DONE, memory_order_acq_rel) &
-	    FIN_WAITERS)
-		ctp__futex_wake(&t->fin, INT_MAX);
+	if (t->handle) {
+		t->status = status;
+		/* seq_cst: the release of status and of everything done did,
+		 * and the Dekker with a waiter's sleepers++ (it announces,
+		 * then loads state; we set the bit, then load sleepers) */
+		atomic_fetch_or(&t->token.state, CTP__FINISHED);
+		if (atomic_load(&t->token.sleepers) != 0)
+			ctp__futex_wake(&t->token.state, INT_MAX);
+	}
 	CTP__PERTURB();
 }
 
@@ -841,33 +851,38 @@ int ctp_task_wait(ctp_task *task, int64_t timeout, int *status)
 	if (in_own_task(task))
 		return -EDEADLK;
 	timed = ctp__deadline(timeout, &abs);
-	for (;;) {
-		uint32_t v = atomic_load_explicit(&task->fin,
-		    memory_order_acquire);
+	if (!ctp__task_finished(task)) {
+		int r = 0;
 
-		if (v & FIN_DONE) {
-			if (status != NULL)
-				*status = task->status;
-			return 0;
-		}
 		if (timeout == 0)
 			return -ETIMEDOUT;
-		if (!(v & FIN_WAITERS) &&
-		    !atomic_compare_exchange_weak(&task->fin, &v,
-		    v | FIN_WAITERS))
-			continue;
-		if (ctp__futex_wait(&task->fin, FIN_WAITERS,
-		    timed ? &abs : NULL) == -ETIMEDOUT &&
-		    !(atomic_load_explicit(&task->fin, memory_order_acquire) &
-		    FIN_DONE))
+		/* announced, then looked at (seq_cst: the Dekker with
+		 * publish); the word also changes with the task's phase and
+		 * fires, and a fire's wake may be for token sleepers: each
+		 * only makes us look again */
+		atomic_fetch_add(&task->token.sleepers, 1);
+		for (;;) {
+			uint32_t s = atomic_load(&task->token.state);
+
+			if ((s & CTP__FINISHED) != 0 || r == -ETIMEDOUT)
+				break;
+			r = ctp__futex_wait(&task->token.state, s,
+			    timed ? &abs : NULL);
+		}
+		atomic_fetch_sub(&task->token.sleepers, 1);
+		if (!ctp__task_finished(task))
 			return -ETIMEDOUT;
 	}
+	if (status != NULL)
+		*status = task->status;
+	return 0;
 }
 
 bool ctp__task_finished(const ctp_task *t)
 {
-	return (atomic_load_explicit(&t->fin, memory_order_acquire) &
-	    FIN_DONE) != 0;
+	/* acquire: pairs with publish's RMW (status, done's writes) */
+	return (atomic_load_explicit(&t->token.state, memory_order_acquire) &
+	    CTP__FINISHED) != 0;
 }
 
 int ctp_task_state(const ctp_task *task)

@@ -138,7 +138,7 @@
  *   no deadline so costs no lock and no atomic per task beyond its CAS and
  *   its last reference (callgrind, bench_ctpool cancel --by group: 340 ->
  *   295 instructions and 5.1 -> 2.1 atomics per task; a handle adds the
- *   exchange on `fin`, a deadline the timer's lock).
+ *   publish's RMW (CTP__FINISHED), a deadline the timer's lock).
  *   Marking takes a reference on each child it fires with "increment if not
  *   zero" (a task it catches queued rides on its pool's reference instead,
  *   lent until its done ran): a child already being freed has no task,

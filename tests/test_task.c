@@ -6,7 +6,8 @@
  * handle (queued, running, finished, twice, racing the start), task states,
  * deadlines (queued: the timer reports it; running: the token fires), parent
  * tokens and the reason children inherit, the first reason winning,
- * ctp_task_wait (timeouts, -EDEADLK on itself, waiting on another task),
+ * ctp_task_wait (timeouts, -EDEADLK on itself, waiting on another task,
+ * waiters sharing the state word with the task token's sleepers),
  * releasing handles early and keeping them past the pool, NULL arguments, and
  * a full queue (-EAGAIN, queue_wait, slots freed by cancel and by deadline).
  *
@@ -822,6 +823,50 @@ static void test_task_wait_times_out_on_running_task(void **state)
 	parked_fini(&p);
 }
 
+/* ctp_task_wait sleeps on the task token's state word, counted in its
+ * sleepers like ctp_token_sleep (task.c, "Finished"): waiters and the
+ * task's own token sleep share both. A waiter that times out leaves the
+ * count as it found it, the fire wakes the waiters too (they look and
+ * sleep again: not finished), and the finish wakes them all. */
+static void test_task_waiters_share_the_word_with_token_sleep(void **state)
+{
+	(void)state;
+	ctp_pool *pool = pool_new(1, 0);
+	struct sleeper s;
+	struct waiter w[3];
+	pthread_t th[3];
+	ctp_task *t = NULL;
+	int st = UNSET;
+
+	start_sleeper(pool, &s, &t);
+	/* one waiter runs out of time while fn sleeps on its token */
+	assert_int_equal(ctp_task_wait(t, CTP_MSEC(5), &st), -ETIMEDOUT);
+	assert_int_equal(st, UNSET);
+	for (int i = 0; i < 3; i++) {
+		w[i] = (struct waiter){ .task = t, .timeout = CTP_FOREVER };
+		atomic_init(&w[i].ret, UNSET);
+		atomic_init(&w[i].status, UNSET);
+		tu_sem_init(&w[i].calling, 0);
+		th[i] = tu_spawn(waiter_main, &w[i]);
+		tu_sem_wait(&w[i].calling);
+	}
+	assert_int_equal(ctp_task_state(t), CTP_TASK_RUNNING);
+	assert_int_equal(ctp_task_cancel(t), -EINPROGRESS);
+	for (int i = 0; i < 3; i++) {
+		tu_join(th[i]);
+		assert_int_equal(w[i].ret, 0);
+		assert_int_equal(w[i].status, 7);
+		sem_destroy(&w[i].calling);
+	}
+	assert_int_equal(s.ret, -ECANCELED);
+	assert_int_equal(ctp_task_wait(t, 0, &st), 0);
+	assert_int_equal(st, 7);
+	assert_int_equal(s.r.calls, 1);
+	ctp_task_release(t);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	sleeper_fini(&s);
+}
+
 /* A task (and its done) waiting on its own handle. */
 struct selfwait {
 	struct rec r;
@@ -1447,6 +1492,7 @@ int main(void)
 		cmocka_unit_test(test_task_parent_reason_passes_to_children),
 		cmocka_unit_test(test_task_first_reason_wins),
 		cmocka_unit_test(test_task_wait_times_out_on_running_task),
+		cmocka_unit_test(test_task_waiters_share_the_word_with_token_sleep),
 		cmocka_unit_test(test_task_wait_on_itself_edeadlk),
 		cmocka_unit_test(test_task_wait_on_other_task_from_task),
 		cmocka_unit_test(test_task_release_while_queued),
