@@ -555,8 +555,8 @@ struct ctp_task {
 	/* What the queue, a cancel and completion read, together, right
 	 * after the token (measured: a group cancel of 100,000 queued tasks
 	 * touches each object's first line and these; spreading them over
-	 * more lines cost a miss per task) */
-	ctp_pool        *pool;      /* immutable; the object holds a pool ref */
+	 * more lines cost a miss per task). Its pool is its slab's
+	 * (ctp__task_pool). */
 	union {
 		ctp_task *free_next; /* the next object of its free batch
 		                        (task.c), owned by whoever holds the
@@ -608,7 +608,25 @@ struct ctp_task {
 	                               before publication or under runq.lock
 	                               while it waits (a worker reads it after
 	                               its pop) */
+	uint16_t         slab_off;  /* how far (in 8 bytes) its slab's header
+	                               is before it (task.c, "Slabs"):
+	                               immutable */
 };
+
+/* A slab of task objects of one size (task.c, "Slabs"): this header, then
+ * the objects, each object_bytes apart. */
+struct ctp__slab {
+	struct ctp__slab *next;     /* pool->slabs; alloc_lock */
+	ctp_pool         *pool;     /* immutable */
+};
+
+/* A task's pool: its slab's (slab_off and the header are immutable).
+ * The object holds a reference on it. */
+static inline ctp_pool *ctp__task_pool(const ctp_task *t)
+{
+	return ((const struct ctp__slab *)(const void *)((const char *)t -
+	    (size_t)t->slab_off * 8))->pool;
+}
 
 /*
  * A task's rare parts: its token's ext (first, so the token layer treats
@@ -1298,8 +1316,10 @@ struct ctp_pool {
 	                                       alloc_lock */
 	unsigned           carve_left[CTP__NSIZES]; /* uncarved objects left
 	                                       there; alloc_lock */
-	unsigned           slab_objs[CTP__NSIZES]; /* the next slab's object
-	                                       count (0: the first);
+	unsigned           slab_objs[CTP__NSIZES]; /* the current slab's
+	                                       object count (0: none yet);
+	                                       alloc_lock */
+	struct ctp__slab  *carve_slab[CTP__NSIZES]; /* the current slab;
 	                                       alloc_lock */
 	/* immutable after create */
 	CTP__LINE ctp_pool_opts opts;
@@ -1358,7 +1378,7 @@ static inline void ctp__pool_put(ctp_pool *pool)
 static inline uint32_t ctp__token_gen(const ctp_token *t)
 {
 	if (t->kind == CTP__TOKEN_TASK)
-		return ((const ctp_task *)t)->pool->gen;
+		return ctp__task_pool((const ctp_task *)t)->gen;
 	return atomic_load_explicit(&((ctp_token *)t)->ext,
 	    memory_order_relaxed)->gen;
 }

@@ -656,7 +656,7 @@ static int dispatch(struct ctp__iso_pool *ip, struct slot *s, ctp_task *t,
 static int iso_run(void *arg, ctp_token *token)
 {
 	ctp_task *t = (ctp_task *)ctp__tls.task;
-	struct ctp__iso_pool *ip = t->pool->iso;
+	struct ctp__iso_pool *ip = ctp__task_pool(t)->iso;
 	struct ctp__iso *iso = ctp__tx(t)->iso;
 	struct ctp__worker *w = ctp__tls.worker;
 	struct slot *s = NULL;

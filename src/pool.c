@@ -765,13 +765,13 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 
 	if (t == NULL || delay < 0)
 		return -EINVAL;
-	if (ctp__forked(t->pool->gen))
+	if (ctp__forked(ctp__task_pool(t)->gen))
 		return -ECHILD;
 	/* a task submitted without a timeout, delay or period (and not
 	 * isolated) has no ext for its due time yet: attached here, before
 	 * the locks; without it only a task that would be placed fails */
 	x = ctp__tx_get(t);
-	pool = t->pool;
+	pool = ctp__task_pool(t);
 	q = &pool->runq;
 	pthread_mutex_lock(&pool->timer.lock);
 	now = ctp__now_ns();

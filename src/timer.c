@@ -512,7 +512,7 @@ uint32_t ctp__timer_busy(ctp_pool *pool)
 
 struct ctp__fire *ctp__timer_claim(ctp_task *t)
 {
-	struct ctp__timer *tm = &t->pool->timer;
+	struct ctp__timer *tm = &ctp__task_pool(t)->timer;
 	struct ctp__task_ext *x = ctp__tx_or_null(t);
 	struct ctp__fire *f = NULL, **pp;
 

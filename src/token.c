@@ -154,6 +154,13 @@
 
 #include "internal.h"
 
+/* What a task token's layer above offers (its pool's table: internal.h,
+ * "The way up"). */
+static inline const struct ctp__pool_up *up_of(const ctp_token *t)
+{
+	return ctp__task_pool((const ctp_task *)(const void *)t)->up;
+}
+
 /* Drops the pool guards of a fire call (task.c, through the pool). */
 static void guards_drop(struct ctp__guards *g)
 {
@@ -403,7 +410,7 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 		parent = detach(t);
 
 		if (t->kind == CTP__TOKEN_TASK) {
-			((ctp_task *)t)->pool->up->task_free((ctp_task *)t);
+			up_of(t)->task_free((ctp_task *)t);
 		} else {
 			/* a standalone token: its ext is inline */
 			ctp__token_fini(t, false);
@@ -759,21 +766,22 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 	lock(t);
 	X(t)->fire = f;
 	for (c = X(t)->children; c != NULL; c = next) {
+		const struct ctp__pool_up *up = NULL; /* c's, if a task */
 		uint32_t s;
 		bool one = false; /* a guard for c alone (task.c) */
 		bool won;
 
 		next = ctp__tn(c)->sib_next;
-		if (c->kind == CTP__TOKEN_TASK)
-			one = ((ctp_task *)c)->pool->up->task_guard(g,
-			    (ctp_task *)c);
+		if (c->kind == CTP__TOKEN_TASK) {
+			up = up_of(c);
+			one = up->task_guard(g, (ctp_task *)c);
+		}
 		won = fire_cas(c, f->reason, 0, &phase);
 		if (won && phase == CTP__PHASE_QUEUED) {
 			unlist(t, c);
 			unlisted++;
 			append_caught(c, caught);
-			((ctp_task *)c)->pool->up->task_retire((ctp_task *)c,
-			    f->reason, b);
+			up->task_retire((ctp_task *)c, f->reason, b);
 			/* a periodic task between runs: walk it too */
 			if (waited_on(c) && ctp__token_tryref(c))
 				append(c, walk);
@@ -781,8 +789,7 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 			append(c, walk);
 		} /* else dying: no sleeper, watch or child left */
 		if (one)
-			((ctp_task *)c)->pool->up->task_unguard_one(
-			    (ctp_task *)c);
+			up->task_unguard_one((ctp_task *)c);
 		if (won)
 			continue;
 		s = atomic_load(&c->state);
@@ -838,7 +845,7 @@ static void wait_fire_end(ctp_token *t)
 
 	if (t->kind == CTP__TOKEN_TASK) {
 		ctp_task *task = (ctp_task *)t;
-		struct ctp__fire *f = task->pool->up->timer_claim(task);
+		struct ctp__fire *f = up_of(&task->token)->timer_claim(task);
 
 		if (f != NULL) {
 			ctp__token_fire_end(f);
@@ -884,8 +891,7 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 		 * unless it is a periodic task between runs (waited_on):
 		 * walk it too */
 		f->caught_root = true;
-		((ctp_task *)t)->pool->up->task_retire((ctp_task *)t,
-		    reason, &batch);
+		up_of(t)->task_retire((ctp_task *)t, reason, &batch);
 		f->walk_root = waited_on(t);
 	}
 	/* Phase 1: mark, breadth first (the walk list grows as it is
@@ -909,7 +915,7 @@ static bool fire_start(ctp_token *t, int reason, struct ctp__guards *g,
                        uint32_t *phase)
 {
 	if (t->kind == CTP__TOKEN_TASK)
-		(void)((ctp_task *)t)->pool->up->task_guard(g, (ctp_task *)t);
+		(void)up_of(t)->task_guard(g, (ctp_task *)t);
 	/* Only a firer of an ancestor can wait for this call: a token with
 	 * no parent (immutable while referenced) needs no CTP__FIRING */
 	if (!fire_cas(t, reason, parent_of(t) != NULL ? CTP__FIRING : 0,
@@ -959,8 +965,8 @@ void ctp__token_fire_end(struct ctp__fire *f)
 	 * drops the pool's reference it lent us (the batch holds the pool) */
 	for (c = caught_first(f); c != NULL; c = next) {
 		next = next_caught(f, c);
-		((ctp_task *)c)->pool->up->task_complete_unrun(
-		    (ctp_task *)c, f->reason, &batch);
+		up_of(c)->task_complete_unrun((ctp_task *)c, f->reason,
+		    &batch);
 	}
 	if (batch.pool != NULL)
 		batch.pool->up->batch_end_complete(&batch);
@@ -1014,8 +1020,7 @@ int ctp__token_fire(ctp_token *t, int reason)
 		f.reason = reason;
 		f.prev = ctp__tls.fires;
 		ctp__tls.fires = &f;
-		((ctp_task *)t)->pool->up->task_fire_queued((ctp_task *)t,
-		    reason);
+		up_of(t)->task_fire_queued((ctp_task *)t, reason);
 		ctp__tls.fires = f.prev;
 		return CTP_TASK_QUEUED;
 	}
