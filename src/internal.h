@@ -377,8 +377,9 @@ struct ctp__token_ext {
 
 struct ctp_token {
 	/* what firing a tree reads per token comes first, together (the
-	 * object is malloc'd or part of a task: 16-byte aligned, so these
-	 * share lines with their neighbours, not a line of their own) */
+	 * object is malloc'd, 16-byte aligned, or part of a task carved
+	 * from a slab, 8-byte aligned: these share lines with their
+	 * neighbours, not a line of their own; no field needs more than 8) */
 	_Atomic uint32_t state;     /* reason | phase; see above */
 	_Atomic uint32_t sleepers;  /* threads asleep on `state`:
 	                               ctp_token_sleep, a fire's end waiting
@@ -438,8 +439,9 @@ struct ctp__tnode {
 	                               the parent's children) */
 };
 
-/* The token right after it stays 16-byte aligned (malloc's), as the
- * comment in struct ctp_token assumes. */
+/* The token right after it keeps its block's alignment: 16 for a
+ * standalone token (malloc's); a task object carved from a slab is 8-byte
+ * aligned whatever this size (task.c, "Slabs"). */
 _Static_assert(sizeof(struct ctp__tnode) % 16 == 0, "tnode keeps alignment");
 
 /* The tree node of a token that has one (t->tree). */

@@ -49,42 +49,39 @@
  *   it at once; the shutdown's drop step; or its own submit, if a fire
  *   retired it before it was linked), the handle's (if the caller asked
  *   for one), and temporary ones (timer, fire calls, shutdown).
- * *   The object goes back to the pool's free list when the last one goes, or
- *   is freed for good if the pool has been destroyed (`freed` is DEAD):
- *   its ext goes and so does its pool reference (the memory is its
- *   slab's, below). Objects
- *   travel in batches of up to 32, so no thread touches a shared word per
- *   task: a worker keeps the objects it frees in its own cache (its own
- *   submits take from it) and pushes them to the pool's list as one batch
- *   (one CAS) when 32 are there, and before it parks or exits; a thread
- *   that allocates takes one batch into its own cache (ctp__tls.alloc)
- *   under alloc_lock and allocates from it without any lock until it is
- *   empty; objects it frees itself (a cancel) go there too, and a full
- *   cache (32) goes back to the pool as one batch. A batch's first
- *   object carries its count (free_count, written when the batch is
- *   pushed: a thread's or worker's own cache keeps its count in c->n or
- *   ncache), so taking a batch touches one object, not 32 whose lines
- *   are all in the freeing thread's cache (only a thread without an exit
- *   destructor, which keeps one object, walks the rest to give them
- *   back); each allocation prefetches the next object's lines, for
- *   writing. (Walking the batch was 75 of a submitter's 420 CPU ns per
- *   task: bench/profile/profile.sh, throughput p1w2.)
- *   A thread's caches (one per size) hold one pool's objects (never,
- *   once empty, those of a destroyed pool): allocating from another
- *   pool, or keeping an object it freed of another pool, gives them
- *   back first (acache_claim), and so do the thread's exit (a
- *   pthread_key destructor; it does not run for the main thread's
- *   exit(), whose caches stay until the process ends) and
+ *   The object goes back to the pool's free list when the last one goes, or is
+ *   freed for good if the pool has been destroyed (`freed` is DEAD): its ext
+ *   goes and so does its pool reference (the memory is its slab's, below).
+ *   Objects travel in batches of up to 32, so no thread touches a shared word
+ *   per task: a worker keeps the objects it frees in its own cache (its own
+ *   submits take from it) and pushes them to the pool's list as one batch (one
+ *   CAS) when 32 are there, and before it parks or exits; a thread that
+ *   allocates takes one batch into its own cache (ctp__tls.alloc) under
+ *   alloc_lock and allocates from it without any lock until it is empty;
+ *   objects it frees itself (a cancel) go there too, and a full cache (32)
+ *   goes back to the pool as one batch. A batch's first object carries its
+ *   count (free_count, written when the batch is pushed: a thread's or
+ *   worker's own cache keeps its count in c->n or ncache), so taking a batch
+ *   touches one object, not 32 whose lines are all in the freeing thread's
+ *   cache (only a thread without an exit destructor, which keeps one object,
+ *   walks the rest to give them back); each allocation prefetches the next
+ *   object's lines, for writing. (Walking the batch was 75 of a submitter's
+ *   420 CPU ns per task: bench/profile/profile.sh, throughput p1w2.) A
+ *   thread's caches (one per size) hold one pool's objects (never, once empty,
+ *   those of a destroyed pool): allocating from another pool, or keeping an
+ *   object it freed of another pool, gives them back first (acache_claim), and
+ *   so do the thread's exit (a pthread_key destructor; it does not run for the
+ *   main thread's exit(), whose caches stay until the process ends) and
  *   ctp_pool_destroy on that thread; another thread's caches keep the
- *   destroyed pool's memory (at most 32 objects of each size) until one
- *   of those happens. Each object holds a reference
- *   on its pool, so a handle or a cache can outlive ctp_pool_destroy. A
- *   thread whose destructor could not be registered keeps no cache.
- *   The refill checks DEAD under alloc_lock, which ctp_pool_destroy
- *   holds while it frees the list: an abandoned thread of the pool that
- *   submits gets -ESHUTDOWN (from the refill, or from the closed queue if
- *   its cache still had an object).
-
+ *   destroyed pool's memory until one of those happens. Each object holds a
+ *   reference on its pool, so a handle or a cache can outlive
+ *   ctp_pool_destroy; and as the memory is the slabs', one such object keeps
+ *   all of its pool's slabs (after a queue a million deep, 72 MB). A thread
+ *   whose destructor could not be registered keeps no cache. The refill checks
+ *   DEAD under alloc_lock, which ctp_pool_destroy holds while it frees the
+ *   list: an abandoned thread of the pool that submits gets -ESHUTDOWN (from
+ *   the refill, or from the closed queue if its cache still had an object).
+ *
  *   Two sizes. A task submitted without a parent is a 72-byte object:
  *   its token's hot part (state, references, flags, ext: 24 bytes) and
  *   the task's (queue links, fn or status, arg, done, flags, slab_off).
@@ -142,6 +139,15 @@
 
 #include "internal.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n)   ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 
 bool ctp__is_pool_context(const ctp_pool *pool)
 {
@@ -198,6 +204,29 @@ static size_t object_bytes(unsigned k)
 	return head_bytes(k) + sizeof(ctp_task);
 }
 
+/* AddressSanitizer sees a slab as one malloc'd block, so it cannot tell
+ * a free object from one in use. The ASan build tells it: a free object's
+ * token word and sleepers, its done and arg, and a tree task's node are
+ * poisoned while it waits on a free list (and a slab's uncarved part until
+ * it is carved), so a stale handle's cancel, state or wait, or a thread
+ * that kept a token past its task, is reported as a use after free. What
+ * the free lists themselves use stays readable: the links (in qnext,
+ * qprev and fn's place), refs, the flag bytes (tree: the size), ext and
+ * slab_off (ASan poisons whole 8-byte words, and those share theirs). */
+static void object_poison(ctp_task *t)
+{
+	POISON(&t->token.state, 2 * sizeof(uint32_t)); /* state, sleepers */
+	POISON(&t->done, sizeof(t->done));
+	POISON(&t->arg, sizeof(t->arg));
+	if (size_of_class(t) != 0)
+		POISON(ctp__tn(&t->token), sizeof(struct ctp__tnode));
+}
+
+static void object_unpoison(ctp_task *t, unsigned k)
+{
+	UNPOISON((char *)t - head_bytes(k), object_bytes(k));
+}
+
 /* ---- slabs -------------------------------------------------------------- */
 
 /* The plain task's object, as "Two sizes" and bench_ctpool memory say:
@@ -205,9 +234,14 @@ static size_t object_bytes(unsigned k)
 _Static_assert(sizeof(ctp_task) == 72, "a plain task object is 72 bytes");
 
 /* A slab (internal.h): one malloc'd block of objects of one size, carved
- * in order. Its header keeps the objects 16-byte aligned from the block's
- * start. */
-_Static_assert(sizeof(struct ctp__slab) % 16 == 0, "slab keeps alignment");
+ * in order after its header, at the object's size (72 or 120 bytes): every
+ * object is 8-byte aligned, not 16, which is all any of their fields
+ * needs (atomics of at most 8 bytes, pointers; the ext, its mutex and the
+ * timer's records are malloc'd apart). */
+_Static_assert(sizeof(struct ctp__slab) % 8 == 0 &&
+    sizeof(ctp_task) % 8 == 0 && sizeof(struct ctp__tnode) % 8 == 0 &&
+    _Alignof(ctp_task) <= 8 && _Alignof(struct ctp__tnode) <= 8,
+    "objects carved from a slab are aligned enough at 8 bytes");
 
 /* A pool's first slab of each size holds this many objects; each next one
  * twice the last, up to SLAB_MAX (36 KB of 72-byte objects): a small pool
@@ -235,6 +269,7 @@ static unsigned slab_carve(ctp_pool *pool, unsigned k, unsigned want,
 
 		if (sl == NULL)
 			return 0;
+		POISON(sl + 1, (size_t)n * object_bytes(k)); /* uncarved */
 		sl->next = pool->slabs;
 		sl->pool = pool;
 		pool->slabs = sl;
@@ -265,6 +300,7 @@ static ctp_task *slab_init(ctp_pool *pool, unsigned k,
 		ctp_task *t = (ctp_task *)(void *)(first +
 		    (size_t)i * object_bytes(k) + head_bytes(k));
 
+		object_unpoison(t, k); /* carved */
 		t->slab_off = (uint16_t)(((char *)t - (char *)sl) / 8);
 		t->isolated = false;
 		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
@@ -272,6 +308,7 @@ static ctp_task *slab_init(ctp_pool *pool, unsigned k,
 		t->free_next = head;
 		head = t;
 		assert(ctp__task_pool(t) == pool);
+		object_poison(t); /* free until allocated */
 	}
 	return head;
 }
@@ -282,7 +319,7 @@ void ctp__task_slabs_free(ctp_pool *pool)
 
 	while ((sl = pool->slabs) != NULL) {
 		pool->slabs = sl->next;
-		free(sl);
+		free(sl); /* poisoned parts too: free's poisoning replaces it */
 	}
 }
 
@@ -489,6 +526,7 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
 	}
 	/* a refill always gives at least one object, or fails */
 	assert(t != NULL);
+	object_unpoison(t, k);
 	/* its token's ext (if any) lives as long as the object */
 	ctp__token_reset(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
 	t->fn = NULL;
@@ -513,6 +551,7 @@ void ctp__task_dealloc(ctp_task *t)
 	ctp_pool *pool = ctp__task_pool(t);
 	struct ctp__task_ext *x = ctp__tx_or_null(t);
 
+	object_unpoison(t, size_of_class(t)); /* its token is finished */
 	if (x != NULL) {
 		free(x->dfire);
 		if (x->iso != NULL)
@@ -582,6 +621,7 @@ void ctp__task_free(ctp_task *t)
 		ctp__tx(t)->iso = NULL;
 		t->isolated = false;
 	}
+	object_poison(t); /* before another thread can take it */
 	if (w != NULL && w->pool == pool) {
 		t->free_next = w->cache[k];
 		w->cache[k] = t;

@@ -175,8 +175,10 @@ static bool fired(uint32_t state)
 
 /* A task caught queued is walked by its fire (woken, its watchers run)
  * only if something hangs on its token: children, watches or an fd from a
- * periodic task's earlier runs (`linked`), or a thread sleeping on it (a
- * run gave the token away). Read after the fire's CAS (seq_cst: the
+ * periodic task's earlier runs (`linked`), or a thread sleeping on it: in
+ * ctp_token_sleep (a run gave the token away) or in ctp_task_wait (which
+ * counts itself in `sleepers` too, task.c: the walk's wake is then one
+ * more look for it, the finish's is the one it waits for). Read after the fire's CAS (seq_cst: the
  * Dekker pairs with the adders and with ctp_token_sleep), so whatever
  * comes later sees the token fired by itself. */
 static bool waited_on(ctp_token *t)
@@ -782,7 +784,8 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 			unlisted++;
 			append_caught(c, caught);
 			up->task_retire((ctp_task *)c, f->reason, b);
-			/* a periodic task between runs: walk it too */
+			/* something sleeps on it (a periodic task between
+			 * runs, a ctp_task_wait): walk it too */
 			if (waited_on(c) && ctp__token_tryref(c))
 				append(c, walk);
 		} else if (won && ctp__token_tryref(c)) {
@@ -1005,10 +1008,11 @@ int ctp__token_fire(ctp_token *t, int reason)
 
 	if (!fire_start(t, reason, &guard, &phase))
 		return -EALREADY;
-	/* A leaf: a task caught queued with no parent and nothing waiting
-	 * on it (waited_on; a cancel by handle, the shutdown's drop step).
-	 * Nothing is below it, nothing waits on it but ctp_task_wait,
-	 * nobody can wait for this call (no CTP__FIRING): task.c retires
+	/* A leaf: a task caught queued with no parent and nothing sleeping
+	 * or hanging on it (waited_on; a cancel by handle, the shutdown's
+	 * drop step; a thread in ctp_task_wait on it sends the cancel the
+	 * long way, which is as correct and only slower). Nothing is below
+	 * it, nobody can wait for this call (no CTP__FIRING): task.c retires
 	 * and completes it in one pass, under the guard taken before the
 	 * CAS. The call is on this thread's fire list while done runs, as
 	 * in ctp__token_fire_end. */

@@ -1951,25 +1951,16 @@ static bool in_blocking_poll(pid_t tid, unsigned long nfds)
 #endif
 
 	while (tu_now_ns() < limit) {
-		char path[64], buf[256];
-		unsigned long a0, a1, a2;
+		unsigned long a[3];
 		long nr = -1;
-		ssize_t n;
-		int fd;
+		int in = tu_thread_syscall(tid, &nr, a);
 
-		snprintf(path, sizeof(path), "/proc/self/task/%d/syscall",
-		         (int)tid);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
+		if (in < 0)
 			return false;
-		n = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		buf[n > 0 ? n : 0] = '\0';
 		/* poll's timeout is an int: -1 shows as 0xffffffff; ppoll's
 		 * is a NULL timespec */
-		if (sscanf(buf, "%ld %lx %lx %lx", &nr, &a0, &a1, &a2) == 4 &&
-		    nr == want && a1 == nfds &&
-		    (want == SYS_ppoll ? a2 == 0 : (int)a2 == -1))
+		if (in > 0 && nr == want && a[1] == nfds &&
+		    (want == SYS_ppoll ? a[2] == 0 : (int)a[2] == -1))
 			return true;
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 	}

@@ -16,6 +16,8 @@
  * thread calls assert_*; tasks, done callbacks and helper threads record into
  * the structs in fixtures.h and below.
  */
+#include <sys/syscall.h>
+
 #include "fixtures.h"
 
 /* ---- submit, wait, status ----------------------------------------------- */
@@ -772,6 +774,7 @@ struct waiter {
 	ctp_task  *task;
 	int64_t    timeout;
 	sem_t      calling;
+	_Atomic pid_t tid;     /* set before calling is posted */
 	atomic_int ret;
 	atomic_int status;
 };
@@ -781,6 +784,7 @@ static void *waiter_main(void *arg)
 	struct waiter *w = arg;
 	int st = UNSET;
 
+	atomic_store(&w->tid, (pid_t)syscall(SYS_gettid));
 	tu_sem_post(&w->calling);
 	atomic_store(&w->ret, ctp_task_wait(w->task, w->timeout, &st));
 	atomic_store(&w->status, st);
@@ -823,11 +827,36 @@ static void test_task_wait_times_out_on_running_task(void **state)
 	parked_fini(&p);
 }
 
+/* True once thread tid is asleep in a futex wait on addr, within bound
+ * (/proc/self/task/TID/syscall: the system call's number and its first
+ * argument). This polls the kernel; it orders nothing. */
+static bool futex_asleep_on(pid_t tid, const void *addr, int64_t bound)
+{
+	int64_t end = tu_now_ns() + bound;
+
+	while (tu_now_ns() < end) {
+		unsigned long a[3];
+		long nr = -1;
+		int in = tu_thread_syscall(tid, &nr, a);
+
+		if (in < 0)
+			return false;
+		if (in > 0 && nr == SYS_futex &&
+		    a[0] == (unsigned long)(uintptr_t)addr)
+			return true;
+		sched_yield();
+	}
+	return false;
+}
+
 /* ctp_task_wait sleeps on the task token's state word, counted in its
  * sleepers like ctp_token_sleep (task.c, "Finished"): waiters and the
  * task's own token sleep share both. A waiter that times out leaves the
  * count as it found it, the fire wakes the waiters too (they look and
- * sleep again: not finished), and the finish wakes them all. */
+ * sleep again: not finished), and the finish wakes them all. The waiters
+ * are seen asleep on the word before the cancel (the word is the task
+ * token's first: at the handle's address), so the fire's wake and the
+ * finish's reach threads that sleep there. */
 static void test_task_waiters_share_the_word_with_token_sleep(void **state)
 {
 	(void)state;
@@ -847,8 +876,11 @@ static void test_task_waiters_share_the_word_with_token_sleep(void **state)
 		atomic_init(&w[i].ret, UNSET);
 		atomic_init(&w[i].status, UNSET);
 		tu_sem_init(&w[i].calling, 0);
+		atomic_init(&w[i].tid, 0);
 		th[i] = tu_spawn(waiter_main, &w[i]);
 		tu_sem_wait(&w[i].calling);
+		assert_true(futex_asleep_on(atomic_load(&w[i].tid), t,
+		                            BOUND));
 	}
 	assert_int_equal(ctp_task_state(t), CTP_TASK_RUNNING);
 	assert_int_equal(ctp_task_cancel(t), -EINPROGRESS);

@@ -251,6 +251,26 @@ static inline int tu_thread_info(pid_t tid, char *name, char *state)
 	return st != 'Z' && st != 'X' && st != 'x' && vsize != 0;
 }
 
+/* The system call thread tid of this process is in, and its first three
+ * arguments (/proc/self/task/TID/syscall): 1 if it is in one, 0 if not
+ * (running, or a state the kernel shows otherwise), -1 if the file cannot
+ * be read (the thread is gone). Polls the kernel; it orders nothing. */
+static inline int tu_thread_syscall(pid_t tid, long *nr, unsigned long a[3])
+{
+	char    path[64], buf[256];
+	ssize_t n;
+	int     fd;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	return sscanf(buf, "%ld %lx %lx %lx", nr, &a[0], &a[1], &a[2]) == 4;
+}
+
 /* Lists the live threads into s; returns their number (-1: unknown).
  * *leaving (if asked) gets the number of listed threads that are not. */
 static inline int tu_threads_scan(tu_threads *s, int *leaving)
