@@ -8,7 +8,8 @@
  * tokens and the reason children inherit, the first reason winning,
  * ctp_task_wait (timeouts, -EDEADLK on itself, waiting on another task,
  * waiters sharing the state word with the task token's sleepers),
- * releasing handles early and keeping them past the pool, NULL arguments, and
+ * releasing handles early and keeping them past the pool (and, in the ASan
+ * build, a released object poisoned), NULL arguments, and
  * a full queue (-EAGAIN, queue_wait, slots freed by cancel and by deadline).
  *
  * Determinism: workers are parked on semaphores (libuv's saturate_threadpool)
@@ -19,6 +20,10 @@
 #include <sys/syscall.h>
 
 #include "fixtures.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 /* ---- submit, wait, status ----------------------------------------------- */
 
@@ -1057,6 +1062,41 @@ static void test_task_release_while_queued(void **state)
 	parked_fini(&blk);
 }
 
+/* Task objects live in slabs, one malloc block each, so AddressSanitizer
+ * cannot see one freed on its own: the ASan build poisons a free object's
+ * token word (task.c, object_poison), so that a handle used after its
+ * release is reported. Ordered: the worker drops t's queue and pool
+ * references when it takes the second task, which finishes before
+ * wait_idle returns; the release is then the last reference. Skipped in
+ * the other builds. */
+static void test_task_released_object_poisoned_under_asan(void **state)
+{
+	(void)state;
+#if defined(__SANITIZE_ADDRESS__)
+	ctp_pool *pool = pool_new(1, 0);
+	struct rec a, b;
+	ctp_task *t = NULL;
+	int st = UNSET;
+
+	rec_init(&a, 4);
+	rec_init(&b, 5);
+	assert_int_equal(submit_rec(pool, &a, NO_OPTS, &t), 0);
+	assert_int_equal(ctp_task_wait(t, BOUND, &st), 0);
+	assert_int_equal(st, 4);
+	assert_false(__asan_address_is_poisoned(t));
+	assert_int_equal(submit_rec(pool, &b, NO_OPTS, NULL), 0);
+	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	assert_false(__asan_address_is_poisoned(t)); /* the handle's */
+	ctp_task_release(t);
+	assert_true(__asan_address_is_poisoned(t));
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	rec_fini(&a);
+	rec_fini(&b);
+#else
+	skip();
+#endif
+}
+
 static void test_task_release_while_running(void **state)
 {
 	(void)state;
@@ -1529,6 +1569,7 @@ int main(void)
 		cmocka_unit_test(test_task_wait_on_other_task_from_task),
 		cmocka_unit_test(test_task_release_while_queued),
 		cmocka_unit_test(test_task_release_while_running),
+		cmocka_unit_test(test_task_released_object_poisoned_under_asan),
 		cmocka_unit_test(test_task_handle_outlives_pool),
 		cmocka_unit_test(test_task_null_args_einval),
 		cmocka_unit_test(test_task_submit_queue_full_eagain),
