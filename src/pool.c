@@ -1286,17 +1286,18 @@ static void discard(ctp_task *t)
 
 /*
  * Admission: takes a slot for t (RESERVED), waiting up to queue_wait for
- * room; with `link`, also links it in the same lock (the common submit:
- * no parent, no deadline, so nothing else can see it before). A parent
- * that fires while we wait ends the wait with its reason; a fired parent
- * wins over a free slot and a closed queue.
+ * room (counted from the first time it finds none); with `link`, also
+ * links it in the same lock (the common submit: no parent, no deadline,
+ * so nothing else can see it before). A parent that fires while we wait
+ * ends the wait with its reason; a fired parent wins over a free slot and
+ * a closed queue.
  */
 static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
                  ctp_token *parent, bool link)
 {
 	struct ctp__runq *q = &pool->runq;
 	struct timespec abs;
-	bool timed = ctp__deadline(queue_wait, &abs);
+	bool timed = false;   /* abs is set: the first wait set it */
 	bool counted = false; /* we are in full_waiters */
 	bool fired = false;   /* r is the parent's reason */
 	int r;
@@ -1341,6 +1342,10 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 		}
 		snap = ctp__ec_value(&q->not_full);
 		q_unlock(q, &a);
+		/* queue_wait counts from the first time the queue was full:
+		 * a submit that finds room (or may not wait) reads no clock */
+		if (!timed && queue_wait != CTP_FOREVER)
+			timed = ctp__deadline(queue_wait, &abs);
 		CTP__PERTURB();
 		r = ctp__ec_wait(&q->not_full, snap, parent,
 		    timed ? &abs : NULL);
