@@ -682,13 +682,6 @@ static inline struct ctp__task_ext *ctp__tx_or_null(const ctp_task *t)
 	    &((ctp_task *)t)->token.ext, memory_order_acquire);
 }
 
-/* t's ext, attached now if it had none; NULL when out of memory (a task
- * token's ext is a struct ctp__task_ext: ctp__token_ext_get) */
-static inline struct ctp__task_ext *ctp__tx_get(ctp_task *t)
-{
-	return (struct ctp__task_ext *)ctp__token_ext_get(&t->token);
-}
-
 #define CTP__HEAP_NONE ((size_t)-1)
 
 /* False for a task whose deadline comes no later than its due time: it is

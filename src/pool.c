@@ -204,6 +204,13 @@
 
 #define DEFAULT_CAPACITY 4096
 
+/* t's ext, attached now if it had none; NULL when out of memory (a task
+ * token's ext is a struct ctp__task_ext: ctp__token_ext_get) */
+static struct ctp__task_ext *tx_get(ctp_task *t)
+{
+	return (struct ctp__task_ext *)ctp__token_ext_get(&t->token);
+}
+
 /* ---- lifetime ----------------------------------------------------------- */
 
 static void pool_free(ctp_pool *pool)
@@ -770,7 +777,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	/* a task submitted without a timeout, delay or period (and not
 	 * isolated) has no ext for its due time yet: attached here, before
 	 * the locks; without it only a task that would be placed fails */
-	x = ctp__tx_get(t);
+	x = tx_get(t);
 	pool = ctp__task_pool(t);
 	q = &pool->runq;
 	pthread_mutex_lock(&pool->timer.lock);
@@ -1485,7 +1492,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	 * dispatch also watches its token there), and for a deadline the
 	 * timer's fire record (kept with the object too) and a heap slot. */
 	if (deadline || sched || iso != NULL) {
-		if ((x = ctp__tx_get(t)) == NULL) {
+		if ((x = tx_get(t)) == NULL) {
 			if (iso != NULL)
 				ctp__iso_task_free(iso);
 			discard(t);
