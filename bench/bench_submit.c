@@ -64,10 +64,12 @@ int main(int argc, char **argv)
 			atomic_store(&ran, 0);
 			t0 = now_s();
 			for (long i = 0; i < n; i++) {
+				const ctp_task_opts *opts = o == 1 ? &forever :
+				    NULL;
 				ctp_task *t = NULL;
 
-				rc = ctp_pool_submit(pool, empty, NULL,
-				    o == 1 ? &forever : NULL, o == 2 ? &t : NULL);
+				rc = ctp_pool_submit(pool, empty, NULL, opts,
+				    o == 2 ? &t : NULL);
 				if (rc != 0) {
 					fprintf(stderr, "ctp_pool_submit: %s\n",
 					    ctp_strerror(rc));

@@ -139,14 +139,8 @@
 
 #include "internal.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+/* its (un)poisoning macros are no-ops outside an ASan build */
 #include <sanitizer/asan_interface.h>
-#define POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define POISON(p, n)   ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 
 bool ctp__is_pool_context(const ctp_pool *pool)
@@ -215,16 +209,18 @@ static size_t object_bytes(unsigned k)
  * slab_off (ASan poisons whole 8-byte words, and those share theirs). */
 static void object_poison(ctp_task *t)
 {
-	POISON(&t->token.state, 2 * sizeof(uint32_t)); /* state, sleepers */
-	POISON(&t->done, sizeof(t->done));
-	POISON(&t->arg, sizeof(t->arg));
+	/* state and sleepers */
+	ASAN_POISON_MEMORY_REGION(&t->token.state, 2 * sizeof(uint32_t));
+	ASAN_POISON_MEMORY_REGION(&t->done, sizeof(t->done));
+	ASAN_POISON_MEMORY_REGION(&t->arg, sizeof(t->arg));
 	if (size_of_class(t) != 0)
-		POISON(ctp__tn(&t->token), sizeof(struct ctp__tnode));
+		ASAN_POISON_MEMORY_REGION(ctp__tn(&t->token),
+		    sizeof(struct ctp__tnode));
 }
 
 static void object_unpoison(ctp_task *t, unsigned k)
 {
-	UNPOISON((char *)t - head_bytes(k), object_bytes(k));
+	ASAN_UNPOISON_MEMORY_REGION((char *)t - head_bytes(k), object_bytes(k));
 }
 
 /* ---- slabs -------------------------------------------------------------- */
@@ -269,7 +265,8 @@ static unsigned slab_carve(ctp_pool *pool, unsigned k, unsigned want,
 
 		if (sl == NULL)
 			return 0;
-		POISON(sl + 1, (size_t)n * object_bytes(k)); /* uncarved */
+		/* uncarved */
+		ASAN_POISON_MEMORY_REGION(sl + 1, (size_t)n * object_bytes(k));
 		sl->next = pool->slabs;
 		sl->pool = pool;
 		pool->slabs = sl;

@@ -178,9 +178,10 @@ static bool fired(uint32_t state)
  * periodic task's earlier runs (`linked`), or a thread sleeping on it: in
  * ctp_token_sleep (a run gave the token away) or in ctp_task_wait (which
  * counts itself in `sleepers` too, task.c: the walk's wake is then one
- * more look for it, the finish's is the one it waits for). Read after the fire's CAS (seq_cst: the
- * Dekker pairs with the adders and with ctp_token_sleep), so whatever
- * comes later sees the token fired by itself. */
+ * more look for it, the finish's is the one it waits for). Read after the
+ * fire's CAS (seq_cst: the Dekker pairs with the adders and with
+ * ctp_token_sleep), so whatever comes later sees the token fired by
+ * itself. */
 static bool waited_on(ctp_token *t)
 {
 	return atomic_load(&t->linked) != 0 || atomic_load(&t->sleepers) != 0;
