@@ -375,11 +375,33 @@ struct ctp__token_ext {
 	int              fd;        /* eventfd, -1 until ctp_token_fd */
 };
 
+/* A task token's queue bits: runq.lock (pool.c). */
+struct ctp__tq {
+	uint8_t state : 3;      /* enum ctp__qstate */
+	uint8_t ref_owed : 1;   /* a fire unlinked it (runq.lock): that
+	                           fire's complete pass drops the queue's
+	                           reference with the pool's (read by the
+	                           fire's own threads, in order) */
+};
+
+/* A task token's submit bits: set before publication (submit), or while
+ * the object is nobody else's (allocation, free), and only read
+ * meanwhile, so one byte of bits is safe (no two threads write it at
+ * once). */
+struct ctp__topt {
+	uint8_t handle : 1;     /* submitted with a handle */
+	uint8_t prio : 2;       /* list index (CTP__NPRIO) */
+	uint8_t periodic : 1;   /* period > 0 */
+	uint8_t timed : 1;      /* has a deadline (ext.deadline) */
+	uint8_t isolated : 1;   /* ext.iso is set */
+};
+
 struct ctp_token {
 	/* what firing a tree reads per token comes first, together (the
-	 * object is malloc'd, 16-byte aligned, or part of a task carved
-	 * from a slab, 8-byte aligned: these share lines with their
-	 * neighbours, not a line of their own; no field needs more than 8) */
+	 * token is 8-byte aligned, after its tree node in a malloc'd block
+	 * or part of a task carved from a slab: these share lines with
+	 * their neighbours, not a line of their own; no field needs more
+	 * than 8) */
 	_Atomic uint32_t state;     /* reason | phase; see above */
 	_Atomic uint32_t sleepers;  /* threads asleep on `state`:
 	                               ctp_token_sleep, a fire's end waiting
@@ -388,26 +410,32 @@ struct ctp_token {
 	_Atomic uint8_t  linked;    /* 1 once it may have children, watches or
 	                               an fd: firing must then take ext->lock
 	                               (ext is attached before it is set) */
-	uint8_t          kind;      /* immutable */
-	uint8_t          unlisted;  /* 1: the firer of its parent caught it
-	                               queued and took it out of the parent's
-	                               children, with its reference on the
-	                               parent (token.c, mark_children); its
-	                               death then does neither. Written under
-	                               the parent's lock before that firer drops
-	                               the task's references; read only at the
-	                               death, which the last drop (acq_rel on
-	                               refs) orders after it */
-	uint8_t          tree;      /* immutable for the object's life: 1 when
-	                               a struct ctp__tnode comes right before
-	                               the token in memory (a standalone token,
-	                               a task submitted with a parent); only
-	                               such a token can have a parent */
+	/* immutable for the object's life (a byte of its own: the bytes
+	 * beside it are written while it is read) */
+	uint8_t          kind : 2;  /* enum ctp__token_kind; set again, to
+	                               the same, when a task object is reused */
+	uint8_t          tree : 1;  /* 1: a struct ctp__tnode comes right
+	                               before the token in memory (a
+	                               standalone token, a task submitted with
+	                               a parent); only such a token can have a
+	                               parent */
+	uint8_t          dslot : 1; /* a task object only: a word for its done
+	                               comes right after the object (task.c,
+	                               "Sizes") */
+	/* A task token's, kept for its task in bytes the token would pad
+	 * (task.c: a plain task's object is 56 bytes); 0 in other tokens.
+	 * Two bytes, so a queue write never shares a location with a read
+	 * of the submit bits. */
+	struct ctp__tq   q;         /* runq.lock */
+	struct ctp__topt opt;       /* set before publication */
 	/* NULL until attached (a task's token only), then fixed until the
 	 * object is freed for good: set once by a CAS (acq_rel), read with
 	 * acquire, or after `linked` (whoever sets linked attached it first) */
 	struct ctp__token_ext *_Atomic ext;
 };
+
+_Static_assert(sizeof(struct ctp_token) == 24,
+    "a token's hot part is 24 bytes");
 
 /*
  * A token's place in a tree: its parent and siblings, and the links of
@@ -417,7 +445,7 @@ struct ctp_token {
  * of a fire call is never on that call's lists (struct ctp__fire keeps
  * it apart), and only a call that fired its parent can put a token on
  * one, so a task with no parent (a plain task, a handle's) needs none
- * of it, and its object is 48 bytes smaller (task.c, "Two sizes").
+ * of it, and its object is 56 bytes smaller (task.c, "Sizes").
  */
 struct ctp__tnode {
 	ctp_token       *parent;    /* immutable while referenced; holds a ref
@@ -437,12 +465,21 @@ struct ctp__tnode {
 	                               for; written only by the firer of this
 	                               token's parent (the one thread that walks
 	                               the parent's children) */
+	uint8_t          unlisted;  /* 1: the firer of its parent caught it
+	                               queued and took it out of the parent's
+	                               children, with its reference on the
+	                               parent (token.c, mark_children); its
+	                               death then does neither. Written under
+	                               the parent's lock before that firer drops
+	                               the task's references; read only at the
+	                               death, which the last drop (acq_rel on
+	                               refs) orders after it */
 };
 
-/* The token right after it keeps its block's alignment: 16 for a
- * standalone token (malloc's); a task object carved from a slab is 8-byte
- * aligned whatever this size (task.c, "Slabs"). */
-_Static_assert(sizeof(struct ctp__tnode) % 16 == 0, "tnode keeps alignment");
+/* The token right after it is 8-byte aligned, all any of its fields
+ * needs (a standalone token's block is malloc's, 16-byte aligned; a task
+ * object carved from a slab is 8-byte aligned: task.c, "Slabs"). */
+_Static_assert(sizeof(struct ctp__tnode) % 8 == 0, "tnode keeps alignment");
 
 /* The tree node of a token that has one (t->tree). */
 static inline struct ctp__tnode *ctp__tn(const ctp_token *t)
@@ -553,12 +590,14 @@ static inline int ctp__reason_of(uint32_t state)
 /* ---- task.c ------------------------------------------------------------- */
 
 struct ctp_task {
-	ctp_token        token;     /* first member: &task->token == task */
+	ctp_token        token;     /* first member: &task->token == task;
+	                               its q and opt bytes are the task's */
 	/* What the queue, a cancel and completion read, together, right
 	 * after the token (measured: a group cancel of 100,000 queued tasks
 	 * touches each object's first line and these; spreading them over
 	 * more lines cost a miss per task). Its pool is its slab's
-	 * (ctp__task_pool). */
+	 * (ctp__task_pool); its done, if the object has a word for one, is
+	 * right after it (ctp__task_done). */
 	union {
 		ctp_task *free_next; /* the next object of its free batch
 		                        (task.c), owned by whoever holds the
@@ -573,7 +612,6 @@ struct ctp_task {
 		ctp_task *free_batch; /* a batch's first object: the next batch
 		                        in pool->freed or pool->spare */
 	};
-	ctp_done_fn      done;      /* set before publication */
 	void            *arg;
 	union {
 		ctp_task_fn fn;     /* set before publication, read by the
@@ -588,46 +626,44 @@ struct ctp_task {
 		                        objects the batch holds (task.c), so
 		                        taking a batch walks none of them */
 	};
-	uint8_t          qstate;    /* enum ctp__qstate; runq.lock */
-	bool             qref_owed; /* a fire unlinked it (runq.lock): that
-	                               fire's complete pass drops the queue's
-	                               reference with the pool's (read by the
-	                               fire's own threads, in order) */
-	/* Set before publication (submit), or while the object is nobody
-	 * else's (allocation, free), and only read meanwhile: one byte of
-	 * bits is safe (no two threads write it at once) */
-	bool             handle : 1;   /* submitted with a handle */
-	unsigned         prio : 2;     /* list index (CTP__NPRIO) */
-	bool             periodic : 1; /* period > 0 */
-	bool             timed : 1;    /* has a deadline (ext.deadline) */
-	bool             isolated : 1; /* ext.iso is set */
-	bool             ran;       /* a periodic task ran once: written by its
-	                               worker before the CAS that queues it
-	                               again, read by a fire that catches it
-	                               queued (after its CAS) */
-	bool             dres;      /* holds a due heap reservation (the heap
-	                               can always take it); timer->lock, set
-	                               before publication or under runq.lock
-	                               while it waits (a worker reads it after
-	                               its pop) */
-	uint16_t         slab_off;  /* how far (in 8 bytes) its slab's header
-	                               is before it (task.c, "Slabs"):
-	                               immutable */
 };
 
+/* The word for a task's done: right after the object (task.c, "Sizes").
+ * NULL when the object has none (then its done is NULL). Set before
+ * publication, then only read. */
+static inline ctp_done_fn *ctp__task_done_slot(const ctp_task *t)
+{
+	if (!t->token.dslot)
+		return NULL;
+	return (ctp_done_fn *)(void *)((char *)(uintptr_t)t + sizeof(*t));
+}
+
+static inline ctp_done_fn ctp__task_done(const ctp_task *t)
+{
+	ctp_done_fn *d = ctp__task_done_slot(t);
+
+	return d != NULL ? *d : NULL;
+}
+
 /* A slab of task objects of one size (task.c, "Slabs"): this header, then
- * the objects, each object_bytes apart. */
+ * the objects, each object_bytes apart, in a block of CTP__SLAB_BYTES
+ * aligned to its size, so an object finds its header by masking its
+ * address. */
 struct ctp__slab {
-	struct ctp__slab *next;     /* pool->slabs; alloc_lock */
+	struct ctp__slab *next;     /* a chunk's first slab: the next chunk's,
+	                               in pool->slabs; alloc_lock (task.c,
+	                               "Slabs") */
 	ctp_pool         *pool;     /* immutable */
 };
 
-/* A task's pool: its slab's (slab_off and the header are immutable).
- * The object holds a reference on it. */
+#define CTP__SLAB_BYTES ((size_t)16384)
+
+/* A task's pool: its slab's (the header is immutable). The object holds
+ * a reference on it. */
 static inline ctp_pool *ctp__task_pool(const ctp_task *t)
 {
-	return ((const struct ctp__slab *)(const void *)((const char *)t -
-	    (size_t)t->slab_off * 8))->pool;
+	return ((const struct ctp__slab *)(uintptr_t)((uintptr_t)t &
+	    ~(uintptr_t)(CTP__SLAB_BYTES - 1)))->pool;
 }
 
 /*
@@ -661,7 +697,19 @@ struct ctp__task_ext {
 	                               went on: its next due time; -1 = none;
 	                               runq.lock */
 	size_t           due_idx;   /* due heap slot; timer->lock */
+	bool             ran;       /* a periodic task ran once: written by its
+	                               worker before the CAS that queues it
+	                               again, read by a fire that catches it
+	                               queued (after its CAS); false from its
+	                               submit */
+	bool             dres;      /* holds a due heap reservation (the heap
+	                               can always take it); timer->lock, set
+	                               before publication or under runq.lock
+	                               while it waits (a worker reads it after
+	                               its pop); false from its submit */
 };
+
+
 
 /* The ext of a task that has one (timed, scheduled, isolated, or its
  * token was linked). acquire: pairs with the attaching CAS. */
@@ -682,6 +730,15 @@ static inline struct ctp__task_ext *ctp__tx_or_null(const ctp_task *t)
 	    &((ctp_task *)t)->token.ext, memory_order_acquire);
 }
 
+/* Whether a task holds a due heap reservation (only a delayed or
+ * periodic task, which has an ext, ever does). */
+static inline bool ctp__task_dres(const ctp_task *t)
+{
+	struct ctp__task_ext *x = ctp__tx_or_null(t);
+
+	return x != NULL && x->dres;
+}
+
 #define CTP__HEAP_NONE ((size_t)-1)
 
 /* False for a task whose deadline comes no later than its due time: it is
@@ -689,15 +746,16 @@ static inline struct ctp__task_ext *ctp__tx_or_null(const ctp_task *t)
  * place and pool_promote, timer.c). Read under timer->lock. */
 static inline bool ctp__task_due_first(const ctp_task *t)
 {
-	return !t->timed || ctp__tx(t)->deadline > ctp__tx(t)->due;
+	return !t->token.opt.timed || ctp__tx(t)->deadline > ctp__tx(t)->due;
 }
 /* pool->freed after ctp_pool_destroy: a freed task object goes to free() */
 #define CTP__FREED_DEAD ((ctp_task *)(uintptr_t)1)
 
 /* A task object for a submit (tree: with a tree node, for a task with a
- * parent): 0, -ENOMEM, or -ESHUTDOWN once the pool is destroyed (an
- * abandoned thread of the pool submitting). */
-CTP__HIDDEN int  ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **t);
+ * parent; done: with a word for its done): 0, -ENOMEM, or -ESHUTDOWN once
+ * the pool is destroyed (an abandoned thread of the pool submitting). */
+CTP__HIDDEN int  ctp__task_alloc(ctp_pool *pool, bool tree, bool done,
+                                  ctp_task **t);
 /* Frees an object for good (the pool is destroyed): its pool reference. */
 CTP__HIDDEN void ctp__task_dealloc(ctp_task *t);
 /* Called when a task's last reference is dropped (from ctp__token_put). */
@@ -806,8 +864,9 @@ struct ctp__acache {
 	ctp_task *list;      /* chained by free_next */
 	unsigned  n;
 };
-/* Task object sizes (task.c, "Two sizes"): an index by token.tree */
-#define CTP__NSIZES 2
+/* Task object sizes (task.c, "Sizes"): 0 plain, 1 with a word for its
+ * done, 2 with that and a tree node (ctp__task_size_of) */
+#define CTP__NSIZES 3
 
 struct ctp__tls {
 	const ctp_pool         *pool;   /* worker or timer thread of this pool */
@@ -1041,7 +1100,7 @@ CTP__HIDDEN int  ctp__iso_new(ctp_pool *pool, ctp_isolated_fn fn,
 /* The outcome of a finished isolated task (RAN for others). */
 static inline enum ctp__iso_outcome ctp__iso_outcome(const ctp_task *t)
 {
-	return t->isolated ? ctp__tx(t)->iso->outcome : CTP__ISO_RAN;
+	return t->token.opt.isolated ? ctp__tx(t)->iso->outcome : CTP__ISO_RAN;
 }
 CTP__HIDDEN void ctp__iso_stats(ctp_pool *pool, ctp_stats *s);
 /* Counts a finished isolated task whose outcome is not RAN. */
@@ -1302,20 +1361,20 @@ struct ctp_pool {
 	ctp_task          *spare[CTP__NSIZES]; /* alloc_lock: the allocators'
 	                                       part, batches */
 	/* slabs (task.c, "Slabs"): where new objects are carved from */
-	struct ctp__slab  *slabs;           /* every slab of the pool, freed
-	                                       with the pool (pool_free);
-	                                       alloc_lock */
+	struct ctp__slab  *slabs;           /* the first slab of every chunk
+	                                       of the pool, freed with the pool
+	                                       (pool_free); alloc_lock */
+	char              *chunk_next;      /* the current chunk's next free
+	                                       slab; alloc_lock */
+	unsigned           chunk_left;      /* its free slabs; alloc_lock */
+	unsigned           chunk_slabs;     /* its size in slabs (0: none
+	                                       yet); alloc_lock */
 	char              *carve[CTP__NSIZES]; /* the next uncarved object's
 	                                       allocation start in the
 	                                       current slab of that size;
 	                                       alloc_lock */
 	unsigned           carve_left[CTP__NSIZES]; /* uncarved objects left
 	                                       there; alloc_lock */
-	unsigned           slab_objs[CTP__NSIZES]; /* the current slab's
-	                                       object count (0: none yet);
-	                                       alloc_lock */
-	struct ctp__slab  *carve_slab[CTP__NSIZES]; /* the current slab;
-	                                       alloc_lock */
 	/* immutable after create */
 	CTP__LINE ctp_pool_opts opts;
 	char               name[16];

@@ -728,7 +728,8 @@ int ctp_task_output(ctp_task *task, const void **data, size_t *len)
 {
 	const struct ctp__iso *iso;
 
-	if (task == NULL || data == NULL || len == NULL || !task->isolated)
+	if (task == NULL || data == NULL || len == NULL ||
+	    !task->token.opt.isolated)
 		return -EINVAL;
 	if (!ctp__task_finished(task))
 		return -EINPROGRESS;
@@ -740,7 +741,8 @@ int ctp_task_output(ctp_task *task, const void **data, size_t *len)
 
 int ctp_task_exit_signal(const ctp_task *task)
 {
-	if (task == NULL || !task->isolated || !ctp__task_finished(task))
+	if (task == NULL || !task->token.opt.isolated ||
+	    !ctp__task_finished(task))
 		return 0;
 	return ctp__tx(task)->iso->exit_signal;
 }

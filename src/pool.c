@@ -426,10 +426,10 @@ static void q_release(struct ctp__runq *q, struct after *a)
  * also sees to the wake-ups (q_wake_for_work, q_linked_closed) */
 static void q_link(struct ctp__runq *q, ctp_task *t)
 {
-	unsigned p = t->prio;
+	unsigned p = t->token.opt.prio;
 
 	CTP__ASSERT_HELD(&q->lock);
-	t->qstate = CTP__Q_LINKED;
+	t->token.q.state = CTP__Q_LINKED;
 	t->qnext = NULL;
 	t->qprev = q->tail[p]; /* stale once t is first (q_unhook) */
 	if (q->tail[p] != NULL)
@@ -455,7 +455,7 @@ static void q_linked_closed(struct ctp__runq *q, struct after *a)
  * submitter to the worker that takes it, not through this one. */
 static void q_unhook(struct ctp__runq *q, ctp_task *t)
 {
-	unsigned p = t->prio;
+	unsigned p = t->token.opt.prio;
 	bool first = atomic_load_explicit(&q->head[p],
 	    memory_order_relaxed) == t;
 
@@ -477,7 +477,7 @@ static void q_unhook(struct ctp__runq *q, ctp_task *t)
 static void q_unlink(struct ctp__runq *q, ctp_task *t, struct after *a)
 {
 	q_unhook(q, t);
-	t->qstate = CTP__Q_OUT;
+	t->token.q.state = CTP__Q_OUT;
 	q_release(q, a);
 }
 
@@ -576,40 +576,40 @@ static void pool_unqueue(struct ctp__batch *b)
 	own_add64(&q->st_completed, b->completed, memory_order_relaxed);
 	for (size_t i = 0; i < n; i++) {
 		t = tasks[i];
-		switch (t->qstate) {
+		switch (t->token.q.state) {
 		case CTP__Q_LINKED:
 			q_unlink(q, t, &a);
 			/* its queue reference goes with the pool's, in the
 			 * fire's complete pass: one atomic, not two */
-			t->qref_owed = true;
+			t->token.q.ref_owed = true;
 			break;
 		case CTP__Q_DELAYED:
 			assert(timed);
 			ctp__timer_ddelete(pool, t);
-			t->qstate = CTP__Q_OUT;
+			t->token.q.state = CTP__Q_OUT;
 			q_release(q, &a);
-			t->qref_owed = true;
+			t->token.q.ref_owed = true;
 			break;
 		case CTP__Q_HELD:
 			/* a periodic task a worker took and has not started
 			 * (its start CAS fails), or is queueing again: the
 			 * worker drops the reference it holds */
-			t->qstate = CTP__Q_OUT;
+			t->token.q.state = CTP__Q_OUT;
 			q->held--;
 			q_release(q, &a);
 			break;
 		case CTP__Q_RESERVED:
 			/* its submit has not linked it yet: it sees OUT and
 			 * drops the queue's reference itself */
-			t->qstate = CTP__Q_OUT;
+			t->token.q.state = CTP__Q_OUT;
 			q_release(q, &a);
 			break;
 		default:
 			break; /* a worker or the drop step took it out */
 		}
-		if (t->dres) {
+		if (ctp__task_dres(t)) {
 			assert(timed);
-			t->dres = false;
+			ctp__tx(t)->dres = false;
 			ctp__timer_dunreserve(pool);
 		}
 	}
@@ -645,7 +645,7 @@ static void place(ctp_pool *pool, ctp_task *t, int64_t now, struct after *a)
 		q_link(q, t);
 		q_wake_for_work(q, a);
 	} else {
-		t->qstate = CTP__Q_DELAYED;
+		t->token.q.state = CTP__Q_DELAYED;
 		ctp__timer_dinsert(pool, t);
 	}
 	/* either way, once closed: the drop step may be waiting for this
@@ -708,7 +708,7 @@ static bool requeue(ctp_pool *pool, ctp_task *t)
 	struct after a = { 0 };
 	bool shut = false;
 
-	t->ran = true;
+	ctp__tx(t)->ran = true; /* periodic: it has an ext */
 	CTP__PERTURB();
 	pthread_mutex_lock(&pool->timer.lock);
 	q_lock(q);
@@ -724,7 +724,7 @@ static bool requeue(ctp_pool *pool, ctp_task *t)
 		return false;
 	}
 	/* a fire catches it queued only from here: it is still HELD */
-	assert(t->qstate == CTP__Q_HELD);
+	assert(t->token.q.state == CTP__Q_HELD);
 	if (atomic_load_explicit(&q->closed, memory_order_relaxed)) {
 		shut = true;
 	} else {
@@ -752,8 +752,8 @@ static void release_held(ctp_pool *pool, ctp_task *t)
 
 	q_lock(q);
 	/* a fire catches only a queued task: a running one stays HELD */
-	assert(t->qstate == CTP__Q_HELD);
-	t->qstate = CTP__Q_OUT;
+	assert(t->token.q.state == CTP__Q_HELD);
+	t->token.q.state = CTP__Q_OUT;
 	q->held--;
 	q_release(q, &a);
 	q_unlock(q, &a);
@@ -785,11 +785,11 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	due = add_sat(now, delay);
 	/* where place() will put it: the due heap unless it is due now and
 	 * its deadline is later (deadline: immutable since its submit) */
-	heap = due > now || (t->timed && x->deadline <= due);
+	heap = due > now || (t->token.opt.timed && x->deadline <= due);
 	/* a place in the due heap first (it arms the fire's side before
 	 * the look at the token below: pool_unqueue); a failure only
 	 * matters if the task turns out to wait */
-	if (heap && !t->dres) {
+	if (heap && !x->dres) {
 		r = ctp__timer_dreserve(pool);
 		reserved = r == 0;
 	}
@@ -800,23 +800,24 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	    phase == CTP__PHASE_CANCELLED) {
 		r = -EALREADY;
 	} else if (phase == CTP__PHASE_RUNNING ||
-	    (t->qstate != CTP__Q_LINKED && t->qstate != CTP__Q_DELAYED)) {
+	    (t->token.q.state != CTP__Q_LINKED &&
+	    t->token.q.state != CTP__Q_DELAYED)) {
 		/* running, or a worker has taken it (a periodic one's next
 		 * run is then due `delay` from now) */
-		if (t->periodic)
+		if (t->token.opt.periodic)
 			ctp__tx(t)->resched = due;
 		r = -EINPROGRESS;
 	} else if (x == NULL) {
 		r = -ENOMEM; /* no ext for its due time (above) */
-	} else if (heap && !t->dres && !reserved) {
+	} else if (heap && !x->dres && !reserved) {
 		/* r: why the due heap could not take it */
 	} else {
-		if (t->qstate == CTP__Q_LINKED)
+		if (t->token.q.state == CTP__Q_LINKED)
 			q_unhook(q, t);
 		else
 			ctp__timer_ddelete(pool, t);
-		if (heap && !t->dres) {
-			t->dres = true; /* our reservation is the task's now */
+		if (heap && !x->dres) {
+			x->dres = true; /* our reservation is the task's now */
 			reserved = false;
 		}
 		x->due = due;
@@ -843,9 +844,9 @@ static ctp_task *q_take(struct ctp__runq *q, struct after *a)
 
 	if (t == NULL)
 		return NULL;
-	if (t->periodic) {
+	if (t->token.opt.periodic) {
 		q_unhook(q, t);
-		t->qstate = CTP__Q_HELD;
+		t->token.q.state = CTP__Q_HELD;
 		q->held++;
 	} else {
 		q_unlink(q, t, a);
@@ -1049,7 +1050,8 @@ static ctp_task *next_task(ctp_pool *pool, struct ctp__worker *w)
 		 * answer -EINPROGRESS for a run that never happens. A close
 		 * racing this look may still let one run through (requeue
 		 * then ends the series). */
-		if (t->periodic && atomic_load_explicit(&pool->runq.closed,
+		if (t->token.opt.periodic &&
+		    atomic_load_explicit(&pool->runq.closed,
 		    memory_order_relaxed))
 			(void)ctp__token_fire(&t->token, -ESHUTDOWN);
 		if (ctp__task_start(t))
@@ -1072,7 +1074,7 @@ static void run_task(struct ctp__worker *w, ctp_task *t)
 	ctp__tls.task = NULL;
 	/* counted before the task can be seen finished (wait_idle) */
 	atomic_store_explicit(&w->st_running, 0, memory_order_relaxed);
-	if (t->periodic) {
+	if (t->token.opt.periodic) {
 		if (requeue(pool, t)) {
 			atomic_store_explicit(&w->busy, 0,
 			    memory_order_relaxed);
@@ -1081,7 +1083,7 @@ static void run_task(struct ctp__worker *w, ctp_task *t)
 		/* its token fired during the run: the series ends here */
 		release_held(pool, t);
 	}
-	if (!t->isolated || ctp__iso_outcome(t) == CTP__ISO_RAN)
+	if (!t->token.opt.isolated || ctp__iso_outcome(t) == CTP__ISO_RAN)
 		own_add64(&w->st_completed, 1, memory_order_relaxed);
 	else
 		ctp__iso_count(pool, t, status); /* killed, crashed, unrun */
@@ -1333,7 +1335,7 @@ static int admit(ctp_pool *pool, ctp_task *t, int64_t queue_wait,
 			 * so pool_idle never sees it finished uncounted
 			 * (relaxed: the lock gives that order) */
 			own_add64(&q->accepted, 1, memory_order_relaxed);
-			t->qstate = CTP__Q_RESERVED;
+			t->token.q.state = CTP__Q_RESERVED;
 			r = 0;
 			break;
 		}
@@ -1400,10 +1402,10 @@ static void enqueue(ctp_pool *pool, ctp_task *t, bool timed)
 	if (timed)
 		pthread_mutex_lock(&pool->timer.lock);
 	q_lock(q);
-	retired = t->qstate != CTP__Q_RESERVED;
+	retired = t->token.q.state != CTP__Q_RESERVED;
 	if (retired) {
 		/* a fire took it out */
-	} else if (t->periodic &&
+	} else if (t->token.opt.periodic &&
 	    atomic_load_explicit(&q->closed, memory_order_relaxed)) {
 		shut = true;
 	} else if (timed) {
@@ -1430,8 +1432,8 @@ static void unreserve(ctp_pool *pool, ctp_task *t)
 	struct after a = { 0 };
 
 	q_lock(q);
-	if (t->qstate == CTP__Q_RESERVED) {
-		t->qstate = CTP__Q_OUT;
+	if (t->token.q.state == CTP__Q_RESERVED) {
+		t->token.q.state = CTP__Q_OUT;
 		q_release(q, &a);
 		/* no longer accepted; seq_cst: the caller's idle_check loads
 		 * idle_waiters after it */
@@ -1469,7 +1471,8 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	else if (o->parent != NULL && ctp_token_cancelled(o->parent))
 		r = ctp_token_reason(o->parent);
 	else
-		r = ctp__task_alloc(pool, o->parent != NULL, &t);
+		r = ctp__task_alloc(pool, o->parent != NULL, o->done != NULL,
+		    &t);
 	if (r != 0) {
 		if (iso != NULL)
 			ctp__iso_task_free(iso);
@@ -1478,14 +1481,15 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	deadline = o->timeout > 0;
 	sched = (o->delay | o->period) != 0; /* both >= 0 here */
 	fast = !deadline && o->parent == NULL && o->delay == 0;
-	t->prio = (uint8_t)(o->priority - CTP_PRIORITY_LOW);
-	t->periodic = o->period > 0;
+	t->token.opt.prio = (uint8_t)(o->priority - CTP_PRIORITY_LOW);
+	t->token.opt.periodic = o->period > 0;
 	t->fn = fn;
 	t->arg = arg;
-	t->done = o->done;
-	t->handle = task != NULL;
-	t->qstate = CTP__Q_OUT;
-	t->qref_owed = false;
+	if (o->done != NULL)
+		*ctp__task_done_slot(t) = o->done; /* its object has the word */
+	t->token.opt.handle = task != NULL;
+	t->token.q.state = CTP__Q_OUT;
+	t->token.q.ref_owed = false;
 	/* Everything that can fail comes before the task becomes visible:
 	 * the ext of a timed, delayed, periodic or isolated task (kept with
 	 * the object: steady state allocates nothing; an isolated task's
@@ -1499,7 +1503,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 			return -ENOMEM;
 		}
 		x->iso = iso;
-		t->isolated = iso != NULL;
+		t->token.opt.isolated = iso != NULL;
 		x->heap_idx = CTP__HEAP_NONE;
 	}
 	if (deadline && x->dfire == NULL &&
@@ -1523,7 +1527,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 			discard(t);
 			return r;
 		}
-		t->dres = true;
+		x->dres = true;
 		x->period = o->period;
 		x->resched = -1;
 		x->due_idx = CTP__HEAP_NONE;
@@ -1552,7 +1556,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 
 		if (deadline) {
 			x->deadline = add_sat(now, o->timeout);
-			t->timed = true;
+			t->token.opt.timed = true;
 		}
 		x->due = add_sat(now, o->delay);
 	}
@@ -1575,11 +1579,11 @@ out:
 back_out:
 	if (deadline)
 		ctp__timer_unreserve(pool);
-	if (t->dres) {
+	if (ctp__task_dres(t)) {
 		pthread_mutex_lock(&pool->timer.lock);
 		ctp__timer_dunreserve(pool);
 		pthread_mutex_unlock(&pool->timer.lock);
-		t->dres = false;
+		ctp__tx(t)->dres = false;
 	}
 	discard(t);
 	return r;
@@ -1640,7 +1644,7 @@ static void drop_queued(ctp_pool *pool)
 			/* a delayed task (or a periodic one between runs) */
 			t = tm->dues[0];
 			ctp__timer_ddelete(pool, t);
-			t->qstate = CTP__Q_OUT;
+			t->token.q.state = CTP__Q_OUT;
 			q_release(q, &a);
 		}
 		/* periodic tasks running (HELD) are not waited for: their
@@ -1717,7 +1721,7 @@ static void close_queue(ctp_pool *pool)
 		for (t = atomic_load_explicit(&q->head[p],
 		    memory_order_relaxed); t != NULL; t = next) {
 			next = t->qnext;
-			if (t->periodic) {
+			if (t->token.opt.periodic) {
 				q_unlink(q, t, &a);
 				t->qnext = ended;
 				ended = t;
@@ -1726,9 +1730,9 @@ static void close_queue(ctp_pool *pool)
 	}
 	for (size_t i = 0; i < tm->dlen; i++) {
 		t = tm->dues[i];
-		if (t->periodic) {
+		if (t->token.opt.periodic) {
 			ctp__tx(t)->due_idx = CTP__HEAP_NONE;
-			t->qstate = CTP__Q_OUT;
+			t->token.q.state = CTP__Q_OUT;
 			q_release(q, &a);
 			t->qnext = ended;
 			ended = t;

@@ -76,23 +76,30 @@
  *   destroyed pool's memory until one of those happens. Each object holds a
  *   reference on its pool, so a handle or a cache can outlive
  *   ctp_pool_destroy; and as the memory is the slabs', one such object keeps
- *   all of its pool's slabs (after a queue a million deep, 72 MB). A thread
+ *   all of its pool's slabs (after a queue a million deep, 56 MB). A thread
  *   whose destructor could not be registered keeps no cache. The refill checks
  *   DEAD under alloc_lock, which ctp_pool_destroy holds while it frees the
  *   list: an abandoned thread of the pool that submits gets -ESHUTDOWN (from
  *   the refill, or from the closed queue if its cache still had an object).
  *
- *   Two sizes. A task submitted without a parent is a 72-byte object:
- *   its token's hot part (state, references, flags, ext: 24 bytes) and
- *   the task's (queue links, fn or status, arg, done, flags, slab_off).
- *   One submitted with a parent is 120: a struct ctp__tnode (its parent
- *   and sibling links and the fire calls' list links, 48 bytes) comes right
- *   before it in the same allocation (token.c: only a token with a parent
- *   is ever on another fire call's lists). `token.tree` says which, for
- *   the object's whole life, so each size has its own free list in the
+ *   Sizes. A task submitted with no parent and no done is a 56-byte
+ *   object: its token's hot part (state, sleepers, references, the
+ *   token's flag byte, the task's queue byte and submit byte, ext: 24
+ *   bytes) and the task's queue links, arg, and fn or status. A done
+ *   costs a word right after the object (64 bytes: ctp__task_done_slot;
+ *   where the done was before, next to fn), a parent a struct ctp__tnode
+ *   too (its parent and sibling links and the fire calls' list links, 56
+ *   bytes) right before the token (120 bytes: a task with a parent always
+ *   has the done word; token.c: only a token with a parent is ever on
+ *   another fire call's lists). `token.tree` and `token.dslot` say which,
+ *   for the object's whole life, so each size has its own free list in the
  *   pool (freed[k], spare[k]), its own cache in a thread (alloc[k]) and
  *   in a worker (cache[k]); everything above is per size. (bench_ctpool
- *   memory: 136 -> 88 heap bytes per queued task.)
+ *   memory: 136 -> 88 heap bytes per queued task for the tree node's
+ *   move; 72.3 -> 59.9 at 100,000 queued for the done word's, the task's
+ *   flags moving into the token's bytes, and the slabs' alignment below:
+ *   56 of it the object, the rest the pool and its last chunk's part not
+ *   carved yet.)
  *   What a deadline, a delay, a period or
  *   an isolated run needs (and its token's lock, children, watches and fd)
  *   is in its ext (internal.h, struct
@@ -101,27 +108,26 @@
  *   ctp__task_dealloc): a plain task never touches it, and the `timed`
  *   and `isolated` flags say whether the ext's deadline and iso are set.
 
- *   Slabs. New objects are carved from slabs, one malloc'd block per
- *   size of 32 objects for a pool's first, then twice the last up to
- *   512 (ctp__task_slabs_free frees them with the pool, when its last
+ *   Slabs. New objects are carved from slabs: blocks of CTP__SLAB_BYTES
+ *   (16 KB: 291 plain objects after a line of header) aligned to that
+ *   size, each for one size of object, which come in chunks (one
+ *   aligned_alloc: 1 slab for a pool's first, twice the last up to 16;
+ *   ctp__task_slabs_free frees them with the pool, when its last
  *   reference goes: each object holds one, so no object is in use by
  *   then). A refill that finds no free batch carves a batch (one object
  *   for a thread without a cache) under alloc_lock and makes the objects
- *   after it. So a queue that grows by n costs n/512 mallocs, not n,
- *   and a queued task costs its object's bytes, not malloc's chunk
+ *   after it. So a queue that grows by n costs n/4,600 allocations, not
+ *   n, and a queued task costs its object's bytes, not malloc's chunk
  *   (8 bytes of header, rounded to 16). (bench_ctpool throughput, 2
  *   submitters and 2 workers, 1,000,000 tasks: 251,767 objects were
  *   malloc'd one by one, the queue that deep; alternated with the build
- *   before, 8 of 8 runs faster, medians 1.98 -> 2.74 M/s.) The price:
- *   a destroyed pool's task memory goes only with its last object (a
+ *   before, 8 of 8 runs faster, medians 1.98 -> 2.74 M/s.) The price: a
+ *   destroyed pool's task memory goes only with its last object (a
  *   handle not yet released, another thread's cache), not object by
- *   object. An object's pool is its slab's: `slab_off` (immutable: how
- *   far before it its slab's header is, in 8 bytes) finds the header,
- *   which holds the pool (ctp__task_pool), so the object carries no
- *   pool pointer (80 -> 72 bytes; callgrind of the cancel calls: 373
- *   -> 418 instructions per cancel by handle, 306 -> 334 per task of a
- *   group cancel, with the same atomics; wall clock, 9 alternated runs:
- *   by handle level, by group 35.4 -> 34.4 M/s).
+ *   object, and a pool's first task of each size costs a whole slab. An
+ *   object's pool is its slab's: masking the object's address finds the
+ *   header, which holds the pool (ctp__task_pool), so the object carries
+ *   no pool pointer and no offset to the header.
 
  *   Finished (publish). The finisher writes `status` (in fn's place: fn
  *   is dead by then), sets CTP__FINISHED in the token's state word
@@ -179,41 +185,56 @@ static bool in_own_task(const ctp_task *t)
 static pthread_key_t  cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
-/* The size index of an object (struct ctp__tls.alloc, pool->freed). */
+/* The size index of an object (struct ctp__tls.alloc, pool->freed):
+ * 0 plain, 1 with a done word, 2 with a done word and a tree node. */
 static unsigned size_of_class(const ctp_task *t)
 {
-	return t->token.tree;
+	return t->token.tree ? 2 : t->token.dslot;
+}
+
+/* The size an object needs for a submit with a parent (tree) or a done. */
+static unsigned size_for(bool tree, bool done)
+{
+	return tree ? 2 : done;
 }
 
 /* The bytes before an object of size k in its allocation: its tree
  * node, if it has one. */
 static size_t head_bytes(unsigned k)
 {
-	return k != 0 ? sizeof(struct ctp__tnode) : 0;
+	return k == 2 ? sizeof(struct ctp__tnode) : 0;
 }
 
-/* The bytes of an object of size k: its tree node (if any) and itself. */
+/* The bytes after it: its done word, if it has one. */
+static size_t tail_bytes(unsigned k)
+{
+	return k != 0 ? sizeof(ctp_done_fn) : 0;
+}
+
+/* The bytes of an object of size k: its head, itself and its tail. */
 static size_t object_bytes(unsigned k)
 {
-	return head_bytes(k) + sizeof(ctp_task);
+	return head_bytes(k) + sizeof(ctp_task) + tail_bytes(k);
 }
 
 /* AddressSanitizer sees a slab as one malloc'd block, so it cannot tell
  * a free object from one in use. The ASan build tells it: a free object's
- * token word and sleepers, its done and arg, and a tree task's node are
+ * token word and sleepers, its arg, and its head (done word, tree node) are
  * poisoned while it waits on a free list (and a slab's uncarved part until
  * it is carved), so a stale handle's cancel, state or wait, or a thread
  * that kept a token past its task, is reported as a use after free. What
  * the free lists themselves use stays readable: the links (in qnext,
- * qprev and fn's place), refs, the flag bytes (tree: the size), ext and
- * slab_off (ASan poisons whole 8-byte words, and those share theirs). */
+ * qprev and fn's place), refs, the flag bytes (tree and dslot: the size)
+ * and ext (ASan poisons whole 8-byte words, and those share theirs). */
 static void object_poison(ctp_task *t)
 {
 	/* state and sleepers */
 	ASAN_POISON_MEMORY_REGION(&t->token.state, 2 * sizeof(uint32_t));
-	ASAN_POISON_MEMORY_REGION(&t->done, sizeof(t->done));
 	ASAN_POISON_MEMORY_REGION(&t->arg, sizeof(t->arg));
 	if (size_of_class(t) != 0)
+		ASAN_POISON_MEMORY_REGION(ctp__task_done_slot(t),
+		    sizeof(ctp_done_fn));
+	if (size_of_class(t) == 2)
 		ASAN_POISON_MEMORY_REGION(ctp__tn(&t->token),
 		    sizeof(struct ctp__tnode));
 }
@@ -225,29 +246,34 @@ static void object_unpoison(ctp_task *t, unsigned k)
 
 /* ---- slabs -------------------------------------------------------------- */
 
-/* The plain task's object, as "Two sizes" and bench_ctpool memory say:
- * a field added here costs every queued task 8 bytes. */
-_Static_assert(sizeof(ctp_task) == 72, "a plain task object is 72 bytes");
+/* The plain task's object, as "Sizes" and bench_ctpool memory say: a
+ * field added here costs every queued task 8 bytes. */
+_Static_assert(sizeof(ctp_task) == 56, "a plain task object is 56 bytes");
 
-/* A slab (internal.h): one malloc'd block of objects of one size, carved
- * in order after its header, at the object's size (72 or 120 bytes): every
- * object is 8-byte aligned, not 16, which is all any of their fields
- * needs (atomics of at most 8 bytes, pointers; the ext, its mutex and the
- * timer's records are malloc'd apart). */
+/* A slab (internal.h): a block of CTP__SLAB_BYTES aligned to its size,
+ * its header, then objects of one size carved in order at that size (56,
+ * 64 or 120 bytes): every object is 8-byte aligned, not 16, which is all
+ * any of their fields needs (atomics of at most 8 bytes, pointers; the
+ * ext, its mutex and the timer's records are malloc'd apart). */
 _Static_assert(sizeof(struct ctp__slab) % 8 == 0 &&
     sizeof(ctp_task) % 8 == 0 && sizeof(struct ctp__tnode) % 8 == 0 &&
     _Alignof(ctp_task) <= 8 && _Alignof(struct ctp__tnode) <= 8,
     "objects carved from a slab are aligned enough at 8 bytes");
 
-/* A pool's first slab of each size holds this many objects; each next one
- * twice the last, up to SLAB_MAX (36 KB of 72-byte objects): a small pool
- * stays small, a deep queue costs one malloc per 512 objects. */
-#define SLAB_FIRST 32
-#define SLAB_MAX   512
-/* slab_off reaches the last object of the biggest slab */
-_Static_assert((sizeof(struct ctp__slab) + SLAB_MAX *
-    (sizeof(struct ctp__tnode) + sizeof(ctp_task))) / 8 <= UINT16_MAX,
-    "slab_off fits");
+/* Slabs come in chunks, one aligned_alloc each, of 1 slab for a pool's
+ * first, then twice the last up to CHUNK_MAX (256 KB): a small pool stays
+ * small, a deep queue costs one allocation per 16 slabs, and the slabs
+ * of a chunk are contiguous (measured: a slab per aligned_alloc leaves
+ * up to a slab's size of free memory between each two, and a group
+ * cancel of 100,000 queued tasks, which walks them, ran at 20-25 M/s
+ * against 24-33 from contiguous slabs, 5 alternated runs). */
+#define CHUNK_MAX 16
+
+/* A slab's objects start a line after its header: the header, read by
+ * every ctp__task_pool, shares its line with no object's writes, and a
+ * 64-byte object (one with a done word) is one line. */
+#define SLAB_HEAD 64
+_Static_assert(sizeof(struct ctp__slab) <= SLAB_HEAD, "a slab's header fits");
 
 /* alloc_lock held: carves up to `want` new objects of size k from the
  * pool's current slab of that size (a new slab when it has none left);
@@ -257,23 +283,36 @@ static unsigned slab_carve(ctp_pool *pool, unsigned k, unsigned want,
                            char **first)
 {
 	if (pool->carve_left[k] == 0) {
-		unsigned n = pool->slab_objs[k] == 0 ? SLAB_FIRST :
-		    pool->slab_objs[k] < SLAB_MAX ? 2 * pool->slab_objs[k] :
-		    SLAB_MAX;
-		struct ctp__slab *sl = malloc(sizeof(*sl) +
-		    (size_t)n * object_bytes(k));
+		size_t n = (CTP__SLAB_BYTES - SLAB_HEAD) / object_bytes(k);
+		struct ctp__slab *sl;
 
-		if (sl == NULL)
-			return 0;
+		if (pool->chunk_left == 0) {
+			/* a new chunk, twice the last, up to CHUNK_MAX */
+			unsigned c = pool->chunk_slabs == 0 ? 1 :
+			    pool->chunk_slabs < CHUNK_MAX ?
+			    2 * pool->chunk_slabs : CHUNK_MAX;
+			char *chunk = aligned_alloc(CTP__SLAB_BYTES,
+			    c * CTP__SLAB_BYTES);
+
+			if (chunk == NULL)
+				return 0;
+			/* its first slab's header links it */
+			((struct ctp__slab *)(void *)chunk)->next =
+			    pool->slabs;
+			pool->slabs = (struct ctp__slab *)(void *)chunk;
+			pool->chunk_next = chunk;
+			pool->chunk_left = c;
+			pool->chunk_slabs = c;
+		}
+		sl = (struct ctp__slab *)(void *)pool->chunk_next;
+		pool->chunk_next += CTP__SLAB_BYTES;
+		pool->chunk_left--;
 		/* uncarved */
-		ASAN_POISON_MEMORY_REGION(sl + 1, (size_t)n * object_bytes(k));
-		sl->next = pool->slabs;
+		ASAN_POISON_MEMORY_REGION((char *)sl + SLAB_HEAD,
+		    n * object_bytes(k));
 		sl->pool = pool;
-		pool->slabs = sl;
-		pool->carve[k] = (char *)(sl + 1);
-		pool->carve_slab[k] = sl;
-		pool->carve_left[k] = n;
-		pool->slab_objs[k] = n;
+		pool->carve[k] = (char *)sl + SLAB_HEAD;
+		pool->carve_left[k] = (unsigned)n;
 	}
 	if (want > pool->carve_left[k])
 		want = pool->carve_left[k];
@@ -286,8 +325,8 @@ static unsigned slab_carve(ctp_pool *pool, unsigned k, unsigned want,
 /* Makes the n objects carved at `first` free objects of pool (each holds
  * a pool reference, its token made once) chained by free_next; returns
  * the first. The caller holds a pool reference. */
-static ctp_task *slab_init(ctp_pool *pool, unsigned k,
-                           struct ctp__slab *sl, char *first, unsigned n)
+static ctp_task *slab_init(ctp_pool *pool, unsigned k, char *first,
+                           unsigned n)
 {
 	ctp_task *head = NULL;
 
@@ -298,13 +337,13 @@ static ctp_task *slab_init(ctp_pool *pool, unsigned k,
 		    (size_t)i * object_bytes(k) + head_bytes(k));
 
 		object_unpoison(t, k); /* carved */
-		t->slab_off = (uint16_t)(((char *)t - (char *)sl) / 8);
-		t->isolated = false;
 		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
-		    NULL, k != 0);
+		    NULL, k == 2);
+		t->token.dslot = k != 0;
+		t->token.opt.isolated = false;
 		t->free_next = head;
 		head = t;
-		assert(ctp__task_pool(t) == pool);
+		assert(ctp__task_pool(t) == pool && size_of_class(t) == k);
 		object_poison(t); /* free until allocated */
 	}
 	return head;
@@ -314,7 +353,7 @@ void ctp__task_slabs_free(ctp_pool *pool)
 {
 	struct ctp__slab *sl;
 
-	while ((sl = pool->slabs) != NULL) {
+	while ((sl = pool->slabs) != NULL) { /* a chunk's first slab */
 		pool->slabs = sl->next;
 		free(sl); /* poisoned parts too: free's poisoning replaces it */
 	}
@@ -402,11 +441,12 @@ prefetch_lines(const char *p, size_t n) /* n: a constant, so unrolled */
 static inline __attribute__((always_inline)) void
 prefetch_object(const ctp_task *t, unsigned k)
 {
-	if (k != 0)
-		prefetch_lines((const char *)t - head_bytes(1),
-		    head_bytes(1) + sizeof(*t));
+	if (k == 2)
+		prefetch_lines((const char *)t - head_bytes(2), object_bytes(2));
+	else if (k == 1)
+		prefetch_lines((const char *)t, object_bytes(1));
 	else
-		prefetch_lines((const char *)t, sizeof(*t));
+		prefetch_lines((const char *)t, object_bytes(0));
 }
 
 /* A thread's caches hold one pool's objects (ctp_pool_destroy's
@@ -428,7 +468,6 @@ static void acache_claim(ctp_pool *pool)
 static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 {
 	ctp_task *b;
-	struct ctp__slab *sl = NULL;
 	char *fresh = NULL;
 	unsigned n = 0;
 
@@ -460,7 +499,6 @@ static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 		 * an exit destructor keeps no cache: one) */
 		n = slab_carve(pool, k, ctp__tls.alloc_keyed ? CACHE_BATCH : 1,
 		    &fresh);
-		sl = pool->carve_slab[k];
 		if (n == 0) {
 			pthread_mutex_unlock(&pool->alloc_lock);
 			return -ENOMEM;
@@ -474,7 +512,7 @@ static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 		prefetch_object(b, k);
 		n = b->free_count;
 	} else {
-		b = slab_init(pool, k, sl, fresh, n);
+		b = slab_init(pool, k, fresh, n);
 	}
 	if (!ctp__tls.alloc_keyed && n > 1) {
 		/* no exit destructor: keep one object, give the rest back */
@@ -492,10 +530,11 @@ static int acache_refill(struct ctp__acache *c, unsigned k, ctp_pool *pool)
 	return 0;
 }
 
-int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
+int ctp__task_alloc(ctp_pool *pool, bool tree, bool done, ctp_task **out)
 {
 	struct ctp__worker *w = ctp__tls.worker;
-	unsigned k = tree;
+	unsigned k = size_for(tree, done);
+	struct ctp__task_ext *x;
 	struct ctp__acache *c = &ctp__tls.alloc[k];
 	ctp_task *t = NULL;
 	int r;
@@ -528,17 +567,17 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, ctp_task **out)
 	ctp__token_reset(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
 	t->fn = NULL;
 	t->arg = NULL;
-	t->done = NULL;
+	if (k != 0)
+		*ctp__task_done_slot(t) = NULL;
 	t->free_next = NULL;
 	/* the ext's deadline, heap slots, due times and isolated record are
 	 * written only for a task that uses them (submit, reschedule): a
-	 * plain task never touches the ext */
-	t->timed = false;
-	t->isolated = false;
-	t->periodic = false;
-	t->prio = (uint8_t)(CTP_PRIORITY_NORMAL - CTP_PRIORITY_LOW);
-	t->ran = false;
-	t->dres = false;
+	 * plain task never touches the ext (token_reset zeroed q and opt) */
+	t->token.opt.prio = (uint8_t)(CTP_PRIORITY_NORMAL - CTP_PRIORITY_LOW);
+	if ((x = ctp__tx_or_null(t)) != NULL) {
+		x->ran = false;
+		x->dres = false;
+	}
 	*out = t;
 	return 0;
 }
@@ -613,10 +652,10 @@ void ctp__task_free(ctp_task *t)
 
 	/* ctp__token_put unlinked it; its ext stays for the next use */
 	ctp__token_release_fd(&t->token);
-	if (t->isolated) {
+	if (t->token.opt.isolated) {
 		ctp__iso_task_free(ctp__tx(t)->iso);
 		ctp__tx(t)->iso = NULL;
-		t->isolated = false;
+		t->token.opt.isolated = false;
 	}
 	object_poison(t); /* before another thread can take it */
 	if (w != NULL && w->pool == pool) {
@@ -667,14 +706,15 @@ bool ctp__task_start(ctp_task *t)
 static void call_done(ctp_task *t, int status)
 {
 	struct ctp__done_frame frame;
+	ctp_done_fn done = ctp__task_done(t);
 
-	if (t->done == NULL)
+	if (done == NULL)
 		return;
 	frame.pool = ctp__task_pool(t);
 	frame.task = t;
 	frame.prev = ctp__tls.dones;
 	ctp__tls.dones = &frame;
-	t->done(t->arg, status);
+	done(t->arg, status);
 	ctp__tls.dones = frame.prev;
 }
 
@@ -682,7 +722,7 @@ static void call_done(ctp_task *t, int status)
  * dead by now: `status` takes its place. */
 static void publish(ctp_task *t, int status)
 {
-	if (t->handle) {
+	if (t->token.opt.handle) {
 		t->status = status;
 		/* seq_cst: the release of status and of everything done did,
 		 * and the Dekker with a waiter's sleepers++ (it announces,
@@ -748,12 +788,12 @@ void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 		b->pool = pool;
 		pool->up->finishing_begin(pool);
 	}
-	if (t->timed)
+	if (t->token.opt.timed)
 		ctp__timer_remove(pool, t);
 	if (b->nout == sizeof(b->out) / sizeof(b->out[0]))
 		flush_out(b);
 	b->out[b->nout++] = t;
-	if (t->ran) {
+	if (t->token.opt.periodic && ctp__tx(t)->ran) {
 		/* a periodic series that ran, ended between runs: it counts
 		 * as completed, and its state is DONE (the fire's CAS made it
 		 * CANCELLED; nobody else changes the phase now) */
@@ -797,7 +837,8 @@ void ctp__task_complete_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 	/* the pool's reference, lent to the fire; the segment's last task is
 	 * held until its end, so the pool outlives the segment */
 	if (b->held != NULL)
-		ctp__token_put_n(&b->held->token, b->held->qref_owed ? 2 : 1);
+		ctp__token_put_n(&b->held->token,
+		    b->held->token.q.ref_owed ? 2 : 1);
 	b->held = t;
 }
 
@@ -817,7 +858,7 @@ void ctp__task_fire_queued(ctp_task *t, int reason)
 	 * atomic), then the borrowed references (the object holds the pool
 	 * until then) */
 	pool->up->segment_done(pool, 1);
-	ctp__token_put_n(&t->token, t->qref_owed ? 2 : 1);
+	ctp__token_put_n(&t->token, t->token.q.ref_owed ? 2 : 1);
 }
 
 void ctp__batch_end_complete(struct ctp__batch *b)
@@ -829,7 +870,7 @@ void ctp__batch_end_complete(struct ctp__batch *b)
 	 * reference on its pool keeps the pool valid until the last line */
 	pool->up->segment_done(pool, b->finished);
 	ctp__batch_init(b, NULL);
-	ctp__token_put_n(&held->token, held->qref_owed ? 2 : 1);
+	ctp__token_put_n(&held->token, held->token.q.ref_owed ? 2 : 1);
 }
 
 /* A worker's end of task t: RUNNING -> end (keeping a reason that fired
@@ -846,12 +887,12 @@ static void finish_worker(ctp_task *t, int status, uint32_t end)
 	    memory_order_relaxed))
 		;
 	CTP__PERTURB();
-	if (t->timed)
+	if (t->token.opt.timed)
 		ctp__timer_remove(pool, t);
-	if (t->dres) {
+	if (ctp__task_dres(t)) {
 		/* a delayed or periodic task: its place in the due heap */
 		pthread_mutex_lock(&pool->timer.lock);
-		t->dres = false;
+		ctp__tx(t)->dres = false;
 		ctp__timer_dunreserve(pool);
 		pthread_mutex_unlock(&pool->timer.lock);
 	}
@@ -868,7 +909,7 @@ void ctp__task_finish_ran(ctp_task *t, int status)
 
 	/* an isolated task that never reached a process never ran (the
 	 * outcome is asked only of isolated tasks: no call per task) */
-	if (t->isolated) {
+	if (t->token.opt.isolated) {
 		enum ctp__iso_outcome o = ctp__iso_outcome(t);
 
 		if (o == CTP__ISO_UNRUN || o == CTP__ISO_NOPROC)

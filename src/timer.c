@@ -443,7 +443,7 @@ void ctp__timer_dinsert(ctp_pool *pool, ctp_task *t)
 	struct ctp__timer *tm = &pool->timer;
 
 	CTP__ASSERT_HELD(&tm->lock);
-	assert(tm->dlen < tm->dres && t->dres);
+	assert(tm->dlen < tm->dres && ctp__task_dres(t));
 	tm->dues[tm->dlen] = t;
 	ctp__tx(t)->due_idx = tm->dlen++;
 	sift_up(tm, true, ctp__tx(t)->due_idx);

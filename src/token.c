@@ -250,6 +250,7 @@ void ctp__token_init(ctp_token *t, uint8_t kind, uint32_t state,
                      struct ctp__token_ext *ext, bool tree)
 {
 	t->tree = tree;
+	t->dslot = 0; /* a task object's is set by task.c */
 	if (ext != NULL) {
 		ext_init(ext);
 		ext->gen = ctp__gen(); /* a task's is its pool's */
@@ -268,8 +269,9 @@ void ctp__token_reset(ctp_token *t, uint8_t kind, uint32_t state)
 	atomic_init(&t->sleepers, 0);
 	atomic_init(&t->refs, 1);
 	atomic_init(&t->linked, 0);
-	t->kind = kind;
-	t->unlisted = 0;
+	t->kind = kind & 3u;
+	t->q = (struct ctp__tq){ 0 };
+	t->opt = (struct ctp__topt){ 0 };
 	if (t->tree) /* fixed for the object's life (ctp__token_init) */
 		*ctp__tn(t) = (struct ctp__tnode){ 0 };
 	if (x != NULL)
@@ -382,7 +384,7 @@ static ctp_token *detach(ctp_token *child)
 	if (p == NULL)
 		return NULL;
 	ctp__tn(child)->parent = NULL; /* the dying child is ours alone */
-	if (child->unlisted)
+	if (ctp__tn(child)->unlisted)
 		return NULL;
 	lock(p);
 	children_remove(p, child);
@@ -741,7 +743,7 @@ static void append_caught(ctp_token *t, ctp_token ***tail)
 static void unlist(ctp_token *t, ctp_token *c)
 {
 	children_remove(t, c);
-	c->unlisted = 1;
+	ctp__tn(c)->unlisted = 1;
 }
 
 /* Phase 1 for f's root or one token t of f's walk list (t has fired, or

@@ -104,6 +104,45 @@ static void test_task_done_called_exactly_once(void **state)
 	}
 }
 
+/* A task object is reused: one that had a done (a word for it after the
+ * object, task.c "Sizes") and then carries a task without one must not
+ * call the old done. Tasks with a parent always have the word, with or
+ * without a done; every run waits for idle, so the worker's frees reach
+ * the pool and the submitter's later refills take them again. */
+static void test_task_reused_object_keeps_no_done(void **state)
+{
+	(void)state;
+	enum { N = 256 };
+	ctp_pool *pool = pool_new(1, 0);
+	ctp_token *parent;
+	struct rec *r = calloc(N, sizeof(*r));
+
+	assert_non_null(r);
+	assert_int_equal(ctp_token_create(&parent, NULL), 0);
+	for (int i = 0; i < N; i++) {
+		ctp_task_opts o = { 0 };
+
+		rec_init(&r[i], i);
+		if (i % 4 < 2)
+			o.parent = parent;
+		if (i % 2 == 0)
+			o.done = rec_done;
+		assert_int_equal(ctp_pool_submit(pool, rec_fn, &r[i], &o, NULL),
+		                 0);
+		assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	}
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(r[i].ran, 1);
+		assert_int_equal(r[i].calls, i % 2 == 0 ? 1 : 0);
+		if (i % 2 == 0)
+			assert_int_equal(r[i].status, i);
+		rec_fini(&r[i]);
+	}
+	ctp_token_release(parent);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	free(r);
+}
+
 static void test_task_submit_rejects_bad_args(void **state)
 {
 	(void)state;
@@ -1546,6 +1585,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_task_submit_wait_returns_status),
 		cmocka_unit_test(test_task_done_called_exactly_once),
+		cmocka_unit_test(test_task_reused_object_keeps_no_done),
 		cmocka_unit_test(test_task_submit_rejects_bad_args),
 		cmocka_unit_test(test_task_submit_accepts_forever_and_huge_durations),
 		cmocka_unit_test(test_task_detached_runs),
