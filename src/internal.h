@@ -87,7 +87,7 @@
  *                             the token (reschedule,       -> take timer->lock
  *                             under the locks; submit:     to take the task out
  *                             before the task is visible)  of the due heap
- *  task.ran (pool.c)          worker, before its CAS       fire that caught it
+ *  task ext's ran (pool.c)    worker, before its CAS       fire that caught it
  *                             RUNNING -> QUEUED (release)  queued (after its CAS)
  *  pool.stopping (pool.c)     shutdown: store under        worker reads it
  *                             runq.lock                    under runq.lock
@@ -700,16 +700,16 @@ struct ctp__task_ext {
 	bool             ran;       /* a periodic task ran once: written by its
 	                               worker before the CAS that queues it
 	                               again, read by a fire that catches it
-	                               queued (after its CAS); false from its
-	                               submit */
+	                               queued (after its CAS); cleared when
+	                               the object is allocated (a new ext is
+	                               calloc'd) */
 	bool             dres;      /* holds a due heap reservation (the heap
 	                               can always take it); timer->lock, set
 	                               before publication or under runq.lock
 	                               while it waits (a worker reads it after
-	                               its pop); false from its submit */
+	                               its pop); cleared when the object is
+	                               allocated (a new ext is calloc'd) */
 };
-
-
 
 /* The ext of a task that has one (timed, scheduled, isolated, or its
  * token was linked). acquire: pairs with the attaching CAS. */
@@ -730,8 +730,8 @@ static inline struct ctp__task_ext *ctp__tx_or_null(const ctp_task *t)
 	    &((ctp_task *)t)->token.ext, memory_order_acquire);
 }
 
-/* Whether a task holds a due heap reservation (only a delayed or
- * periodic task, which has an ext, ever does). */
+/* Whether a task holds a due heap reservation (only a delayed, periodic
+ * or rescheduled task, which has an ext by then, ever does). */
 static inline bool ctp__task_dres(const ctp_task *t)
 {
 	struct ctp__task_ext *x = ctp__tx_or_null(t);
@@ -899,7 +899,7 @@ struct ctp__timer {
 	size_t          reserved;   /* slots promised to submits; lock */
 	/* the due heap: delayed tasks (and periodic ones between runs) in
 	 * CTP__Q_DELAYED, min-heap on task->due; each task that may wait in
-	 * it holds a reservation (task->dres), so an insert never fails */
+	 * it holds a reservation (its ext's dres), so an insert never fails */
 	ctp_task      **dues;       /* lock */
 	size_t          dlen, dcap, dres; /* lock */
 	_Atomic bool    armed;      /* set once, under lock, before the first
@@ -1265,7 +1265,7 @@ struct ctp__pool_up {
 	/* the tasks a fire caught queued (b->out, b->nout; b->pool) leave
 	 * the run queue: each one still in it (linked, or admitted and not
 	 * yet linked) gives its slot back now, and a linked one is unlinked;
-	 * its queue reference is then owed (qref_owed) and dropped with the
+	 * its queue reference is then owed (q.ref_owed) and dropped with the
 	 * pool's by the fire's complete pass. The batch's statistics are
 	 * counted in the same lock, before any slot is free; one taking of
 	 * runq.lock for the lot */

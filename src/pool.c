@@ -8,7 +8,7 @@
  *   a worker pops the first task of the highest non-empty one), the
  *   admission count (<= capacity: the "queued" figure, less the `held`
  *   ones), `closed`, the idle workers and each worker's `current`. Each
- *   task's qstate says where it is:
+ *   task's queue state (token.q.state) says where it is:
  *
  *       OUT --admit--> RESERVED --link--> LINKED --pop/unlink--> OUT
  *                        |   \_____________^_|__________________/^
@@ -127,7 +127,7 @@
  *   the due heap take both locks (timer first), so DELAYED always means
  *   "in the heap". Each task that may wait there (delayed, periodic, or
  *   rescheduled with a delay) holds a reservation of a heap place
- *   (task->dres) from its submit (or reschedule) until it finishes, so an
+ *   (its ext's dres) from its submit (or reschedule) until it finishes, so an
  *   insert after acceptance never fails. A fire that catches a task
  *   queued takes it out of the heap in pool_unqueue, which takes the
  *   timer lock only when `timer.armed` (set before the first reservation)
@@ -635,7 +635,7 @@ _Static_assert(CTP_PRIORITY_LOW == -1 && CTP_PRIORITY_HIGH == 1,
 
 /* timer->lock and runq.lock held: t holds a slot and is in no list and not
  * in the due heap; it waits for its due time: linked at once if that has come,
- * else in the due heap (t->dres then holds its place there) */
+ * else in the due heap (its ext's dres then holds its place there) */
 static void place(ctp_pool *pool, ctp_task *t, int64_t now, struct after *a)
 {
 	struct ctp__runq *q = &pool->runq;
@@ -789,7 +789,7 @@ int ctp_task_reschedule(ctp_task *t, int64_t delay)
 	/* a place in the due heap first (it arms the fire's side before
 	 * the look at the token below: pool_unqueue); a failure only
 	 * matters if the task turns out to wait */
-	if (heap && !x->dres) {
+	if (heap && x != NULL && !x->dres) { /* x NULL: -ENOMEM below */
 		r = ctp__timer_dreserve(pool);
 		reserved = r == 0;
 	}

@@ -219,7 +219,7 @@ static size_t object_bytes(unsigned k)
 
 /* AddressSanitizer sees a slab as one malloc'd block, so it cannot tell
  * a free object from one in use. The ASan build tells it: a free object's
- * token word and sleepers, its arg, and its head (done word, tree node) are
+ * token word and sleepers, its arg, its done word and its tree node are
  * poisoned while it waits on a free list (and a slab's uncarved part until
  * it is carved), so a stale handle's cancel, state or wait, or a thread
  * that kept a token past its task, is reported as a use after free. What

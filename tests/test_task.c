@@ -107,8 +107,10 @@ static void test_task_done_called_exactly_once(void **state)
 /* A task object is reused: one that had a done (a word for it after the
  * object, task.c "Sizes") and then carries a task without one must not
  * call the old done. Tasks with a parent always have the word, with or
- * without a done; every run waits for idle, so the worker's frees reach
- * the pool and the submitter's later refills take them again. */
+ * without a done; the worker's frees reach the pool in batches (32, or
+ * what it holds when it parks), and the submitter's later refills take
+ * those objects again (without the clearing in ctp__task_alloc, this
+ * test fails). */
 static void test_task_reused_object_keeps_no_done(void **state)
 {
 	(void)state;

@@ -566,6 +566,55 @@ static void test_fault_pool_submit(void **state)
 		sweep(ps[i].name, run_submit, &ps[i]);
 }
 
+/* ---- task_reschedule ---------------------------------------------------- */
+
+/*
+ * One worker parked on a blocker, a plain task queued behind it (it has no
+ * ext yet: the reschedule attaches one for its due time, and makes the due
+ * heap and the timer thread), then ctp_task_reschedule(1 ms) while armed.
+ * A failure leaves the task queued as it was; either way it runs once,
+ * after the blocker.
+ */
+static bool run_reschedule(const void *param, unsigned long k, bool from)
+{
+	unsigned live0 = atomic_load(&live_threads);
+	ctp_task_opts o = { .done = done_cb };
+	ctp_task *h = NULL, *blocker = NULL;
+	struct fault_res f;
+	ctp_pool *pool;
+	int r, s = 1;
+
+	(void)param;
+	slots_reset();
+	pool = make_pool(1);
+	assert_int_equal(ctp_pool_submit(pool, blocker_fn, NULL, NULL,
+	    &blocker), 0);
+	tu_sem_wait(&blocker_running);
+	assert_int_equal(ctp_pool_submit(pool, quick_fn, &slots[0], &o, &h),
+	    0);
+	fault_arm(k, from);
+	r = ctp_task_reschedule(h, CTP_MSEC(1));
+	f = fault_disarm();
+	assert_int_equal(r, f.injected != 0 ? expected_submit() : 0);
+	assert_int_equal(ctp_task_state(h), CTP_TASK_QUEUED);
+	assert_int_equal(ctp_task_cancel(blocker), -EINPROGRESS);
+	assert_int_equal(ctp_task_wait(h, CTP_SEC(30), &s), 0);
+	assert_int_equal(s, 0);
+	assert_int_equal(atomic_load(&slots[0].calls), 1);
+	assert_int_equal(atomic_load(&slots[0].status), 0);
+	ctp_task_release(h);
+	ctp_task_release(blocker);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	assert_int_equal(atomic_load(&live_threads), live0);
+	return f.injected != 0;
+}
+
+static void test_fault_task_reschedule(void **state)
+{
+	(void)state;
+	sweep("task_reschedule plain, 1 ms", run_reschedule, NULL);
+}
+
 /* ---- token_create ------------------------------------------------------- */
 
 enum parent_kind { PARENT_NONE, PARENT_LIVE, PARENT_FIRED };
@@ -1184,6 +1233,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fault_pool_create),
 		cmocka_unit_test(test_fault_pool_submit),
+		cmocka_unit_test(test_fault_task_reschedule),
 		cmocka_unit_test(test_fault_token_create),
 		cmocka_unit_test(test_fault_token_watch),
 		cmocka_unit_test(test_fault_queue_create),
