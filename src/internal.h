@@ -865,7 +865,7 @@ struct ctp__acache {
 	unsigned  n;
 };
 /* Task object sizes (task.c, "Sizes"): 0 plain, 1 with a word for its
- * done, 2 with that and a tree node (ctp__task_size_of) */
+ * done, 2 with that and a tree node (task.c, size_for) */
 #define CTP__NSIZES 3
 
 struct ctp__tls {

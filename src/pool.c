@@ -607,8 +607,10 @@ static void pool_unqueue(struct ctp__batch *b)
 		default:
 			break; /* a worker or the drop step took it out */
 		}
-		if (ctp__task_dres(t)) {
-			assert(timed);
+		/* a reservation implies `armed` (above): without it, no
+		 * task here holds one, and its ext is not looked at */
+		assert(timed || !ctp__task_dres(t));
+		if (timed && ctp__task_dres(t)) {
 			ctp__tx(t)->dres = false;
 			ctp__timer_dunreserve(pool);
 		}
@@ -1488,8 +1490,7 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	if (o->done != NULL)
 		*ctp__task_done_slot(t) = o->done; /* its object has the word */
 	t->token.opt.handle = task != NULL;
-	t->token.q.state = CTP__Q_OUT;
-	t->token.q.ref_owed = false;
+	/* token.q: OUT, nothing owed (the allocation zeroed it) */
 	/* Everything that can fail comes before the task becomes visible:
 	 * the ext of a timed, delayed, periodic or isolated task (kept with
 	 * the object: steady state allocates nothing; an isolated task's

@@ -185,17 +185,18 @@ static bool in_own_task(const ctp_task *t)
 static pthread_key_t  cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
-/* The size index of an object (struct ctp__tls.alloc, pool->freed):
- * 0 plain, 1 with a done word, 2 with a done word and a tree node. */
-static unsigned size_of_class(const ctp_task *t)
-{
-	return t->token.tree ? 2 : t->token.dslot;
-}
-
-/* The size an object needs for a submit with a parent (tree) or a done. */
+/* The size index (struct ctp__tls.alloc, pool->freed) of an object for a
+ * task with a parent (tree) or a done: 0 plain, 1 with a done word, 2
+ * with a done word and a tree node. */
 static unsigned size_for(bool tree, bool done)
 {
 	return tree ? 2 : done;
+}
+
+/* An object's size index: its flags say which it was made for. */
+static unsigned size_of_class(const ctp_task *t)
+{
+	return size_for(t->token.tree, t->token.dslot);
 }
 
 /* The bytes before an object of size k in its allocation: its tree
@@ -340,7 +341,6 @@ static ctp_task *slab_init(ctp_pool *pool, unsigned k, char *first,
 		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
 		    NULL, k == 2);
 		t->token.dslot = k != 0;
-		t->token.opt.isolated = false;
 		t->free_next = head;
 		head = t;
 		assert(ctp__task_pool(t) == pool && size_of_class(t) == k);
@@ -572,8 +572,8 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, bool done, ctp_task **out)
 	t->free_next = NULL;
 	/* the ext's deadline, heap slots, due times and isolated record are
 	 * written only for a task that uses them (submit, reschedule): a
-	 * plain task never touches the ext (token_reset zeroed q and opt) */
-	t->token.opt.prio = (uint8_t)(CTP_PRIORITY_NORMAL - CTP_PRIORITY_LOW);
+	 * plain task never touches the ext (token_reset zeroed q and opt;
+	 * submit sets opt) */
 	if ((x = ctp__tx_or_null(t)) != NULL) {
 		x->ran = false;
 		x->dres = false;
