@@ -575,6 +575,40 @@ CTP__HIDDEN void ctp__token_ref(ctp_token *t);
 CTP__HIDDEN bool ctp__token_tryref(ctp_token *t);
 CTP__HIDDEN void ctp__token_put(ctp_token *t);
 CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
+/*
+ * Dropping references of a token no other thread can find without a
+ * reference of its own: it has no parent, or its parent's firer took it
+ * out of the parent's children (unlisted), and it is in no queue, heap
+ * or list of the library. References are taken by holders (counted
+ * already) and by ctp__token_tryref, which only the firer of a token's
+ * parent calls, under the parent's lock, on the children listed there:
+ * not on this one. So its count can only fall, and reading n proves the
+ * caller's n are the last: no other thread can use the object, and the
+ * read-modify-write is not needed (a group cancel's tasks: one atomic
+ * fewer each). acquire: pairs with the acq_rel drops of the holders
+ * before, as the RMW would (every use of the object happens before its
+ * free). A listed token takes ctp__token_put_n's way.
+ * _drop returns true when the references were the last: the token holds
+ * no reference on a parent, and the caller frees the object; false when
+ * someone else frees it (or put_n did). _put frees it itself.
+ */
+CTP__HIDDEN void ctp__token_put_unfindable(ctp_token *t, uint32_t n);
+static inline bool ctp__token_drop_unfindable(ctp_token *t, uint32_t n)
+{
+	if (t->tree && ctp__tn(t)->parent != NULL && !ctp__tn(t)->unlisted) {
+		ctp__token_put_n(t, n);
+		return false;
+	}
+	if (atomic_load_explicit(&t->refs, memory_order_acquire) == n)
+		atomic_store_explicit(&t->refs, 0, memory_order_relaxed);
+	else if (atomic_fetch_sub_explicit(&t->refs, n,
+	    memory_order_acq_rel) != n)
+		return false;
+	/* put_n's detach, without its call: no reference on a parent */
+	if (t->tree)
+		ctp__tn(t)->parent = NULL;
+	return true;
+}
 /* Registers an internal watch living on the caller's stack; returns false
  * when the token had already fired (fn is then not called). t's ext must
  * be attached (ctp__token_ext_get returned non-NULL). */
@@ -810,6 +844,18 @@ static inline void ctp__batch_init(struct ctp__batch *b, ctp_pool *pool)
 }
 CTP__HIDDEN void ctp__task_retire(ctp_task *t, int reason,
                                   struct ctp__batch *b);
+/* A task a fire caught queued under a parent (unlisted by that fire) with
+ * nothing linked or asleep on it (token.c, waited_on): if it is quiet (no
+ * handle, no done, neither periodic nor isolated) it is retired into b
+ * and returns true, and it is finished in one pass with the rest of b, at
+ * b's end (ctp__batch_end_quiet: unqueue, count, free), in the fire's
+ * mark phase: nothing of it is left for the complete pass. A batch of
+ * quiet tasks holds its own segment of the pool's `finishing`, ended
+ * when it is full (32), at a change of pool, or by the caller. False:
+ * untouched, the caller retires and completes it the two-pass way. */
+CTP__HIDDEN bool ctp__task_retire_quiet(ctp_task *t, int reason,
+                                        struct ctp__batch *b);
+CTP__HIDDEN void ctp__batch_end_quiet(struct ctp__batch *b);
 /*
  * Fire guards. Before its CAS on a task's token a fire raises the task's
  * pool's `finishing` (a shutdown waits for it to come down), and lowers it
@@ -1283,6 +1329,9 @@ struct ctp__pool_up {
 	void (*guards_drop)(struct ctp__guards *g);
 	void (*task_retire)(ctp_task *t, int reason, struct ctp__batch *b);
 	void (*batch_end_retire)(struct ctp__batch *b);
+	bool (*task_retire_quiet)(ctp_task *t, int reason,
+	                          struct ctp__batch *b);
+	void (*batch_end_quiet)(struct ctp__batch *b);
 	void (*task_complete_unrun)(ctp_task *t, int reason,
 	                            struct ctp__batch *b);
 	void (*batch_end_complete)(struct ctp__batch *b);

@@ -410,16 +410,21 @@ static void q_unlock(struct ctp__runq *q, struct after *a)
 }
 
 /* lock held: a slot is given back */
-static void q_release(struct ctp__runq *q, struct after *a)
+static void q_release_n(struct ctp__runq *q, uint32_t n, struct after *a)
 {
 	CTP__ASSERT_HELD(&q->lock);
 	/* relaxed: written under the lock, read without it only by stats */
 	atomic_store_explicit(&q->count, atomic_load_explicit(&q->count,
-	    memory_order_relaxed) - 1, memory_order_relaxed);
+	    memory_order_relaxed) - n, memory_order_relaxed);
 	if (q->full_waiters != 0)
 		a->not_full = true;
 	if (atomic_load_explicit(&q->closed, memory_order_relaxed))
 		a->drained = true; /* shutdown's drop step waits for 0 */
+}
+
+static void q_release(struct ctp__runq *q, struct after *a)
+{
+	q_release_n(q, 1, a);
 }
 
 /* lock held: appends t to its priority's list (-> LINKED); the caller
@@ -565,6 +570,7 @@ static void pool_unqueue(struct ctp__batch *b)
 	 * look), so reading it false means none of these is there */
 	bool timed = atomic_load(&pool->timer.armed);
 	ctp_task *t;
+	uint32_t freed = 0; /* slots given back: counted once, at the end */
 
 	if (timed)
 		pthread_mutex_lock(&pool->timer.lock);
@@ -575,10 +581,12 @@ static void pool_unqueue(struct ctp__batch *b)
 	own_add64(&q->st_dropped, b->dropped, memory_order_relaxed);
 	own_add64(&q->st_completed, b->completed, memory_order_relaxed);
 	for (size_t i = 0; i < n; i++) {
+		bool slot = true; /* t still held a slot */
+
 		t = tasks[i];
 		switch (t->token.q.state) {
 		case CTP__Q_LINKED:
-			q_unlink(q, t, &a);
+			q_unhook(q, t);
 			/* its queue reference goes with the pool's, in the
 			 * fire's complete pass: one atomic, not two */
 			t->token.q.ref_owed = true;
@@ -586,26 +594,26 @@ static void pool_unqueue(struct ctp__batch *b)
 		case CTP__Q_DELAYED:
 			assert(timed);
 			ctp__timer_ddelete(pool, t);
-			t->token.q.state = CTP__Q_OUT;
-			q_release(q, &a);
 			t->token.q.ref_owed = true;
 			break;
 		case CTP__Q_HELD:
 			/* a periodic task a worker took and has not started
 			 * (its start CAS fails), or is queueing again: the
 			 * worker drops the reference it holds */
-			t->token.q.state = CTP__Q_OUT;
 			q->held--;
-			q_release(q, &a);
 			break;
 		case CTP__Q_RESERVED:
 			/* its submit has not linked it yet: it sees OUT and
 			 * drops the queue's reference itself */
-			t->token.q.state = CTP__Q_OUT;
-			q_release(q, &a);
 			break;
 		default:
-			break; /* a worker or the drop step took it out */
+			slot = false; /* a worker or the drop step took it */
+			break;
+		}
+		if (slot) {
+			/* given back (counted below, at once), and OUT */
+			t->token.q.state = CTP__Q_OUT;
+			freed++;
 		}
 		/* a reservation implies `armed` (above): without it, no
 		 * task here holds one, and its ext is not looked at */
@@ -615,6 +623,8 @@ static void pool_unqueue(struct ctp__batch *b)
 			ctp__timer_dunreserve(pool);
 		}
 	}
+	if (freed != 0)
+		q_release_n(q, freed, &a);
 	q_unlock(q, &a);
 	if (timed)
 		pthread_mutex_unlock(&pool->timer.lock);
@@ -1137,6 +1147,8 @@ static const struct ctp__pool_up pool_up = {
 	.guards_drop         = ctp__guards_drop,
 	.task_retire         = ctp__task_retire,
 	.batch_end_retire    = ctp__batch_end_retire,
+	.task_retire_quiet   = ctp__task_retire_quiet,
+	.batch_end_quiet     = ctp__batch_end_quiet,
 	.task_complete_unrun = ctp__task_complete_unrun,
 	.batch_end_complete  = ctp__batch_end_complete,
 	.task_fire_queued    = ctp__task_fire_queued,

@@ -51,7 +51,10 @@
  *        under that token's lock (the only lock held), the CAS on each
  *        child; a task it caught queued goes to the caught list (on the
  *        pool's reference, lent until its done ran) and is retired at
- *        once: slots back, statistics, deadline heap (task.c); any other
+ *        once: slots back, statistics, deadline heap (task.c), unless it
+ *        is quiet (no done, no handle, nothing linked or asleep: task.c,
+ *        ctp__task_retire_quiet), which is finished and freed here, in
+ *        batches of 32, and goes on no list; any other
  *        token it fired joins the walk list (with a reference;
  *        `fire_next` is written only by the CAS winner), so a tree of any
  *        depth or width needs one lock at a time and no recursion, and a
@@ -425,6 +428,18 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 	}
 }
 
+void ctp__token_put_unfindable(ctp_token *t, uint32_t n)
+{
+	if (!ctp__token_drop_unfindable(t, n))
+		return;
+	if (t->kind == CTP__TOKEN_TASK) {
+		up_of(t)->task_free((ctp_task *)t);
+	} else {
+		ctp__token_fini(t, false);
+		free(ctp__tn(t));
+	}
+}
+
 /* ---- trees -------------------------------------------------------------- */
 
 int ctp__token_link(ctp_token *parent, ctp_token *child)
@@ -761,9 +776,11 @@ static void unlist(ctp_token *t, ctp_token *c)
  * call unlists it here: a task caught queued, see unlist). */
 static void mark_children(ctp_token *t, struct ctp__fire *f,
                           ctp_token ***walk, ctp_token ***caught,
-                          struct ctp__batch *b, struct ctp__guards *g)
+                          struct ctp__batch *b, struct ctp__batch *qb,
+                          struct ctp__guards *g)
 {
 	ctp_token *c, *next;
+	const ctp_pool *guarded = NULL; /* a pool of g, the last seen */
 	uint32_t phase, unlisted = 0;
 
 	if (atomic_load(&t->linked) == 0) /* seq_cst: Dekker with link */
@@ -778,13 +795,23 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 
 		next = ctp__tn(c)->sib_next;
 		if (c->kind == CTP__TOKEN_TASK) {
-			up = up_of(c);
-			one = up->task_guard(g, (ctp_task *)c);
+			const ctp_pool *cp = ctp__task_pool((ctp_task *)c);
+
+			up = cp->up;
+			/* a pool this call guards already needs no look */
+			if (cp != guarded) {
+				one = up->task_guard(g, (ctp_task *)c);
+				guarded = one ? NULL : cp;
+			}
 		}
 		won = fire_cas(c, f->reason, 0, &phase);
 		if (won && phase == CTP__PHASE_QUEUED) {
 			unlist(t, c);
 			unlisted++;
+			/* quiet (task.c): finished with its batch, here */
+			if (!waited_on(c) &&
+			    up->task_retire_quiet((ctp_task *)c, f->reason, qb))
+				goto next;
 			append_caught(c, caught);
 			up->task_retire((ctp_task *)c, f->reason, b);
 			/* something sleeps on it (a periodic task between
@@ -794,6 +821,7 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 		} else if (won && ctp__token_tryref(c)) {
 			append(c, walk);
 		} /* else dying: no sleeper, watch or child left */
+	next:
 		if (one)
 			up->task_unguard_one((ctp_task *)c);
 		if (won)
@@ -879,11 +907,12 @@ static void end_fire(ctp_token *t)
 static void fire_walk(ctp_token *t, int reason, uint32_t phase,
                       struct ctp__fire *f)
 {
-	struct ctp__batch batch;
+	struct ctp__batch batch, quiet;
 	struct ctp__guards guards = { .n = 0 };
 	ctp_token **walk = &f->list, **caught = &f->caught, *c;
 
 	ctp__batch_init(&batch, NULL);
+	ctp__batch_init(&quiet, NULL);
 	CTP__PERTURB();
 	/* t lives on the caller's reference until the end has returned; it
 	 * is on none of the lists (the root may have no tree node) */
@@ -903,9 +932,11 @@ static void fire_walk(ctp_token *t, int reason, uint32_t phase,
 	/* Phase 1: mark, breadth first (the walk list grows as it is
 	 * walked); the tasks caught queued leave their queues at once */
 	for (c = walk_first(f); c != NULL; c = walk_next(f, c))
-		mark_children(c, f, &walk, &caught, &batch, &guards);
+		mark_children(c, f, &walk, &caught, &batch, &quiet, &guards);
 	if (batch.pool != NULL)
 		batch.pool->up->batch_end_retire(&batch);
+	if (quiet.pool != NULL)
+		quiet.pool->up->batch_end_quiet(&quiet);
 	/* the retire segments now hold their pools' `finishing` */
 	guards_drop(&guards);
 	CTP__PERTURB();

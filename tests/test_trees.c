@@ -582,6 +582,317 @@ static void test_chain_release_random(void **state)
 	assert_int_equal(failures, 0);
 }
 
+/* ---- quiet children: no done, no handle --------------------------------- */
+
+/*
+ * A fire finishes a child it catches queued with no done and no handle
+ * (neither periodic nor isolated) in its mark pass, 32 at a time: out of
+ * the run queue, counted, its object freed, with no atomic on its count
+ * when no one else holds it (task.c, ctp__task_retire_quiet; token.c,
+ * ctp__token_drop_unfindable). The others keep the two passes. These
+ * tests mix both in one walk.
+ */
+
+static atomic_int quiet_runs;
+
+static int quiet_fn(void *arg, ctp_token *tok)
+{
+	(void)arg;
+	(void)tok;
+	atomic_fetch_add(&quiet_runs, 1);
+	return 0;
+}
+
+#define QUIET_N 1200u /* over 32: batches end full, and at pool changes */
+
+enum quiet_kind { Q_PLAIN, Q_TIMED, Q_OTHER_POOL, Q_DONE, Q_HANDLE, Q_HIGH };
+
+/* The first 100 are plain (long runs of one pool), then the kinds cycle. */
+static enum quiet_kind quiet_kind_of(unsigned i)
+{
+	return i < 100 ? Q_PLAIN : (enum quiet_kind)(i % 6);
+}
+
+/*
+ * Two pools, their workers parked; QUIET_N children of one parent, quiet
+ * ones (plain, with a deadline, in the other pool, at high priority) mixed
+ * with children that have a done or a handle. When the parent's cancel
+ * returns: every done ran once with -ECANCELED, every handle reads
+ * CANCELLED and waits at once, every child is counted cancelled and none is
+ * queued, and each queue takes its full capacity (a power of two) again
+ * without waiting, and no more (the places came back at once, each once). None of the children ever runs; the
+ * refill runs once each. ASan's leak check sees any object whose last
+ * reference was missed (it keeps its pool's memory).
+ */
+static void test_quiet_children_mixed(void **state)
+{
+	unsigned cap[2] = { 0, 0 }, room[2], nh = 0, nd = 0;
+	ctp_pool *pool[2];
+	struct parked park[2];
+	struct rec *recs = calloc(QUIET_N, sizeof(*recs));
+	ctp_task **h = calloc(QUIET_N, sizeof(*h));
+	ctp_token *parent = NULL;
+	ctp_task_opts now = { .queue_wait = 0 };
+
+	(void)state;
+	assert_non_null(recs);
+	assert_non_null(h);
+	atomic_store(&quiet_runs, 0);
+	for (unsigned i = 0; i < QUIET_N; i++) {
+		enum quiet_kind k = quiet_kind_of(i);
+
+		cap[k == Q_OTHER_POOL || k == Q_HIGH]++;
+	}
+	for (int p = 0; p < 2; p++) /* the capacity, rounded up as the pool does */
+		for (room[p] = 1; room[p] < cap[p]; room[p] *= 2)
+			;
+	pool[0] = pool_new(2, room[0]);
+	pool[1] = pool_new(1, room[1]);
+	for (int p = 0; p < 2; p++) {
+		parked_init(&park[p], 0);
+		saturate(pool[p], &park[p], p == 0 ? 2 : 1);
+	}
+	assert_int_equal(ctp_token_create(&parent, NULL), 0);
+
+	for (unsigned i = 0; i < QUIET_N; i++) {
+		ctp_task_opts o = { .parent = parent };
+		ctp_task **hp = NULL;
+		ctp_pool *pl = pool[0];
+
+		switch (quiet_kind_of(i)) {
+		case Q_PLAIN:
+			break;
+		case Q_TIMED:
+			o.timeout = CTP_SEC(3600);
+			break;
+		case Q_OTHER_POOL:
+			pl = pool[1];
+			break;
+		case Q_DONE:
+			rec_init(&recs[nd], 0);
+			assert_int_equal(submit_rec(pl, &recs[nd], o, NULL), 0);
+			nd++;
+			continue;
+		case Q_HANDLE:
+			hp = &h[nh++];
+			break;
+		case Q_HIGH:
+			pl = pool[1];
+			o.priority = CTP_PRIORITY_HIGH;
+			break;
+		}
+		assert_int_equal(ctp_pool_submit(pl, quiet_fn, NULL, &o, hp),
+		                 0);
+	}
+	for (int p = 0; p < 2; p++)
+		assert_int_equal(stats_of(pool[p]).queued, cap[p]);
+
+	assert_int_equal(ctp_token_cancel(parent), 0);
+
+	for (unsigned i = 0; i < nd; i++) {
+		assert_int_equal(atomic_load(&recs[i].calls), 1);
+		assert_int_equal(atomic_load(&recs[i].status), -ECANCELED);
+		assert_true(done_here(&recs[i]));
+	}
+	for (unsigned i = 0; i < nh; i++) {
+		int st = UNSET;
+
+		assert_int_equal(ctp_task_state(h[i]), CTP_TASK_CANCELLED);
+		assert_int_equal(ctp_task_wait(h[i], 0, &st), 0);
+		assert_int_equal(st, -ECANCELED);
+	}
+	for (int p = 0; p < 2; p++) {
+		ctp_stats s = stats_of(pool[p]);
+
+		assert_int_equal(s.cancelled, cap[p]);
+		assert_int_equal(s.queued, 0);
+		/* the places are free now: a full queue's worth, no wait */
+		for (unsigned i = 0; i < room[p]; i++)
+			assert_int_equal(ctp_pool_submit(pool[p], noop_fn, NULL,
+			                 &now, NULL), 0);
+		assert_int_equal(ctp_pool_submit(pool[p], noop_fn, NULL, &now,
+		                 NULL), -EAGAIN);
+	}
+
+	for (int p = 0; p < 2; p++) {
+		ctp_stats s;
+
+		unpark(&park[p], p == 0 ? 2 : 1);
+		assert_int_equal(ctp_pool_wait_idle(pool[p], BOUND), 0);
+		s = stats_of(pool[p]);
+		assert_int_equal(s.completed, room[p] + (p == 0 ? 2 : 1));
+		assert_identity(&s);
+	}
+	assert_int_equal(atomic_load(&quiet_runs), 0);
+	for (unsigned i = 0; i < nh; i++)
+		ctp_task_release(h[i]);
+	for (int p = 0; p < 2; p++) {
+		assert_int_equal(ctp_pool_destroy(pool[p]), 0);
+		parked_fini(&park[p]);
+	}
+	ctp_token_release(parent);
+	for (unsigned i = 0; i < nd; i++)
+		rec_fini(&recs[i]);
+	free(recs);
+	free(h);
+}
+
+/*
+ * Quiet children fired while the workers take them, while the timer fires
+ * their deadlines and while more are being linked under the parent: each
+ * accepted one runs, is cancelled or times out, only one of these, and
+ * every one is accounted for (a worker's start CAS and the timer's against
+ * the parent's fire, the slot given back by exactly one of them); a submit
+ * after the fire is refused with its reason. Several rounds; under TSan the
+ * fire's batches race with the workers' takes and frees of the same
+ * objects, under ASan a free while the timer still holds a task is a use
+ * after poison.
+ */
+struct quiet_cancel {
+	ctp_token *parent;
+	sem_t      go;
+};
+
+static void *quiet_cancel_main(void *arg)
+{
+	struct quiet_cancel *qc = arg;
+
+	tu_sem_wait(&qc->go);
+	assert_int_equal(ctp_token_cancel(qc->parent), 0);
+	return NULL;
+}
+
+static void test_quiet_children_race_workers(void **state)
+{
+	const unsigned n = 20000, rounds = 8;
+	ctp_pool *pool = pool_new(2, n);
+	uint64_t accepted = 0, runs, cancelled = 0, timed_out = 0;
+	uint32_t seed = 0x5eed1234u;
+
+	(void)state;
+	atomic_store(&quiet_runs, 0);
+	for (unsigned r = 0; r < rounds; r++) {
+		struct quiet_cancel qc;
+		ctp_task_opts o = { .queue_wait = CTP_FOREVER };
+		ctp_stats before = stats_of(pool), after;
+		uint64_t in = 0;
+		pthread_t th;
+
+		struct parked park;
+
+		/* the workers held until the fire starts: half the
+		 * children are a backlog then, which the workers and the
+		 * fire take from both ends at once */
+		parked_init(&park, 0);
+		saturate(pool, &park, 2);
+		assert_int_equal(ctp_token_create(&qc.parent, NULL), 0);
+		tu_sem_init(&qc.go, 0);
+		assert_int_equal(pthread_create(&th, NULL, quiet_cancel_main,
+		                 &qc), 0);
+		o.parent = qc.parent;
+		for (unsigned i = 0; i < n; i++) {
+			int rc;
+
+			/* every other one with a deadline of 0-255 us: the
+			 * timer fires some of them as the parent's fire walks
+			 * (its own reference on the task then makes the
+			 * fire's drop a read-modify-write) */
+			o.timeout = i % 2 ? CTP_USEC(tu_rng_next(&seed) % 256) :
+			    0;
+			if (i == n / 2) {
+				tu_sem_post(&qc.go); /* fire from now on */
+				unpark(&park, 2);
+			}
+			rc = ctp_pool_submit(pool, quiet_fn, NULL, &o, NULL);
+			assert_true(rc == 0 || (i >= n / 2 &&
+			            rc == -ECANCELED));
+			in += rc == 0;
+		}
+		assert_int_equal(pthread_join(th, NULL), 0);
+		assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+		after = stats_of(pool);
+		/* the two parked tasks: submitted and completed */
+		assert_int_equal(after.submitted - before.submitted, in + 2);
+		assert_int_equal((after.completed - before.completed - 2) +
+		                 (after.cancelled - before.cancelled) +
+		                 (after.timed_out - before.timed_out), in);
+		accepted += in;
+		cancelled += after.cancelled - before.cancelled;
+		timed_out += after.timed_out - before.timed_out;
+		assert_identity(&after);
+		ctp_token_release(qc.parent);
+		sem_destroy(&qc.go);
+		parked_fini(&park);
+	}
+	runs = (uint64_t)atomic_load(&quiet_runs);
+	assert_int_equal(runs + cancelled + timed_out, accepted);
+	print_message("quiet children, %u rounds of %u: %llu accepted, %llu "
+	              "ran, %llu cancelled, %llu timed out\n", rounds, n,
+	              (unsigned long long)accepted, (unsigned long long)runs,
+	              (unsigned long long)cancelled,
+	              (unsigned long long)timed_out);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+}
+
+/*
+ * A parent task's deadline fires on the timer thread while its quiet
+ * children wait behind it (one worker): the timer's fire finishes them
+ * there (no done to hand to the callback thread). The parent, asleep on
+ * its token, wakes with -ETIMEDOUT; the children never run and count as
+ * timed out, their reason the parent's.
+ */
+struct quiet_parent {
+	struct rec r;
+	ctp_pool  *pool;
+	unsigned   n;
+	atomic_int submitted; /* the children accepted */
+	atomic_int slept;     /* ctp_token_sleep's result */
+};
+
+static int quiet_parent_fn(void *arg, ctp_token *tok)
+{
+	struct quiet_parent *qp = arg;
+	ctp_task_opts o = { .parent = tok };
+
+	atomic_fetch_add(&qp->r.ran, 1);
+	for (unsigned i = 0; i < qp->n; i++) {
+		if (ctp_pool_submit(qp->pool, quiet_fn, NULL, &o,
+		    NULL) == 0)
+			atomic_fetch_add(&qp->submitted, 1);
+	}
+	atomic_store(&qp->slept, ctp_token_sleep(tok, CTP_FOREVER));
+	return qp->r.ret;
+}
+
+static void test_quiet_children_timer_fire(void **state)
+{
+	ctp_pool *pool = pool_new(1, 256);
+	struct quiet_parent qp;
+	ctp_task_opts o = { .timeout = CTP_MSEC(20) };
+	ctp_stats s;
+
+	(void)state;
+	atomic_store(&quiet_runs, 0);
+	memset(&qp, 0, sizeof(qp));
+	rec_init(&qp.r, 5);
+	qp.pool = pool;
+	qp.n = 100;
+	atomic_init(&qp.slept, UNSET);
+	assert_int_equal(submit(pool, quiet_parent_fn, &qp, o, NULL), 0);
+	tu_sem_wait(&qp.r.done_sem);
+	assert_int_equal(atomic_load(&qp.submitted), 100);
+	assert_int_equal(atomic_load(&qp.slept), -ETIMEDOUT);
+	assert_int_equal(atomic_load(&qp.r.status), 5);
+	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	s = stats_of(pool);
+	assert_int_equal(s.timed_out, 100);
+	assert_int_equal(s.completed, 1);
+	assert_identity(&s);
+	assert_int_equal(atomic_load(&quiet_runs), 0);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	rec_fini(&qp.r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -592,6 +903,9 @@ int main(void)
 		cmocka_unit_test(test_chain_leaf_parents_queued_task),
 		cmocka_unit_test(test_chain_release_random),
 		cmocka_unit_test(test_sizes_mixed),
+		cmocka_unit_test(test_quiet_children_mixed),
+		cmocka_unit_test(test_quiet_children_race_workers),
+		cmocka_unit_test(test_quiet_children_timer_fire),
 	};
 
 	/* CTP_TEST_FILTER=<pattern>: run only the matching tests */

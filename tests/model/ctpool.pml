@@ -867,7 +867,16 @@ proctype canceller()
 				}
 				q_after();
 				/* phase 2b: done of each caught task, then
-				 * ctp__batch_end_complete */
+				 * ctp__batch_end_complete. A quiet child (no
+				 * done, no handle: task.c,
+				 * ctp__task_retire_quiet) takes these same
+				 * steps in its own batch, at its end in the
+				 * mark pass (unqueue, finished, one atomic
+				 * for the count and its segment), with the
+				 * guard still raised; its segment's own
+				 * raise, after the CAS under that guard,
+				 * changes no order here: the step below
+				 * stands for both kinds. */
 				do
 				:: i <= NT ->
 					if
