@@ -29,6 +29,11 @@
  *                         idle workers, each worker's current (taken
  *                         under a token lock by a fire's retire; no
  *                         other lock is taken while it is held)
+ *                         A quiet batch's end (task.c) runs under a
+ *                         token lock too, after its unqueue: it frees
+ *                         objects, which takes no lock (a CAS per batch
+ *                         of 32; for a destroyed pool, perhaps the
+ *                         pool's last free, which takes none either)
  *   pool->alloc_lock      the allocators' part of the task free list
  *                         (taken once per batch of objects)
  *   iso->lock             the worker-process slots (isolated.c; never
@@ -57,7 +62,11 @@
  *  token.state FIRING|        fire-end waiter: sleepers++, end_fire: clear bit,
  *    sleepers                 load state, futex wait       load sleepers, wake
  *  token.refs                 any holder                   acq_rel on the drop
- *                                                          that frees
+ *                                                          that frees (a load
+ *                                                          of n by the last
+ *                                                          holder of a task
+ *                                                          nobody can find:
+ *                                                          drop_unfindable)
  *  watch.state (token.c)      firer under token lock       unwatcher under the
  *                                                          lock; futex wake
  *                                                          inside the lock
@@ -379,9 +388,10 @@ struct ctp__token_ext {
 struct ctp__tq {
 	uint8_t state : 3;      /* enum ctp__qstate */
 	uint8_t ref_owed : 1;   /* a fire unlinked it (runq.lock): that
-	                           fire's complete pass drops the queue's
-	                           reference with the pool's (read by the
-	                           fire's own threads, in order) */
+	                           fire drops the queue's reference with
+	                           the pool's, at the task's completion
+	                           (read by the fire's own threads, in
+	                           order) */
 };
 
 /* A task token's submit bits: set before publication (submit), or while
@@ -471,9 +481,11 @@ struct ctp__tnode {
 	                               parent (token.c, mark_children); its
 	                               death then does neither. Written under
 	                               the parent's lock before that firer drops
-	                               the task's references; read only at the
+	                               the task's references; read at the
 	                               death, which the last drop (acq_rel on
-	                               refs) orders after it */
+	                               refs) orders after it, and by that firer
+	                               itself when it drops them
+	                               (drop_unfindable) */
 };
 
 /* The token right after it is 8-byte aligned, all any of its fields
@@ -534,7 +546,9 @@ struct ctp__fire {
 	                              queued, in the order it caught them, by
 	                              ctp__tn(t)->caught_next, each on the
 	                              pool's reference (borrowed until its
-	                              done has run) */
+	                              done has run); not the quiet ones, which
+	                              the mark pass finished (task.c,
+	                              ctp__task_retire_quiet) */
 	bool              walk_root;   /* the root is walked, before `list`
 	                                  (it lives on the caller's reference) */
 	bool              caught_root; /* the root was caught queued: it is
@@ -588,11 +602,10 @@ CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
  * fewer each). acquire: pairs with the acq_rel drops of the holders
  * before, as the RMW would (every use of the object happens before its
  * free). A listed token takes ctp__token_put_n's way.
- * _drop returns true when the references were the last: the token holds
- * no reference on a parent, and the caller frees the object; false when
- * someone else frees it (or put_n did). _put frees it itself.
+ * Returns true when the references were the last: the token holds no
+ * reference on a parent, and the caller frees the object; false when
+ * someone else frees it (or put_n did).
  */
-CTP__HIDDEN void ctp__token_put_unfindable(ctp_token *t, uint32_t n);
 static inline bool ctp__token_drop_unfindable(ctp_token *t, uint32_t n)
 {
 	if (t->tree && ctp__tn(t)->parent != NULL && !ctp__tn(t)->unlisted) {
@@ -806,7 +819,9 @@ CTP__HIDDEN void ctp__task_slabs_free(ctp_pool *pool);
 /*
  * A fire call finishes the tasks it caught queued in two passes over its
  * list, one pool at a time (a run of the list's tasks of one pool is a
- * "segment"; both passes cut the list the same way):
+ * "segment"; both passes cut the list the same way); a quiet one (no
+ * done, no handle) in one pass, in batches of its own (below,
+ * ctp__task_retire_quiet):
  *   retire   (no user code): off the deadline heap, the slot and the
  *            statistic counted in the batch; at each segment's start the
  *            pool's `finishing` is raised (before any slot is given back,
@@ -851,7 +866,9 @@ CTP__HIDDEN void ctp__task_retire(ctp_task *t, int reason,
  * b's end (ctp__batch_end_quiet: unqueue, count, free), in the fire's
  * mark phase: nothing of it is left for the complete pass. A batch of
  * quiet tasks holds its own segment of the pool's `finishing`, ended
- * when it is full (32), at a change of pool, or by the caller. False:
+ * when a task finds it full (32) or of another pool, or by the caller at
+ * the end of the mark pass (so a full batch keeps its slots until the
+ * next quiet task or that end: the same fire call). False:
  * untouched, the caller retires and completes it the two-pass way. */
 CTP__HIDDEN bool ctp__task_retire_quiet(ctp_task *t, int reason,
                                         struct ctp__batch *b);
@@ -1294,8 +1311,9 @@ struct ctp__pool_up {
 	void (*free)(ctp_pool *pool);
 	/* a thread of the pool (the timer's) exits; drops its reference */
 	void (*thread_exit)(ctp_pool *pool);
-	/* the end of a fire's complete segment (task.c): its n tasks' done
-	 * have returned: counts them finished and lowers the segment's
+	/* the end of a fire's complete segment or quiet batch (task.c): its
+	 * n tasks' done have returned (or they have none): counts them
+	 * finished and lowers the segment's
 	 * `finishing` (off the pool's workers, one atomic; on one, its own
 	 * count then finishing_done), and wakes idle waiters */
 	void (*segment_done)(ctp_pool *pool, uint64_t n);
@@ -1303,16 +1321,18 @@ struct ctp__pool_up {
 	 * user code, then counts the task finished; the task's pool
 	 * reference passes to the worker (dropped at its next lock) */
 	void (*worker_finished)(ctp_pool *pool);
-	/* a fire call's segment of this pool's tasks caught queued: begins
-	 * before any of their slots is given back, is done once their done
-	 * returned (task.c); the shutdown waits for it as for a thread */
+	/* a fire call's segment of this pool's tasks caught queued (or a
+	 * quiet batch: task.c): begins before any of their slots is given
+	 * back, is done once their done returned (task.c); the shutdown
+	 * waits for it as for a thread */
 	void (*finishing_begin)(ctp_pool *pool);
 	void (*finishing_done)(ctp_pool *pool);
 	/* the tasks a fire caught queued (b->out, b->nout; b->pool) leave
 	 * the run queue: each one still in it (linked, or admitted and not
 	 * yet linked) gives its slot back now, and a linked one is unlinked;
 	 * its queue reference is then owed (q.ref_owed) and dropped with the
-	 * pool's by the fire's complete pass. The batch's statistics are
+	 * pool's when the fire completes the task (its complete pass, or a
+	 * quiet batch's end). The batch's statistics are
 	 * counted in the same lock, before any slot is free; one taking of
 	 * runq.lock for the lot */
 	void (*unqueue)(struct ctp__batch *b);

@@ -587,8 +587,8 @@ static void pool_unqueue(struct ctp__batch *b)
 		switch (t->token.q.state) {
 		case CTP__Q_LINKED:
 			q_unhook(q, t);
-			/* its queue reference goes with the pool's, in the
-			 * fire's complete pass: one atomic, not two */
+			/* its queue reference goes with the pool's when the
+			 * fire completes it: one atomic (or none), not two */
 			t->token.q.ref_owed = true;
 			break;
 		case CTP__Q_DELAYED:

@@ -666,8 +666,8 @@ free_object(ctp_task *t, ctp_pool *pool, unsigned k)
 	struct ctp__worker *w = ctp__tls.worker;
 	struct ctp__acache *c = &ctp__tls.alloc[k];
 
-	/* ctp__token_put unlinked it; its ext stays for the next use (only
-	 * a token with one can have an fd: no call for the others) */
+	/* its last reference went; its ext stays for the next use (only a
+	 * token with one can have an fd: no call for the others) */
 	if (atomic_load_explicit(&t->token.ext, memory_order_acquire) != NULL)
 		ctp__token_release_fd(&t->token);
 	if (t->token.opt.isolated) {
@@ -904,6 +904,17 @@ void ctp__batch_end_retire(struct ctp__batch *b)
 	ctp__batch_init(b, NULL);
 }
 
+/* Drops a completed task's references a fire borrowed: the pool's, and
+ * the queue's when the fire unlinked it (q.ref_owed); a task the fire
+ * unlisted, or one with no parent, nobody else can find, so when they
+ * are the last they go without an atomic (internal.h,
+ * ctp__token_drop_unfindable) */
+static void put_caught(ctp_task *t)
+{
+	if (ctp__token_drop_unfindable(&t->token, t->token.q.ref_owed ? 2 : 1))
+		ctp__task_free(t);
+}
+
 void ctp__task_complete_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 {
 	ctp_pool *pool = ctp__task_pool(t);
@@ -917,8 +928,7 @@ void ctp__task_complete_unrun(ctp_task *t, int reason, struct ctp__batch *b)
 	/* the pool's reference, lent to the fire; the segment's last task is
 	 * held until its end, so the pool outlives the segment */
 	if (b->held != NULL)
-		ctp__token_put_unfindable(&b->held->token,
-		    b->held->token.q.ref_owed ? 2 : 1);
+		put_caught(b->held);
 	b->held = t;
 }
 
@@ -950,8 +960,7 @@ void ctp__batch_end_complete(struct ctp__batch *b)
 	 * reference on its pool keeps the pool valid until the last line */
 	pool->up->segment_done(pool, b->finished);
 	ctp__batch_init(b, NULL);
-	ctp__token_put_unfindable(&held->token,
-	    held->token.q.ref_owed ? 2 : 1);
+	put_caught(held);
 }
 
 /* A worker's end of task t: RUNNING -> end (keeping a reason that fired

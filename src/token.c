@@ -58,8 +58,8 @@
  *        token it fired joins the walk list (with a reference;
  *        `fire_next` is written only by the CAS winner), so a tree of any
  *        depth or width needs one lock at a time and no recursion, and a
- *        group of n queued tasks costs two passes over them (retire here,
- *        complete below);
+ *        group of n queued tasks costs one pass over the quiet ones and
+ *        two over the others (retire here, complete below);
  *     2a. wake, for t and every token of the walk list: sleepers (futex on
  *        `state`, only if `sleepers` > 0), the eventfd, and the library's
  *        internal watches (the event-count bumps of ctp_queue_pop/push
@@ -138,9 +138,12 @@
  *   the lock): its death then takes no lock of the parent's. Nothing walks a
  *   fired parent's children again, and the task's `parent` is never followed
  *   after (`unlisted`). A group cancel of queued tasks with no handle and
- *   no deadline so costs no lock and no atomic per task beyond its CAS and
- *   its last reference (callgrind, bench_ctpool cancel --by group: 340 ->
- *   295 instructions and 5.1 -> 2.1 atomics per task; a handle adds the
+ *   no deadline so costs no lock and no atomic per task beyond its CAS:
+ *   nobody else can find such a task any more, so its last references go
+ *   with a load and a store when nobody else holds it (internal.h,
+ *   ctp__token_drop_unfindable; callgrind, bench_ctpool cancel --by
+ *   group: 340 -> 295 instructions and 5.1 -> 2.1 atomics per task with
+ *   the unlisting, 203 and 1.16 with the quiet batches; a handle adds the
  *   publish's RMW (CTP__FINISHED), a deadline the timer's lock).
  *   Marking takes a reference on each child it fires with "increment if not
  *   zero" (a task it catches queued rides on its pool's reference instead,
@@ -425,18 +428,6 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 			free(ctp__tn(t)); /* struct standalone's start */
 		}
 		t = parent;
-	}
-}
-
-void ctp__token_put_unfindable(ctp_token *t, uint32_t n)
-{
-	if (!ctp__token_drop_unfindable(t, n))
-		return;
-	if (t->kind == CTP__TOKEN_TASK) {
-		up_of(t)->task_free((ctp_task *)t);
-	} else {
-		ctp__token_fini(t, false);
-		free(ctp__tn(t));
 	}
 }
 
@@ -765,7 +756,10 @@ static void unlist(ctp_token *t, ctp_token *c)
  * is a finished task walked through): under t's lock (the only lock held), fires each
  * child. A task caught queued goes to f's caught list on the pool's
  * reference (borrowed until the end) and is retired at once (no user
- * code); any other token it fired goes, with a reference, to the walk
+ * code), unless it is quiet: then it goes into qb, whose batches are
+ * finished and freed here, each at its end (task.c,
+ * ctp__task_retire_quiet); any other token it fired goes, with a
+ * reference, to the walk
  * list, which the caller walks breadth first, so a tree of any depth or
  * width needs one lock at a time and no recursion (a queued task has no
  * child: its fn never ran). A child that another fire call is firing

@@ -872,11 +872,13 @@ proctype canceller()
 				 * ctp__task_retire_quiet) takes these same
 				 * steps in its own batch, at its end in the
 				 * mark pass (unqueue, finished, one atomic
-				 * for the count and its segment), with the
-				 * guard still raised; its segment's own
-				 * raise, after the CAS under that guard,
-				 * changes no order here: the step below
-				 * stands for both kinds. */
+				 * for the count and its segment); its
+				 * segment's own raise comes after the CAS
+				 * and under the guard (the pool's, or past
+				 * four pools the task's own, dropped only
+				 * after that raise), so it changes no order
+				 * here: the step below stands for both
+				 * kinds. */
 				do
 				:: i <= NT ->
 					if
