@@ -22,7 +22,13 @@
 #   cluster-raw.txt     every line the runs printed
 #   cluster-stderr.txt  what they printed on stderr
 #   cluster.md          median [min-max] per figure per peer
-# Exits non-zero (after the report) if any run failed or printed an error.
+# Exits non-zero (after the report) if a run of ctpool-redis or the floor
+# failed or printed an error, or the report failed. A run of RQ or Celery
+# that fails is listed on stderr and in cluster.md (its cells show —) but
+# does not change the exit status: it is a fact about that peer, not a
+# defect here (Celery's revoke(terminate=True) can miss a task its worker
+# has not yet recorded as active, and the job then runs on: seen once in
+# CI), and a smoke test that fails on it would block every landing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -107,7 +113,7 @@ configs=(
 	"recover 3 nodes|$all|recover --nodes 3 --samples $recovers --claim-after-ms $claim_ms"
 )
 
-failures=()
+failures=() peer_failures=()
 run_cmd() { # peer, command...
 	local peer=$1 rc=0 text why
 	shift
@@ -119,7 +125,10 @@ run_cmd() { # peer, command...
 		why=$(grep -o 'error=.*' <<<"$text" | head -n 1 || true)
 		((rc == 124)) && why="timed out after 600 s${why:+; $why}"
 		[[ -z $text && -z $why ]] && why="no output"
-		failures+=("$* (exit $rc)${why:+: $why}")
+		case $peer in
+		ctpool-redis | floor) failures+=("$* (exit $rc)${why:+: $why}") ;;
+		*) peer_failures+=("$* (exit $rc)${why:+: $why}") ;;
+		esac
 		printf ' [%s FAILED]' "$peer" >&2
 	fi
 }
@@ -177,6 +186,12 @@ print("kombu %s, redis-py %s, Python %s" % (kombu.__version__, redis.__version__
 	failures+=("report failed")
 echo "cluster: wrote $raw and $md ($((SECONDS - start)) s of runs)"
 cat "$md"
+if ((${#peer_failures[@]})); then
+	echo >&2
+	echo "cluster: ${#peer_failures[@]} run(s) of RQ or Celery failed" \
+		"(reported above; not counted as a failure here):" >&2
+	printf '  %s\n' "${peer_failures[@]}" >&2
+fi
 if ((${#failures[@]})); then
 	echo >&2
 	echo "cluster: ${#failures[@]} run(s) failed:" >&2
