@@ -612,6 +612,9 @@ static inline bool ctp__token_drop_unfindable(ctp_token *t, uint32_t n)
 		ctp__token_put_n(t, n);
 		return false;
 	}
+	/* the store keeps a free object's count at 0, as the RMW would;
+	 * relaxed: no other thread reads it before the object is reused,
+	 * which passes through the free lists' own release/acquire */
 	if (atomic_load_explicit(&t->refs, memory_order_acquire) == n)
 		atomic_store_explicit(&t->refs, 0, memory_order_relaxed);
 	else if (atomic_fetch_sub_explicit(&t->refs, n,

@@ -44,8 +44,9 @@
  *   firer took it out of the parent's children) with no done, no handle,
  *   nothing linked or asleep on it, and neither periodic nor isolated
  *   has nothing to run and nobody to tell: ctp__task_retire_quiet puts
- *   it in a batch of its own, and at the batch's end (full at 32, a change
- *   of pool, the end of the mark pass) ctp__batch_end_quiet does the
+ *   it in a batch of its own, and at the batch's end (the next quiet task
+ *   finds it full at 32 or of another pool, or the mark pass ends: the
+ *   same fire call) ctp__batch_end_quiet does the
  *   whole of it while the objects are still in cache: unqueue (slots and
  *   statistics, one runq.lock), count finished and lower the batch's own
  *   `finishing` segment (raised at its first task, under the fire's
