@@ -148,12 +148,14 @@
 
 #include <assert.h>
 #include <ck_ec.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "ctpool.h"
@@ -398,13 +400,18 @@ struct ctp__tq {
  * the object is nobody else's (allocation, free), and only read
  * meanwhile, so one byte of bits is safe (no two threads write it at
  * once). */
-struct ctp__topt {
+struct ctp__topt { /* one byte (ctp__batch_add_quiet reads it whole) */
 	uint8_t handle : 1;     /* submitted with a handle */
 	uint8_t prio : 2;       /* list index (CTP__NPRIO) */
 	uint8_t periodic : 1;   /* period > 0 */
 	uint8_t timed : 1;      /* has a deadline (ext.deadline) */
 	uint8_t isolated : 1;   /* ext.iso is set */
+	uint8_t done : 1;       /* submitted with a done: its word (which
+	                           every object of size 1 or 2 has) is not
+	                           NULL. A bit here too, so a fire's quiet
+	                           check reads no line past the token */
 };
+_Static_assert(sizeof(struct ctp__topt) == 1, "the submit bits are a byte");
 
 struct ctp_token {
 	/* what firing a tree reads per token comes first, together (the
@@ -463,7 +470,8 @@ struct ctp__tnode {
 	                               with NULL, never followed: it may
 	                               dangle) */
 	ctp_token       *sib_next;  /* in parent's ext->children: protected */
-	ctp_token       *sib_prev;  /*   by the parent's lock, not by ours */
+	ctp_token       *sib_prev;  /*   by the parent's lock, not by ours;
+	                               stale once `unlisted` (never read) */
 	ctp_token       *fire_next; /* the walk list of the fire call that
 	                               fired it from above; written only by
 	                               the thread whose CAS fired this token */
@@ -876,6 +884,42 @@ CTP__HIDDEN void ctp__task_retire(ctp_task *t, int reason,
 CTP__HIDDEN bool ctp__task_retire_quiet(ctp_task *t, int reason,
                                         struct ctp__batch *b);
 CTP__HIDDEN void ctp__batch_end_quiet(struct ctp__batch *b);
+
+/* Counts a retired task's end by the fire's reason. */
+static inline void ctp__batch_count(struct ctp__batch *b, int reason)
+{
+	if (reason == -ETIMEDOUT)
+		b->timed_out++;
+	else if (reason == -ESHUTDOWN)
+		b->dropped++;
+	else
+		b->cancelled++;
+}
+
+/* ctp__task_retire_quiet's common case, inline in the fire's walk (no
+ * call per child): a task with none of the submit bits (so also no
+ * deadline: a timed one takes the call, which takes it out of the heap)
+ * that joins the batch already open for its pool, not full. Only writes
+ * b. False: nothing done, the caller makes the call. */
+static inline bool ctp__batch_add_quiet(struct ctp__batch *b, ctp_task *t,
+                                        const ctp_pool *pool, int reason)
+{
+	/* one test of the byte (the compiler folds the mask) */
+	static const struct ctp__topt loud = { .handle = 1, .periodic = 1,
+	                                       .timed = 1, .isolated = 1,
+	                                       .done = 1 };
+	uint8_t bits, mask;
+
+	memcpy(&bits, &t->token.opt, 1);
+	memcpy(&mask, &loud, 1);
+	if ((bits & mask) != 0 ||
+	    b->pool != pool ||
+	    b->nout == sizeof(b->out) / sizeof(b->out[0]))
+		return false;
+	b->out[b->nout++] = t;
+	ctp__batch_count(b, reason);
+	return true;
+}
 /*
  * Fire guards. Before its CAS on a task's token a fire raises the task's
  * pool's `finishing` (a shutdown waits for it to come down), and lowers it

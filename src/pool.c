@@ -1499,8 +1499,10 @@ static int submit(ctp_pool *pool, ctp_task_fn fn, void *arg,
 	t->token.opt.periodic = o->period > 0;
 	t->fn = fn;
 	t->arg = arg;
-	if (o->done != NULL)
+	if (o->done != NULL) {
 		*ctp__task_done_slot(t) = o->done; /* its object has the word */
+		t->token.opt.done = true;
+	}
 	t->token.opt.handle = task != NULL;
 	/* token.q: OUT, nothing owed (the allocation zeroed it) */
 	/* Everything that can fail comes before the task becomes visible:

@@ -53,7 +53,8 @@
  *        pool's reference, lent until its done ran) and is retired at
  *        once: slots back, statistics, deadline heap (task.c), unless it
  *        is quiet (no done, no handle, nothing linked or asleep: task.c,
- *        ctp__task_retire_quiet), which is finished and freed here, in
+ *        ctp__task_retire_quiet; the common case inline, internal.h,
+ *        ctp__batch_add_quiet), which is finished and freed here, in
  *        batches of 32, and goes on no list; any other
  *        token it fired joins the walk list (with a reference;
  *        `fire_next` is written only by the CAS winner), so a tree of any
@@ -135,16 +136,21 @@
  *   One exception: a task the parent's firer catches queued is taken out of
  *   the list by that firer, under the same lock, in its mark (unlist), and
  *   its reference on the parent goes with it (one drop per parent, after
- *   the lock): its death then takes no lock of the parent's. Nothing walks a
- *   fired parent's children again, and the task's `parent` is never followed
- *   after (`unlisted`). A group cancel of queued tasks with no handle and
+ *   the lock): its death then takes no lock of the parent's. The mark
+ *   rebuilds the list as it walks it: an unlisted child is skipped, with no
+ *   write to its neighbours' links, and the children that stay are linked
+ *   again one after the other (mark_children). Nothing walks a
+ *   fired parent's children again, and the task's `parent` and sibling
+ *   links are never followed after (`unlisted`). A group cancel of queued tasks with no handle and
  *   no deadline so costs no lock and no atomic per task beyond its CAS:
  *   nobody else can find such a task any more, so its last references go
  *   with a load and a store when nobody else holds it (internal.h,
  *   ctp__token_drop_unfindable; callgrind, bench_ctpool cancel --by
  *   group: 340 -> 295 instructions and 5.1 -> 2.1 atomics per task with
- *   the unlisting, 203 and 1.16 with the quiet batches; a handle adds the
- *   publish's RMW (CTP__FINISHED), a deadline the timer's lock).
+ *   the unlisting, 203 and 1.16 with the quiet batches, 134 with the
+ *   quiet check inline, the list rebuilt and each batch freed in one
+ *   push; a handle adds the publish's RMW (CTP__FINISHED), a deadline the
+ *   timer's lock).
  *   Marking takes a reference on each child it fires with "increment if not
  *   zero" (a task it catches queued rides on its pool's reference instead,
  *   lent until its done ran): a child already being freed has no task,
@@ -357,8 +363,8 @@ bool ctp__token_tryref(ctp_token *t)
 	return false;
 }
 
-/* Under p's lock: takes c out of p's children (its death, detach, or
- * p's firer, unlist). */
+/* Under p's lock: takes a dying c out of p's children (detach; p's firer
+ * leaves out those it unlists as it walks: mark_children). */
 static void children_remove(ctp_token *p, ctp_token *c)
 {
 	struct ctp__tnode *n = ctp__tn(c);
@@ -419,6 +425,8 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 			return;
 		n = 1; /* the parent's reference held by the child */
 		parent = detach(t);
+		/* each child listed holds a reference: none is left */
+		assert(ext_of(t) == NULL || ext_of(t)->children == NULL);
 
 		if (t->kind == CTP__TOKEN_TASK) {
 			up_of(t)->task_free((ctp_task *)t);
@@ -740,15 +748,16 @@ static void append_caught(ctp_token *t, ctp_token ***tail)
 	*tail = &ctp__tn(t)->caught_next;
 }
 
-/* Under t's lock: takes a task t's firer caught queued out of t's
- * children, with its reference on t (which the firer drops), so its
- * death takes no lock of t's and drops nothing on t (detach): a group
- * cancel costs no lock per task. Only the firer of t walks t's children
- * (a token fires once; a finished task is walked through by its parent's
- * firer only), and nothing follows the child's `parent` any more. */
-static void unlist(ctp_token *t, ctp_token *c)
+/* Under t's lock, by t's firer in mark_children: a task caught queued
+ * leaves t's children with its reference on t (which the firer drops),
+ * so its death takes no lock of t's and drops nothing on t (detach): a
+ * group cancel costs no lock per task. Only the firer of t walks t's
+ * children (a token fires once; a finished task is walked through by its
+ * parent's firer only), and nothing follows the child's `parent` or its
+ * sibling links any more: they are left as they are (stale), and the
+ * walk relinks the children it keeps (see mark_children). */
+static void unlist(ctp_token *c)
 {
-	children_remove(t, c);
 	ctp__tn(c)->unlisted = 1;
 }
 
@@ -775,21 +784,29 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 {
 	ctp_token *c, *next;
 	const ctp_pool *guarded = NULL; /* a pool of g, the last seen */
+	ctp_token *kept = NULL; /* the last child left in t's list */
 	uint32_t phase, unlisted = 0;
 
 	if (atomic_load(&t->linked) == 0) /* seq_cst: Dekker with link */
 		return;
 	lock(t);
 	X(t)->fire = f;
+	/* The list is rebuilt as it is walked: a child unlisted writes
+	 * nothing (no neighbour's link: most children of a group cancel go
+	 * so), one kept is linked after the last one kept. Nothing reads
+	 * the list before the walk ends: it is t's lock's, held throughout,
+	 * and nothing called here takes that lock or looks at t's
+	 * children. */
 	for (c = X(t)->children; c != NULL; c = next) {
 		const struct ctp__pool_up *up = NULL; /* c's, if a task */
+		const ctp_pool *cp = NULL;            /* c's, if a task */
 		uint32_t s;
 		bool one = false; /* a guard for c alone (task.c) */
 		bool won;
 
 		next = ctp__tn(c)->sib_next;
 		if (c->kind == CTP__TOKEN_TASK) {
-			const ctp_pool *cp = ctp__task_pool((ctp_task *)c);
+			cp = ctp__task_pool((ctp_task *)c);
 
 			up = cp->up;
 			/* a pool this call guards already needs no look */
@@ -800,11 +817,13 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 		}
 		won = fire_cas(c, f->reason, 0, &phase);
 		if (won && phase == CTP__PHASE_QUEUED) {
-			unlist(t, c);
+			unlist(c);
 			unlisted++;
-			/* quiet (task.c): finished with its batch, here */
-			if (!waited_on(c) &&
-			    up->task_retire_quiet((ctp_task *)c, f->reason, qb))
+			/* quiet (task.c): finished with its batch, here;
+			 * the common case joins the open batch inline */
+			if (!waited_on(c) && (ctp__batch_add_quiet(qb,
+			    (ctp_task *)c, cp, f->reason) ||
+			    up->task_retire_quiet((ctp_task *)c, f->reason, qb)))
 				goto next;
 			append_caught(c, caught);
 			up->task_retire((ctp_task *)c, f->reason, b);
@@ -812,9 +831,17 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 			 * runs, a ctp_task_wait): walk it too */
 			if (waited_on(c) && ctp__token_tryref(c))
 				append(c, walk);
-		} else if (won && ctp__token_tryref(c)) {
+			goto next;
+		}
+		if (won && ctp__token_tryref(c))
 			append(c, walk);
-		} /* else dying: no sleeper, watch or child left */
+		/* else if won: dying, no sleeper, watch or child left */
+		ctp__tn(c)->sib_prev = kept; /* kept: linked after `kept` */
+		if (kept != NULL)
+			ctp__tn(kept)->sib_next = c;
+		else
+			X(t)->children = c;
+		kept = c;
 	next:
 		if (one)
 			up->task_unguard_one((ctp_task *)c);
@@ -834,6 +861,10 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 			f->waits = c;
 		}
 	}
+	if (kept != NULL)
+		ctp__tn(kept)->sib_next = NULL;
+	else
+		X(t)->children = NULL;
 	unlock(t);
 	/* the unlisted children's references on t: this call holds its own
 	 * (the caller's or the walk list's), so t stays */

@@ -1076,6 +1076,157 @@ static void test_quiet_children_race_shutdown(void **state)
 	}
 }
 
+/*
+ * A parent's fire rebuilds its list of children as it walks it: a child it
+ * unlists (a task caught queued, quiet or not) leaves without a write to
+ * its neighbours, and the others (child tokens, running child tasks) stay,
+ * relinked in their order. Here kept children come first and last in the
+ * walk (the newest child first), alone between unlisted ones and in runs,
+ * and tasks with a done follow quiet ones of their pool (the walk's
+ * inline quiet check must see the done: each runs once, at the cancel).
+ * Afterwards each kept child dies, in a shuffled order, and takes itself
+ * out of the rebuilt list under the parent's lock: a link left to an
+ * unlisted task (freed at once if quiet) is a use after poison under ASan,
+ * a child missing from the list or left in it fails a debug build's check
+ * at the parent's death that no child is listed. And the children that
+ * stayed each read fired with the parent's reason, and the running ones
+ * are told so.
+ */
+#define KEEP_N 700u
+
+enum keep_kind { K_TOKEN, K_QUIET, K_HANDLE, K_TIMED, K_DONE, K_RUNNING };
+
+static atomic_int keep_dones, keep_bad; /* dones run; not -ECANCELED */
+
+static void keep_done(void *arg, int status)
+{
+	(void)arg;
+	atomic_fetch_add(&keep_dones, 1);
+	if (status != -ECANCELED)
+		atomic_fetch_add(&keep_bad, 1);
+}
+
+/* By creation order: a quiet task (the walk's last child), two running
+ * tasks (next, and in the middle: each taken by a held worker, released
+ * then), a run of child tokens (near the walk's end) and of quiet tasks at
+ * the end (the walk's start), between them a mix without a pattern. */
+static enum keep_kind keep_kind_of(unsigned i)
+{
+	uint32_t h = i * 2654435761u;
+
+	if (i == 0)
+		return K_QUIET; /* the list's last: the last kept is before */
+	if (i == 1 || i == KEEP_N / 2)
+		return K_RUNNING;
+	if (i < 40)
+		return K_TOKEN;
+	if (i >= KEEP_N - 40)
+		return K_QUIET;
+	return (enum keep_kind)((h >> 13) % 5);
+}
+
+static void test_fire_relinks_kept_children(void **state)
+{
+	ctp_pool *pool = pool_new(2, 1024);
+	ctp_token *parent = NULL;
+	ctp_token **tok = calloc(KEEP_N, sizeof(*tok));
+	ctp_task **h = calloc(KEEP_N, sizeof(*h));
+	uint32_t *idx = calloc(KEEP_N, sizeof(*idx));
+	unsigned ntok = 0, nh = 0, nrun = 0, ndone = 0;
+	struct parked park, hold;
+	ctp_stats st;
+
+	(void)state;
+	assert_non_null(tok);
+	assert_non_null(h);
+	assert_non_null(idx);
+	parked_init(&park, 0);
+	parked_init(&hold, 0);
+	saturate(pool, &hold, 2); /* so nothing queued runs */
+	atomic_store(&quiet_runs, 0);
+	atomic_store(&keep_dones, 0);
+	atomic_store(&keep_bad, 0);
+	assert_int_equal(ctp_token_create(&parent, NULL), 0);
+	for (unsigned i = 0; i < KEEP_N; i++) {
+		ctp_task_opts o = { .parent = parent };
+
+		switch (keep_kind_of(i)) {
+		case K_TOKEN:
+			assert_int_equal(ctp_token_create(&tok[ntok++], parent),
+			                 0);
+			break;
+		case K_RUNNING:
+			/* a held worker's next, before those queued */
+			o.priority = CTP_PRIORITY_HIGH;
+			assert_int_equal(ctp_pool_submit(pool, parked_fn,
+			                 &park, &o, NULL), 0);
+			unpark(&hold, 1);
+			tu_sem_wait(&park.started); /* runs: its worker is held */
+			nrun++;
+			break;
+		case K_TIMED:
+			o.timeout = CTP_SEC(3600);
+			/* fall through */
+		case K_QUIET:
+			assert_int_equal(ctp_pool_submit(pool, quiet_fn, NULL,
+			                 &o, NULL), 0);
+			break;
+		case K_HANDLE:
+			assert_int_equal(ctp_pool_submit(pool, quiet_fn, NULL,
+			                 &o, &h[nh++]), 0);
+			break;
+		case K_DONE:
+			/* not quiet, after a quiet one of its pool at times:
+			 * the inline check must see the done */
+			o.done = keep_done;
+			assert_int_equal(ctp_pool_submit(pool, quiet_fn, NULL,
+			                 &o, NULL), 0);
+			ndone++;
+			break;
+		}
+	}
+	assert_int_equal(nrun, 2);
+	assert_true(ntok > 100 && nh > 50 && ndone > 50);
+
+	assert_int_equal(ctp_token_cancel(parent), 0);
+
+	assert_int_equal(atomic_load(&keep_dones), ndone); /* at the return */
+	assert_int_equal(atomic_load(&keep_bad), 0);
+
+	st = stats_of(pool);
+	assert_int_equal(st.queued, 0);
+	assert_int_equal(st.cancelled, KEEP_N - ntok - nrun);
+	for (unsigned i = 0; i < nh; i++)
+		assert_int_equal(ctp_task_state(h[i]), CTP_TASK_CANCELLED);
+	for (unsigned i = 0; i < ntok; i++) {
+		assert_true(ctp_token_cancelled(tok[i]));
+		assert_int_equal(ctp_token_reason(tok[i]), -ECANCELED);
+	}
+	/* the kept children leave the rebuilt list, in no order */
+	shuffle(idx, ntok, 7);
+	for (unsigned i = 0; i < ntok / 2; i++)
+		ctp_token_release(tok[idx[i]]);
+	unpark(&park, 1); /* one running child finishes, then leaves */
+	for (unsigned i = ntok / 2; i < ntok; i++)
+		ctp_token_release(tok[idx[i]]);
+	unpark(&park, 1);
+	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	assert_int_equal(atomic_load(&park.reason), -ECANCELED);
+	for (unsigned i = 0; i < nh; i++)
+		ctp_task_release(h[i]);
+	st = stats_of(pool);
+	assert_int_equal(st.completed, nrun + 2); /* and hold's */
+	assert_identity(&st);
+	assert_int_equal(atomic_load(&quiet_runs), 0);
+	ctp_token_release(parent); /* its last reference: no child listed */
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	parked_fini(&park);
+	parked_fini(&hold);
+	free(idx);
+	free(h);
+	free(tok);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1092,6 +1243,7 @@ int main(void)
 		cmocka_unit_test(test_quiet_children_six_pools),
 		cmocka_unit_test(test_quiet_children_fired_by_worker),
 		cmocka_unit_test(test_quiet_children_race_shutdown),
+		cmocka_unit_test(test_fire_relinks_kept_children),
 	};
 
 	/* CTP_TEST_FILTER=<pattern>: run only the matching tests */
