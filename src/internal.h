@@ -1280,7 +1280,6 @@ enum ctp__qstate {
  */
 struct ctp__runq {
 	CTP__LINE pthread_mutex_t lock;
-	ctp_task          *tail[CTP__NPRIO]; /* lock */
 	_Atomic size_t     count;   /* admitted tasks (RESERVED or LINKED);
 	                               written under lock, read without it
 	                               only by stats (relaxed) */
@@ -1291,25 +1290,17 @@ struct ctp__runq {
 	                               written under the lock (a load and a
 	                               store), read without it by pool_idle
 	                               (seq_cst) and stats (relaxed) */
-	/* what fire calls retired (pool_unqueue: counted with the slots
-	 * they give back, in the same lock); written under the lock (a load
-	 * and a store), read without it by stats (relaxed); the rest of
-	 * each count is in the pool's st_ fields */
-	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped;
-	_Atomic uint64_t   st_completed;
-	_Atomic size_t     held;    /* periodic tasks in CTP__Q_HELD: they
-	                               count in `count` but are not waiting
-	                               (stats.queued, the drop step);
-	                               written under lock, read without it
-	                               only by stats (relaxed) */
-	size_t             capacity; /* immutable: a power of two */
+	/* a second line, read by every submit and take, written seldom
+	 * (workers parking and waking): kept apart from the lines the
+	 * submitters write (`tail`) and the takers write (`head`) */
+	CTP__LINE size_t   capacity; /* immutable: a power of two */
+	uint32_t           waking;  /* workers claimed but not yet back under
+	                               the lock; lock */
+	uint32_t           full_waiters; /* submitters waiting for room; lock */
 	_Atomic bool       closed;  /* written under lock (the close); read
 	                               without it only as a hint */
 	bool               scout;   /* a worker polls `head` before it parks;
 	                               lock */
-	uint32_t           waking;  /* workers claimed but not yet back under
-	                               the lock; lock */
-	uint32_t           full_waiters; /* submitters waiting for room; lock */
 	struct ctp__worker *idle;   /* parked workers not yet claimed; lock */
 	/* The CPU cap (pool.c, "Awake workers"): */
 	uint32_t           awake;   /* workers neither parked nor the
@@ -1321,7 +1312,11 @@ struct ctp__runq {
 	                               affinity mask (UINT32_MAX when the pool
 	                               has no more workers than that);
 	                               immutable */
-	struct ctp__worker *sentinel; /* the worker that looks every
+	/* written by every submit (by a take only when it empties a list) */
+	CTP__LINE ctp_task *tail[CTP__NPRIO]; /* lock */
+	/* the rest, apart from the lines above (those of every submit and
+	 * take): */
+	CTP__LINE struct ctp__worker *sentinel; /* the worker that looks every
 	                               STALL_NS whether the awake ones are
 	                               stuck, while a wake is held back by the
 	                               cap; lock */
@@ -1333,6 +1328,17 @@ struct ctp__runq {
 	                               stale value only delays a wake to the
 	                               sentinel's next look, or wakes one
 	                               worker too many */
+	_Atomic size_t     held;    /* periodic tasks in CTP__Q_HELD: they
+	                               count in `count` but are not waiting
+	                               (stats.queued, the drop step);
+	                               written under lock, read without it
+	                               only by stats (relaxed) */
+	/* what fire calls retired (pool_unqueue: counted with the slots
+	 * they give back, in the same lock); written under the lock (a load
+	 * and a store), read without it by stats (relaxed); the rest of
+	 * each count is in the pool's st_ fields */
+	_Atomic uint64_t   st_cancelled, st_timed_out, st_dropped;
+	_Atomic uint64_t   st_completed;
 	/* on its own line: the scout polls it, and must not pull the lock's
 	 * line away from its holder while it does */
 	CTP__LINE _Atomic(ctp_task *) head[CTP__NPRIO]; /* lock; peeked
