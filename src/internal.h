@@ -975,8 +975,8 @@ struct ctp__acache {
 	unsigned  n;
 };
 /* Task object sizes (task.c, "Sizes"): 0 plain, 1 with a word for its
- * done, 2 with that and a tree node (task.c, size_for) */
-#define CTP__NSIZES 3
+ * done, 2 with a tree node, 3 with both (task.c, size_for) */
+#define CTP__NSIZES 4
 
 struct ctp__tls {
 	const ctp_pool         *pool;   /* worker or timer thread of this pool */

@@ -110,9 +110,9 @@
  *   costs a word right after the object (64 bytes: ctp__task_done_slot;
  *   where the done was before, next to fn), a parent a struct ctp__tnode
  *   too (its parent and sibling links and the fire calls' list links, 56
- *   bytes) right before the token (120 bytes: a task with a parent always
- *   has the done word; token.c: only a token with a parent is ever on
- *   another fire call's lists). `token.tree` and `token.dslot` say which,
+ *   bytes) right before the token (112 bytes, 120 with a done; token.c:
+ *   only a token with a parent is ever on another fire call's lists).
+ *   `token.tree` and `token.dslot` say which,
  *   for the object's whole life, so each size has its own free list in the
  *   pool (freed[k], spare[k]), its own cache in a thread (alloc[k]) and
  *   in a worker (cache[k]); everything above is per size. (bench_ctpool
@@ -120,7 +120,8 @@
  *   move; 72.3 -> 59.9 at 100,000 queued for the done word's, the task's
  *   flags moving into the token's bytes, and the slabs' alignment below:
  *   56 of it the object, the rest the pool and its last chunk's part not
- *   carved yet.)
+ *   carved yet. A child without a done lost its word later: 120 -> 112
+ *   bytes, what a group cancel walks per child.)
  *   What a deadline, a delay, a period or
  *   an isolated run needs (and its token's lock, children, watches and fd)
  *   is in its ext (internal.h, struct
@@ -208,10 +209,10 @@ static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
 /* The size index (struct ctp__tls.alloc, pool->freed) of an object for a
  * task with a parent (tree) or a done: 0 plain, 1 with a done word, 2
- * with a done word and a tree node. */
+ * with a tree node, 3 with both. */
 static unsigned size_for(bool tree, bool done)
 {
-	return tree ? 2 : done;
+	return (tree ? 2u : 0u) + done;
 }
 
 /* An object's size index: its flags say which it was made for. */
@@ -224,13 +225,13 @@ static unsigned size_of_class(const ctp_task *t)
  * node, if it has one. */
 static size_t head_bytes(unsigned k)
 {
-	return k == 2 ? sizeof(struct ctp__tnode) : 0;
+	return k >= 2 ? sizeof(struct ctp__tnode) : 0;
 }
 
 /* The bytes after it: its done word, if it has one. */
 static size_t tail_bytes(unsigned k)
 {
-	return k != 0 ? sizeof(ctp_done_fn) : 0;
+	return (k & 1) != 0 ? sizeof(ctp_done_fn) : 0;
 }
 
 /* The bytes of an object of size k: its head, itself and its tail. */
@@ -253,10 +254,10 @@ static void object_poison(ctp_task *t)
 	/* state and sleepers */
 	ASAN_POISON_MEMORY_REGION(&t->token.state, 2 * sizeof(uint32_t));
 	ASAN_POISON_MEMORY_REGION(&t->arg, sizeof(t->arg));
-	if (size_of_class(t) != 0)
+	if (t->token.dslot)
 		ASAN_POISON_MEMORY_REGION(ctp__task_done_slot(t),
 		    sizeof(ctp_done_fn));
-	if (size_of_class(t) == 2)
+	if (t->token.tree)
 		ASAN_POISON_MEMORY_REGION(ctp__tn(&t->token),
 		    sizeof(struct ctp__tnode));
 }
@@ -274,7 +275,7 @@ _Static_assert(sizeof(ctp_task) == 56, "a plain task object is 56 bytes");
 
 /* A slab (internal.h): a block of CTP__SLAB_BYTES aligned to its size,
  * its header, then objects of one size carved in order at that size (56,
- * 64 or 120 bytes): every object is 8-byte aligned, not 16, which is all
+ * 64, 112 or 120 bytes): every object is 8-byte aligned, not 16, which is all
  * any of their fields needs (atomics of at most 8 bytes, pointers; the
  * ext, its mutex and the timer's records are malloc'd apart). */
 _Static_assert(sizeof(struct ctp__slab) % 8 == 0 &&
@@ -360,8 +361,8 @@ static ctp_task *slab_init(ctp_pool *pool, unsigned k, char *first,
 
 		object_unpoison(t, k); /* carved */
 		ctp__token_init(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED,
-		    NULL, k == 2);
-		t->token.dslot = k != 0;
+		    NULL, k >= 2);
+		t->token.dslot = (k & 1) != 0;
 		t->free_next = head;
 		head = t;
 		assert(ctp__task_pool(t) == pool && size_of_class(t) == k);
@@ -462,7 +463,9 @@ prefetch_lines(const char *p, size_t n) /* n: a constant, so unrolled */
 static inline __attribute__((always_inline)) void
 prefetch_object(const ctp_task *t, unsigned k)
 {
-	if (k == 2)
+	if (k == 3)
+		prefetch_lines((const char *)t - head_bytes(3), object_bytes(3));
+	else if (k == 2)
 		prefetch_lines((const char *)t - head_bytes(2), object_bytes(2));
 	else if (k == 1)
 		prefetch_lines((const char *)t, object_bytes(1));
@@ -472,7 +475,7 @@ prefetch_object(const ctp_task *t, unsigned k)
 
 /* A thread's caches hold one pool's objects (ctp_pool_destroy's
  * contract): before it keeps an object of pool, it gives back any other
- * pool's, of either size. */
+ * pool's, of any size. */
 static void acache_claim(ctp_pool *pool)
 {
 	for (unsigned k = 0; k < CTP__NSIZES; k++) {
@@ -588,7 +591,7 @@ int ctp__task_alloc(ctp_pool *pool, bool tree, bool done, ctp_task **out)
 	ctp__token_reset(&t->token, CTP__TOKEN_TASK, CTP__PHASE_QUEUED);
 	t->fn = NULL;
 	t->arg = NULL;
-	if (k != 0)
+	if ((k & 1) != 0)
 		*ctp__task_done_slot(t) = NULL;
 	t->free_next = NULL;
 	/* the ext's deadline, heap slots, due times and isolated record are
