@@ -462,13 +462,31 @@ _Static_assert(sizeof(struct ctp_token) == 24,
  * of a fire call is never on that call's lists (struct ctp__fire keeps
  * it apart), and only a call that fired its parent can put a token on
  * one, so a task with no parent (a plain task, a handle's) needs none
- * of it, and its object is 56 bytes smaller (task.c, "Sizes").
+ * of it, and its object is 48 bytes smaller (task.c, "Sizes").
  */
 struct ctp__tnode {
-	ctp_token       *parent;    /* immutable while referenced; holds a ref
-	                               until `unlisted` (then only compared
-	                               with NULL, never followed: it may
-	                               dangle) */
+	_Atomic uintptr_t parent;   /* the parent (a token is 8-byte aligned)
+	                               | CTP__UNLISTED; read and written
+	                               through ctp__tn_parent and friends
+	                               (relaxed: the parent's firer sets the
+	                               bit while a direct cancel of this
+	                               token may read the word; every other
+	                               order comes from the locks and refs).
+	                               The parent is immutable while
+	                               referenced and holds a ref until the
+	                               bit is set (then only compared with
+	                               NULL, never followed: it may dangle).
+	                               The bit (unlisted): the firer of its
+	                               parent caught it queued and took it
+	                               out of the parent's children, with its
+	                               reference on the parent (token.c,
+	                               mark_children); its death then does
+	                               neither. Set under the parent's lock
+	                               before that firer drops the task's
+	                               references; read at the death, which
+	                               the last drop (acq_rel on refs) orders
+	                               after it, and by that firer itself
+	                               when it drops them (drop_unfindable) */
 	ctp_token       *sib_next;  /* in parent's ext->children: protected */
 	ctp_token       *sib_prev;  /*   by the parent's lock, not by ours;
 	                               stale once `unlisted` (never read) */
@@ -483,18 +501,10 @@ struct ctp__tnode {
 	                               for; written only by the firer of this
 	                               token's parent (the one thread that walks
 	                               the parent's children) */
-	uint8_t          unlisted;  /* 1: the firer of its parent caught it
-	                               queued and took it out of the parent's
-	                               children, with its reference on the
-	                               parent (token.c, mark_children); its
-	                               death then does neither. Written under
-	                               the parent's lock before that firer drops
-	                               the task's references; read at the
-	                               death, which the last drop (acq_rel on
-	                               refs) orders after it, and by that firer
-	                               itself when it drops them
-	                               (drop_unfindable) */
 };
+/* 48 bytes: a child task's object is 104, 112 with a done word (task.c,
+ * "Sizes") */
+_Static_assert(sizeof(struct ctp__tnode) == 48, "a tree node is 6 words");
 
 /* The token right after it is 8-byte aligned, all any of its fields
  * needs (a standalone token's block is malloc's, 16-byte aligned; a task
@@ -507,6 +517,20 @@ static inline struct ctp__tnode *ctp__tn(const ctp_token *t)
 	assert(t->tree);
 	return (struct ctp__tnode *)(void *)((char *)(uintptr_t)t -
 	    sizeof(struct ctp__tnode));
+}
+
+/* The parent word's bit: unlisted (struct ctp__tnode, `parent`). */
+#define CTP__UNLISTED ((uintptr_t)1)
+
+/* t's parent word (t has a tree node): 0, or the parent | CTP__UNLISTED */
+static inline uintptr_t ctp__tn_word(const ctp_token *t)
+{
+	return atomic_load_explicit(&ctp__tn(t)->parent, memory_order_relaxed);
+}
+
+static inline void ctp__tn_set_word(ctp_token *t, uintptr_t w)
+{
+	atomic_store_explicit(&ctp__tn(t)->parent, w, memory_order_relaxed);
 }
 
 enum ctp__watch_state { CTP__WATCH_PENDING, CTP__WATCH_RUNNING,
@@ -616,7 +640,8 @@ CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
  */
 static inline bool ctp__token_drop_unfindable(ctp_token *t, uint32_t n)
 {
-	if (t->tree && ctp__tn(t)->parent != NULL && !ctp__tn(t)->unlisted) {
+	if (t->tree && ctp__tn_word(t) != 0 &&
+	    (ctp__tn_word(t) & CTP__UNLISTED) == 0) {
 		ctp__token_put_n(t, n);
 		return false;
 	}
@@ -630,7 +655,7 @@ static inline bool ctp__token_drop_unfindable(ctp_token *t, uint32_t n)
 		return false;
 	/* put_n's detach, without its call: no reference on a parent */
 	if (t->tree)
-		ctp__tn(t)->parent = NULL;
+		ctp__tn_set_word(t, 0);
 	return true;
 }
 /* Registers an internal watch living on the caller's stack; returns false

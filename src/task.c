@@ -109,8 +109,9 @@
  *   bytes) and the task's queue links, arg, and fn or status. A done
  *   costs a word right after the object (64 bytes: ctp__task_done_slot;
  *   where the done was before, next to fn), a parent a struct ctp__tnode
- *   too (its parent and sibling links and the fire calls' list links, 56
- *   bytes) right before the token (112 bytes, 120 with a done; token.c:
+ *   too (its parent, with the `unlisted` bit in its low bit, the sibling
+ *   links and the fire calls' list links, 48 bytes) right before the
+ *   token (104 bytes, 112 with a done; token.c:
  *   only a token with a parent is ever on another fire call's lists).
  *   `token.tree` and `token.dslot` say which,
  *   for the object's whole life, so each size has its own free list in the
@@ -120,7 +121,8 @@
  *   move; 72.3 -> 59.9 at 100,000 queued for the done word's, the task's
  *   flags moving into the token's bytes, and the slabs' alignment below:
  *   56 of it the object, the rest the pool and its last chunk's part not
- *   carved yet. A child without a done lost its word later: 120 -> 112
+ *   carved yet. A child without a done lost its word later, and the tree
+ *   node its `unlisted` byte (now a bit of the parent word): 120 -> 104
  *   bytes, what a group cancel walks per child.)
  *   What a deadline, a delay, a period or
  *   an isolated run needs (and its token's lock, children, watches and fd)
@@ -275,7 +277,7 @@ _Static_assert(sizeof(ctp_task) == 56, "a plain task object is 56 bytes");
 
 /* A slab (internal.h): a block of CTP__SLAB_BYTES aligned to its size,
  * its header, then objects of one size carved in order at that size (56,
- * 64, 112 or 120 bytes): every object is 8-byte aligned, not 16, which is all
+ * 64, 104 or 112 bytes): every object is 8-byte aligned, not 16, which is all
  * any of their fields needs (atomics of at most 8 bytes, pointers; the
  * ext, its mutex and the timer's records are malloc'd apart). */
 _Static_assert(sizeof(struct ctp__slab) % 8 == 0 &&

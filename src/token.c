@@ -139,9 +139,12 @@
  *   the lock): its death then takes no lock of the parent's. The mark
  *   rebuilds the list as it walks it: an unlisted child is skipped, with no
  *   write to its neighbours' links, and the children that stay are linked
- *   again one after the other (mark_children). Nothing walks a
- *   fired parent's children again, and the task's `parent` and sibling
- *   links are never followed after (`unlisted`). A group cancel of queued tasks with no handle and
+ *   again one after the other (mark_children). Nothing walks a fired
+ *   parent's children again, and the task's parent and sibling links are
+ *   never followed after (the parent word's CTP__UNLISTED bit, internal.h:
+ *   a bit, not a byte of its own, so a child task's object is 104 bytes,
+ *   what a group cancel reads per child). A group cancel of queued tasks
+ *   with no handle and
  *   no deadline so costs no lock and no atomic per task beyond its CAS:
  *   nobody else can find such a task any more, so its last references go
  *   with a load and a store when nobody else holds it (internal.h,
@@ -382,7 +385,8 @@ static void children_remove(ctp_token *p, ctp_token *c)
 /* t's parent: NULL for a token that has no tree node (it has none). */
 static ctp_token *parent_of(const ctp_token *t)
 {
-	return t->tree ? ctp__tn(t)->parent : NULL;
+	return t->tree ? (ctp_token *)(ctp__tn_word(t) & ~CTP__UNLISTED) :
+	    NULL;
 }
 
 /* Takes a dying child out of its parent's children, under the parent's
@@ -391,12 +395,13 @@ static ctp_token *parent_of(const ctp_token *t)
  * and that firer dropped the reference (mark_children): NULL. */
 static ctp_token *detach(ctp_token *child)
 {
-	ctp_token *p = parent_of(child);
+	uintptr_t w = child->tree ? ctp__tn_word(child) : 0;
+	ctp_token *p = (ctp_token *)(w & ~CTP__UNLISTED);
 
-	if (p == NULL)
+	if (w == 0)
 		return NULL;
-	ctp__tn(child)->parent = NULL; /* the dying child is ours alone */
-	if (ctp__tn(child)->unlisted)
+	ctp__tn_set_word(child, 0); /* the dying child is ours alone */
+	if ((w & CTP__UNLISTED) != 0)
 		return NULL;
 	lock(p);
 	children_remove(p, child);
@@ -457,7 +462,7 @@ int ctp__token_link(ctp_token *parent, ctp_token *child)
 		return ctp__reason_of(s);
 	}
 	ctp__token_ref(parent);
-	cn->parent = parent;
+	ctp__tn_set_word(child, (uintptr_t)parent);
 	cn->sib_prev = NULL;
 	cn->sib_next = px->children;
 	if (px->children != NULL)
@@ -758,7 +763,7 @@ static void append_caught(ctp_token *t, ctp_token ***tail)
  * walk relinks the children it keeps (see mark_children). */
 static void unlist(ctp_token *c)
 {
-	ctp__tn(c)->unlisted = 1;
+	ctp__tn_set_word(c, ctp__tn_word(c) | CTP__UNLISTED);
 }
 
 /* Phase 1 for f's root or one token t of f's walk list (t has fired, or
