@@ -407,7 +407,7 @@ struct ctp__topt { /* one byte (ctp__batch_add_quiet reads it whole) */
 	uint8_t timed : 1;      /* has a deadline (ext.deadline) */
 	uint8_t isolated : 1;   /* ext.iso is set */
 	uint8_t done : 1;       /* submitted with a done: its word (which
-	                           every object of size 1 or 2 has) is not
+	                           every object of size 1 or 3 has) is not
 	                           NULL. A bit here too, so a fire's quiet
 	                           check reads no line past the token */
 };
@@ -467,7 +467,8 @@ _Static_assert(sizeof(struct ctp_token) == 24,
 struct ctp__tnode {
 	_Atomic uintptr_t parent;   /* the parent (a token is 8-byte aligned)
 	                               | CTP__UNLISTED; read and written
-	                               through ctp__tn_parent and friends
+	                               through ctp__tn_word and
+	                               ctp__tn_set_word
 	                               (relaxed: the parent's firer sets the
 	                               bit while a direct cancel of this
 	                               token may read the word; every other
@@ -640,10 +641,13 @@ CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
  */
 static inline bool ctp__token_drop_unfindable(ctp_token *t, uint32_t n)
 {
-	if (t->tree && ctp__tn_word(t) != 0 &&
-	    (ctp__tn_word(t) & CTP__UNLISTED) == 0) {
-		ctp__token_put_n(t, n);
-		return false;
+	if (t->tree) {
+		uintptr_t w = ctp__tn_word(t);
+
+		if (w != 0 && (w & CTP__UNLISTED) == 0) {
+			ctp__token_put_n(t, n);
+			return false;
+		}
 	}
 	/* the store keeps a free object's count at 0, as the RMW would;
 	 * relaxed: no other thread reads it before the object is reused,

@@ -893,7 +893,10 @@ void ctp__batch_end_quiet(struct ctp__batch *b)
 		assert(size_of_class(t) == 2 && !t->token.opt.isolated);
 		if (!ctp__token_drop_unfindable(&t->token,
 		    t->token.q.ref_owed ? 2 : 1))
-			continue; /* someone else frees it (the timer) */
+			continue; /* another holder frees it: the timer that
+			           * popped its deadline, a worker that popped
+			           * it and fails its start, a submitter that
+			           * finds it caught while RESERVED */
 		if (atomic_load_explicit(&t->token.ext,
 		    memory_order_acquire) != NULL)
 			ctp__token_release_fd(&t->token);

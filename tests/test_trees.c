@@ -26,16 +26,17 @@
  *                           order (fixed seed): the last release frees a long
  *                           run of ancestors at once.
  *
- *   sizes_mixed             task objects of both sizes (with a parent: a
- *                           tree node before the object; without: none)
- *                           recycled through every cache: tasks with and
- *                           without a parent and a handle, submitted from
+ *   sizes_mixed             task objects of all four sizes (with a parent:
+ *                           a tree node before the object; with a done: a
+ *                           word after it) recycled through every cache:
+ *                           tasks with and without a parent, a done and a
+ *                           handle, submitted from
  *                           the test thread and from workers, cancelled by
  *                           handle, by a parent, and by a running task on
  *                           its own token (a root with no tree node whose
  *                           walk reaches its children); every done runs
- *                           once (ASan catches an object used as the
- *                           other size).
+ *                           once (ASan catches an object used as
+ *                           another size).
  *
  *   quiet_children_*        children with no done and no handle, which a
  *                           fire finishes in the pass that fires them
@@ -477,13 +478,14 @@ static void test_wide_100k_children(void **state)
 	assert_int_equal(st.completed, 2);
 }
 
-/* ---- both object sizes, every cache ---------------------------------------- */
+/* ---- all four object sizes, every cache ------------------------------------ */
 
 #define MIX_ROUNDS 200u
 #define MIX_TASKS  64u
 
 static ctp_pool        *mix_pool;
 static _Atomic unsigned mix_submitted, mix_dones, mix_bad;
+static _Atomic unsigned mix_nodone; /* submitted without a done */
 
 static void mix_done(void *arg, int status)
 {
@@ -496,6 +498,8 @@ static int mix_fn(void *arg, ctp_token *tok)
 {
 	ctp_task_opts plain = { .done = mix_done };
 	ctp_task_opts child = { .done = mix_done, .parent = tok };
+	ctp_task_opts bare = { .done = NULL };
+	ctp_task_opts bare_child = { .parent = tok };
 	ctp_token *c;
 	int r;
 
@@ -506,6 +510,16 @@ static int mix_fn(void *arg, ctp_token *tok)
 		atomic_fetch_add(&mix_submitted, 1);
 	if (ctp_pool_submit(mix_pool, mix_fn, NULL, &child, NULL) == 0)
 		atomic_fetch_add(&mix_submitted, 1);
+	if (ctp_pool_submit(mix_pool, mix_fn, NULL, &bare, NULL) == 0) {
+		atomic_fetch_add(&mix_submitted, 1);
+		atomic_fetch_add(&mix_nodone, 1);
+	}
+	/* a child with no done: quiet when the cancel below catches it
+	 * queued */
+	if (ctp_pool_submit(mix_pool, mix_fn, NULL, &bare_child, NULL) == 0) {
+		atomic_fetch_add(&mix_submitted, 1);
+		atomic_fetch_add(&mix_nodone, 1);
+	}
 	/* a child token under this task's token, then this task cancels
 	 * itself: the fire's root is this token (with or without a tree
 	 * node), its walk reaches the child token and the child task */
@@ -532,13 +546,15 @@ static void test_sizes_mixed(void **state)
 	atomic_store(&mix_submitted, 0);
 	atomic_store(&mix_dones, 0);
 	atomic_store(&mix_bad, 0);
+	atomic_store(&mix_nodone, 0);
 	for (unsigned round = 0; round < MIX_ROUNDS; round++) {
 		ctp_token *g;
 		unsigned nh = 0;
 
 		assert_int_equal(ctp_token_create(&g, NULL), 0);
 		for (unsigned i = 0; i < MIX_TASKS; i++) {
-			ctp_task_opts o = { .done = mix_done };
+			/* bits: handle, parent, spawn, no done */
+			ctp_task_opts o = { .done = (i & 8u) ? NULL : mix_done };
 			bool handle = i & 1u;
 			void *spawn = (i & 4u) ? (void *)&o : NULL;
 			ctp_task *t = NULL;
@@ -548,6 +564,8 @@ static void test_sizes_mixed(void **state)
 			assert_int_equal(ctp_pool_submit(mix_pool, mix_fn,
 			    spawn, &o, handle ? &t : NULL), 0);
 			atomic_fetch_add(&mix_submitted, 1);
+			if (o.done == NULL)
+				atomic_fetch_add(&mix_nodone, 1);
 			if (handle)
 				h[nh++] = t;
 		}
@@ -564,7 +582,9 @@ static void test_sizes_mixed(void **state)
 	st = stats_of(mix_pool);
 	assert_int_equal(ctp_pool_destroy(mix_pool), 0);
 	assert_int_equal(atomic_load(&mix_bad), 0);
-	assert_int_equal(atomic_load(&mix_dones), atomic_load(&mix_submitted));
+	assert_int_equal(atomic_load(&mix_dones) + atomic_load(&mix_nodone),
+	                 atomic_load(&mix_submitted));
+	assert_true(atomic_load(&mix_nodone) > MIX_ROUNDS);
 	assert_int_equal(st.submitted, atomic_load(&mix_submitted));
 	assert_identity(&st);
 }
