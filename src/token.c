@@ -463,6 +463,13 @@ int ctp__token_link(ctp_token *parent, ctp_token *child)
 	}
 	ctp__token_ref(parent);
 	ctp__tn_set_word(child, (uintptr_t)parent);
+	/* prepended: a fire walks the children newest first, so a queued
+	 * task at the front of its queue (a worker's next) is fired last,
+	 * after the running children whose fire frees their workers. Oldest
+	 * first let those workers take queued siblings the walk had not
+	 * reached yet: faster walks, but more tasks started after the cancel
+	 * than there are workers (test_hostile's
+	 * parent_cancel_mid_run_bounds_executions) */
 	cn->sib_prev = NULL;
 	cn->sib_next = px->children;
 	if (px->children != NULL)
