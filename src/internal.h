@@ -400,7 +400,7 @@ struct ctp__tq {
  * the object is nobody else's (allocation, free), and only read
  * meanwhile, so one byte of bits is safe (no two threads write it at
  * once). */
-struct ctp__topt { /* one byte (ctp__batch_add_quiet reads it whole) */
+struct ctp__topt { /* one byte (ctp__topt_any reads it whole) */
 	uint8_t handle : 1;     /* submitted with a handle */
 	uint8_t prio : 2;       /* list index (CTP__NPRIO) */
 	uint8_t periodic : 1;   /* period > 0 */
@@ -925,24 +925,39 @@ static inline void ctp__batch_count(struct ctp__batch *b, int reason)
 		b->cancelled++;
 }
 
-/* ctp__task_retire_quiet's common case, inline in the fire's walk (no
- * call per child): a task with none of the submit bits (so also no
- * deadline: a timed one takes the call, which takes it out of the heap)
- * that joins the batch already open for its pool, not full. Only writes
- * b. False: nothing done, the caller makes the call. */
-static inline bool ctp__batch_add_quiet(struct ctp__batch *b, ctp_task *t,
-                                        const ctp_pool *pool, int reason)
+/* Whether any of the submit bits set in `m` is set in t's (one test of
+ * the byte: the compiler folds the mask) */
+static inline bool ctp__topt_any(const ctp_task *t, struct ctp__topt m)
 {
-	/* one test of the byte (the compiler folds the mask) */
-	static const struct ctp__topt loud = { .handle = 1, .periodic = 1,
-	                                       .timed = 1, .isolated = 1,
-	                                       .done = 1 };
 	uint8_t bits, mask;
 
 	memcpy(&bits, &t->token.opt, 1);
-	memcpy(&mask, &loud, 1);
-	if ((bits & mask) != 0 ||
-	    b->pool != pool ||
+	memcpy(&mask, &m, 1);
+	return (bits & mask) != 0;
+}
+
+/* The submit bits that make a task other than quiet when a fire
+ * catches it queued with nothing linked or asleep on it (token.c,
+ * waited_on): a handle (publish, ctp_task_wait), a done, a periodic
+ * series (it may have run: retire's DONE), an isolated task's record.
+ * Such tasks take the two passes. */
+#define CTP__TOPT_LOUD .handle = 1, .periodic = 1, .isolated = 1, .done = 1
+
+static inline bool ctp__task_quiet(const ctp_task *t)
+{
+	return !ctp__topt_any(t, (struct ctp__topt){ CTP__TOPT_LOUD });
+}
+
+/* ctp__task_retire_quiet's common case, inline in the fire's walk (no
+ * call per child): a quiet task with no deadline either (a timed one
+ * takes the call, which takes it out of the heap) that joins the batch
+ * already open for its pool, not full. Only writes b. False: nothing
+ * done, the caller makes the call. */
+static inline bool ctp__batch_add_quiet(struct ctp__batch *b, ctp_task *t,
+                                        const ctp_pool *pool, int reason)
+{
+	if (ctp__topt_any(t, (struct ctp__topt){ CTP__TOPT_LOUD,
+	    .timed = 1 }) || b->pool != pool ||
 	    b->nout == sizeof(b->out) / sizeof(b->out[0]))
 		return false;
 	b->out[b->nout++] = t;

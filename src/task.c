@@ -669,16 +669,13 @@ void ctp__task_cache_flush(struct ctp__worker *w)
 		worker_flush(w, k);
 }
 
-/* ctp__task_free's body, inlined where a batch frees many (pool: t's;
- * k: its size) */
+/* What a freed object gives up before it goes on a free list: its fd and
+ * its isolated record (its ext stays for the next use; only a token with
+ * one can have an fd: no call for the others); then it is poisoned,
+ * before another thread can take it. */
 static inline __attribute__((always_inline)) void
-free_object(ctp_task *t, ctp_pool *pool, unsigned k)
+object_release(ctp_task *t)
 {
-	struct ctp__worker *w = ctp__tls.worker;
-	struct ctp__acache *c = &ctp__tls.alloc[k];
-
-	/* its last reference went; its ext stays for the next use (only a
-	 * token with one can have an fd: no call for the others) */
 	if (atomic_load_explicit(&t->token.ext, memory_order_acquire) != NULL)
 		ctp__token_release_fd(&t->token);
 	if (t->token.opt.isolated) {
@@ -686,7 +683,19 @@ free_object(ctp_task *t, ctp_pool *pool, unsigned k)
 		ctp__tx(t)->iso = NULL;
 		t->token.opt.isolated = false;
 	}
-	object_poison(t); /* before another thread can take it */
+	object_poison(t);
+}
+
+/* t's last reference went: to this thread's cache for its pool and size
+ * (a worker's, or an allocating thread's), or to the pool's list */
+void ctp__task_free(ctp_task *t)
+{
+	ctp_pool *pool = ctp__task_pool(t);
+	unsigned k = size_of_class(t);
+	struct ctp__worker *w = ctp__tls.worker;
+	struct ctp__acache *c = &ctp__tls.alloc[k];
+
+	object_release(t);
 	if (w != NULL && w->pool == pool) {
 		t->free_next = w->cache[k];
 		w->cache[k] = t;
@@ -701,7 +710,7 @@ free_object(ctp_task *t, ctp_pool *pool, unsigned k)
 	    CTP__FREED_DEAD))) {
 		/* a canceller's or submitter's own next allocation; a full
 		 * cache goes to the pool as one batch (a group cancel frees
-		 * many here); an object of a destroyed pool is freed at once
+		 * its children with a done or a handle here); an object of a destroyed pool is freed at once
 		 * below, unless this cache already holds that pool's */
 		if (c->pool == NULL)
 			acache_claim(pool);
@@ -713,11 +722,6 @@ free_object(ctp_task *t, ctp_pool *pool, unsigned k)
 		return;
 	}
 	push_freed(pool, t, t, 1);
-}
-
-void ctp__task_free(ctp_task *t)
-{
-	free_object(t, ctp__task_pool(t), size_of_class(t));
 }
 
 /* ---- transitions and completion ----------------------------------------- */
@@ -846,11 +850,7 @@ bool ctp__task_retire_quiet(ctp_task *t, int reason, struct ctp__batch *b)
 {
 	ctp_pool *pool = ctp__task_pool(t);
 
-	/* a handle (publish, ctp_task_wait), a done, a periodic series (it
-	 * may have run: retire's DONE) or an isolated task's record make a
-	 * task other than quiet: those take the two passes */
-	if (t->token.opt.handle || t->token.opt.periodic ||
-	    t->token.opt.isolated || t->token.opt.done)
+	if (!ctp__task_quiet(t))
 		return false;
 	if (b->pool != pool || b->nout == sizeof(b->out) / sizeof(b->out[0])) {
 		if (b->pool != NULL)
@@ -897,10 +897,7 @@ void ctp__batch_end_quiet(struct ctp__batch *b)
 			           * popped its deadline, a worker that popped
 			           * it and fails its start, a submitter that
 			           * finds it caught while RESERVED */
-		if (atomic_load_explicit(&t->token.ext,
-		    memory_order_acquire) != NULL)
-			ctp__token_release_fd(&t->token);
-		object_poison(t); /* as free_object */
+		object_release(t);
 		t->free_next = first;
 		if (last == NULL)
 			last = t;
