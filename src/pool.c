@@ -32,9 +32,10 @@
  *   shutdown's drop step. Wake-ups (a claimed worker, not_full, drained)
  *   are decided under the lock and made after it (struct after), so no
  *   futex call is made under it. The lock is glibc's adaptive mutex: a
- *   waiter tries it for about a microsecond before it sleeps, which
- *   saves the two futex calls a sleep-at-once lock makes per contended
- *   taking (pool_alloc has the figures).
+ *   waiter tries it again for a bounded, self-tuned number of pauses
+ *   (at most a few microseconds) before it sleeps, which saves the two
+ *   futex calls a sleep-at-once lock makes per contended taking
+ *   (pool_alloc has the figures).
  *
  *   Worker loop (worker_main / next_task / run_task). Under runq.lock a
  *   worker drops its previous task from `current`, checks `stopping`,
@@ -1187,9 +1188,11 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	r = ctp__timer_init(&pool->timer);
 	if (r != 0)
 		goto fail;
-	/* glibc's adaptive mutex: a contended lock is tried a bounded
-	 * number of times (a pause between tries; about a microsecond in
-	 * all here) before the caller sleeps. The plain kind sleeps at once,
+	/* glibc's adaptive mutex: a contended lock is tried again between
+	 * pauses a bounded number of times before the caller sleeps (glibc
+	 * tunes the count per mutex from the spins its last takings needed,
+	 * from 10 up to glibc.pthread.mutex_spin_count, 100 by default: at
+	 * most about 4 us here, at 40 ns a pause). The plain kind sleeps at once,
 	 * and the unlock then makes a futex call too: with critical sections
 	 * this short, the waiter's futex_wait mostly found the lock free
 	 * again, so two system calls bought nothing. bench_ctpool throughput
