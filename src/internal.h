@@ -193,6 +193,11 @@ CTP__HIDDEN int  ctp__futex_wait_shared(_Atomic uint32_t *word,
                                         const struct timespec *abs);
 CTP__HIDDEN void ctp__futex_wake_shared(_Atomic uint32_t *word, int count);
 
+/* Initialises a mutex for short critical sections that several threads
+ * take often (the run queue's, a token's): glibc's adaptive kind. Cannot
+ * fail. */
+CTP__HIDDEN void ctp__mutex_init_spin(pthread_mutex_t *m);
+
 CTP__HIDDEN extern const struct ck_ec_mode ctp__ec_mode;
 
 CTP__HIDDEN void ctp__set_thread_name(const char *prefix, const char *suffix);

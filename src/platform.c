@@ -92,6 +92,27 @@ void ctp__futex_wake_shared(_Atomic uint32_t *word, int count)
 	syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, count, NULL, NULL, 0);
 }
 
+/* glibc's adaptive mutex: a contended lock is tried again between pauses
+ * a bounded number of times before the caller sleeps (glibc tunes the
+ * count per mutex from the spins its last takings needed, from 10 up to
+ * glibc.pthread.mutex_spin_count, 100 by default: at most about 4 us
+ * here, at 40 ns a pause). The plain kind sleeps at once, and the unlock
+ * then makes a futex call too: with critical sections a few dozen
+ * instructions long, the waiter's futex_wait mostly found the lock free
+ * again, so the two system calls bought nothing. A holder preempted in
+ * its critical section costs a waiter one bounded spin, then the same
+ * sleep. The figures are at the callers (pool.c, pool_alloc; token.c,
+ * ext_init). */
+void ctp__mutex_init_spin(pthread_mutex_t *m)
+{
+	pthread_mutexattr_t ma;
+
+	pthread_mutexattr_init(&ma);
+	(void)pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+	pthread_mutex_init(m, &ma);
+	pthread_mutexattr_destroy(&ma);
+}
+
 /* ---- ck_ec operations --------------------------------------------------- */
 
 static int ec_gettime(const struct ck_ec_ops *ops, struct timespec *out)

@@ -31,11 +31,11 @@
  *   at once, and no tombstone is left behind), a submit backing out, the
  *   shutdown's drop step. Wake-ups (a claimed worker, not_full, drained)
  *   are decided under the lock and made after it (struct after), so no
- *   futex call is made under it. The lock is glibc's adaptive mutex: a
- *   waiter tries it again for a bounded, self-tuned number of pauses
- *   (at most a few microseconds) before it sleeps, which saves the two
- *   futex calls a sleep-at-once lock makes per contended taking
- *   (pool_alloc has the figures).
+ *   futex call is made under it. The lock is glibc's adaptive mutex
+ *   (platform.c, ctp__mutex_init_spin): a waiter tries it again for a
+ *   bounded, self-tuned number of pauses (at most a few microseconds)
+ *   before it sleeps, which saves the two futex calls a sleep-at-once
+ *   lock makes per contended taking (pool_alloc has the figures).
  *
  *   Worker loop (worker_main / next_task / run_task). Under runq.lock a
  *   worker drops its previous task from `current`, checks `stopping`,
@@ -1188,33 +1188,18 @@ static int pool_alloc(ctp_pool **out, const ctp_pool_opts *o, unsigned n,
 	r = ctp__timer_init(&pool->timer);
 	if (r != 0)
 		goto fail;
-	/* glibc's adaptive mutex: a contended lock is tried again between
-	 * pauses a bounded number of times before the caller sleeps (glibc
-	 * tunes the count per mutex from the spins its last takings needed,
-	 * from 10 up to glibc.pthread.mutex_spin_count, 100 by default: at
-	 * most about 4 us here, at 40 ns a pause). The plain kind sleeps at once,
-	 * and the unlock then makes a futex call too: with critical sections
-	 * this short, the waiter's futex_wait mostly found the lock free
-	 * again, so two system calls bought nothing. bench_ctpool throughput
-	 * --tasks 1000000 on 2 vCPUs, one binary alternating the two kinds
-	 * (2026-12-05): 2 producers x 2 workers, futex calls per task 0.78
-	 * -> 0.01, CPU time per task 486 -> 371 ns, medians of 12 runs 2.87
-	 * -> 3.40 M tasks/s (8 of 12 won); 1 x 2: 2.66 -> 3.12 (10 of 12);
-	 * 2 x 4: 2.75 -> 3.19 (12 of 12); 1 x 4: 3.00 -> 3.21 (11 of 12).
-	 * Wake, idle stop and cancel (uncontended) showed no difference. An
-	 * earlier design, whose scout spun with `pause` instead of yielding
-	 * and held the lock longer, measured the opposite (2.0 adaptive, 3.1
-	 * plain). A holder preempted in its critical section costs a waiter
-	 * one bounded spin, then the same sleep as before. */
-	{
-		pthread_mutexattr_t ma;
-
-		pthread_mutexattr_init(&ma);
-		(void)pthread_mutexattr_settype(&ma,
-		    PTHREAD_MUTEX_ADAPTIVE_NP);
-		pthread_mutex_init(&pool->runq.lock, &ma);
-		pthread_mutexattr_destroy(&ma);
-	}
+	/* the spinning kind (platform.c, ctp__mutex_init_spin): with the
+	 * plain one, about one futex call per task in 2 x 2 below.
+	 * bench_ctpool throughput --tasks 1000000 on 2 vCPUs, one binary
+	 * alternating the two kinds (2026-12-05): 2 producers x 2 workers,
+	 * futex calls per task 0.78 -> 0.01, CPU time per task 486 -> 371
+	 * ns, medians of 12 runs 2.87 -> 3.40 M tasks/s (8 of 12 won); 1 x
+	 * 2: 2.66 -> 3.12 (10 of 12); 2 x 4: 2.75 -> 3.19 (12 of 12); 1 x 4:
+	 * 3.00 -> 3.21 (11 of 12). Wake, idle stop and cancel (uncontended)
+	 * showed no difference. An earlier design, whose scout spun with
+	 * `pause` instead of yielding and held the lock longer, measured the
+	 * opposite (2.0 spinning, 3.1 plain). */
+	ctp__mutex_init_spin(&pool->runq.lock);
 	pool->runq.capacity = cap;
 	/* every worker is awake until it parks */
 	pool->runq.awake = n;

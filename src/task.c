@@ -710,8 +710,9 @@ void ctp__task_free(ctp_task *t)
 	    CTP__FREED_DEAD))) {
 		/* a canceller's or submitter's own next allocation; a full
 		 * cache goes to the pool as one batch (a group cancel frees
-		 * its children with a done or a handle here); an object of a destroyed pool is freed at once
-		 * below, unless this cache already holds that pool's */
+		 * its children with a done or a handle here); an object of
+		 * a destroyed pool is freed at once below, unless this cache
+		 * already holds that pool's */
 		if (c->pool == NULL)
 			acache_claim(pool);
 		t->free_next = c->list;

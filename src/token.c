@@ -257,26 +257,20 @@ static void ext_clear(struct ctp__token_ext *x)
 
 static void ext_init(struct ctp__token_ext *x)
 {
-	pthread_mutexattr_t ma;
-
-	/* glibc's adaptive mutex, as the run queue's (pool.c, pool_alloc):
-	 * a parent's lock is taken by every child's submit (the link) and
-	 * every child's finish (the unlink), so children submitted from
-	 * several threads and run by several workers contend for it in
-	 * critical sections a few dozen instructions long. With the plain
-	 * kind a contended taking slept at once and cost two futex calls.
-	 * bench/probes/token-lock/group_submit.c (2 submitters x 500,000
-	 * children of one parent, 2 workers, 2 vCPUs), alternated with the
-	 * plain kind's build (2026-12-05): futex calls per task 0.59-0.85
-	 * -> 0.03-0.06, CPU time per task 1.39-1.76 -> 1.14-1.47 us,
-	 * medians of 8 runs 1.25 -> 1.49 M tasks/s (8 of 8 won); in the
-	 * machine's fast phase, minutes before, two pairs were level (3.66
-	 * -> 3.57, 3.58 -> 3.54) with the same drop in futex calls. Only a
-	 * token with an ext has the lock; ext_init runs once per ext. */
-	pthread_mutexattr_init(&ma);
-	(void)pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
-	pthread_mutex_init(&x->lock, &ma); /* cannot fail */
-	pthread_mutexattr_destroy(&ma);
+	/* the spinning kind, as the run queue's (platform.c,
+	 * ctp__mutex_init_spin): a parent's lock is taken by every child's
+	 * submit (the link) and every child's finish (the unlink), so
+	 * children submitted from several threads and run by several workers
+	 * contend for it. bench/probes/token-lock/group_submit.c (2
+	 * submitters x 500,000 children of one parent, 2 workers, 2 vCPUs),
+	 * alternated with the plain kind's build (2026-12-05): futex calls
+	 * per task 0.59-0.85 -> 0.03-0.06, CPU time per task 1.39-1.76 ->
+	 * 1.14-1.47 us, medians of 8 runs 1.25 -> 1.49 M tasks/s (8 of 8
+	 * won); in the machine's fast phase, minutes before, two pairs were
+	 * level (3.66 -> 3.57, 3.58 -> 3.54) with the same drop in futex
+	 * calls. Only a token with an ext has the lock; ext_init runs once
+	 * per ext. */
+	ctp__mutex_init_spin(&x->lock);
 	ext_clear(x);
 }
 
