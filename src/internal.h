@@ -467,7 +467,7 @@ _Static_assert(sizeof(struct ctp_token) == 24,
  * of a fire call is never on that call's lists (struct ctp__fire keeps
  * it apart), and only a call that fired its parent can put a token on
  * one, so a task with no parent (a plain task, a handle's) needs none
- * of it, and its object is 48 bytes smaller (task.c, "Sizes").
+ * of it, and its object is 32 bytes smaller (task.c, "Sizes").
  */
 struct ctp__tnode {
 	_Atomic uintptr_t parent;   /* the parent (a token is 8-byte aligned)
@@ -493,24 +493,47 @@ struct ctp__tnode {
 	                               the last drop (acq_rel on refs) orders
 	                               after it, and by that firer itself
 	                               when it drops them (drop_unfindable) */
-	ctp_token       *sib_next;  /* in parent's ext->children: protected */
-	ctp_token       *sib_prev;  /*   by the parent's lock, not by ours;
-	                               stale once `unlisted` (never read) */
-	ctp_token       *fire_next; /* the walk list of the fire call that
-	                               fired it from above; written only by
-	                               the thread whose CAS fired this token */
-	ctp_token       *caught_next; /* the caught list of the fire call that
-	                               fired it (a periodic task between runs
-	                               is on its walk list too); written only
-	                               by that call's thread */
-	ctp_token       *wait_next; /* list of the subtrees one fire call waits
-	                               for; written only by the firer of this
-	                               token's parent (the one thread that walks
-	                               the parent's children) */
+	ctp_token       *sib_next;  /* in parent's ext->children: protected
+	                               by the parent's lock, not by ours */
+	/* One word for a link the token needs while it is in its parent's
+	 * children and one it needs only after it has left them: a task on
+	 * a caught list was unlisted first, by the same call, under the
+	 * parent's lock (token.c, mark_children), and nothing reads or
+	 * writes an unlisted token's sib_prev (its death skips the unlink,
+	 * the walk relinks only the children it keeps, and a fired parent
+	 * gets no new children). */
+	union {
+		ctp_token   *sib_prev;  /* in parent's ext->children, as
+		                           sib_next; stale once `unlisted` */
+		ctp_token   *caught_next; /* the caught list of the fire call
+		                           that fired it (a periodic task
+		                           between runs is on its walk list
+		                           too); written only by that call's
+		                           thread, after it unlisted the task */
+	};
+	/* One word for two lists a token is never on at once. Only the
+	 * call whose CAS fired the token from above puts it on its walk
+	 * list; only a call that lost the CAS to a call firing the token as
+	 * its root (CTP__FIRING, which only a root's CAS sets) puts it on
+	 * its wait list, and a root is on none of its own call's lists. A
+	 * token fires once, so one of the two, if either, uses the word. */
+	union {
+		ctp_token   *fire_next; /* the walk list of the fire call that
+		                           fired it from above; written only by
+		                           the thread whose CAS fired this
+		                           token */
+		ctp_token   *wait_next; /* list of the subtrees one fire call
+		                           waits for; written only by the firer
+		                           of this token's parent (the one
+		                           thread that walks the parent's
+		                           children), when another call fired
+		                           this token as its root */
+	};
 };
-/* 48 bytes: a child task's object is 104, 112 with a done word (task.c,
- * "Sizes") */
-_Static_assert(sizeof(struct ctp__tnode) == 48, "a tree node is 6 words");
+/* 32 bytes: a child task's object is 88, 96 with a done word (task.c,
+ * "Sizes"; bench_ctpool cancel --by group, 100,000 children, alternated
+ * run by run: a tree node 8 bytes longer cost 6.7% of the rate) */
+_Static_assert(sizeof(struct ctp__tnode) == 32, "a tree node is 4 words");
 
 /* The token right after it is 8-byte aligned, all any of its fields
  * needs (a standalone token's block is malloc's, 16-byte aligned; a task

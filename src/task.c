@@ -110,8 +110,8 @@
  *   costs a word right after the object (64 bytes: ctp__task_done_slot;
  *   where the done was before, next to fn), a parent a struct ctp__tnode
  *   too (its parent, with the `unlisted` bit in its low bit, the sibling
- *   links and the fire calls' list links, 48 bytes) right before the
- *   token (104 bytes, 112 with a done; token.c:
+ *   links and the fire calls' list links, 32 bytes) right before the
+ *   token (88 bytes, 96 with a done; token.c:
  *   only a token with a parent is ever on another fire call's lists).
  *   `token.tree` and `token.dslot` say which,
  *   for the object's whole life, so each size has its own free list in the
@@ -123,7 +123,9 @@
  *   56 of it the object, the rest the pool and its last chunk's part not
  *   carved yet. A child without a done lost its word later, and the tree
  *   node its `unlisted` byte (now a bit of the parent word): 120 -> 104
- *   bytes, what a group cancel walks per child.)
+ *   bytes, what a group cancel walks per child; then two pairs of
+ *   links that are never used at once one word each (internal.h, struct
+ *   ctp__tnode): 88.)
  *   What a deadline, a delay, a period or
  *   an isolated run needs (and its token's lock, children, watches and fd)
  *   is in its ext (internal.h, struct
@@ -277,7 +279,7 @@ _Static_assert(sizeof(ctp_task) == 56, "a plain task object is 56 bytes");
 
 /* A slab (internal.h): a block of CTP__SLAB_BYTES aligned to its size,
  * its header, then objects of one size carved in order at that size (56,
- * 64, 104 or 112 bytes): every object is 8-byte aligned, not 16, which is all
+ * 64, 88 or 96 bytes): every object is 8-byte aligned, not 16, which is all
  * any of their fields needs (atomics of at most 8 bytes, pointers; the
  * ext, its mutex and the timer's records are malloc'd apart). */
 _Static_assert(sizeof(struct ctp__slab) % 8 == 0 &&

@@ -142,7 +142,7 @@
  *   again one after the other (mark_children). Nothing walks a fired
  *   parent's children again, and the task's parent and sibling links are
  *   never followed after (the parent word's CTP__UNLISTED bit, internal.h:
- *   a bit, not a byte of its own, so a child task's object is 104 bytes,
+ *   a bit, not a byte of its own, so a child task's object is 88 bytes,
  *   what a group cancel reads per child). A group cancel of queued tasks
  *   with no handle and
  *   no deadline so costs no lock and no atomic per task beyond its CAS:
