@@ -56,7 +56,8 @@
  *                             and finish -> everyone       QUEUED; acquire on
  *                                                          start/read
  *  token.state|linked         adder: linked=1, load state  firer: CAS state,
- *                             (child, watch, fd; lock)     load linked
+ *                             (child, watch, fd; lock; a   load linked
+ *                             child's skips a 1 it reads)
  *  token.state|sleepers       sleeper: sleepers++, load    firer: CAS state,
  *                             state, futex wait            load sleepers, wake
  *  token.state FIRING|        fire-end waiter: sleepers++, end_fire: clear bit,
@@ -479,15 +480,17 @@ struct ctp__tnode {
 	                               token may read the word; every other
 	                               order comes from the locks and refs).
 	                               The parent is immutable while
-	                               referenced and holds a ref until the
-	                               bit is set (then only compared with
-	                               NULL, never followed: it may dangle).
+	                               referenced, and alive while the
+	                               token is in its children (its list
+	                               holds a reference: token.c, "Trees
+	                               and lifetime"); once the bit is set
+	                               it is only compared with NULL, never
+	                               followed: it may dangle.
 	                               The bit (unlisted): the firer of its
 	                               parent caught it queued and took it
-	                               out of the parent's children, with its
-	                               reference on the parent (token.c,
-	                               mark_children); its death then does
-	                               neither. Set under the parent's lock
+	                               out of the parent's children (token.c,
+	                               mark_children); its death then takes
+	                               no lock of the parent's. Set under the parent's lock
 	                               before that firer drops the task's
 	                               references; read at the death, which
 	                               the last drop (acq_rel on refs) orders
@@ -643,8 +646,9 @@ CTP__HIDDEN void ctp__token_fire_end(struct ctp__fire *f);
  * bit and runs the rest of the fire here (children, wakes, watches).
  * Returns 0, or -EALREADY if no fire was pending. */
 CTP__HIDDEN int  ctp__token_adopt(ctp_token *t);
-/* Links child under parent (a ref on parent is taken) unless parent has
- * fired; returns 0 or the parent's reason. */
+/* Links child under parent unless parent has fired (a first child takes
+ * the children list's reference on parent); returns 0 or the parent's
+ * reason. */
 CTP__HIDDEN int  ctp__token_link(ctp_token *parent, ctp_token *child);
 CTP__HIDDEN void ctp__token_ref(ctp_token *t);
 CTP__HIDDEN bool ctp__token_tryref(ctp_token *t);

@@ -129,14 +129,19 @@
  *   the lock and the unwatcher re-takes the lock before freeing, so the
  *   firer never touches a freed watch.
  *
- *   Trees and lifetime. A child (token or task) holds a reference on its
- *   parent and sits in the parent's `children` list (protected by the
- *   parent's lock) until its own last reference goes; then it unlinks itself
- *   under the parent's lock, so a child seen under that lock is valid memory.
- *   One exception: a task the parent's firer catches queued is taken out of
- *   the list by that firer, under the same lock, in its mark (unlist), and
- *   its reference on the parent goes with it (one drop per parent, after
- *   the lock): its death then takes no lock of the parent's. The mark
+ *   Trees and lifetime. A child (token or task) sits in its parent's
+ *   `children` list (protected by the parent's lock) until its own last
+ *   reference goes; then it unlinks itself under the parent's lock, so a
+ *   child seen under that lock is valid memory. The list holds one
+ *   reference on the parent while it is not empty, for all its children:
+ *   the link that finds it empty takes it, and whoever empties it drops
+ *   it after the lock (a dying child in detach, the firer's mark), so a
+ *   child's link and death cost no atomic on the parent's count, which
+ *   children submitted from several threads would all write
+ *   (bench/probes/token-lock/group_submit.c). A listed child so keeps its
+ *   parent alive. One exception: a task the parent's firer catches queued
+ *   is taken out of the list by that firer, under the same lock, in its
+ *   mark (unlist): its death then takes no lock of the parent's. The mark
  *   rebuilds the list as it walks it: an unlisted child is skipped, with no
  *   write to its neighbours' links, and the children that stay are linked
  *   again one after the other (mark_children). Nothing walks a fired
@@ -403,13 +408,15 @@ static ctp_token *parent_of(const ctp_token *t)
 }
 
 /* Takes a dying child out of its parent's children, under the parent's
- * lock, and returns the parent: the child's reference on it is now the
- * caller's to drop. A child its parent's firer unlisted is out already,
- * and that firer dropped the reference (mark_children): NULL. */
+ * lock. Returns the parent when that emptied the list: the list's
+ * reference on it is now the caller's to drop; else NULL (the children
+ * left hold it; p may go as soon as the lock is released). A child its
+ * parent's firer unlisted is out already (mark_children): NULL. */
 static ctp_token *detach(ctp_token *child)
 {
 	uintptr_t w = child->tree ? ctp__tn_word(child) : 0;
 	ctp_token *p = (ctp_token *)(w & ~CTP__UNLISTED);
+	bool last;
 
 	if (w == 0)
 		return NULL;
@@ -418,8 +425,9 @@ static ctp_token *detach(ctp_token *child)
 		return NULL;
 	lock(p);
 	children_remove(p, child);
+	last = X(p)->children == NULL;
 	unlock(p);
-	return p;
+	return last ? p : NULL;
 }
 
 void ctp__token_put(ctp_token *t)
@@ -441,9 +449,9 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 		assert(old >= n);
 		if (old != n)
 			return;
-		n = 1; /* the parent's reference held by the child */
+		n = 1; /* the list's reference, if t was its last child */
 		parent = detach(t);
-		/* each child listed holds a reference: none is left */
+		/* a list with children holds a reference: none is left */
 		assert(ext_of(t) == NULL || ext_of(t)->children == NULL);
 
 		if (t->kind == CTP__TOKEN_TASK) {
@@ -468,13 +476,22 @@ int ctp__token_link(ctp_token *parent, ctp_token *child)
 	if ((px = ctp__token_ext_get(parent)) == NULL)
 		return -ENOMEM;
 	pthread_mutex_lock(&px->lock);
-	atomic_store(&parent->linked, 1);   /* seq_cst: Dekker with the firer */
+	/* seq_cst: Dekker with the firer. `linked` is stored only under
+	 * this lock, so a 1 read here was stored before our lock was taken:
+	 * that store precedes our load of the state in the seq_cst order
+	 * (happens-before), and a firer that read 0 fired before it, so
+	 * before our load. Storing it again would only take the parent's
+	 * line from the other submitters of its children, at each child. */
+	if (atomic_load_explicit(&parent->linked, memory_order_relaxed) == 0)
+		atomic_store(&parent->linked, 1);
 	s = atomic_load(&parent->state);
 	if (fired(s)) {
 		pthread_mutex_unlock(&px->lock);
 		return ctp__reason_of(s);
 	}
-	ctp__token_ref(parent);
+	/* the list's one reference on its parent, for all its children */
+	if (px->children == NULL)
+		ctp__token_ref(parent);
 	ctp__tn_set_word(child, (uintptr_t)parent);
 	/* prepended: a fire walks the children newest first, so a queued
 	 * task at the front of its queue (a worker's next) is fired last,
@@ -774,9 +791,9 @@ static void append_caught(ctp_token *t, ctp_token ***tail)
 }
 
 /* Under t's lock, by t's firer in mark_children: a task caught queued
- * leaves t's children with its reference on t (which the firer drops),
- * so its death takes no lock of t's and drops nothing on t (detach): a
- * group cancel costs no lock per task. Only the firer of t walks t's
+ * leaves t's children (the list's reference on t is the firer's to drop
+ * if this empties it), so its death takes no lock of t's and drops
+ * nothing on t (detach): a group cancel costs no lock per task. Only the firer of t walks t's
  * children (a token fires once; a finished task is walked through by its
  * parent's firer only), and nothing follows the child's `parent` or its
  * sibling links any more: they are left as they are (stale), and the
@@ -810,12 +827,14 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 	ctp_token *c, *next;
 	const ctp_pool *guarded = NULL; /* a pool of g, the last seen */
 	ctp_token *kept = NULL; /* the last child left in t's list */
-	uint32_t phase, unlisted = 0;
+	uint32_t phase;
+	bool listed; /* t's list had children: it held a reference on t */
 
 	if (atomic_load(&t->linked) == 0) /* seq_cst: Dekker with link */
 		return;
 	lock(t);
 	X(t)->fire = f;
+	listed = X(t)->children != NULL;
 	/* The list is rebuilt as it is walked: a child unlisted writes
 	 * nothing (no neighbour's link: most children of a group cancel go
 	 * so), one kept is linked after the last one kept. Nothing reads
@@ -843,7 +862,6 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 		won = fire_cas(c, f->reason, 0, &phase);
 		if (won && phase == CTP__PHASE_QUEUED) {
 			unlist(c);
-			unlisted++;
 			/* quiet (task.c): finished with its batch, here;
 			 * the common case joins the open batch inline */
 			if (!waited_on(c) && (ctp__batch_add_quiet(qb,
@@ -891,10 +909,10 @@ static void mark_children(ctp_token *t, struct ctp__fire *f,
 	else
 		X(t)->children = NULL;
 	unlock(t);
-	/* the unlisted children's references on t: this call holds its own
-	 * (the caller's or the walk list's), so t stays */
-	if (unlisted != 0)
-		ctp__token_put_n(t, unlisted);
+	/* every child unlisted: the list's reference on t goes; this call
+	 * holds its own (the caller's or the walk list's), so t stays */
+	if (listed && kept == NULL)
+		ctp__token_put(t);
 }
 
 /* Phase 2a: wakes whatever waits on t inside the library: sleepers, the

@@ -408,7 +408,10 @@ proctype C()
 proctype Submitter()
 {
 	lock(SUB);
-	linked[SUB] = true;           /* seq_cst store, then read the state */
+	if                            /* seq_cst store unless already set */
+	:: !linked[SUB] -> linked[SUB] = true  /* (under the lock), then */
+	:: else -> skip               /* read the state */
+	fi;
 	if
 	:: fired[SUB] -> skip         /* born fired: refused, never runs */
 	:: else -> d_step { phase[G] = QUEUED; inlist[G] = true }
