@@ -490,12 +490,13 @@ struct ctp__tnode {
 	                               parent caught it queued and took it
 	                               out of the parent's children (token.c,
 	                               mark_children); its death then takes
-	                               no lock of the parent's. Set under the parent's lock
-	                               before that firer drops the task's
-	                               references; read at the death, which
-	                               the last drop (acq_rel on refs) orders
-	                               after it, and by that firer itself
-	                               when it drops them (drop_unfindable) */
+	                               no lock of the parent's. Set under
+	                               the parent's lock before that firer
+	                               drops the task's references; read at
+	                               the death, which the last drop
+	                               (acq_rel on refs) orders after it, and
+	                               by that firer itself when it drops
+	                               them (drop_unfindable) */
 	ctp_token       *sib_next;  /* in parent's ext->children: protected
 	                               by the parent's lock, not by ours */
 	/* One word for a link the token needs while it is in its parent's

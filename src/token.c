@@ -793,11 +793,12 @@ static void append_caught(ctp_token *t, ctp_token ***tail)
 /* Under t's lock, by t's firer in mark_children: a task caught queued
  * leaves t's children (the list's reference on t is the firer's to drop
  * if this empties it), so its death takes no lock of t's and drops
- * nothing on t (detach): a group cancel costs no lock per task. Only the firer of t walks t's
- * children (a token fires once; a finished task is walked through by its
- * parent's firer only), and nothing follows the child's `parent` or its
- * sibling links any more: they are left as they are (stale), and the
- * walk relinks the children it keeps (see mark_children). */
+ * nothing on t (detach): a group cancel costs no lock per task. Only the
+ * firer of t walks t's children (a token fires once; a finished task is
+ * walked through by its parent's firer only), and nothing follows the
+ * child's `parent` or its sibling links any more: they are left as they
+ * are (stale), and the walk relinks the children it keeps (see
+ * mark_children). */
 static void unlist(ctp_token *c)
 {
 	ctp__tn_set_word(c, ctp__tn_word(c) | CTP__UNLISTED);
