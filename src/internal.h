@@ -667,21 +667,24 @@ CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
  * read-modify-write is not needed (a group cancel's tasks: one atomic
  * fewer each). acquire: pairs with the acq_rel drops of the holders
  * before, as the RMW would (every use of the object happens before its
- * free). A listed token takes ctp__token_put_n's way.
+ * free). Not for a listed token (ctp__token_listed): that one is
+ * dropped with ctp__token_put_n, which takes it out of its parent's list.
  * Returns true when the references were the last: the token holds no
  * reference on a parent, and the caller frees the object; false when
- * someone else frees it (or put_n did).
+ * someone else frees it.
  */
+static inline bool ctp__token_listed(const ctp_token *t)
+{
+	uintptr_t w;
+
+	if (!t->tree)
+		return false;
+	w = ctp__tn_word(t);
+	return w != 0 && (w & CTP__UNLISTED) == 0;
+}
 static inline bool ctp__token_drop_unfindable(ctp_token *t, uint32_t n)
 {
-	if (t->tree) {
-		uintptr_t w = ctp__tn_word(t);
-
-		if (w != 0 && (w & CTP__UNLISTED) == 0) {
-			ctp__token_put_n(t, n);
-			return false;
-		}
-	}
+	assert(!ctp__token_listed(t));
 	/* the store keeps a free object's count at 0, as the RMW would;
 	 * relaxed: no other thread reads it before the object is reused,
 	 * which passes through the free lists' own release/acquire */

@@ -849,6 +849,24 @@ void ctp__task_retire(ctp_task *t, int reason, struct ctp__batch *b)
 	ctp__batch_count(b, reason);
 }
 
+/* Drops the references a fire borrowed from a task it caught queued: the
+ * pool's, and the queue's when the fire unlinked it (q.ref_owed). A task
+ * the fire unlisted, or one with no parent, nobody else can find, so when
+ * they are the last they go without an atomic (internal.h,
+ * ctp__token_drop_unfindable); a task still listed under its parent
+ * takes ctp__token_put_n's way, which unlinks it. True when the caller
+ * frees the object. */
+static inline bool drop_borrowed(ctp_task *t)
+{
+	uint32_t n = t->token.q.ref_owed ? 2 : 1;
+
+	if (ctp__token_listed(&t->token)) {
+		ctp__token_put_n(&t->token, n);
+		return false;
+	}
+	return ctp__token_drop_unfindable(&t->token, n);
+}
+
 bool ctp__task_retire_quiet(ctp_task *t, int reason, struct ctp__batch *b)
 {
 	ctp_pool *pool = ctp__task_pool(t);
@@ -894,8 +912,7 @@ void ctp__batch_end_quiet(struct ctp__batch *b)
 		 * freed here, without a call each (a child: size 2, never
 		 * isolated), all of them in one batch below */
 		assert(size_of_class(t) == 2 && !t->token.opt.isolated);
-		if (!ctp__token_drop_unfindable(&t->token,
-		    t->token.q.ref_owed ? 2 : 1))
+		if (!drop_borrowed(t))
 			continue; /* another holder frees it: the timer that
 			           * popped its deadline, a worker that popped
 			           * it and fails its start, a submitter that
@@ -920,14 +937,11 @@ void ctp__batch_end_retire(struct ctp__batch *b)
 	ctp__batch_init(b, NULL);
 }
 
-/* Drops a completed task's references a fire borrowed: the pool's, and
- * the queue's when the fire unlinked it (q.ref_owed); a task the fire
- * unlisted, or one with no parent, nobody else can find, so when they
- * are the last they go without an atomic (internal.h,
- * ctp__token_drop_unfindable) */
+/* A completed task's borrowed references (drop_borrowed), and its free
+ * when they were the last */
 static void put_caught(ctp_task *t)
 {
-	if (ctp__token_drop_unfindable(&t->token, t->token.q.ref_owed ? 2 : 1))
+	if (drop_borrowed(t))
 		ctp__task_free(t);
 }
 
