@@ -4,8 +4,10 @@
  * Usage:
  *   bench_<peer> <scenario> [--tasks N] [--producers P] [--workers W]
  *                [--samples N] [--wait flag|sleep|poll|queue]
- *                [--by handle|group] [--samples-out FILE]
+ *                [--by handle|group] [--into pool|group]
+ *                [--samples-out FILE]
  * Scenarios: throughput, wake, idle-stop, busy-stop, cancel, memory.
+ * --into group (throughput only): every job goes into one shared group.
  *
  * Output (stdout, and nothing else goes there): one line per figure,
  *   peer=<p> scenario=<s> config=<c> figure=<f> value=<v> unit=<u> [k=v ...]
@@ -463,6 +465,7 @@ struct options {
 	size_t      samples;
 	const char *wait;
 	const char *by;
+	const char *into;       /* throughput: "pool" or "group" */
 	const char *samples_out;
 };
 
@@ -521,10 +524,18 @@ static void out_stop_figures(const char *prefix, const struct options *o,
  * a queue that holds all N (capacity = N), so no peer blocks for room.
  * producer_begin runs before the start line (it is setup, like create);
  * producer_end runs inside the clock (libuv runs its loop there).
+ *
+ * --into group: every job goes into one group that all the producers share
+ * (submit_group from each producer thread; the group is made before the
+ * clock and destroyed after it), the way a server files the jobs of one
+ * request or tenant so that one call cancels them all. Nothing is
+ * cancelled: the figure is what membership costs the submit and the
+ * finish. Peers without groups are skipped.
  */
 struct producer {
 	pthread_t        thread;
 	void            *pool;
+	void            *group;  /* --into group, else NULL */
 	struct counted  *items;
 	size_t           count;
 	int              rc;
@@ -541,7 +552,12 @@ static void *producer_main(void *arg)
 	pthread_barrier_wait(&ready);
 	pthread_barrier_wait(&go);
 	for (size_t i = 0; i < p->count; i++) {
-		if (peer->submit(p->pool, prod, &p->items[i].base) != 0) {
+		struct bench_item *item = &p->items[i].base;
+		int rc = p->group != NULL ?
+		    peer->submit_group(p->pool, p->group, item) :
+		    peer->submit(p->pool, prod, item);
+
+		if (rc != 0) {
 			p->rc = -1;
 			break;
 		}
@@ -555,17 +571,30 @@ static void run_throughput(const struct options *o)
 {
 	size_t           n = o->tasks, first = 0;
 	unsigned         np = o->producers;
-	struct counted  *items = make_counted(n);
-	struct producer *prods = xcalloc(np, sizeof(*prods));
-	void            *pool = create_pool(o->workers, n);
+	struct counted  *items;
+	struct producer *prods;
+	void            *pool, *group = NULL;
 	int64_t          t0, t1;
 
+	if (strcmp(o->into, "group") == 0 && peer->group_create == NULL) {
+		out_skip("tasks_per_s", peer->why_no_group);
+		return;
+	}
+	items = make_counted(n);
+	prods = xcalloc(np, sizeof(*prods));
+	pool = create_pool(o->workers, n);
+	if (strcmp(o->into, "group") == 0) {
+		group = peer->group_create(pool);
+		if (group == NULL)
+			fail("group_create failed");
+	}
 	pthread_barrier_init(&ready, NULL, np + 1);
 	pthread_barrier_init(&go, NULL, np + 1);
 	for (unsigned i = 0; i < np; i++) {
 		struct producer *p = &prods[i];
 
 		p->pool = pool;
+		p->group = group;
 		p->items = items + first;
 		p->count = n / np + (i < n % np);
 		first += p->count;
@@ -587,6 +616,8 @@ static void run_throughput(const struct options *o)
 	t1 = now_ns();
 
 	check_counts(n, 1);
+	if (group != NULL)
+		peer->group_destroy(pool, group);
 	peer->shutdown(pool);
 	out_value("tasks_per_s", (double)n * 1e9 / (double)(t1 - t0), 0,
 	          "tasks/s", "higher", "tasks=%zu elapsed_ms=%.3f", n,
@@ -977,7 +1008,8 @@ static noreturn void usage(const char *argv0)
 	fprintf(stderr,
 	    "usage: %s <scenario> [--tasks N] [--producers P] [--workers W]\n"
 	    "          [--samples N] [--wait flag|sleep|poll|queue]\n"
-	    "          [--by handle|group] [--samples-out FILE]\n"
+	    "          [--by handle|group] [--into pool|group]\n"
+	    "          [--samples-out FILE]\n"
 	    "scenarios: throughput wake idle-stop busy-stop cancel memory\n",
 	    argv0);
 	exit(2);
@@ -1013,7 +1045,7 @@ static enum bench_wait parse_wait(const char *argv0, const char *s)
 
 int main(int argc, char **argv)
 {
-	struct options o = { .wait = "flag", .by = "handle" };
+	struct options o = { .wait = "flag", .by = "handle", .into = "pool" };
 	size_t         tasks = 0, samples = 0;
 	unsigned       workers = 0;
 	enum bench_wait how;
@@ -1045,6 +1077,8 @@ int main(int argc, char **argv)
 			o.wait = val;
 		else if (strcmp(opt, "--by") == 0)
 			o.by = val;
+		else if (strcmp(opt, "--into") == 0)
+			o.into = val;
 		else if (strcmp(opt, "--samples-out") == 0)
 			o.samples_out = val;
 		else
@@ -1053,13 +1087,16 @@ int main(int argc, char **argv)
 	how = parse_wait(argv[0], o.wait);
 	if (strcmp(o.by, "handle") != 0 && strcmp(o.by, "group") != 0)
 		usage(argv[0]);
+	if (strcmp(o.into, "pool") != 0 && (strcmp(o.into, "group") != 0 ||
+	    strcmp(scenario, "throughput") != 0))
+		usage(argv[0]);
 
 	/* defaults per scenario */
 	if (strcmp(scenario, "throughput") == 0) {
 		o.tasks = tasks ? tasks : 1000000;
 		o.workers = workers ? workers : 4;
-		snprintf(config, sizeof(config), "p%uw%u", o.producers,
-		         o.workers);
+		snprintf(config, sizeof(config), "p%uw%u%s", o.producers,
+		         o.workers, strcmp(o.into, "group") == 0 ? "-group" : "");
 		run_throughput(&o);
 	} else if (strcmp(scenario, "wake") == 0) {
 		o.samples = samples ? samples : 2000;

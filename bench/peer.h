@@ -78,7 +78,8 @@ struct bench_peer {
 	 * this thread, or NULL: NULL means the thread that called create()
 	 * (the driver's main thread), which needs no producer_begin. Every
 	 * other hook (submit_handle, submit_group, cancel, wait_idle, ...) is
-	 * only called from that main thread. 0 or -1. */
+	 * only called from that main thread, except submit_group in
+	 * `throughput --into group` (below). 0 or -1. */
 	int (*submit)(void *pool, void *producer, struct bench_item *item);
 
 	/* Returns once every job submitted so far has finished (called after
@@ -119,7 +120,10 @@ struct bench_peer {
 
 	/* Cancel by group: jobs submitted into a group are all cancelled by one
 	 * call. cancel_group returns when none of the group's queued jobs can
-	 * start any more. NULL when the library has no group cancel. */
+	 * start any more. NULL when the library has no group cancel.
+	 * submit_group must be safe to call from several producer threads at
+	 * once on the same group (throughput --into group: each producer
+	 * thread calls it, after its producer_begin, in place of submit). */
 	void *(*group_create)(void *pool);
 	int   (*submit_group)(void *pool, void *group, struct bench_item *item);
 	void  (*cancel_group)(void *pool, void *group);

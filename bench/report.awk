@@ -280,6 +280,11 @@ END {
 	    "relaxed increment) to a fresh pool of W workers with room for " \
 	    "all N; the clock runs from releasing the producers until " \
 	    "wait_idle returns." > md
+	print "- throughput pPwW-group: the same, every job submitted into " \
+	    "one group that all the producers share (ctpool: a parent " \
+	    "token; textbook: a tag; oneTBB: a task_group), as a server " \
+	    "files a request's jobs to cancel them with one call; nothing " \
+	    "is cancelled. Peers without groups are skipped." > md
 	print "- wake: submit to job start on a pool idle for 1 ms before " \
 	    "each sample (parked workers)." > md
 	print "- idle-stop: shutdown of an idle pool of 4 workers, joining " \

@@ -132,6 +132,8 @@ configs=(
 	"throughput p2w2|throughput --producers 2 --workers 2 --tasks $tput"
 	"throughput p1w4|throughput --producers 1 --workers 4 --tasks $tput"
 	"throughput p2w4|throughput --producers 2 --workers 4 --tasks $tput"
+	"throughput p1w2-group|throughput --into group --producers 1 --workers 2 --tasks $tput"
+	"throughput p2w2-group|throughput --into group --producers 2 --workers 2 --tasks $tput"
 	"wake w4|wake --workers 4 --samples $wake"
 	"idle-stop w4|idle-stop --workers 4 --samples $idle"
 	"busy-stop flag|busy-stop --workers 4 --wait flag --samples $busy"
