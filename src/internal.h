@@ -655,6 +655,27 @@ CTP__HIDDEN void ctp__token_ref(ctp_token *t);
 CTP__HIDDEN bool ctp__token_tryref(ctp_token *t);
 CTP__HIDDEN void ctp__token_put(ctp_token *t);
 CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
+/* A worker's dying children, still in their parents' lists: taken out
+ * (and freed) a batch at a time, one taking of each parent's lock per run
+ * of the same parent (token.c, "Deferred detach"). Only its worker
+ * touches it. */
+#define CTP__DETACH_BATCH 32
+struct ctp__detach_batch {
+	unsigned   n;
+	ctp_token *t[CTP__DETACH_BATCH];
+};
+/* ctp__token_put_n, except that a token whose last reference this is and
+ * that is still in its parent's list goes into db instead of being taken
+ * out at once (db is flushed first when full) */
+CTP__HIDDEN void ctp__token_put_n_deferred(ctp_token *t, uint32_t n,
+                                           struct ctp__detach_batch *db);
+/* Takes every token of db out of its parent's list and frees it */
+CTP__HIDDEN void ctp__token_detach_flush(struct ctp__detach_batch *db);
+/* Flushes db unless next (NULL: nothing) is a child of the same parent as
+ * db's tokens: a worker calls it before it runs next, or waits, so its
+ * batch holds nothing alive that next's run does not hold anyway. */
+CTP__HIDDEN void ctp__token_detach_before(struct ctp__detach_batch *db,
+                                          const ctp_token *next);
 /*
  * Dropping references of a token no other thread can find without a
  * reference of its own: it has no parent, or its parent's firer took it
@@ -1327,6 +1348,10 @@ struct ctp__worker {
 	 * them */
 	ctp_task       *cache[CTP__NSIZES], *cache_tail[CTP__NSIZES];
 	unsigned        ncache[CTP__NSIZES];
+	/* tasks whose last reference this worker dropped, still listed under
+	 * a parent: detached and freed in one batch (token.c, "Deferred
+	 * detach"); only this thread */
+	struct ctp__detach_batch detach;
 	_Atomic uint32_t park;      /* futex word: 1 while it sleeps unclaimed;
 	                               a waker that took it off the idle list
 	                               (under runq.lock) stores 0 and wakes it */

@@ -41,7 +41,10 @@
  *   worker drops its previous task from `current`, checks `stopping`,
  *   pops the first task and records it as `current`. After the unlock it
  *   drops the previous task's queue reference (and the pool's, in the
- *   same atomic, if this worker finished it) and starts the task (the
+ *   same atomic, if this worker finished it; a child so freed joins the
+ *   worker's batch for its parent's lock, which goes out before the
+ *   worker runs a task of another parent or waits: put_task, token.c
+ *   "Deferred detach") and starts the task (the
  *   CAS QUEUED -> RUNNING, which fails for a task whose token fired
  *   first: it then loops, and the next lock drops it), then runs fn;
  *   `busy` is 1 from just before fn until its done has returned
@@ -868,13 +871,25 @@ static ctp_task *q_take(struct ctp__runq *q, struct after *a)
 	return t;
 }
 
-/* Drops the n references this worker held on its previous task: the
+/* Drops the n references this worker held on its previous task t: the
  * queue's, and the pool's too if it finished the task (current_refs, read
- * when the task stopped being `current`: one atomic for both) */
-static void put_task(ctp_task *t, uint32_t n)
+ * when the task stopped being `current`: one atomic for both). Called
+ * before the worker starts `next` (NULL: before it polls, parks or exits).
+ * A child that this frees may wait in w->detach for its parent's lock
+ * (token.c, "Deferred detach") while the worker goes on with children of
+ * the same parent; the batch goes out before anything else is started or
+ * the worker waits. */
+static void put_task(struct ctp__worker *w, ctp_task *t, uint32_t n,
+                     const ctp_task *next)
 {
-	if (t != NULL)
+	/* a task with no parent, most of them, takes put_n's way */
+	if (t != NULL && !t->token.tree)
 		ctp__token_put_n(&t->token, n);
+	else if (t != NULL)
+		ctp__token_put_n_deferred(&t->token, n, &w->detach);
+	if (w->detach.n != 0)
+		ctp__token_detach_before(&w->detach, next != NULL ?
+		    &next->token : NULL);
 }
 
 /* The scout polls `head` (no lock, no write) until a task is there or the
@@ -1016,7 +1031,7 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 				end = ctp__now_ns() + SPIN_NS;
 			}
 			q_unlock(q, &a);
-			put_task(prev, prev_refs);
+			put_task(w, prev, prev_refs, NULL);
 			prev = NULL;
 			spun = !scout_poll(pool, end);
 			q_lock(q);
@@ -1031,7 +1046,7 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 		q->idle = w;
 		q->awake--;
 		q_unlock(q, &a);
-		put_task(prev, prev_refs);
+		put_task(w, prev, prev_refs, NULL);
 		prev = NULL;
 		ctp__task_cache_flush(w); /* submitters may need them */
 		while (atomic_load_explicit(&w->park, memory_order_acquire) != 0)
@@ -1040,7 +1055,7 @@ static ctp_task *next_popped(ctp_pool *pool, struct ctp__worker *w)
 		q->waking--; /* the claimer counted us */
 		spun = false;
 	}
-	put_task(prev, prev_refs);
+	put_task(w, prev, prev_refs, t); /* t NULL: the worker exits */
 	return t;
 }
 

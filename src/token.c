@@ -131,11 +131,14 @@
  *
  *   Trees and lifetime. A child (token or task) sits in its parent's
  *   `children` list (protected by the parent's lock) until its own last
- *   reference goes; then it unlinks itself under the parent's lock, so a
- *   child seen under that lock is valid memory. The list holds one
+ *   reference goes; then it is unlinked under the parent's lock (by
+ *   itself in detach, or by its worker's batch, below: "Deferred
+ *   detach"), and freed only after, so a child seen under that lock is
+ *   valid memory. The list holds one
  *   reference on the parent while it is not empty, for all its children:
  *   the link that finds it empty takes it, and whoever empties it drops
- *   it after the lock (a dying child in detach, the firer's mark), so a
+ *   it after the lock (a dying child in detach, a worker's batch in
+ *   ctp__token_detach_flush, the firer's mark), so a
  *   child's link and death cost no atomic on the parent's count, which
  *   children submitted from several threads would all write
  *   (bench/probes/token-lock/group_submit.c). A listed child so keeps its
@@ -165,6 +168,35 @@
  *   sleeper or watch left.
  *   ctp__token_put frees up a chain in a loop: the freed child's reference
  *   on its parent is dropped by the same loop, never by a recursive call.
+ *
+ *   Deferred detach. A worker that drops the last reference of a task
+ *   still listed under a parent does not unlink it at once: the task goes
+ *   into the worker's batch (ctp__token_put_n_deferred, pool.c put_task),
+ *   and the batch is unlinked under one taking of the parent's lock, then
+ *   freed (ctp__token_detach_flush). A batch holds the children of one
+ *   parent, at most CTP__DETACH_BATCH, and goes out before the worker runs
+ *   a task that is not a child of that parent, and before it polls, parks
+ *   or exits (ctp__token_detach_before). Only a task with nothing attached
+ *   (no ext: no fd, no isolated run's record or output, no watch) is
+ *   batched: a batch holds at most 32 task objects of 88-96 bytes and the
+ *   parent, which the running sibling's place in the list holds anyway,
+ *   for as long as that sibling runs; an idle worker holds nothing.
+ *   Between the last reference and the flush the task is what any dying
+ *   child is between its last reference and its detach's lock: listed,
+ *   its count 0, its phase DONE or CANCELLED. A firer that walks it
+ *   meanwhile loses its CAS (fire_cas), cannot take a reference
+ *   (ctp__token_tryref), and keeps it in the list; the list, not empty,
+ *   keeps its reference on the parent until the flush empties it. Why:
+ *   every child's death took the parent's lock, whose line then went
+ *   between the submitter linking children and each worker finishing
+ *   them. `bench_ctpool throughput --into group --tasks 1000000` (every
+ *   job a child of one parent, 2 workers), 12 runs alternated with the
+ *   build before, medians: 1 submitter 1.54 -> 2.23 M jobs/s (12 of 12
+ *   won), 2 submitters 1.36 -> 2.12 (11 of 12), in one of the machine's
+ *   slow phases; 3.91 -> 4.22 (11 of 12) and 2.51 -> 3.01 (10 of 12) in
+ *   a faster one. The rows without a parent did not move (p2w2: 9 of 16
+ *   won, p1w2: 6 of 12). A batch of 8 lost 10 of 10 runs to one of 32;
+ *   one of 128 won nothing more.
  */
 #include <errno.h>
 #include <limits.h>
@@ -435,6 +467,25 @@ void ctp__token_put(ctp_token *t)
 	ctp__token_put_n(t, 1);
 }
 
+/* t's last reference went: out of its parent's list (detach), then
+ * freed. Returns the parent when that emptied the list (the list's
+ * reference on it is then the caller's to drop), else NULL. */
+static ctp_token *token_free(ctp_token *t)
+{
+	ctp_token *parent = detach(t);
+
+	/* a list with children holds a reference: none is left */
+	assert(ext_of(t) == NULL || ext_of(t)->children == NULL);
+	if (t->kind == CTP__TOKEN_TASK) {
+		up_of(t)->task_free((ctp_task *)t);
+	} else {
+		/* a standalone token: its ext is inline */
+		ctp__token_fini(t, false);
+		free(ctp__tn(t)); /* struct standalone's start */
+	}
+	return parent;
+}
+
 void ctp__token_put_n(ctp_token *t, uint32_t n)
 {
 	/* Freeing a token drops its reference on its parent, which may free
@@ -444,25 +495,84 @@ void ctp__token_put_n(ctp_token *t, uint32_t n)
 	while (t != NULL) {
 		uint32_t old = atomic_fetch_sub_explicit(&t->refs, n,
 		    memory_order_acq_rel);
-		ctp_token *parent;
 
 		assert(old >= n);
 		if (old != n)
 			return;
 		n = 1; /* the list's reference, if t was its last child */
-		parent = detach(t);
-		/* a list with children holds a reference: none is left */
-		assert(ext_of(t) == NULL || ext_of(t)->children == NULL);
-
-		if (t->kind == CTP__TOKEN_TASK) {
-			up_of(t)->task_free((ctp_task *)t);
-		} else {
-			/* a standalone token: its ext is inline */
-			ctp__token_fini(t, false);
-			free(ctp__tn(t)); /* struct standalone's start */
-		}
-		t = parent;
+		t = token_free(t);
 	}
+}
+
+/* Deferred detach (see the design notes). */
+void ctp__token_put_n_deferred(ctp_token *t, uint32_t n,
+                               struct ctp__detach_batch *db)
+{
+	uint32_t old = atomic_fetch_sub_explicit(&t->refs, n,
+	    memory_order_acq_rel); /* as put_n's */
+	uintptr_t w;
+
+	assert(old >= n);
+	if (old != n)
+		return;
+	w = t->tree ? ctp__tn_word(t) : 0;
+	/* acquire: pairs with the CAS that attached an ext (token_ext_get),
+	 * though only NULL is acted on */
+	if (w == 0 || (w & CTP__UNLISTED) != 0 ||
+	    atomic_load_explicit(&t->ext, memory_order_acquire) != NULL) {
+		/* in no list, or with something attached (an fd, an
+		 * isolated run's record and output, watches): no batch, so
+		 * nothing but the object waits (no parent reference to drop
+		 * either when in no list: detach returns NULL then) */
+		ctp_token *parent = token_free(t);
+
+		if (parent != NULL)
+			ctp__token_put_n(parent, 1); /* the list emptied */
+		return;
+	}
+	/* one parent per batch (ctp__token_detach_before) */
+	if (db->n == CTP__DETACH_BATCH ||
+	    (db->n != 0 && parent_of(db->t[0]) != parent_of(t)))
+		ctp__token_detach_flush(db);
+	db->t[db->n++] = t;
+}
+
+void ctp__token_detach_before(struct ctp__detach_batch *db,
+                              const ctp_token *next)
+{
+	/* a pointer compared, not followed: next's parent is alive (db's
+	 * children of it, listed, hold it) whenever the two are equal */
+	if (db->n != 0 && (next == NULL ||
+	    parent_of(db->t[0]) != parent_of(next)))
+		ctp__token_detach_flush(db);
+}
+
+void ctp__token_detach_flush(struct ctp__detach_batch *db)
+{
+	unsigned i = 0, j;
+
+	while (i < db->n) {
+		/* alive: our children of it, listed, hold the list's
+		 * reference until the last of them is out */
+		ctp_token *p = parent_of(db->t[i]);
+		bool last;
+
+		lock(p);
+		for (j = i; j < db->n && parent_of(db->t[j]) == p; j++) {
+			/* as detach: the dying child is ours alone */
+			ctp__tn_set_word(db->t[j], 0);
+			children_remove(p, db->t[j]);
+		}
+		last = X(p)->children == NULL;
+		unlock(p);
+		/* p may go now unless `last` made its reference ours */
+		for (unsigned k = i; k < j; k++)
+			(void)token_free(db->t[k]); /* out: detach is a no-op */
+		if (last)
+			ctp__token_put_n(p, 1);
+		i = j;
+	}
+	db->n = 0;
 }
 
 /* ---- trees -------------------------------------------------------------- */

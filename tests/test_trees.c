@@ -48,6 +48,12 @@
  *                           pools (per-task guards), delayed and with
  *                           deadlines; fired by a worker of their pool;
  *                           racing their pools' shutdown and destroy.
+ *   deferred_detach_goes_before_other_work  a worker's batch of dead
+ *                           children (token.c, "Deferred detach") through
+ *                           their parent's fire, then out before the worker
+ *                           runs a task that is not the parent's child: the
+ *                           parent, held by the list alone, is freed first;
+ *                           a child with an fd is never batched.
  *
  * Depth: 1,000,000 in the plain and ASan builds. Under ThreadSanitizer the
  * chains that are cancelled are 1,000 deep (the old code held one lock per
@@ -1247,6 +1253,77 @@ static void test_fire_relinks_kept_children(void **state)
 	free(tok);
 }
 
+static atomic_int own_fd = -1;
+
+static int own_fd_fn(void *arg, ctp_token *tok)
+{
+	(void)arg;
+	atomic_store(&own_fd, ctp_token_fd(tok));
+	return 0;
+}
+
+/* Deferred detach (token.c): a worker keeps the children of one parent
+ * that it finished in a batch (up to 32), unlinked later under one taking
+ * of the parent's lock. The parent is fired while the batch holds 30 of
+ * its dead children and one child runs; once the worker goes on to a task
+ * that is not the parent's child, the batch must be out: the parent's last
+ * reference was the list's, so the parent is freed, and its fd closed,
+ * before that task starts. A child with something attached (here an fd
+ * on its own token) is not batched: it is freed, its fd closed, before
+ * the worker starts its next sibling. (No thread of this test or of the
+ * pool opens a file meanwhile, so an fd number is not reused before the
+ * look.) */
+static void test_deferred_detach_goes_before_other_work(void **state)
+{
+	ctp_pool *pool = pool_new(1, 1024);
+	ctp_token *parent = NULL;
+	ctp_task_opts o = { 0 };
+	struct parked gate, sib, other;
+	ctp_stats st;
+	int fd;
+
+	(void)state;
+	parked_init(&gate, 0);
+	parked_init(&sib, 0);
+	parked_init(&other, 0);
+	saturate(pool, &gate, 1); /* the one worker, held */
+	assert_int_equal(ctp_token_create(&parent, NULL), 0);
+	fd = ctp_token_fd(parent);
+	assert_true(fd >= 0);
+	o.parent = parent;
+	for (int i = 0; i < 30; i++)
+		assert_int_equal(ctp_pool_submit(pool, noop_fn, NULL, &o,
+		                 NULL), 0);
+	assert_int_equal(ctp_pool_submit(pool, own_fd_fn, NULL, &o, NULL), 0);
+	assert_int_equal(ctp_pool_submit(pool, parked_fn, &sib, &o, NULL), 0);
+	assert_int_equal(ctp_pool_submit(pool, parked_fn, &other, NULL, NULL),
+	                 0);
+	unpark(&gate, 1);
+	tu_sem_wait(&sib.started); /* the 31 ran and died before it */
+	assert_true(atomic_load(&own_fd) >= 0);
+	errno = 0;
+	assert_int_equal(fcntl(atomic_load(&own_fd), F_GETFD), -1);
+	assert_int_equal(errno, EBADF);
+	assert_int_equal(ctp_token_cancel(parent), 0);
+	ctp_token_release(parent); /* the list's reference is left */
+	assert_true(fcntl(fd, F_GETFD) >= 0); /* sib is listed: alive */
+	unpark(&sib, 1);
+	tu_sem_wait(&other.started);
+	errno = 0;
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+	assert_int_equal(errno, EBADF);
+	unpark(&other, 1);
+	assert_int_equal(ctp_pool_wait_idle(pool, BOUND), 0);
+	assert_int_equal(atomic_load(&sib.reason), -ECANCELED);
+	st = stats_of(pool);
+	assert_int_equal(st.completed, 34);
+	assert_identity(&st);
+	assert_int_equal(ctp_pool_destroy(pool), 0);
+	parked_fini(&gate);
+	parked_fini(&sib);
+	parked_fini(&other);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1264,6 +1341,7 @@ int main(void)
 		cmocka_unit_test(test_quiet_children_fired_by_worker),
 		cmocka_unit_test(test_quiet_children_race_shutdown),
 		cmocka_unit_test(test_fire_relinks_kept_children),
+		cmocka_unit_test(test_deferred_detach_goes_before_other_work),
 	};
 
 	/* CTP_TEST_FILTER=<pattern>: run only the matching tests */

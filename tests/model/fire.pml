@@ -47,7 +47,10 @@
  *   by a CAS the first time a task's token needs them): it is attached
  *   before `linked` is set, by the same thread, so it adds no ordering the
  *   model's `linked` and lock steps do not already have. Nor lifetimes: a
- *   child unlinks itself at its death, or (a task caught queued) its
+ *   child unlinks itself at its death (a worker's dead children of one
+ *   parent a batch at a time, later: token.c, "Deferred detach"; a dead
+ *   child's CAS and reference both fail, so a walk only skips it), or (a
+ *   task caught queued) its
  *   parent's firer takes it out of the list under the parent's lock
  *   (token.c, unlist); either way no fire call walks a fired parent's
  *   children again, so `inlist` here keeps its meaning, "in the tree".
