@@ -655,21 +655,21 @@ CTP__HIDDEN void ctp__token_ref(ctp_token *t);
 CTP__HIDDEN bool ctp__token_tryref(ctp_token *t);
 CTP__HIDDEN void ctp__token_put(ctp_token *t);
 CTP__HIDDEN void ctp__token_put_n(ctp_token *t, uint32_t n);
-/* A worker's dying children, still in their parents' lists: taken out
- * (and freed) a batch at a time, one taking of each parent's lock per run
- * of the same parent (token.c, "Deferred detach"). Only its worker
- * touches it. */
+/* A worker's dying children of one parent, still in its list: taken out
+ * and freed together, under one taking of the parent's lock (token.c,
+ * "Deferred detach"). Only its worker touches it. */
 #define CTP__DETACH_BATCH 32
 struct ctp__detach_batch {
 	unsigned   n;
 	ctp_token *t[CTP__DETACH_BATCH];
 };
-/* ctp__token_put_n, except that a token whose last reference this is and
- * that is still in its parent's list goes into db instead of being taken
- * out at once (db is flushed first when full) */
+/* ctp__token_put_n, except that a token whose last reference this is,
+ * still in its parent's list and with no ext, goes into db instead of
+ * being taken out at once (db is flushed first when full or when it holds
+ * another parent's children) */
 CTP__HIDDEN void ctp__token_put_n_deferred(ctp_token *t, uint32_t n,
                                            struct ctp__detach_batch *db);
-/* Takes every token of db out of its parent's list and frees it */
+/* Takes every token of db out of their parent's list and frees them */
 CTP__HIDDEN void ctp__token_detach_flush(struct ctp__detach_batch *db);
 /* Flushes db unless next (NULL: nothing) is a child of the same parent as
  * db's tokens: a worker calls it before it runs next, or waits, so its

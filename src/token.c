@@ -510,15 +510,13 @@ void ctp__token_put_n_deferred(ctp_token *t, uint32_t n,
 {
 	uint32_t old = atomic_fetch_sub_explicit(&t->refs, n,
 	    memory_order_acq_rel); /* as put_n's */
-	uintptr_t w;
 
 	assert(old >= n);
 	if (old != n)
 		return;
-	w = t->tree ? ctp__tn_word(t) : 0;
 	/* acquire: pairs with the CAS that attached an ext (token_ext_get),
 	 * though only NULL is acted on */
-	if (w == 0 || (w & CTP__UNLISTED) != 0 ||
+	if (!ctp__token_listed(t) ||
 	    atomic_load_explicit(&t->ext, memory_order_acquire) != NULL) {
 		/* in no list, or with something attached (an fd, an
 		 * isolated run's record and output, watches): no batch, so
@@ -549,30 +547,29 @@ void ctp__token_detach_before(struct ctp__detach_batch *db,
 
 void ctp__token_detach_flush(struct ctp__detach_batch *db)
 {
-	unsigned i = 0, j;
+	ctp_token *p;
+	bool last;
 
-	while (i < db->n) {
-		/* alive: our children of it, listed, hold the list's
-		 * reference until the last of them is out */
-		ctp_token *p = parent_of(db->t[i]);
-		bool last;
-
-		lock(p);
-		for (j = i; j < db->n && parent_of(db->t[j]) == p; j++) {
-			/* as detach: the dying child is ours alone */
-			ctp__tn_set_word(db->t[j], 0);
-			children_remove(p, db->t[j]);
-		}
-		last = X(p)->children == NULL;
-		unlock(p);
-		/* p may go now unless `last` made its reference ours */
-		for (unsigned k = i; k < j; k++)
-			(void)token_free(db->t[k]); /* out: detach is a no-op */
-		if (last)
-			ctp__token_put_n(p, 1);
-		i = j;
+	if (db->n == 0)
+		return;
+	/* the batch's one parent (put_n_deferred), alive: our children of
+	 * it, listed, hold the list's reference until the last is out */
+	p = parent_of(db->t[0]);
+	lock(p);
+	for (unsigned i = 0; i < db->n; i++) {
+		assert(parent_of(db->t[i]) == p);
+		/* as detach: the dying child is ours alone */
+		ctp__tn_set_word(db->t[i], 0);
+		children_remove(p, db->t[i]);
 	}
+	last = X(p)->children == NULL;
+	unlock(p);
+	/* p may go now unless `last` made its reference ours */
+	for (unsigned i = 0; i < db->n; i++)
+		(void)token_free(db->t[i]); /* out: detach is a no-op */
 	db->n = 0;
+	if (last)
+		ctp__token_put_n(p, 1);
 }
 
 /* ---- trees -------------------------------------------------------------- */
